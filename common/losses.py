@@ -1,0 +1,63 @@
+"""SOT's losses: the transport costs on the residual G(x) - x and the WGAN-GP critic terms (METHOD 2)."""
+from __future__ import annotations
+
+import torch
+
+TRANSPORT_COSTS = ("sot-l0.5", "sot-l1", "ot")
+GP_WEIGHT = 10.0
+_POWER_FLOOR = 1e-9  # added to |F|^2 as in the reference, so that the roots have finite gradients at 0
+
+
+def transport_cost(residual: torch.Tensor, kind: str) -> torch.Tensor:
+    """Transport cost R(r) of a batch of residuals ``r = G(x) - x`` (B x C x H x W), a 0-dim tensor.
+
+    With ``F = fft2(r)`` over the two spatial axes of every channel and ``P = |F|^2 + 1e-9``:
+
+    - ``"sot-l0.5"``: ``(mean P^(1/4))^2``, the l0.5 quasi-norm of the spectrum (the reference default);
+    - ``"sot-l1"``: ``mean P^(1/2)``, the l1 norm of the spectrum;
+    - ``"ot"``: ``sqrt(mean r^2)``, the pixel RMSE of the plain OT baseline.
+
+    Means run over batch, channels and frequencies (pixels). Always computed in float32, also under
+    autocast: the FFT of a bf16 residual would lose the small coefficients the cost is about.
+    """
+    r = residual.float()
+    if kind == "ot":
+        return r.square().mean().sqrt()
+    if kind not in TRANSPORT_COSTS:
+        raise ValueError(f"unknown transport cost {kind!r}; choose one of {', '.join(TRANSPORT_COSTS)}")
+    spectrum = torch.fft.fft2(r, dim=(-2, -1))
+    power = spectrum.real.square() + spectrum.imag.square() + _POWER_FLOOR
+    if kind == "sot-l1":
+        return power.sqrt().mean()
+    return power.pow(0.25).mean().square()
+
+
+def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """WGAN critic loss ``mean D(G(x)) - mean D(y)``; its negative estimates the Wasserstein-1 distance."""
+    return fake_scores.float().mean() - real_scores.float().mean()
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     eps: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP term ``10 * mean_b (||grad_x D(x_hat_b)||_2 - 1)^2`` at ``x_hat = eps y + (1 - eps) G(x)``.
+
+    ``eps`` is one U(0, 1) draw per sample (drawn here unless given). The norm of each sample's
+    gradient runs over all its C*H*W entries (not per pixel), as in the reference. ``real`` and
+    ``fake`` are unpaired; ``fake`` must come detached. The gradient is taken with
+    ``create_graph=True`` so that the penalty can be back-propagated into the critic; the norm is
+    taken in float32.
+    """
+    if eps is None:
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    norms = grad.float().flatten(1).norm(dim=1)
+    return GP_WEIGHT * (norms - 1).square().mean()
+
+
+def generator_loss(fake_scores: torch.Tensor, residual: torch.Tensor, sigma: float,
+                   kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L_G = -mean D(G(x)) + sigma * R(G(x) - x)``; returns ``(L_G, R)``."""
+    cost = transport_cost(residual, kind)
+    return -fake_scores.float().mean() + sigma * cost, cost

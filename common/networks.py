@@ -1,0 +1,224 @@
+"""The two networks of SOT: the restoring generator and the WGAN critic.
+
+Plain ``nn.Module``s that know nothing of training, devices or losses. Module paths follow the
+authors' checkpoints (METHOD 3 and 4) so that their weights load into these classes by name.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GENERATOR_MULTIPLE = 4  # two bilinear halvings in the encoder
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+    """Bias-free "same" convolution, the generator's only kind."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation: global mean -> 1x1 (c -> c/r) -> ReLU -> 1x1 (c/r -> c) -> sigmoid."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.conv_du = nn.Sequential(
+            conv(channels, channels // reduction, 1),
+            nn.ReLU(inplace=True),
+            conv(channels // reduction, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
+
+
+class CAB(nn.Module):
+    """Channel-attention block: conv -> PReLU -> conv -> channel attention, plus the block input."""
+
+    def __init__(self, channels: int, kernel_size: int, reduction: int, act: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(conv(channels, channels, kernel_size), act,
+                                  conv(channels, channels, kernel_size))
+        self.CA = ChannelAttention(channels, reduction)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.CA(self.body(x)) + x
+
+
+def cab_stack(n: int, channels: int, kernel_size: int, reduction: int, act: nn.Module) -> nn.Sequential:
+    return nn.Sequential(*[CAB(channels, kernel_size, reduction, act) for _ in range(n)])
+
+
+class DownSample(nn.Module):
+    """Bilinear x0.5, then a 1x1 conv that widens by ``increment`` channels."""
+
+    def __init__(self, channels: int, increment: int):
+        super().__init__()
+        self.down = nn.Sequential(nn.Upsample(scale_factor=0.5, mode="bilinear", align_corners=False),
+                                  conv(channels, channels + increment, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(x)
+
+
+class SkipUpSample(nn.Module):
+    """Bilinear x2, a 1x1 conv that narrows by ``increment`` channels, plus the skip features."""
+
+    def __init__(self, channels: int, increment: int):
+        super().__init__()
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                                conv(channels + increment, channels, 1))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.up(x) + skip
+
+
+class Encoder(nn.Module):
+    def __init__(self, width: int, increment: int, kernel_size: int, reduction: int, act: nn.Module):
+        super().__init__()
+        w1, w2, w3 = width, width + increment, width + 2 * increment
+        self.encoder_level1 = cab_stack(2, w1, kernel_size, reduction, act)
+        self.encoder_level2 = cab_stack(2, w2, kernel_size, reduction, act)
+        self.encoder_level3 = cab_stack(2, w3, kernel_size, reduction, act)
+        self.down12 = DownSample(w1, increment)
+        self.down23 = DownSample(w2, increment)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        enc1 = self.encoder_level1(x)
+        enc2 = self.encoder_level2(self.down12(enc1))
+        enc3 = self.encoder_level3(self.down23(enc2))
+        return enc1, enc2, enc3
+
+
+class Decoder(nn.Module):
+    def __init__(self, width: int, increment: int, kernel_size: int, reduction: int, act: nn.Module):
+        super().__init__()
+        w1, w2, w3 = width, width + increment, width + 2 * increment
+        self.decoder_level1 = cab_stack(2, w1, kernel_size, reduction, act)
+        self.decoder_level2 = cab_stack(2, w2, kernel_size, reduction, act)
+        self.decoder_level3 = cab_stack(2, w3, kernel_size, reduction, act)
+        self.skip_attn1 = CAB(w1, kernel_size, reduction, act)
+        self.skip_attn2 = CAB(w2, kernel_size, reduction, act)
+        self.up21 = SkipUpSample(w1, increment)
+        self.up32 = SkipUpSample(w2, increment)
+
+    def forward(self, enc1: torch.Tensor, enc2: torch.Tensor, enc3: torch.Tensor) -> torch.Tensor:
+        dec3 = self.decoder_level3(enc3)
+        dec2 = self.decoder_level2(self.up32(dec3, self.skip_attn2(enc2)))
+        return self.decoder_level1(self.up21(dec2, self.skip_attn1(enc1)))
+
+
+class SAM(nn.Module):
+    """MPRNet's supervised-attention module, of which SOT uses only the image head ``conv2``.
+
+    ``conv1`` and ``conv3`` fed attention-weighted features that nothing downstream reads. They are
+    kept, frozen, so that checkpoints keep the authors' keys and parameter count, and are never run.
+    """
+
+    def __init__(self, width: int, channels: int):
+        super().__init__()
+        self.conv1 = conv(width, width, 1)
+        self.conv2 = conv(width, channels, 1)
+        self.conv3 = conv(channels, width, 1)
+        self.conv1.requires_grad_(False)
+        self.conv3.requires_grad_(False)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.conv2(features) + image
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the bottom and right edges so that height and width are multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class Generator(nn.Module):
+    """Single-stage MPRNet encoder-decoder that predicts a residual on top of its input (METHOD 3).
+
+    ``forward`` takes any height and width: it pads to a multiple of 4 (reflecting the border) and
+    crops back, so callers never need padding code. Output = input + conv(80 -> 3)(decoder features).
+    """
+
+    def __init__(self, channels: int = 3, width: int = 80, increment: int = 48, reduction: int = 4,
+                 kernel_size: int = 3):
+        super().__init__()
+        self.arch = dict(channels=channels, width=width, increment=increment, reduction=reduction,
+                         kernel_size=kernel_size)
+        # One PReLU module, shared by every block: the reference learns a single slope.
+        act = nn.PReLU()
+        self.shallow_feat1 = nn.Sequential(conv(channels, width, kernel_size),
+                                           CAB(width, kernel_size, reduction, act))
+        self.stage1_encoder = Encoder(width, increment, kernel_size, reduction, act)
+        self.stage1_decoder = Decoder(width, increment, kernel_size, reduction, act)
+        self.sam12 = SAM(width, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        padded = pad_to_multiple(x, GENERATOR_MULTIPLE)
+        features = self.stage1_decoder(*self.stage1_encoder(self.shallow_feat1(padded)))
+        out = self.sam12(features, padded)
+        return out[..., :h, :w] if out.shape[-2:] != (h, w) else out
+
+
+class Critic(nn.Module):
+    """SRGAN-style critic without normalisation layers (METHOD 4).
+
+    Ten convolutions, each followed by LeakyReLU(0.2), five of them 4x4 stride 2, then
+    Linear(512 * (input_size / 32)^2, hidden) -> LeakyReLU(0.2) -> Linear(hidden, 1). With the
+    reference's 128x128 patches the flattened features are 8192 wide. Returns one score per sample.
+    """
+
+    def __init__(self, channels: int = 3, hidden: int = 640, input_size: int = 128, width: int = 64):
+        super().__init__()
+        if input_size % 32:
+            raise ValueError(f"the critic's input size must be a multiple of 32, got {input_size}")
+        self.arch = dict(channels=channels, hidden=hidden, input_size=input_size, width=width)
+        w = width
+        # (in, out, kernel, stride, bias); "4x4 s2" convs pad 1, the others pad "same".
+        spec = [(channels, w, 5, 1, True), (w, w, 4, 2, True), (w, 2 * w, 3, 1, True),
+                (2 * w, 2 * w, 4, 2, True), (2 * w, 4 * w, 3, 1, True), (4 * w, 4 * w, 4, 2, True),
+                (4 * w, 8 * w, 3, 1, False), (8 * w, 8 * w, 4, 2, False), (8 * w, 8 * w, 3, 1, False),
+                (8 * w, 8 * w, 4, 2, False)]
+        layers: list[nn.Module] = []
+        for cin, cout, k, s, bias in spec:
+            layers += [nn.Conv2d(cin, cout, k, stride=s, padding=1 if s == 2 else k // 2, bias=bias),
+                       nn.LeakyReLU(0.2, inplace=True)]
+        self.features = nn.Sequential(*layers)
+        side = input_size // 32
+        self.fc1 = nn.Linear(8 * w * side * side, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+
+    @property
+    def input_size(self) -> int:
+        return self.arch["input_size"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(f"the critic takes {self.input_size}x{self.input_size} patches, "
+                             f"got {tuple(x.shape[-2:])}")
+        h = self.features(x).flatten(1)
+        return self.fc2(F.leaky_relu(self.fc1(h), 0.2)).view(-1)
+
+
+def start_as_identity(generator: Generator) -> Generator:
+    """Zero the residual head so that G starts as the identity map (its output is its input).
+
+    Not the reference's initialisation (PyTorch's default, whose random head adds a residual of about
+    0.15 RMS); a steadier start for short runs, offered as ``--init identity``.
+    """
+    with torch.no_grad():
+        generator.sam12.conv2.weight.zero_()
+    return generator
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,63 @@
+"""Shared test helpers. Everything runs on the CPU with small data made here."""
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def write_h5(path: Path, data: np.ndarray, label: np.ndarray, **attrs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=data)
+        f.create_dataset("label", data=label)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    return path
+
+
+def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run one of the task scripts as a user would, from the repository root."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def authors_module(tmp_path, monkeypatch):
+    """The ``srresnet_unet2`` module of tests/authors_module.py, importable only inside the test."""
+    from authors_module import SOURCE
+
+    folder = tmp_path / "authors_code"
+    folder.mkdir()
+    (folder / "srresnet_unet2.py").write_text(SOURCE)
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module("srresnet_unet2")
+    yield module
+    sys.modules.pop("srresnet_unet2", None)
+
+
+@pytest.fixture
+def authors_checkpoint(tmp_path, authors_module):
+    """A file in the authors' format: whole pickled _NetG/_NetD modules under model/discr.
+
+    Returns (path, netG, netD). The module is removed from sys.modules once written, so loading it
+    cannot fall back on importing the authors' code.
+    """
+    torch.manual_seed(3)
+    net_g, net_d = authors_module._NetG(in_c=3, out_c=3), authors_module._NetD(in_c=3)
+    with torch.no_grad():  # non-trivial values everywhere, the shared PReLU slope included
+        for p in net_g.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / "model_pre_super4_200_50.pth"
+    torch.save({"epoch": 200, "model": net_g, "discr": net_d}, path)
+    sys.modules.pop("srresnet_unet2", None)
+    return path, net_g, net_d

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from common.networks import Critic, Generator, count_parameters
+
+
+def test_parameter_counts_at_real_sizes():
+    assert count_parameters(Generator()) == 4_592_721
+    assert count_parameters(Critic(hidden=640)) == 18_922_305
+    assert count_parameters(Critic(hidden=64)) == 14_202_561
+
+
+def test_one_shared_prelu():
+    g = Generator(width=16, increment=8)
+    prelus = {id(m) for m in g.modules() if isinstance(m, torch.nn.PReLU)}
+    assert len(prelus) == 1
+    assert g.stage1_encoder.encoder_level1[0].body[1] is g.stage1_decoder.decoder_level3[1].body[1]
+    assert g.stage1_encoder.encoder_level1[0].body[1].weight.item() == pytest.approx(0.25)
+
+
+def test_authors_module_paths():
+    keys = set(Generator().state_dict())
+    for key in ("shallow_feat1.0.weight", "stage1_encoder.encoder_level3.1.CA.conv_du.2.weight",
+                "stage1_encoder.down23.down.1.weight", "stage1_decoder.skip_attn2.body.2.weight",
+                "stage1_decoder.up32.up.1.weight", "sam12.conv1.weight", "sam12.conv3.weight"):
+        assert key in keys
+    critic_keys = set(Critic().state_dict())
+    assert {"features.0.weight", "features.18.weight", "fc1.weight", "fc2.bias"} <= critic_keys
+    assert "features.18.bias" not in critic_keys and "features.10.bias" in critic_keys
+
+
+def test_generator_returns_input_plus_residual():
+    torch.manual_seed(0)
+    g = Generator(width=16, increment=8).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        features = g.stage1_decoder(*g.stage1_encoder(g.shallow_feat1(x)))
+        residual = g.sam12.conv2(features)
+        out = g(x)
+    assert residual.abs().mean() > 1e-4  # the default init does not start at the identity
+    torch.testing.assert_close(out, x + residual)
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (37, 50), (5, 9)])
+def test_generator_takes_any_size(h, w):
+    g = Generator(width=16, increment=8).eval()
+    x = torch.rand(1, 3, h, w)
+    with torch.no_grad():
+        y = g(x)
+    assert y.shape == x.shape
+
+
+def test_unaligned_input_is_reflect_padded_then_cropped():
+    g = Generator(width=16, increment=8).eval()
+    x = torch.rand(1, 3, 34, 41)
+    padded = torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect")
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), g(padded)[..., :34, :41])
+
+
+def test_critic_shapes_and_input_check():
+    d = Critic(hidden=64)
+    assert d(torch.rand(3, 3, 128, 128)).shape == (3,)
+    with pytest.raises(ValueError, match="128x128"):
+        d(torch.rand(1, 3, 96, 96))
+    small = Critic(hidden=16, input_size=32, width=8)
+    assert small(torch.rand(2, 3, 32, 32)).shape == (2,)
+
+
+def test_critic_conv_init():
+    d = Critic()
+    w = torch.cat([m.weight.flatten() for m in d.features if isinstance(m, torch.nn.Conv2d)])
+    assert w.mean().abs() < 1e-3 and w.std().item() == pytest.approx(0.02, rel=0.02)
+
+
+def test_sam_side_branches_are_frozen_and_unused():
+    g = Generator(width=16, increment=8)
+    assert not g.sam12.conv1.weight.requires_grad and not g.sam12.conv3.weight.requires_grad
+    x = torch.rand(1, 3, 16, 16)
+    g(x).sum().backward()
+    assert g.sam12.conv1.weight.grad is None and g.sam12.conv2.weight.grad is not None
