@@ -1,0 +1,283 @@
+"""Unpaired training data from HDF5 files (METHOD 6).
+
+A training folder holds one or more ``*.h5`` files, each with two datasets: ``data`` (degraded
+patches) and ``label`` (clean patches), N x C x H x W, either float in [0, 1] (the reference's
+float32) or uint8 in [0, 255]. The two may hold different counts. Sample ``i`` is degraded patch
+``i`` with a clean patch drawn afresh at random from all files: nothing pairs them.
+
+Files written by MATLAB hold every patch transposed (N x C x W x H). A file says which layout it has
+in its ``layout`` attribute (``"NCHW"`` or ``"NCWH"``); files without it are taken as ``NCHW``
+unless the data set is built with ``layout="matlab"``.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import InputError
+
+LAYOUTS = {"NCHW": False, "NCWH": True}  # layout name -> patches stored transposed
+LAYOUT_CHOICES = ("auto", "ours", "matlab")
+RANGE_TOLERANCE = 1e-3  # float files may overshoot [0, 1] by rounding; clipped, not refused
+
+
+@dataclass(frozen=True)
+class H5Part:
+    """What the data set knows of one file, checked when the data set is built."""
+    path: str
+    n_data: int
+    n_label: int
+    data_shape: tuple[int, int, int]   # C x H x W after undoing the layout
+    label_shape: tuple[int, int, int]
+    transposed: bool
+
+
+def find_h5_files(source: str | os.PathLike | list) -> list[Path]:
+    """Every ``*.h5`` in a folder (sorted), or the given list of files."""
+    if isinstance(source, (list, tuple)):
+        files = [Path(f) for f in source]
+    else:
+        folder = Path(source)
+        if folder.is_file():
+            files = [folder]
+        elif not folder.is_dir():
+            raise InputError(f"{folder}: training folder not found")
+        else:
+            files = sorted(folder.glob("*.h5"))
+            if not files:
+                raise InputError(f"{folder}: no .h5 files in the training folder")
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"{f}: no such file")
+    return files
+
+
+def _check_values(path: str, what: str, values: np.ndarray) -> None:
+    """Refuse non-finite or out-of-range float values; ``what`` names the dataset or patch."""
+    if values.dtype == np.uint8:
+        return
+    if not np.isfinite(values).all():
+        raise InputError(f"{path}: {what} holds NaN or infinite values")
+    lo, hi = float(values.min()), float(values.max())
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise InputError(f"{path}: {what} has values in [{lo:.4g}, {hi:.4g}]; "
+                         "float files must hold [0, 1] (uint8 files [0, 255])")
+
+
+def inspect_h5(path: str | os.PathLike, layout: str = "auto") -> H5Part:
+    """Open one training file, check its keys, shapes, dtypes and a first block of values."""
+    path = str(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        shapes = {}
+        for name in ("data", "label"):
+            if name not in f:
+                raise InputError(f"{path}: no '{name}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
+            ds = f[name]
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 4:
+                raise InputError(f"{path}: '{name}' must be N x C x H x W, got shape "
+                                 f"{getattr(ds, 'shape', None)}")
+            if ds.shape[0] == 0:
+                raise InputError(f"{path}: dataset '{name}' is empty")
+            if not (ds.dtype == np.uint8 or np.issubdtype(ds.dtype, np.floating)):
+                raise InputError(f"{path}: dataset '{name}' has dtype {ds.dtype}; expected uint8 or float")
+            try:
+                _check_values(path, f"dataset '{name}'", ds[: min(64, ds.shape[0])])
+            except OSError as exc:
+                raise InputError(f"{path}: dataset '{name}' cannot be read, the file may be "
+                                 f"truncated ({exc})") from None
+            shapes[name] = tuple(int(s) for s in ds.shape)
+        stored = f.attrs.get("layout", "NCHW")
+        stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+    if layout == "matlab":
+        transposed = True
+    elif layout == "ours":
+        transposed = False
+    elif stored in LAYOUTS:
+        transposed = LAYOUTS[stored]
+    else:
+        raise InputError(f"{path}: unknown layout attribute {stored!r}; expected one of {', '.join(LAYOUTS)}")
+
+    def chw(shape):
+        c, a, b = shape[1:]
+        return (c, b, a) if transposed else (c, a, b)
+
+    part = H5Part(path, shapes["data"][0], shapes["label"][0], chw(shapes["data"]), chw(shapes["label"]),
+                  transposed)
+    if part.data_shape[0] != part.label_shape[0]:
+        raise InputError(f"{path}: 'data' has {part.data_shape[0]} channels but 'label' has "
+                         f"{part.label_shape[0]}")
+    return part
+
+
+class UnpairedH5Dataset(Dataset):
+    """Degraded patch ``i`` with a freshly drawn random clean patch, as float32 tensors in [0, 1].
+
+    ``scale`` is how much larger clean patches are than degraded ones (4 for x4 SR, 1 otherwise); it
+    is checked for every file. Files are opened lazily, once per process, so that each DataLoader
+    worker holds its own handles.
+    """
+
+    def __init__(self, source, scale: int = 1, layout: str = "auto"):
+        if layout not in LAYOUT_CHOICES:
+            raise ValueError(f"layout must be one of {LAYOUT_CHOICES}")
+        self.parts = [inspect_h5(p, layout) for p in find_h5_files(source)]
+        first = self.parts[0]
+        for part in self.parts:
+            c, h, w = part.data_shape
+            if part.label_shape != (c, h * scale, w * scale):
+                raise InputError(f"{part.path}: clean patches {part.label_shape[1:]} are not {scale}x the "
+                                 f"degraded patches {part.data_shape[1:]}")
+            if (part.data_shape, part.label_shape) != (first.data_shape, first.label_shape):
+                raise InputError(f"{part.path}: patch shapes {part.data_shape}/{part.label_shape} differ from "
+                                 f"{first.path}'s {first.data_shape}/{first.label_shape}")
+        self.scale = scale
+        self._data_ends = np.cumsum([p.n_data for p in self.parts]).tolist()
+        self._label_ends = np.cumsum([p.n_label for p in self.parts]).tolist()
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = None
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        return self.parts[0].data_shape
+
+    @property
+    def label_shape(self) -> tuple[int, int, int]:
+        return self.parts[0].label_shape
+
+    @property
+    def num_labels(self) -> int:
+        return self._label_ends[-1]
+
+    def __len__(self) -> int:
+        return self._data_ends[-1]
+
+    def describe(self) -> str:
+        c, h, w = self.data_shape
+        _, lh, lw = self.label_shape
+        return (f"{len(self.parts)} file(s), {len(self)} degraded {c}x{h}x{w} and {self.num_labels} clean "
+                f"{c}x{lh}x{lw} patches")
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"], state["_pid"] = {}, None  # h5py handles never cross processes
+        return state
+
+    def _file(self, k: int) -> h5py.File:
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        if k not in self._handles:
+            self._handles[k] = h5py.File(self.parts[k].path, "r")
+        return self._handles[k]
+
+    def _read(self, ends: list[int], name: str, index: int) -> torch.Tensor:
+        k = bisect.bisect_right(ends, index)
+        local = index - (ends[k - 1] if k else 0)
+        part = self.parts[k]
+        try:
+            values = self._file(k)[name][local]
+        except OSError as exc:
+            raise InputError(f"{part.path}: '{name}'[{local}] cannot be read ({exc})") from None
+        if part.transposed:
+            values = values.transpose(0, 2, 1)
+        if values.dtype == np.uint8:
+            return torch.from_numpy(np.ascontiguousarray(values)).float().div_(255.0)
+        _check_values(part.path, f"patch '{name}'[{local}]", values)
+        return torch.from_numpy(np.clip(values, 0.0, 1.0).astype(np.float32, copy=False))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        degraded = self._read(self._data_ends, "data", index)
+        clean = self._read(self._label_ends, "label", int(torch.randint(self.num_labels, ())))
+        return degraded, clean
+
+
+# ----------------------------------------------------------------------------- writing
+def cut_patches(img: np.ndarray, patch: int, stride: int) -> np.ndarray:
+    """Square ``patch`` x ``patch`` patches of an H x W x C image on a ``stride`` grid, as N x C x p x p.
+
+    Positions run from the top-left corner; a remainder narrower than a stride at the right or
+    bottom is not covered (as in the reference's MATLAB scripts). An image smaller than one patch
+    gives none.
+    """
+    h, w = img.shape[:2]
+    if h < patch or w < patch:
+        return np.zeros((0, img.shape[2], patch, patch), dtype=img.dtype)
+    tops = range(0, h - patch + 1, stride)
+    lefts = range(0, w - patch + 1, stride)
+    out = np.stack([img[t:t + patch, l:l + patch] for t in tops for l in lefts])
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+class H5PatchWriter:
+    """Stream patches into a training file: datasets grow in chunks, memory holds one batch at most.
+
+    Patches arrive as N x C x H x W, float in [0, 1] or uint8; they are stored as ``dtype`` (uint8
+    rounds to nearest). The file appears at ``path`` only when :meth:`close` succeeds (it is written
+    under a temporary name and renamed), so an interrupted run leaves no half-written training file.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: str = "uint8", chunk: int = 64,
+                 attrs: dict | None = None):
+        if dtype not in ("uint8", "float32"):
+            raise ValueError("dtype must be uint8 or float32")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.dtype = np.dtype(dtype)
+        self.chunk = chunk
+        self.file = h5py.File(self.tmp, "w")
+        self.file.attrs["layout"] = "NCHW"
+        for key, value in (attrs or {}).items():
+            self.file.attrs[key] = value
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(ds.shape[0]) for name, ds in self.file.items()}
+
+    def append(self, name: str, patches: np.ndarray) -> None:
+        if len(patches) == 0:
+            return
+        if patches.ndim != 4:
+            raise ValueError(f"patches must be N x C x H x W, got {patches.shape}")
+        if self.dtype == np.uint8 and patches.dtype != np.uint8:
+            patches = (np.clip(patches, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+        elif self.dtype == np.float32:
+            patches = (patches.astype(np.float32) / 255.0 if patches.dtype == np.uint8
+                       else patches.astype(np.float32))
+        if name not in self.file:
+            self.file.create_dataset(name, shape=(0, *patches.shape[1:]), maxshape=(None, *patches.shape[1:]),
+                                     chunks=(self.chunk, *patches.shape[1:]), dtype=self.dtype)
+        ds = self.file[name]
+        if ds.shape[1:] != patches.shape[1:]:
+            raise ValueError(f"{name}: patch shape {patches.shape[1:]} differs from {ds.shape[1:]}")
+        n = ds.shape[0]
+        ds.resize(n + len(patches), axis=0)
+        ds[n:] = patches
+
+    def close(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
