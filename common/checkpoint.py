@@ -1,0 +1,238 @@
+"""Checkpoints: ours (state dicts, loaded with ``weights_only=True``) and the authors' (pickled modules).
+
+Our format is one dict: ``format``, ``version``, ``task``, ``arch`` (the networks' constructor
+arguments, so that a checkpoint alone rebuilds them), ``generator``/``critic`` state dicts, both
+optimisers, ``epoch``, ``step``, ``sigma``, ``loss``, ``best_psnr``, ``config`` and RNG states.
+Writes are atomic: a temporary file in the same folder, flushed and fsynced, then renamed over the
+target, so a checkpoint on disk is never half-written.
+
+The authors' released files are whole pickled ``_NetG``/``_NetD`` modules from a module named
+``srresnet_unet2``, under ``{"epoch", "model", "discr"}``. Unpickling them normally would import and
+run whatever the pickle names. Instead a restricted unpickler admits only the classes such a file
+needs, turns every module into an inert record of its tensors, and our networks are rebuilt from
+those tensors by name. Anything else in the pickle is refused.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import types
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from .errors import InputError, note
+from .networks import Critic, Generator
+
+FORMAT = "sot-checkpoint"
+VERSION = 1
+
+# Branches the authors' _NetG creates and never calls (METHOD 3): present in their files, not in ours.
+UNUSED_AUTHOR_BRANCHES = ("shallow_feat2.", "shallow_feat3.")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it into place.
+
+    If anything fails (a full disk, a kill), the previous file at ``path`` is untouched and the
+    temporary file is removed where possible.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Atomically write a checkpoint dict of our format (``format`` and ``version`` are added)."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+# ----------------------------------------------------------------------------- the authors' files
+class _PickledModule:
+    """Inert stand-in for a pickled ``nn.Module``: keeps its attributes, runs nothing."""
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+
+_AUTHOR_CLASSES = {"_NetG", "_NetD", "CAB", "CALayer", "SAM", "Encoder", "Decoder", "DownSample",
+                   "UpSample", "SkipUpSample"}
+_TORCH_MODULES = {"Conv2d", "PReLU", "ReLU", "Sigmoid", "LeakyReLU", "Linear", "Sequential",
+                  "AdaptiveAvgPool2d", "Upsample"}
+_ALLOWED_CALLABLES = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+}
+if hasattr(torch._utils, "_rebuild_parameter_with_state"):
+    _ALLOWED_CALLABLES[("torch._utils", "_rebuild_parameter_with_state")] = torch._utils._rebuild_parameter_with_state
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        module = {"__builtin__": "builtins"}.get(module, module)  # protocol-2 pickles use Python 2 names
+        if module == "srresnet_unet2" and name in _AUTHOR_CLASSES:
+            return _PickledModule
+        if module.startswith("torch.nn.modules.") and name in _TORCH_MODULES:
+            return _PickledModule
+        if (module, name) in _ALLOWED_CALLABLES:
+            return _ALLOWED_CALLABLES[(module, name)]
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of an SOT checkpoint")
+
+
+_restricted_pickle = types.SimpleNamespace(
+    __name__="sot_restricted_pickle", Unpickler=_RestrictedUnpickler,
+    load=lambda f, **kw: _RestrictedUnpickler(f, **kw).load(),
+)
+
+
+def _flatten_module(obj, prefix: str, out: dict) -> None:
+    """Collect an inert module tree's parameters and persistent buffers under state-dict names."""
+    d = getattr(obj, "__dict__", {})
+    skip = d.get("_non_persistent_buffers_set") or set()
+    for kind in ("_parameters", "_buffers"):
+        for name, value in (d.get(kind) or {}).items():
+            if isinstance(value, torch.Tensor) and name not in skip:
+                out[prefix + name] = value.detach().clone() if isinstance(value, torch.nn.Parameter) else value
+    for name, child in (d.get("_modules") or {}).items():
+        if child is not None:
+            _flatten_module(child, f"{prefix}{name}.", out)
+
+
+def _load_authors(path: Path, map_location) -> dict:
+    obj = torch.load(path, map_location=map_location, pickle_module=_restricted_pickle, weights_only=False)
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), _PickledModule):
+        raise InputError(f"{path}: not an SOT checkpoint (no 'model' network inside)")
+    out = {"format": "authors", "epoch": obj.get("epoch"), "generator": {}, "critic": None}
+    _flatten_module(obj["model"], "", out["generator"])
+    if isinstance(obj.get("discr"), _PickledModule):
+        out["critic"] = {}
+        _flatten_module(obj["discr"], "", out["critic"])
+    out["generator"] = {k: v for k, v in out["generator"].items() if not k.startswith(UNUSED_AUTHOR_BRANCHES)}
+    out["arch"] = {"generator": infer_generator_arch(out["generator"], path),
+                   "critic": infer_critic_arch(out["critic"]) if out["critic"] else None}
+    return out
+
+
+def infer_generator_arch(state: dict, path) -> dict:
+    """The generator's constructor arguments, read off the shapes of its weights."""
+    try:
+        first = state["shallow_feat1.0.weight"]
+        width, channels, kernel = first.shape[0], first.shape[1], first.shape[2]
+        increment = state["stage1_encoder.down12.down.1.weight"].shape[0] - width
+        reduction = width // state["shallow_feat1.1.CA.conv_du.0.weight"].shape[0]
+    except KeyError as exc:
+        raise InputError(f"{path}: the checkpoint's generator lacks {exc.args[0]}; not an SOT generator") from None
+    return dict(channels=int(channels), width=int(width), increment=int(increment),
+                reduction=int(reduction), kernel_size=int(kernel))
+
+
+def infer_critic_arch(state: dict) -> dict:
+    first = state["features.0.weight"]
+    fc_in = state["fc1.weight"].shape[1]
+    width = first.shape[0]
+    side = int(round((fc_in / (8 * width)) ** 0.5))
+    return dict(channels=int(first.shape[1]), hidden=int(state["fc1.weight"].shape[0]),
+                input_size=32 * side, width=int(width))
+
+
+# ----------------------------------------------------------------------------- reading either format
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint of either format into a dict with at least ``format``, ``arch``,
+    ``generator`` and ``critic`` (state dicts; ``critic`` may be ``None``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "srresnet_unet2" not in str(exc):
+            if "Weights only load failed" in str(exc) and "GLOBAL" in str(exc):
+                raise InputError(f"{path}: not an SOT checkpoint (it pickles code that is not ours)") from None
+            raise InputError(f"{path}: not a checkpoint ({str(exc).splitlines()[0]})") from None
+        try:
+            return _load_authors(path, map_location)
+        except pickle.UnpicklingError as exc2:
+            raise InputError(f"{path}: {exc2}") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise InputError(f"{path}: not a checkpoint, or a damaged one ({str(exc).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise InputError(f"{path}: not an SOT checkpoint (no '{FORMAT}' format tag)")
+    if ckpt.get("version", 0) > VERSION:
+        raise InputError(f"{path}: checkpoint version {ckpt['version']} is newer than this code ({VERSION})")
+    return ckpt
+
+
+def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:
+    """``load_state_dict`` with an error that names the keys that differ (another architecture)."""
+    ours = module.state_dict()
+    missing = [k for k in ours if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(ours[k].shape)}" for k in ours
+             if k in state and state[k].shape != ours[k].shape]
+    unexpected = [k for k in state if k not in ours]
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s), e.g. {', '.join(missing[:3])}")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {'; '.join(wrong[:3])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
+        raise InputError(f"{path}: the {what} in this checkpoint has another architecture: " + "; ".join(parts))
+    if unexpected:
+        note(f"{path}: ignoring {len(unexpected)} {what} key(s) this code does not use, e.g. "
+             f"{', '.join(unexpected[:3])}")
+    module.load_state_dict({k: state[k] for k in ours}, strict=True)
+
+
+def build_generator(ckpt: dict, path) -> Generator:
+    arch = (ckpt.get("arch") or {}).get("generator") or infer_generator_arch(ckpt["generator"], path)
+    gen = Generator(**arch)
+    load_weights(gen, ckpt["generator"], path, "generator")
+    return gen
+
+
+def build_critic(ckpt: dict, path) -> Critic | None:
+    if not ckpt.get("critic"):
+        return None
+    arch = (ckpt.get("arch") or {}).get("critic") or infer_critic_arch(ckpt["critic"])
+    critic = Critic(**arch)
+    load_weights(critic, ckpt["critic"], path, "critic")
+    return critic
+
+
+def load_generator(path: str | os.PathLike, map_location="cpu") -> Generator:
+    """A :class:`Generator` in eval mode with the weights of a checkpoint of either format."""
+    ckpt = read_checkpoint(path, map_location)
+    return build_generator(ckpt, path).to(map_location).eval()

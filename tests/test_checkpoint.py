@@ -1,0 +1,107 @@
+import pickle
+
+import pytest
+import torch
+
+from common.checkpoint import (atomic_write, load_generator, read_checkpoint, save_checkpoint)
+from common.errors import InputError
+from common.networks import Critic, Generator
+
+
+def test_round_trip_of_our_format(tmp_path):
+    torch.manual_seed(0)
+    g = Generator(width=16, increment=8)
+    d = Critic(hidden=16, input_size=32, width=8)
+    with torch.no_grad():
+        g.sam12.conv2.weight.add_(0.1)
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint(path, {"task": "sr", "arch": {"generator": g.arch, "critic": d.arch},
+                           "generator": g.state_dict(), "critic": d.state_dict(), "epoch": 3, "step": 30,
+                           "config": {"lr": 1e-4, "sigma": [10.0]}})
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left behind
+    # weights_only=True must accept it as written: plain containers and tensors only
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "sot-checkpoint" and raw["step"] == 30
+    loaded = load_generator(path)
+    assert not loaded.training and loaded.arch == g.arch
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), g.eval()(x))
+
+
+def test_authors_format_loads_without_their_code(authors_checkpoint):
+    path, net_g, net_d = authors_checkpoint
+    g = load_generator(path)
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), net_g.eval()(x))  # a second implementation, the same function
+    ckpt = read_checkpoint(path)
+    assert ckpt["format"] == "authors" and ckpt["epoch"] == 200
+    assert not any(k.startswith("shallow_feat2") for k in ckpt["generator"])
+    from common.checkpoint import build_critic
+    d = build_critic(ckpt, path)
+    assert d.arch["hidden"] == 640
+    patch = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(d(patch), net_d(patch).view(-1))
+
+
+def test_sr_test_script_accepts_authors_file(authors_checkpoint, tmp_path):
+    from common.images import write_image
+    from conftest import run_script
+    import numpy as np
+
+    path, _, _ = authors_checkpoint
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "lr" / "a.png", rng.random((12, 16, 3)))
+    write_image(tmp_path / "hr" / "a.png", rng.random((48, 64, 3)))
+    out = run_script("sr/test.py", "--checkpoint", str(path), "--input", str(tmp_path / "lr"), "--gt",
+                     str(tmp_path / "hr"), "--save", str(tmp_path / "res"), "--no-lpips", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert "(authors)" in out.stdout and "mean: PSNR" in out.stdout
+    assert (tmp_path / "res" / "a.png").is_file() and (tmp_path / "res" / "metrics.csv").is_file()
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path, authors_module):
+    path = tmp_path / "evil.pth"
+    torch.save({"epoch": 1, "model": authors_module._NetG(), "discr": Exploit()}, path)
+    with pytest.raises(InputError, match="posix.system|os.system|not an SOT checkpoint|refused"):
+        read_checkpoint(path)
+
+
+def test_not_a_checkpoint_and_other_architecture(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x89PNG not a checkpoint")
+    with pytest.raises(InputError, match="junk.pt: not a checkpoint"):
+        read_checkpoint(junk)
+    with pytest.raises(InputError, match="not found"):
+        read_checkpoint(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(InputError, match="not an SOT checkpoint"):
+        read_checkpoint(other)
+    g = Generator(width=16, increment=8)
+    wrong = tmp_path / "wrong.pt"
+    save_checkpoint(wrong, {"arch": {"generator": Generator().arch},  # arch says 80 wide, weights are 16
+                            "generator": g.state_dict()})
+    with pytest.raises(InputError, match="another architecture: .*shape mismatch"):
+        load_generator(wrong)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_write(path, lambda f: f.write(b"old"))
+
+    def failing(f):
+        f.write(b"partial")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
