@@ -67,9 +67,13 @@ class LPIPS:
     def _load(self):
         if self._model is None and self.unavailable is None:
             try:
+                import warnings
+
                 import lpips
-                model = lpips.LPIPS(net="alex", version="0.1", verbose=False,
-                                    pnet_rand=not self.pretrained_trunk)
+                with warnings.catch_warnings():  # lpips still calls torchvision's deprecated `pretrained=`
+                    warnings.simplefilter("ignore", UserWarning)
+                    model = lpips.LPIPS(net="alex", version="0.1", verbose=False,
+                                        pnet_rand=not self.pretrained_trunk)
                 self._model = model.eval().to(self.device)
             except Exception as exc:  # no network, no cache, no package: all mean "not available"
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,256 @@
+"""Command lines of every task's ``train.py`` and ``test.py``: the flags, their task defaults, the demos."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import EXIT_BAD_INPUT, InputError
+from .losses import TRANSPORT_COSTS
+from .tasks import TASKS, Task
+
+# The demo: a few minutes on a CPU. GAN training from scratch is unstable over so few steps (the
+# critic's first RMSprop steps are large), so it starts G at the identity, uses a lower learning rate
+# and keeps the best validated checkpoint, as the reference keeps its best.
+DEMO_STEPS = 60
+DEMO_BATCH = 4
+DEMO_LR = 1e-5
+
+
+def sigma_list(token: str) -> list[float]:
+    """One ``--sigma`` token: ``100``, ``100,50`` or the reference's ``[100,50,30,10]``."""
+    parts = token.strip().strip("[]()").replace(",", " ").split()
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or list of numbers: {token!r}") from None
+    if not values or any(not (v >= 0 and v < float("inf")) for v in values):
+        raise argparse.ArgumentTypeError(f"sigma must be finite and non-negative: {token!r}")
+    return values
+
+
+def positive_int(token: str) -> int:
+    value = int(token)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="where to run; auto takes CUDA when available (default: %(default)s)")
+    parser.add_argument("--gpus", default=None, metavar="IDS",
+                        help="GPU ids to expose, as CUDA_VISIBLE_DEVICES (e.g. '0' or '0,1')")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="network arithmetic; auto is bf16 autocast on CUDA and fp32 on the CPU "
+                             "(the transport cost and gradient-penalty norm are always fp32)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+
+
+def train_parser(task: Task) -> argparse.ArgumentParser:
+    sigmas = " ".join(f"{s:g}" for s in task.sigmas)
+    p = argparse.ArgumentParser(
+        prog=f"{task.name}/train.py",
+        description=f"Train SOT for {task.title} from unpaired degraded and clean patches (HDF5). "
+                    "One model is trained per value of --sigma, the weight of the transport cost.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"examples:\n  python {task.name}/train.py --demo\n"
+               f"  python {task.name}/train.py --trainset data/{task.name}/ --sigma {sigmas} "
+               f"--val-input VAL_IN/ --val-gt VAL_GT/\n"
+               f"  python {task.name}/train.py --trainset data/{task.name}/ --loss ot --sigma=[{task.sigmas[0]:g}]")
+    g = p.add_argument_group("the reference's flags")
+    g.add_argument("--nEpochs", type=positive_int, default=200, help="epochs per sigma (default: %(default)s)")
+    g.add_argument("--batchSize", type=positive_int, default=task.batch_size, help="patches per step (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=1e-4, help="critic learning rate; G gets half (default: %(default)s)")
+    g.add_argument("--step", type=positive_int, default=50, help="divide the learning rate by 10 every STEP epochs "
+                   "(default: %(default)s)")
+    g.add_argument("--sigma", type=sigma_list, nargs="+", default=[list(task.sigmas)], metavar="S",
+                   help=f"transport weights, one model each: '--sigma {sigmas}' or '--sigma=[{sigmas.replace(' ', ',')}]' "
+                        f"(default: {sigmas})")
+    g.add_argument("--trainset", default="./data/", metavar="DIR",
+                   help="folder of .h5 files with 'data' (degraded) and 'label' (clean) patches (default: %(default)s)")
+    g.add_argument("--resume", default="", metavar="CKPT", help="continue a run from one of our checkpoints")
+    g.add_argument("--pretrained", default="", metavar="CKPT",
+                   help="start from the weights of a checkpoint (ours or the authors')")
+    g.add_argument("--threads", type=int, default=0, help="data-loader worker processes (default: %(default)s)")
+    s = p.add_argument_group("SOT options")
+    s.add_argument("--loss", choices=TRANSPORT_COSTS, default=task.default_loss,
+                   help="transport cost: l0.5 or l1 of the residual's spectrum, or the plain OT pixel L2 "
+                        "(default: %(default)s)")
+    s.add_argument("--init", choices=("reference", "identity"), default="reference",
+                   help="generator start: PyTorch's default initialisation as in the reference, or identity "
+                        "(zeroed residual head: G(x) = x at step 0, steadier for short runs) (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=None, help="base random seed; sigma i uses SEED + i "
+                   "(default: a fresh one, recorded in config.json)")
+    s.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
+                   help="stop each sigma's run after N steps, whatever --nEpochs says")
+    s.add_argument("--val-input", default=None, metavar="DIR", help="validation inputs (degraded images)")
+    s.add_argument("--val-gt", default=None, metavar="DIR", help="validation ground truth, same file names")
+    s.add_argument("--val-every", type=positive_int, default=10, metavar="EPOCHS",
+                   help="validate every EPOCHS epochs and at the end; the best PSNR is kept as best.pt "
+                        "(default: %(default)s)")
+    s.add_argument("--out", default="checkpoints", metavar="DIR",
+                   help="runs go to DIR/<task>/<name>/sigma-<s>/ (default: %(default)s)")
+    s.add_argument("--name", default=None, help="run name (default: <loss>-<date>-<time>)")
+    s.add_argument("--layout", choices=("auto", "ours", "matlab"), default="auto",
+                   help="patch layout of the .h5 files: ours (N x C x H x W), matlab (N x C x W x H), or auto "
+                        "(the files' 'layout' attribute, else ours)")
+    if task.scale > 1:
+        s.add_argument("--align-corners", action="store_true",
+                       help="upsample inputs with align_corners=True, as the reference trained")
+    s.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="log every N steps")
+    s.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    s.add_argument("--demo", action="store_true",
+                   help=f"build a small unpaired set from scikit-image's photographs and train a short run "
+                        f"({DEMO_STEPS} steps of {DEMO_BATCH}, --init identity, --lr {DEMO_LR:g}, validated every "
+                        "epoch) that a CPU finishes in minutes; any flag given as well overrides these")
+    _common_flags(p)
+    return p
+
+
+def test_parser(task: Task) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"{task.name}/test.py",
+        description=f"Restore images with an SOT {task.title} checkpoint (ours or the authors') and, given "
+                    "ground truth, report PSNR, SSIM and LPIPS per image and on average (also in metrics.csv).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"examples:\n  python {task.name}/test.py --demo\n"
+               f"  python {task.name}/test.py --checkpoint CKPT --input DEGRADED/ --gt CLEAN/ --save results/\n"
+               f"  python {task.name}/test.py --checkpoint CKPT --input MY_PHOTOS/")
+    p.add_argument("--checkpoint", "--model", default=None, metavar="CKPT", help="checkpoint file to test")
+    p.add_argument("--input", default=None, metavar="DIR", help="folder of degraded images"
+                   + (" (low-resolution; upsampled x4 bicubic before G)" if task.scale > 1 else ""))
+    p.add_argument("--gt", default=None, metavar="DIR",
+                   help="ground-truth folder with the same file names; without it only restored images are written")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="where restored PNGs and metrics.csv go (default: results/<task>/<checkpoint>)")
+    if task.scale > 1:
+        p.add_argument("--prescaled", action="store_true",
+                       help="inputs are already upsampled to the output size (the authors' test setup)")
+        p.add_argument("--align-corners", action="store_true", default=None,
+                       help="upsample with align_corners=True (default: as the checkpoint was trained)")
+    p.add_argument("--y-channel", action="store_true", help="PSNR/SSIM on the BT.601 Y channel instead of RGB")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--out", default="checkpoints", metavar="DIR", help="with --demo: where the demo runs are")
+    p.add_argument("--demo", action="store_true",
+                   help="test the newest demo checkpoint on the demo's held-out photographs")
+    _common_flags(p)
+    return p
+
+
+def run_guarded(main, argv, debug_flag: str = "--debug") -> None:
+    """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        main(argv)
+    except InputError as exc:
+        if debug_flag in argv:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+# ----------------------------------------------------------------------------- train.py
+def parse_train_args(task: Task, argv: list[str]) -> argparse.Namespace:
+    """Parse train.py's flags; with --demo, the demo's defaults stand in for the task's."""
+    parser = train_parser(task)
+    if "--demo" in argv:
+        parser.set_defaults(max_steps=DEMO_STEPS, batchSize=DEMO_BATCH, sigma=[[task.demo_sigma]],
+                            lr=DEMO_LR, init="identity", nEpochs=1000, val_every=1)
+    args = parser.parse_args(argv)
+    args.sigma = [s for group in args.sigma for s in group]
+    if not hasattr(args, "align_corners"):
+        args.align_corners = False
+    return args
+
+
+def _train(task: Task, argv: list[str]) -> None:
+    from .demo import build_demo_data
+    from .training import train
+
+    args = parse_train_args(task, argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.demo:
+        args.name = args.name or f"demo-{stamp}"
+        paths = build_demo_data(task, Path(args.out) / task.name / "demo-data", task.degradation)
+        args.trainset, args.val_input, args.val_gt = (str(paths[k]) for k in ("trainset", "val_input", "val_gt"))
+    args.name = args.name or f"{args.loss}-{stamp}"
+    started = time.time()
+    results = train(task, args)
+    if args.demo:
+        r = results[-1]
+        print(f"\ndemo done in {(time.time() - started) / 60:.1f} min ({r.step} steps). PSNR on "
+              f"{len(list(Path(args.val_gt).iterdir()))} held-out photographs: {task.input_label} "
+              f"{r.last_val['input_psnr']:.2f} dB; SOT ({args.loss}, sigma {r.sigma:g}): best checkpoint "
+              f"{r.best_psnr:.2f} dB (best.pt), last step {r.last_val['psnr']:.2f} dB.\n"
+              "Minutes of CPU cannot train this GAN (its first hundreds of steps are turbulent); the demo "
+              "shows the pipeline end to end.\n"
+              f"Test it: python {task.name}/test.py --demo")
+
+
+def train_main(task_name: str, argv: list[str] | None = None) -> None:
+    run_guarded(lambda a: _train(TASKS[task_name], a), argv)
+
+
+# ----------------------------------------------------------------------------- test.py
+def newest_demo_checkpoint(out: Path, task: Task) -> Path:
+    """The newest demo run's best checkpoint (its last one if it was never validated)."""
+    runs = sorted((out / task.name).glob("demo-*/sigma-*/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise InputError(f"{out / task.name}: no demo checkpoint; run python {task.name}/train.py --demo first")
+    best = runs[-1].with_name("best.pt")
+    return best if best.is_file() else runs[-1]
+
+
+def default_save_dir(task: Task, checkpoint: Path) -> Path:
+    parent = checkpoint.parent
+    name = f"{parent.parent.name}_{parent.name}_{checkpoint.stem}" if parent.name.startswith("sigma-") else checkpoint.stem
+    return Path("results") / task.name / name
+
+
+def _test(task: Task, argv: list[str]) -> None:
+    from .checkpoint import build_generator, read_checkpoint
+    from .demo import demo_paths
+    from .evaluate import evaluate, format_row
+    from .metrics import LPIPS
+    from .pairs import pair_folders
+    from .training import resolve_device, resolve_precision
+
+    args = test_parser(task).parse_args(argv)
+    if args.demo:
+        args.checkpoint = args.checkpoint or str(newest_demo_checkpoint(Path(args.out), task))
+        paths = demo_paths(Path(args.out) / task.name / "demo-data")
+        args.input, args.gt = args.input or str(paths["val_input"]), args.gt or str(paths["val_gt"])
+    if not args.checkpoint or not args.input:
+        raise InputError("give --checkpoint and --input (or --demo)")
+    if args.gpus:
+        import os
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    checkpoint = Path(args.checkpoint)
+    ckpt = read_checkpoint(checkpoint)
+    generator = build_generator(ckpt, checkpoint).to(device).eval()
+    trained = (ckpt.get("config") or {})
+    align_corners = getattr(args, "align_corners", None)
+    if align_corners is None:
+        align_corners = bool(trained.get("align_corners", False))
+    pairs = pair_folders(args.input, args.gt)
+    save_dir = Path(args.save) if args.save else default_save_dir(task, checkpoint)
+    lpips = None if args.no_lpips or args.gt is None else LPIPS(str(device))
+    print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
+    ev = evaluate(generator, pairs, task, device, align_corners=align_corners,
+                  prescaled=getattr(args, "prescaled", False), save_dir=save_dir, lpips=lpips,
+                  y_channel=args.y_channel, precision=precision)
+    for row in ev.rows:
+        print(format_row(row, task.input_label))
+    if args.gt is not None:
+        print(format_row({"name": "mean", **ev.means}, task.input_label))
+        print(f"restored images and metrics.csv in {save_dir}")
+    else:
+        print(f"restored images in {save_dir}")
+
+
+def test_main(task_name: str, argv: list[str] | None = None) -> None:
+    run_guarded(lambda a: _test(TASKS[task_name], a), argv)

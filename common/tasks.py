@@ -1,0 +1,45 @@
+"""The three restoration tasks, side by side: a task is its defaults and what its input needs before G.
+
+Everything else (networks, losses, training loop, checkpoints, evaluation) is shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    title: str
+    scale: int                 # clean patch side / degraded patch side in the training files
+    batch_size: int
+    critic_hidden: int         # width of the critic's hidden linear layer (METHOD 4)
+    sigmas: tuple[float, ...]  # transport weights; one model is trained per value (METHOD 2)
+    default_loss: str
+    degradation: str           # the synthetic degradation its demo uses (common.degrade)
+    input_label: str           # what the degraded input is called next to the result
+    patch: int = 128           # clean-side training patch; the critic takes exactly this size
+    demo_sigma: float = 10.0
+
+
+TASKS: dict[str, Task] = {
+    "sr": Task("sr", "x4 super-resolution", scale=4, batch_size=32, critic_hidden=640,
+               sigmas=(100, 50, 30, 10), default_loss="sot-l0.5", degradation="bicubic-x4",
+               input_label="bicubic", demo_sigma=100.0),
+}
+
+
+def model_input(task: Task, degraded: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
+    """What goes into G for a batch of degraded images: SR upsamples x4 bicubic, the others pass as is.
+
+    ``align_corners=False`` keeps pixel centres aligned with the high-resolution grid (as MATLAB's
+    ``imresize`` does, which makes the test inputs); the reference trained with ``True``, which
+    stretches the image by up to 1.5 pixels at the borders (METHOD 5). Values are not clamped, as in
+    the reference.
+    """
+    if task.scale == 1:
+        return degraded
+    return F.interpolate(degraded, scale_factor=task.scale, mode="bicubic", align_corners=align_corners)

@@ -1,0 +1,46 @@
+"""The task scripts end to end, as subprocesses, the way a user runs them."""
+import json
+
+from conftest import run_script
+
+
+def test_sr_demo_train_then_test(tmp_path):
+    out = tmp_path / "ckpt"
+    train = run_script("sr/train.py", "--demo", "--max-steps", "2", "--batchSize", "2", "--out", str(out),
+                       "--seed", "1", "--no-tensorboard")
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "held-out photographs: bicubic" in train.stdout
+    runs = list((out / "sr").glob("demo-*/sigma-100"))
+    assert len(runs) == 1
+    run = runs[0]
+    for name in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "samples/epoch-0001.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["sigma"] == 100 and config["seed"] == 1 and config["loss"] == "sot-l0.5"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["train", "train", "val"]
+    assert records[-1]["input_psnr"] > 15
+
+    save = tmp_path / "results"
+    test = run_script("sr/test.py", "--demo", "--out", str(out), "--save", str(save))
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "mean: PSNR" in test.stdout and "(bicubic: PSNR" in test.stdout
+    pngs = sorted(p.name for p in save.glob("*.png"))
+    assert pngs == ["brick.png", "camera.png", "chelsea.png"]
+    csv_lines = (save / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    result = run_script("sr/train.py", "--trainset", str(tmp_path / "nothing"), "--max-steps", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ") and "nothing" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_script("sr/test.py", "--checkpoint", str(tmp_path / "none.pt"), "--input", str(tmp_path))
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+
+
+def test_help_explains():
+    for script in ("sr/train.py", "sr/test.py"):
+        result = run_script(script, "--help")
+        assert result.returncode == 0 and "examples:" in result.stdout

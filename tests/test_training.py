@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from common.cli import parse_train_args
+from common.networks import Critic, Generator
+from common.tasks import TASKS
+from common.training import learning_rate, make_optimizers, set_learning_rate, train_step
+
+
+def small_pair(seed=0):
+    torch.manual_seed(seed)
+    return Generator(width=16, increment=8), Critic(hidden=16, input_size=32, width=8)
+
+
+@pytest.mark.parametrize("cost", ["sot-l0.5", "sot-l1", "ot"])
+def test_one_iteration_changes_both_networks_and_stays_finite(cost):
+    g, d = small_pair()
+    opt_g, opt_d = make_optimizers(g, d, 1e-4)
+    before_g = {k: v.clone() for k, v in g.state_dict().items()}
+    before_d = {k: v.clone() for k, v in d.state_dict().items()}
+    x, clean = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    stats, fake = train_step(g, d, opt_g, opt_d, x, clean, sigma=10.0, cost=cost)
+    assert fake.shape == x.shape and not fake.requires_grad
+    assert all(torch.isfinite(v).all() for v in stats.values())
+    assert stats["w_distance"].item() == pytest.approx(-stats["loss_d"].item())
+    after_g, after_d = g.state_dict(), d.state_dict()
+    assert all(torch.isfinite(v).all() for v in [*after_g.values(), *after_d.values()])
+    assert not torch.equal(before_g["sam12.conv2.weight"], after_g["sam12.conv2.weight"])
+    assert not torch.equal(before_g["shallow_feat1.0.weight"], after_g["shallow_feat1.0.weight"])
+    assert torch.equal(before_g["sam12.conv1.weight"], after_g["sam12.conv1.weight"])  # frozen, unused
+    # every weight moves; fc2.bias shifts real and fake scores alike, so no WGAN loss moves it
+    unchanged = [k for k in before_d if torch.equal(before_d[k], after_d[k])]
+    assert "fc2.bias" in unchanged and all(k.endswith("bias") for k in unchanged)
+    assert all(p.requires_grad for p in d.parameters())  # the critic is unfrozen again
+
+
+def test_two_critic_updates_then_a_generator_step_that_leaves_critic_grads_alone():
+    g, d = small_pair(1)
+    opt_g, opt_d = make_optimizers(g, d, 1e-4)
+    recorded = []
+    critic_step = opt_d.step
+
+    def spy(*args, **kwargs):
+        recorded.append([p.grad.clone() for p in d.parameters()])
+        return critic_step(*args, **kwargs)
+
+    opt_d.step = spy
+    train_step(g, d, opt_g, opt_d, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), 1.0, "sot-l1")
+    assert len(recorded) == 2  # the critic step, then the gradient-penalty step
+    # the critic is frozen in the generator step: its grads are still the penalty step's
+    assert all(torch.equal(p.grad, r) for p, r in zip(d.parameters(), recorded[1]))
+    assert g.sam12.conv2.weight.grad is not None
+
+
+def test_learning_rate_schedule_and_half_rate_for_g():
+    assert learning_rate(1e-4, 1, 50) == pytest.approx(1e-4)
+    assert learning_rate(1e-4, 50, 50) == pytest.approx(1e-4)
+    assert learning_rate(1e-4, 51, 50) == pytest.approx(1e-5)
+    assert learning_rate(1e-4, 101, 50) == pytest.approx(1e-6)
+    g, d = small_pair()
+    opt_g, opt_d = make_optimizers(g, d, 1e-4)
+    assert isinstance(opt_g, torch.optim.RMSprop) and isinstance(opt_d, torch.optim.RMSprop)
+    set_learning_rate(opt_g, opt_d, 1e-5)
+    assert opt_d.param_groups[0]["lr"] == pytest.approx(1e-5) and opt_g.param_groups[0]["lr"] == pytest.approx(5e-6)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], [100, 50, 30, 10]),
+    (["--sigma", "100", "50"], [100, 50]),
+    (["--sigma=[100,50,30,10]"], [100, 50, 30, 10]),
+    (["--sigma", "0.1,1", "10"], [0.1, 1, 10]),
+])
+def test_sigma_spellings(argv, expected):
+    assert parse_train_args(TASKS["sr"], argv).sigma == expected
+
+
+def test_reference_defaults_and_demo_defaults():
+    args = parse_train_args(TASKS["sr"], [])
+    assert (args.nEpochs, args.batchSize, args.lr, args.step, args.loss) == (200, 32, 1e-4, 50, "sot-l0.5")
+    demo = parse_train_args(TASKS["sr"], ["--demo", "--max-steps", "2"])
+    assert demo.max_steps == 2 and demo.batchSize < 32 and len(demo.sigma) == 1
+    with pytest.raises(SystemExit):
+        parse_train_args(TASKS["sr"], ["--sigma", "abc"])
