@@ -120,7 +120,8 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
                f"  python {task.name}/test.py --checkpoint CKPT --input MY_PHOTOS/")
     p.add_argument("--checkpoint", "--model", default=None, metavar="CKPT", help="checkpoint file to test")
     p.add_argument("--input", default=None, metavar="DIR", help="folder of degraded images"
-                   + (" (low-resolution; upsampled x4 bicubic before G)" if task.scale > 1 else ""))
+                   + (" (low-resolution; upsampled x4 bicubic before G)" if task.scale > 1 else
+                      ", or a test set's folder in one of the known layouts (see the README)"))
     p.add_argument("--gt", default=None, metavar="DIR",
                    help="ground-truth folder with the same file names; without it only restored images are written")
     p.add_argument("--save", default=None, metavar="DIR",
@@ -130,7 +131,11 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
                        help="inputs are already upsampled to the output size (the authors' test setup)")
         p.add_argument("--align-corners", action="store_true", default=None,
                        help="upsample with align_corners=True (default: as the checkpoint was trained)")
-    p.add_argument("--y-channel", action="store_true", help="PSNR/SSIM on the BT.601 Y channel instead of RGB")
+    p.add_argument("--y-channel", action="store_true",
+                   help="PSNR/SSIM on the BT.601 Y channel (Y = 16 + 65.481 R + 128.553 G + 24.966 B) instead of RGB")
+    p.add_argument("--transpose", action="store_true",
+                   help="swap height and width around G: for models trained on MATLAB-layout .h5 files "
+                        "read without --layout matlab (the authors' deraining models)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--out", default="checkpoints", metavar="DIR", help="with --demo: where the demo runs are")
     p.add_argument("--demo", action="store_true",
@@ -214,7 +219,7 @@ def _test(task: Task, argv: list[str]) -> None:
     from .demo import demo_paths
     from .evaluate import evaluate, format_row
     from .metrics import LPIPS
-    from .pairs import pair_folders
+    from .pairs import find_pairs
     from .training import resolve_device, resolve_precision
 
     args = test_parser(task).parse_args(argv)
@@ -236,16 +241,16 @@ def _test(task: Task, argv: list[str]) -> None:
     align_corners = getattr(args, "align_corners", None)
     if align_corners is None:
         align_corners = bool(trained.get("align_corners", False))
-    pairs = pair_folders(args.input, args.gt)
+    pairs = find_pairs(args.input, args.gt, verbose=True)
     save_dir = Path(args.save) if args.save else default_save_dir(task, checkpoint)
-    lpips = None if args.no_lpips or args.gt is None else LPIPS(str(device))
+    lpips = None if args.no_lpips or all(p.gt is None for p in pairs) else LPIPS(str(device))
     print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
     ev = evaluate(generator, pairs, task, device, align_corners=align_corners,
                   prescaled=getattr(args, "prescaled", False), save_dir=save_dir, lpips=lpips,
-                  y_channel=args.y_channel, precision=precision)
+                  y_channel=args.y_channel, precision=precision, transpose=args.transpose)
     for row in ev.rows:
         print(format_row(row, task.input_label))
-    if args.gt is not None:
+    if any(p.gt is not None for p in pairs):
         print(format_row({"name": "mean", **ev.means}, task.input_label))
         print(f"restored images and metrics.csv in {save_dir}")
     else:

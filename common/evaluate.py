@@ -82,9 +82,13 @@ class Evaluation:
 def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: torch.device, *,
              align_corners: bool = False, prescaled: bool = False, save_dir: str | os.PathLike | None = None,
              lpips: LPIPS | None = None, y_channel: bool = False, precision: str = "fp32",
-             progress: bool = True) -> Evaluation:
+             transpose: bool = False, progress: bool = True) -> Evaluation:
     """Restore every pair's input, write it under ``save_dir`` (if given) and measure it (if it has a
-    ground truth). Returns one row per image with the restored and the input's metrics."""
+    ground truth). Returns one row per image with the restored and the input's metrics.
+
+    ``transpose`` swaps height and width around G, for models trained on MATLAB-layout files read
+    as they are (their patches were stored W x H), as the reference's deraining test does.
+    """
     generator.eval()
     result = Evaluation()
     save_dir = Path(save_dir) if save_dir is not None else None
@@ -92,7 +96,11 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
         x = image_to_tensor(read_image(pair.input)).to(device)
         if not prescaled:
             x = model_input(task, x, align_corners)
-        restored = to_uint8(tensor_to_image(restore(generator, x, precision)))
+        if transpose:
+            restored = restore(generator, x.transpose(-1, -2), precision).transpose(-1, -2)
+        else:
+            restored = restore(generator, x, precision)
+        restored = to_uint8(tensor_to_image(restored))
         if save_dir is not None:
             write_image(save_dir / f"{pair.name}.png", restored)
         row: dict = {"name": pair.name}

@@ -1,41 +1,138 @@
-"""Which degraded image goes with which ground truth, for validation and testing."""
+"""Which degraded image goes with which ground truth, for validation and testing.
+
+Besides two folders with equal file names, the common layouts of the real test sets are recognised
+by themselves (see :data:`LAYOUTS` and :data:`SUBFOLDERS`): point ``--input`` at the data set's
+folder and the pairs are found.
+"""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, note
 from .images import list_images
 
 
 @dataclass(frozen=True)
 class Pair:
-    name: str            # the name results are written under (no extension)
+    name: str            # the name results are written under (the input's, no extension)
     input: Path
     gt: Path | None      # None: restore only, no metrics
 
 
-def pair_folders(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = None) -> list[Pair]:
-    """Pair the images of two folders by file name (extensions may differ: ``a.png`` with ``a.jpg``).
+@dataclass(frozen=True)
+class Layout:
+    """How input and ground-truth file names (without extension) map to a shared key."""
+    name: str
+    description: str
+    input_pattern: str   # a full match; group 1 is the key
+    gt_pattern: str
 
-    Without ``gt_dir`` every input image is listed alone. Names found on one side only are an error
-    that lists them, so that nothing is silently skipped.
+    def input_key(self, stem: str) -> str | None:
+        m = re.fullmatch(self.input_pattern, stem)
+        return m.group(1) if m else None
+
+    def gt_key(self, stem: str) -> str | None:
+        m = re.fullmatch(self.gt_pattern, stem)
+        return m.group(1) if m else None
+
+
+LAYOUTS = (
+    Layout("plain", "equal file names", r"(.+)", r"(.+)"),
+    Layout("Rain100L", "rain-XXX with norain-XXX", r"rain-(.+)", r"norain-(.+)"),
+    Layout("SPA", "NNN with NNNgt", r"(.+)", r"(.+)gt"),
+    Layout("Dense-Haze", "NN_hazy with NN_GT", r"(.+)_hazy", r"(.+)_GT"),
+    Layout("RESIDE SOTS", "ID_A_beta (or ID_k) with ID", r"([^_]+)(?:_[^_]+){1,2}", r"([^_]+)"),
+)
+
+# Layouts recognised with both sides in one folder; the others need two folders, since their
+# patterns would also match a folder of one's own photographs.
+FLAT_LAYOUTS = ("Rain100L", "Dense-Haze")
+
+# (input folder, ground-truth folder) inside a data set's folder, matched without regard to case
+SUBFOLDERS = (("input", "target"), ("rain", "gt"), ("rain", "norain"), ("hazy", "clear"), ("hazy", "gt"))
+
+
+def _match(inputs: list[Path], gts: list[Path], layout: Layout) -> list[Pair] | None:
+    by_key: dict[str, Path] = {}
+    for g in gts:
+        key = layout.gt_key(g.stem)
+        if key is None or key in by_key:
+            return None
+        by_key[key] = g
+    pairs = []
+    for p in inputs:
+        key = layout.input_key(p.stem)
+        if key is None or key not in by_key:
+            return None
+        pairs.append(Pair(p.stem, p, by_key[key]))
+    if {pair.gt for pair in pairs} != set(by_key.values()):
+        return None
+    return pairs
+
+
+def pair_files(inputs: list[Path], gts: list[Path], where: str) -> tuple[list[Pair], Layout]:
+    """Pair two lists of images by the first layout that pairs every input and uses every ground
+    truth. If none does, the error lists the names that equal-name pairing leaves unmatched."""
+    for layout in LAYOUTS:
+        pairs = _match(inputs, gts, layout)
+        if pairs is not None:
+            return pairs, layout
+    gt_stems, in_stems = {g.stem for g in gts}, {p.stem for p in inputs}
+    missing = [p.name for p in inputs if p.stem not in gt_stems]
+    extra = sorted(gt_stems - in_stems)
+    parts = []
+    if missing:
+        parts.append(f"no ground truth for {len(missing)} input(s): {', '.join(missing[:10])}")
+    if extra:
+        parts.append(f"no input for {len(extra)} ground truth(s): {', '.join(extra[:10])}")
+    known = "; ".join(f"{l.name}: {l.description}" for l in LAYOUTS)
+    raise InputError(f"{where}: cannot pair the images ({'; '.join(parts)}). Known name layouts: {known}")
+
+
+def _subfolder(root: Path, name: str) -> Path | None:
+    for child in root.iterdir():
+        if child.is_dir() and child.name.lower() == name:
+            return child
+    return None
+
+
+def find_pairs(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = None,
+               verbose: bool = False) -> list[Pair]:
+    """The (input, ground truth) pairs of a test set.
+
+    With ``gt_dir``, the images of the two folders are paired by name (any of :data:`LAYOUTS`).
+    Without it, ``input_dir`` may be a data set's folder: ``input/`` + ``target/`` (Rain100L),
+    ``rain/`` + ``gt/`` (SPA), ``hazy/`` + ``clear/`` (RESIDE SOTS), ``hazy/`` + ``GT/``
+    (Dense-Haze), or one folder holding both sides (``rain-*``/``norain-*``, ``*_hazy``/``*_GT``).
+    Otherwise every image in it is an input to restore, without metrics.
     """
-    inputs = list_images(input_dir)
-    if not inputs:
-        raise InputError(f"{input_dir}: no images in the input folder")
-    if gt_dir is None:
-        return [Pair(p.stem, p, None) for p in inputs]
-    gts = list_images(gt_dir)
-    by_stem = {p.stem: p for p in gts}
-    missing = [p.name for p in inputs if p.stem not in by_stem]
-    extra = sorted({p.stem for p in gts} - {p.stem for p in inputs})
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"no ground truth in {gt_dir} for {len(missing)} input(s): {', '.join(missing[:10])}")
-        if extra:
-            parts.append(f"no input in {input_dir} for {len(extra)} ground truth(s): {', '.join(extra[:10])}")
-        raise InputError("; ".join(parts))
-    return [Pair(p.stem, p, by_stem[p.stem]) for p in inputs]
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    if gt_dir is not None:
+        pairs, layout = pair_files(list_images(root), list_images(gt_dir), f"{root} with {gt_dir}")
+    else:
+        pairs, layout = None, None
+        for in_name, gt_name in SUBFOLDERS:
+            sub_in, sub_gt = _subfolder(root, in_name), _subfolder(root, gt_name)
+            if sub_in is not None and sub_gt is not None:
+                pairs, layout = pair_files(list_images(sub_in), list_images(sub_gt), f"{sub_in} with {sub_gt}")
+                break
+        if pairs is None:
+            files = list_images(root)
+            for candidate in (l for l in LAYOUTS if l.name in FLAT_LAYOUTS):
+                gts = [f for f in files if candidate.gt_key(f.stem) is not None and candidate.input_key(f.stem) is None]
+                ins = [f for f in files if f not in gts and candidate.input_key(f.stem) is not None]
+                if gts and ins and len(ins) + len(gts) == len(files):
+                    pairs, layout = pair_files(ins, gts, str(root))
+                    break
+        if pairs is None:
+            pairs = [Pair(p.stem, p, None) for p in list_images(root)]
+    if not pairs:
+        raise InputError(f"{root}: no images in the input folder")
+    if verbose and layout is not None and layout.name != "plain":
+        note(f"{root}: {layout.name} layout ({layout.description}), {len(pairs)} pairs")
+    return pairs

@@ -29,6 +29,12 @@ TASKS: dict[str, Task] = {
     "sr": Task("sr", "x4 super-resolution", scale=4, batch_size=32, critic_hidden=640,
                sigmas=(100, 50, 30, 10), default_loss="sot-l0.5", degradation="bicubic-x4",
                input_label="bicubic", demo_sigma=100.0),
+    "deraining": Task("deraining", "deraining", scale=1, batch_size=48, critic_hidden=64,
+                      sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="rain-light",
+                      input_label="rainy input", demo_sigma=10.0),
+    "dehazing": Task("dehazing", "dehazing", scale=1, batch_size=48, critic_hidden=64,
+                     sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="haze",
+                     input_label="hazy input", demo_sigma=10.0),
 }
 
 

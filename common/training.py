@@ -298,8 +298,8 @@ def train(task: Task, args) -> list[RunResult]:
     if args.val_input or args.val_gt:
         if not (args.val_input and args.val_gt):
             raise InputError("--val-input and --val-gt go together")
-        from .pairs import pair_folders
-        val_pairs = pair_folders(args.val_input, args.val_gt)
+        from .pairs import find_pairs
+        val_pairs = find_pairs(args.val_input, args.val_gt)
     run_root = Path(args.out) / task.name / args.name
     print(f"{task.title}: {dataset.describe()}; device {device} ({args.precision}); "
           f"cost {args.loss}; sigma {', '.join(f'{s:g}' for s in args.sigma)}; writing to {run_root}")
