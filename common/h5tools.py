@@ -1,0 +1,686 @@
+"""Build, convert, merge, inspect and check HDF5 training files: the functions behind ``gdata/``.
+
+Everything streams: images are read one at a time and cut into patches row by row, patches reach the
+file in batches of at most ``batch``, and merging, converting and scanning read a batch of patches at
+a time. Memory stays bounded by one image plus one batch, whatever the size of the folder or file.
+
+Files are written with :class:`common.data.H5PatchWriter` (``N x C x H x W``, uint8 or float32,
+chunked, written under a temporary name and renamed on success, ``layout`` attribute ``"NCHW"``).
+Files written by MATLAB hold patches transposed (``N x C x W x H``, ``layout`` ``"NCWH"`` or no
+attribute at all); they are read through ``layout`` (``"auto"``, ``"ours"`` or ``"matlab"``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import time
+import zlib
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from .data import LAYOUT_CHOICES, LAYOUTS, RANGE_TOLERANCE, H5PatchWriter, cut_patches
+from .degrade import DEGRADATIONS, degradation_scale
+from .errors import InputError, note
+from .images import list_images, read_image
+
+DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
+SCAN_BYTES = 64 << 20        # bytes read at a time when scanning a dataset's values
+DTYPES = ("uint8", "float32")
+
+
+# ----------------------------------------------------------------------------- the scripts' shared flags
+def script_parser(prog: str, description: str, examples: str):
+    """An argparse parser for a gdata/ script, its examples shown verbatim after the flags."""
+    return argparse.ArgumentParser(prog=prog, description=textwrap.fill(description, 100), epilog=examples,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
+    """``--layout``, ``--quiet`` and ``--debug``, which every gdata/ script takes."""
+    (layout_group or parser).add_argument("--layout", choices=LAYOUT_CHOICES, default="auto", help=layout_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+
+
+# ----------------------------------------------------------------------------- small helpers
+def open_h5(path: str | Path) -> h5py.File:
+    """Open an HDF5 file for reading; anything unreadable is an :class:`InputError` naming it."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def stored_layout(f: h5py.File) -> str | None:
+    """The file's ``layout`` attribute as a string, or None when it has none."""
+    value = f.attrs.get("layout")
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def is_transposed(path, f: h5py.File, layout: str = "auto") -> bool:
+    """Whether the file's patches are stored C x W x H (MATLAB): ``layout`` overrides the attribute."""
+    if layout not in LAYOUT_CHOICES:
+        raise ValueError(f"layout must be one of {LAYOUT_CHOICES}")
+    if layout != "auto":
+        return layout == "matlab"
+    stored = stored_layout(f)
+    if stored is None:
+        return False
+    if stored not in LAYOUTS:
+        raise InputError(f"{path}: unknown layout attribute {stored!r}; expected one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[stored]
+
+
+def patch_datasets(f: h5py.File) -> list[str]:
+    """Names of the file's top-level 4-D datasets (``data`` and ``label`` first)."""
+    names = [n for n, obj in f.items() if isinstance(obj, h5py.Dataset) and obj.ndim == 4]
+    return sorted(names, key=lambda n: (n not in ("data", "label"), n != "data", n))
+
+
+def output_dtype(dtypes: Iterable[np.dtype], requested: str | None) -> str:
+    """``requested``, or uint8 when every source is uint8 and float32 otherwise."""
+    if requested:
+        return requested
+    return "uint8" if all(np.dtype(d) == np.uint8 for d in dtypes) else "float32"
+
+
+def check_out_path(out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix != ".h5":
+        raise InputError(f"{out}: the output must end in .h5 (training reads the *.h5 files of a folder)")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; give a file name ending in .h5")
+    return out
+
+
+def text_attr(values: Iterable) -> str:
+    """A list as one newline-separated string: HDF5 keeps long variable-length strings, not long arrays."""
+    return "\n".join(str(v) for v in values)
+
+
+def rebatch(arrays: Iterable[np.ndarray], batch: int) -> Iterator[np.ndarray]:
+    """Regroup arrays along their first axis into arrays of exactly ``batch`` rows (the last may be shorter)."""
+    pending, count = [], 0
+    for array in arrays:
+        while len(array):
+            take = min(batch - count, len(array))
+            pending.append(array[:take])
+            count += take
+            array = array[take:]
+            if count == batch:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, count = [], 0
+    if count:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
+# ----------------------------------------------------------------------------- images -> patches
+@dataclass
+class PatchJob:
+    """One dataset to fill from a list of images: ``name`` gets ``patch`` x ``patch`` patches."""
+    name: str                        # "data" or "label"
+    images: list[Path]
+    patch: int                       # side of the patches cut (from the degraded image, if degraded)
+    stride: int
+    degradation: str | None = None   # a name of common.degrade.DEGRADATIONS, applied before cutting
+    source: str = ""                 # the folder, for messages and attributes
+
+
+def image_rng(seed: int, name: str) -> np.random.Generator:
+    """The random generator that degrades one image: fixed by the seed and the file's name alone."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def patch_rows(img: np.ndarray, patch: int, stride: int) -> Iterator[np.ndarray]:
+    """:func:`common.data.cut_patches`'s patches, one grid row at a time (N x C x p x p each)."""
+    for top in range(0, img.shape[0] - patch + 1, stride):
+        yield cut_patches(img[top:top + patch], patch, stride)
+
+
+def job_batches(job: PatchJob, seed: int = 0, batch: int = DEFAULT_BATCH,
+                progress: bool = False) -> Iterator[np.ndarray]:
+    """The job's patches (float32 in [0, 1]) in batches of at most ``batch``, one image in memory at a time."""
+    degrade = DEGRADATIONS[job.degradation] if job.degradation else None
+
+    def rows():
+        what = f"{job.name} ({job.degradation})" if job.degradation else job.name
+        for path in tqdm(job.images, desc=what, unit="img", disable=not progress, file=sys.stderr):
+            img = read_image(path)
+            if degrade is not None:
+                img = degrade(img, image_rng(seed, path.name))
+            if img.shape[0] < job.patch or img.shape[1] < job.patch:
+                note(f"{path}: {img.shape[1]}x{img.shape[0]} is smaller than a {job.patch}x{job.patch} "
+                     "patch; skipped")
+                continue
+            yield from patch_rows(img, job.patch, job.stride)
+
+    yield from rebatch(rows(), batch)
+
+
+def parse_split(token: str | float | None) -> float | None:
+    """``--split``: ``half`` (0.5), a fraction in (0, 1) of the images to degrade, or ``none`` (None)."""
+    if token is None or str(token).lower() == "none":
+        return None
+    if str(token).lower() == "half":
+        return 0.5
+    try:
+        value = float(token)
+    except ValueError:
+        raise InputError(f"--split {token}: expected half, none or a fraction such as 0.5") from None
+    if not 0 < value < 1:
+        raise InputError(f"--split {token}: the fraction must lie strictly between 0 and 1")
+    return value
+
+
+def split_images(images: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """Split a list of images sorted by name: the first ``fraction`` (at least one) to degrade, the rest clean."""
+    images = sorted(images, key=lambda p: p.name)
+    if len(images) < 2:
+        raise InputError(f"{images[0].parent if images else 'input'}: {len(images)} image(s); splitting into "
+                         "degraded and clean sides needs at least 2")
+    k = min(max(int(round(fraction * len(images))), 1), len(images) - 1)
+    return images[:k], images[k:]
+
+
+def folder_images(folder: str | Path) -> list[Path]:
+    images = list_images(folder)
+    if not images:
+        raise InputError(f"{folder}: no images (looked for .png, .jpg, .bmp, .tif, ...)")
+    return images
+
+
+def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: str | None = None,
+              degraded_dir: str | Path | None = None, split: str | float | None = None,
+              as_name: str | None = None, scale: int | None = None) -> tuple[list[PatchJob], dict]:
+    """What ``make_h5.py`` writes: the jobs (datasets to fill) and the attributes that describe them.
+
+    - ``degradation`` alone: ``input_dir``'s images sorted by name and split, by default in halves,
+      the first degraded into ``data``, the rest cut into ``label``: no image is on both sides.
+    - ``degraded_dir``: ``data`` from its images (degraded here if ``degradation`` is given), ``label``
+      from ``input_dir``'s; every image of both by default.
+    - ``as_name``: one dataset of that name from ``input_dir`` (degraded if ``degradation`` is given).
+    - nothing: one ``label`` dataset of ``input_dir``'s patches.
+
+    ``split``: ``half``, a fraction (of each folder, sorted by name: the first part gives ``data``, the
+    rest ``label``; for two folders that hold the same scenes in the same order) or ``none`` (every
+    image on both sides). ``patch`` and ``stride`` are the clean side's; degraded patches are
+    ``patch / scale`` on a ``stride / scale`` grid, ``scale`` being the degradation's (4 for
+    bicubic-x4) or ``scale``.
+    """
+    if patch < 1 or stride < 1:
+        raise InputError(f"--patch {patch} --stride {stride}: both must be at least 1")
+    if degradation is not None and degradation not in DEGRADATIONS:
+        raise InputError(f"--degrade {degradation}: unknown; choose from {', '.join(DEGRADATIONS)}")
+    if as_name not in (None, "data", "label"):
+        raise InputError(f"--as {as_name}: expected data or label")
+    if as_name == "label" and degradation:
+        raise InputError(f"--as label --degrade {degradation}: clean patches are not degraded; use --as data")
+    if degraded_dir is not None and as_name is not None:
+        raise InputError("--as makes one dataset from one folder; it does not go with --degraded-input")
+    two_sides = degraded_dir is not None or (degradation is not None and as_name is None)
+    if split is not None and not two_sides:
+        raise InputError("--split chooses the images of the degraded and the clean side; it needs --degrade "
+                         "or --degraded-input (and no --as)")
+    if degradation and scale and scale != degradation_scale(degradation):
+        raise InputError(f"--scale {scale} contradicts --degrade {degradation} "
+                         f"(which makes x{degradation_scale(degradation)} smaller images)")
+    s = degradation_scale(degradation) if degradation else (scale or 1)
+    if patch % s or stride % s:
+        raise InputError(f"--patch {patch} and --stride {stride} must be multiples of the scale {s}, so that "
+                         "degraded and clean patch grids align")
+    fraction = parse_split(split if split is not None else ("none" if degraded_dir is not None else "half"))
+
+    images = folder_images(input_dir)
+    degraded_images = folder_images(degraded_dir) if degraded_dir is not None else images
+    if not two_sides:
+        name = as_name or "label"
+        how = "one dataset"
+        jobs = [PatchJob(name, images, patch // s, stride // s, degradation, str(input_dir)) if name == "data"
+                else PatchJob(name, images, patch, stride, source=str(input_dir))]
+    else:
+        if fraction is None:
+            how = "folders" if degraded_dir is not None else "none"
+            if degraded_dir is None:
+                note(f"{input_dir}: --split none puts every image on both sides: each clean patch has its "
+                     "degraded twin in the file (paired data)")
+            elif len(degraded_images) == len(images):
+                note(f"{degraded_dir} and {input_dir} hold as many images: if they are the same scenes, "
+                     "--split half keeps every scene on one side only")
+        else:
+            how = f"{fraction:g} by name"
+            degraded_images = split_images(degraded_images, fraction)[0]
+            images = split_images(images, fraction)[1]
+        source = str(degraded_dir if degraded_dir is not None else input_dir)
+        jobs = [PatchJob("data", degraded_images, patch // s, stride // s, degradation, source),
+                PatchJob("label", images, patch, stride, source=str(input_dir))]
+    attrs = {"source": str(input_dir), "patch": patch, "stride": stride, "scale": s,
+             "degradation": degradation or "none", "split": how}
+    if degraded_dir is not None:
+        attrs["degraded_source"] = str(degraded_dir)
+    for job in jobs:
+        attrs[f"{job.name}_files"] = text_attr(p.name for p in job.images)
+    return jobs, attrs
+
+
+def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed: int = 0,
+            batch: int = DEFAULT_BATCH, attrs: dict | None = None, progress: bool = False) -> dict[str, int]:
+    """Write the jobs' patches to ``out`` (streamed, atomic) and return the patch count of each dataset."""
+    out = check_out_path(out)
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    attrs = {**(attrs or {}), "dtype": dtype, "seed": seed, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "tool": "gdata/make_h5.py"}
+    with H5PatchWriter(out, dtype=dtype, attrs=attrs) as writer:
+        for job in jobs:
+            n = 0
+            for patches in job_batches(job, seed, batch, progress):
+                writer.append(job.name, patches)
+                n += len(patches)
+            if n == 0:
+                raise InputError(f"{job.source}: no {job.patch}x{job.patch} patch fits in any of its "
+                                 f"{len(job.images)} image(s) for '{job.name}'")
+        return writer.counts()
+
+
+# ----------------------------------------------------------------------------- reading patches back
+class PatchSet:
+    """The patches of one or more (file, dataset) parts, read as one sequence in our C x H x W layout.
+
+    Use as a context manager: the files stay open while it is.
+    """
+
+    def __init__(self, parts: list[tuple[str | Path, str]], layout: str = "auto"):
+        self.parts = [(str(p), name) for p, name in parts]
+        self.layout = layout
+        self._stack = ExitStack()
+        self.datasets: list[h5py.Dataset] = []
+        self.transposed: list[bool] = []
+
+    def __enter__(self) -> "PatchSet":
+        try:
+            for path, name in self.parts:
+                f = self._stack.enter_context(open_h5(path))
+                if name not in f or not isinstance(f[name], h5py.Dataset) or f[name].ndim != 4:
+                    raise InputError(f"{path}: no 4-D dataset '{name}' (has: {', '.join(f.keys()) or 'nothing'})")
+                self.datasets.append(f[name])
+                self.transposed.append(is_transposed(path, f, self.layout))
+            # uint8 and float parts together are read as float32 in [0, 1]
+            self.mixed = len({ds.dtype for ds in self.datasets}) > 1
+            shapes = [self._chw(k) for k in range(len(self.parts))]
+            for (path, name), shape in zip(self.parts, shapes):
+                if shape != shapes[0]:
+                    raise InputError(f"{path}: '{name}' patches are {'x'.join(map(str, shape))} but "
+                                     f"{self.parts[0][0]}'s are {'x'.join(map(str, shapes[0]))}")
+        except BaseException:
+            self._stack.close()
+            raise
+        self.ends = np.cumsum([len(ds) for ds in self.datasets])
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+    def _chw(self, k: int) -> tuple[int, int, int]:
+        c, a, b = self.datasets[k].shape[1:]
+        return (c, b, a) if self.transposed[k] else (c, a, b)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._chw(0)
+
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        return [ds.dtype for ds in self.datasets]
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.datasets) else 0
+
+    def _ours(self, k: int, values: np.ndarray) -> np.ndarray:
+        if self.mixed:
+            values = values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values.astype(np.float32)
+        return values.transpose(0, 1, 3, 2) if self.transposed[k] else values
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Patches at the given global indices, in the order given (each file read in increasing order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = None
+        starts = np.concatenate([[0], self.ends[:-1]])
+        for k, (start, end) in enumerate(zip(starts, self.ends)):
+            where = np.nonzero((indices >= start) & (indices < end))[0]
+            if not len(where):
+                continue
+            local = indices[where] - start
+            order = np.argsort(local, kind="stable")
+            unique, inverse = np.unique(local[order], return_inverse=True)
+            values = self._ours(k, self._read_rows(k, unique))
+            if out is None:
+                out = np.empty((len(indices), *self.shape), dtype=values.dtype)
+            out[where[order]] = values[inverse]
+        if out is None:
+            return np.empty((0, *self.shape), dtype=self.dtypes[0])
+        return out
+
+    def _read_rows(self, k: int, rows: np.ndarray) -> np.ndarray:
+        ds = self.datasets[k]
+        try:
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run: one slice
+                return ds[int(rows[0]):int(rows[-1]) + 1]
+            return ds[rows]
+        except OSError as exc:
+            raise InputError(f"{self.parts[k][0]}: '{self.parts[k][1]}' cannot be read, the file may be "
+                             f"truncated ({exc})") from None
+
+    def batches(self, batch: int = DEFAULT_BATCH, count: int | None = None) -> Iterator[np.ndarray]:
+        """The first ``count`` patches (all by default) in order, ``batch`` at a time."""
+        count = len(self) if count is None else count
+        for start in range(0, count, batch):
+            yield self.read(np.arange(start, min(start + batch, count)))
+
+
+def pick_dataset(path: str | Path, preferred: str) -> str:
+    """``preferred`` if the file has it, else its only 4-D dataset."""
+    with open_h5(path) as f:
+        if preferred in f:
+            return preferred
+        names = patch_datasets(f)
+    if len(names) == 1:
+        return names[0]
+    raise InputError(f"{path}: no '{preferred}' dataset and {len(names)} other patch datasets "
+                     f"({', '.join(names) or 'none'}) to choose from")
+
+
+def _copy(writer: H5PatchWriter, name: str, batches: Iterable[np.ndarray], total: int, progress: bool) -> None:
+    with tqdm(total=total, desc=name, unit="patch", disable=not progress, file=sys.stderr) as bar:
+        for values in batches:
+            writer.append(name, values)
+            bar.update(len(values))
+
+
+def _scale_attr(data_shape, label_shape) -> dict:
+    h, w = data_shape[1:]
+    lh, lw = label_shape[1:]
+    if lh % h == 0 and lw % w == 0 and lh // h == lw // w:
+        return {"scale": lh // h}
+    return {}
+
+
+def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: str | Path, *, seed: int = 0,
+             shuffle: bool = True, dtype: str | None = None, layout: str = "auto", batch: int = DEFAULT_BATCH,
+             progress: bool = False) -> dict[str, int]:
+    """A training file from the patches of ``data_files`` (as ``data``) and ``label_files`` (as ``label``).
+
+    Each file gives its ``data`` (resp. ``label``) dataset, or its only patch dataset; several files
+    on one side are concatenated. Both sides are trimmed to the smaller count, then (``shuffle``)
+    reordered by one permutation drawn from ``seed``: ``data[i]`` and ``label[i]`` are the
+    sources' patches ``perm[i]``. Written in batches; the output is in our layout.
+    """
+    out = check_out_path(out)
+    data_parts = [(f, pick_dataset(f, "data")) for f in data_files]
+    label_parts = [(f, pick_dataset(f, "label")) for f in label_files]
+    with PatchSet(data_parts, layout) as data, PatchSet(label_parts, layout) as label:
+        n = min(len(data), len(label))
+        if n == 0:
+            empty = data_parts if len(data) == 0 else label_parts
+            raise InputError(f"{empty[0][0]}: no patches to merge")
+        if len(data) != len(label):
+            note(f"trimmed to {n} patches a side ('data' had {len(data)}, 'label' {len(label)})")
+        if data.shape[0] != label.shape[0]:
+            raise InputError(f"{label_parts[0][0]}: clean patches have {label.shape[0]} channels but the "
+                             f"degraded ones in {data_parts[0][0]} have {data.shape[0]}")
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        attrs = {"data_sources": text_attr(f"{p}:{d}" for p, d in data_parts),
+                 "label_sources": text_attr(f"{p}:{d}" for p, d in label_parts),
+                 "count": n, "shuffled": bool(shuffle), "seed": seed, "tool": "gdata/merge_h5.py",
+                 "created": time.strftime("%Y-%m-%d %H:%M:%S"), **_scale_attr(data.shape, label.shape)}
+        out_dtype = output_dtype(data.dtypes + label.dtypes, dtype)
+        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
+            for name, source in (("data", data), ("label", label)):
+                _copy(writer, name, (source.read(order[i:i + batch]) for i in range(0, n, batch)), n, progress)
+            return writer.counts()
+
+
+def concat_h5(files: list[str | Path], out: str | Path, *, dtype: str | None = None, layout: str = "auto",
+              batch: int = DEFAULT_BATCH, progress: bool = False) -> dict[str, int]:
+    """One file with every patch dataset of ``files``, each concatenated in the order given."""
+    out = check_out_path(out)
+    present: dict[str, list[str]] = {}
+    for path in files:
+        with open_h5(path) as f:
+            for name in patch_datasets(f):
+                present.setdefault(name, []).append(str(path))
+    if not present:
+        raise InputError(f"{files[0]}: no patch datasets (N x C x H x W) to concatenate")
+    for name, holders in present.items():
+        if len(holders) < len(files):
+            note(f"'{name}' is in {len(holders)} of the {len(files)} files")
+    attrs = {"sources": text_attr(files), "tool": "gdata/merge_h5.py --concat",
+             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with ExitStack() as stack:
+        sets = {name: stack.enter_context(PatchSet([(p, name) for p in holders], layout))
+                for name, holders in present.items()}
+        if "data" in sets and "label" in sets:
+            attrs.update(_scale_attr(sets["data"].shape, sets["label"].shape))
+        out_dtype = output_dtype([d for s in sets.values() for d in s.dtypes], dtype)
+        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
+            for name, source in sets.items():
+                _copy(writer, name, source.batches(batch), len(source), progress)
+            return writer.counts()
+
+
+def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dtype: str | None = None,
+                   batch: int = DEFAULT_BATCH, progress: bool = False) -> dict[str, int]:
+    """Rewrite a file's patch datasets in our layout (N x C x H x W), streamed; other attributes are kept.
+
+    ``layout`` says how ``src`` is stored; ``auto`` reads its ``layout`` attribute and refuses a file
+    without one (MATLAB's files carry none: say ``matlab``).
+    """
+    out = check_out_path(out)
+    with open_h5(src) as f:
+        stored = stored_layout(f)
+        if layout == "auto" and stored is None:
+            raise InputError(f"{src}: no 'layout' attribute, so its layout is unknown; give --layout matlab "
+                             "(N x C x W x H, as MATLAB writes) or --layout ours")
+        transposed = is_transposed(src, f, layout)
+        names = patch_datasets(f)
+        if not names:
+            raise InputError(f"{src}: no patch datasets (N x C x H x W) to convert")
+        skipped = [n for n in f if n not in names]
+        if skipped:
+            note(f"{src}: not copied (not 4-D patch datasets): {', '.join(skipped)}")
+        if not transposed:
+            note(f"{src}: already in our layout (N x C x H x W); copied as is")
+        attrs = {k: v for k, v in f.attrs.items() if k != "layout"}
+        attrs.update(converted_from=str(src), converted_layout=stored or layout)
+        out_dtype = output_dtype([f[n].dtype for n in names], dtype)
+    with ExitStack() as stack:
+        sets = {n: stack.enter_context(PatchSet([(src, n)], "matlab" if transposed else "ours")) for n in names}
+        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
+            for name, source in sets.items():
+                _copy(writer, name, source.batches(batch), len(source), progress)
+            return writer.counts()
+
+
+# ----------------------------------------------------------------------------- inspecting and checking
+@dataclass
+class DatasetInfo:
+    name: str
+    shape: tuple[int, ...]            # as stored
+    dtype: str
+    chunks: tuple[int, ...] | None
+    compression: str | None
+    patch: tuple[int, int, int] | None = None   # C x H x W in our layout (4-D datasets)
+    low: float | None = None          # over finite values
+    high: float | None = None
+    nonfinite: int = 0
+    unreadable: str | None = None
+
+
+@dataclass
+class H5Report:
+    path: str
+    size: int
+    attrs: dict
+    layout: str | None                # the attribute, None without one
+    transposed: bool
+    layout_problem: str | None = None
+    datasets: dict[str, DatasetInfo] = field(default_factory=dict)
+    others: list[str] = field(default_factory=list)   # groups and other objects
+
+
+def scan_dataset(ds: h5py.Dataset, info: DatasetInfo, progress: bool = False) -> None:
+    """Stream through a dataset: its finite value range and its count of NaN or infinite values."""
+    if not (ds.dtype == np.uint8 or np.issubdtype(ds.dtype, np.number)) or ds.ndim == 0 or ds.size == 0:
+        return
+    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    step = max(1, SCAN_BYTES // row_bytes)
+    low, high = np.inf, -np.inf
+    with tqdm(total=ds.shape[0], desc=f"scan {info.name}", unit="patch", disable=not progress,
+              file=sys.stderr, leave=False) as bar:
+        for start in range(0, ds.shape[0], step):
+            try:
+                block = ds[start:start + step]
+            except OSError as exc:
+                info.unreadable = f"rows from {start} cannot be read, the file may be truncated ({exc})"
+                return
+            if np.issubdtype(block.dtype, np.floating):
+                finite = np.isfinite(block)
+                info.nonfinite += int(block.size - np.count_nonzero(finite))
+                block = block[finite]
+            if block.size:
+                low, high = min(low, float(block.min())), max(high, float(block.max()))
+            bar.update(min(step, ds.shape[0] - start))
+    if low <= high:
+        info.low, info.high = low, high
+
+
+def scan_h5(path: str | Path, layout: str = "auto", progress: bool = False) -> H5Report:
+    """Everything :func:`format_report` shows and :func:`h5_problems` checks, values scanned in full."""
+    with open_h5(path) as f:
+        try:
+            transposed, problem = is_transposed(path, f, layout), None
+        except InputError as exc:
+            transposed, problem = False, str(exc).split(": ", 1)[1]
+        report = H5Report(str(path), Path(path).stat().st_size, dict(f.attrs), stored_layout(f), transposed,
+                          problem)
+        for name, obj in f.items():
+            if not isinstance(obj, h5py.Dataset):
+                report.others.append(f"{name}/ (group)")
+                continue
+            info = DatasetInfo(name, tuple(obj.shape), str(obj.dtype), obj.chunks, obj.compression)
+            if obj.ndim == 4:
+                c, a, b = obj.shape[1:]
+                info.patch = (c, b, a) if transposed else (c, a, b)
+            scan_dataset(obj, info, progress)
+            report.datasets[name] = info
+    return report
+
+
+def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
+    """What keeps the file from training, most basic first (empty when it is fine).
+
+    ``scale``: how much larger clean patches must be than degraded ones; without it, the file's
+    ``scale`` attribute, and without that, any whole factor shared by height and width.
+    """
+    problems = []
+    ds = report.datasets
+    missing = [n for n in ("data", "label") if n not in ds]
+    for name in missing:
+        hint = ("; a file of one side must be merged with a file of the other (gdata/merge_h5.py) before "
+                "training" if len(missing) == 1 and patch_datasets_in(report) else "")
+        problems.append(f"no '{name}' dataset (has: {', '.join(ds) or 'nothing'}){hint}")
+    for name in ("data", "label"):
+        info = ds.get(name)
+        if info is None:
+            continue
+        if len(info.shape) != 4:
+            problems.append(f"'{name}' must be N x C x H x W, got shape {info.shape}")
+            continue
+        if not (info.dtype == "uint8" or np.issubdtype(np.dtype(info.dtype), np.floating)):
+            problems.append(f"dataset '{name}' has dtype {info.dtype}; expected uint8 or float")
+        if info.shape[0] == 0:
+            problems.append(f"dataset '{name}' is empty")
+        if info.unreadable:
+            problems.append(f"dataset '{name}': {info.unreadable}")
+        if info.nonfinite:
+            problems.append(f"dataset '{name}' holds {info.nonfinite} NaN or infinite values")
+        if (info.dtype != "uint8" and info.low is not None
+                and (info.low < -RANGE_TOLERANCE or info.high > 1 + RANGE_TOLERANCE)):
+            problems.append(f"dataset '{name}' has values in [{info.low:.4g}, {info.high:.4g}]; float files "
+                            "must hold [0, 1] (uint8 files [0, 255])")
+    if report.layout_problem:
+        problems.append(report.layout_problem)
+    data, label = ds.get("data"), ds.get("label")
+    if data and label and data.patch and label.patch:
+        (c, h, w), (lc, lh, lw) = data.patch, label.patch
+        if c != lc:
+            problems.append(f"'data' has {c} channels but 'label' has {lc}")
+        if scale is None and "scale" in report.attrs:
+            scale = int(report.attrs["scale"])
+        if scale is not None and (lh, lw) != (h * scale, w * scale):
+            problems.append(f"clean patches {lh}x{lw} are not {scale}x the degraded patches {h}x{w}")
+        elif scale is None and not (h and w and lh % h == 0 and lw % w == 0 and lh // h == lw // w):
+            problems.append(f"clean patches {lh}x{lw} are not a whole multiple of the degraded patches {h}x{w}")
+    return problems
+
+
+def patch_datasets_in(report: H5Report) -> list[str]:
+    return [n for n, info in report.datasets.items() if len(info.shape) == 4]
+
+
+def check_h5(path: str | Path, layout: str = "auto", scale: int | None = None) -> H5Report:
+    """Scan a file in full and raise an :class:`InputError` naming it at its first problem."""
+    report = scan_h5(path, layout)
+    problems = h5_problems(report, scale)
+    if problems:
+        raise InputError(f"{path}: {problems[0]}")
+    return report
+
+
+def _show_attr(value) -> str:
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str) and "\n" in value:
+        lines = value.split("\n")
+        return f"{len(lines)} entries: {lines[0]} ... {lines[-1]}"
+    text = value if isinstance(value, str) else np.asarray(value).tolist()
+    text = str(text)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def format_report(report: H5Report, layout: str = "auto") -> str:
+    """A few lines per file: size and layout, then each dataset and attribute."""
+    if layout != "auto":
+        how = f"read as {'NCWH (MATLAB)' if report.transposed else 'NCHW (ours)'} by --layout {layout}"
+    elif report.layout is None:
+        how = "no layout attribute: taken as NCHW (ours); MATLAB's files need --layout matlab"
+    else:
+        how = {"NCHW": "NCHW (ours)", "NCWH": "NCWH (MATLAB: patches stored C x W x H)"}.get(report.layout,
+                                                                                         report.layout)
+    lines = [f"{report.path}  ({report.size / 2**20:.1f} MiB; layout {how})"]
+    for info in report.datasets.values():
+        shape = " x ".join(map(str, info.shape))
+        line = f"  {info.name:<6} {shape:<22} {info.dtype:<8}"
+        if info.patch:
+            line += f" patches {info.patch[0]}x{info.patch[1]}x{info.patch[2]} (C x H x W)"
+        if info.low is not None:
+            line += f"  range [{info.low:.4g}, {info.high:.4g}]"
+        if info.nonfinite:
+            line += f"  {info.nonfinite} NaN/inf"
+        line += f"  chunks {'x'.join(map(str, info.chunks)) if info.chunks else 'none (contiguous)'}"
+        if info.compression:
+            line += f" {info.compression}"
+        lines.append(line)
+    lines += [f"  {name}" for name in report.others]
+    lines += [f"  @{key} = {_show_attr(value)}" for key, value in sorted(report.attrs.items())]
+    return "\n".join(lines)
