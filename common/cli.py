@@ -73,7 +73,8 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     g.add_argument("--resume", default="", metavar="CKPT", help="continue a run from one of our checkpoints")
     g.add_argument("--pretrained", default="", metavar="CKPT",
                    help="start from the weights of a checkpoint (ours or the authors')")
-    g.add_argument("--threads", type=int, default=0, help="data-loader worker processes (default: %(default)s)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="data-loader worker processes (default: 4 on CUDA, 0 on the CPU)")
     s = p.add_argument_group("SOT options")
     s.add_argument("--loss", choices=TRANSPORT_COSTS, default=task.default_loss,
                    help="transport cost: l0.5 or l1 of the residual's spectrum, or the plain OT pixel L2 "
@@ -136,6 +137,11 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--transpose", action="store_true",
                    help="swap height and width around G: for models trained on MATLAB-layout .h5 files "
                         "read without --layout matlab (the authors' deraining models)")
+    p.add_argument("--tile", type=positive_int, default=None, metavar="N",
+                   help="restore in N x N tiles, for images that do not fit in memory (on CUDA, an "
+                        "out-of-memory error falls back to tiles by itself)")
+    p.add_argument("--tile-overlap", type=int, default=32, metavar="M",
+                   help="context pixels around each tile (default: %(default)s)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--out", default="checkpoints", metavar="DIR", help="with --demo: where the demo runs are")
     p.add_argument("--demo", action="store_true",
@@ -247,7 +253,8 @@ def _test(task: Task, argv: list[str]) -> None:
     print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
     ev = evaluate(generator, pairs, task, device, align_corners=align_corners,
                   prescaled=getattr(args, "prescaled", False), save_dir=save_dir, lpips=lpips,
-                  y_channel=args.y_channel, precision=precision, transpose=args.transpose)
+                  y_channel=args.y_channel, precision=precision, transpose=args.transpose,
+                  tile=args.tile, tile_overlap=args.tile_overlap)
     for row in ev.rows:
         print(format_row(row, task.input_label))
     if any(p.gt is not None for p in pairs):

@@ -37,6 +37,7 @@ class H5Part:
     data_shape: tuple[int, int, int]   # C x H x W after undoing the layout
     label_shape: tuple[int, int, int]
     transposed: bool
+    uint8: bool                        # both datasets hold uint8
 
 
 def find_h5_files(source: str | os.PathLike | list) -> list[Path]:
@@ -79,7 +80,7 @@ def inspect_h5(path: str | os.PathLike, layout: str = "auto") -> H5Part:
     except OSError as exc:
         raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
     with f:
-        shapes = {}
+        shapes, dtypes = {}, {}
         for name in ("data", "label"):
             if name not in f:
                 raise InputError(f"{path}: no '{name}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
@@ -97,6 +98,7 @@ def inspect_h5(path: str | os.PathLike, layout: str = "auto") -> H5Part:
                 raise InputError(f"{path}: dataset '{name}' cannot be read, the file may be "
                                  f"truncated ({exc})") from None
             shapes[name] = tuple(int(s) for s in ds.shape)
+            dtypes[name] = ds.dtype
         stored = f.attrs.get("layout", "NCHW")
         stored = stored.decode() if isinstance(stored, bytes) else str(stored)
     if layout == "matlab":
@@ -113,11 +115,16 @@ def inspect_h5(path: str | os.PathLike, layout: str = "auto") -> H5Part:
         return (c, b, a) if transposed else (c, a, b)
 
     part = H5Part(path, shapes["data"][0], shapes["label"][0], chw(shapes["data"]), chw(shapes["label"]),
-                  transposed)
+                  transposed, all(d == np.uint8 for d in dtypes.values()))
     if part.data_shape[0] != part.label_shape[0]:
         raise InputError(f"{path}: 'data' has {part.data_shape[0]} channels but 'label' has "
                          f"{part.label_shape[0]}")
     return part
+
+
+def as_float(batch: torch.Tensor) -> torch.Tensor:
+    """A batch from the data set as float32 in [0, 1], whether it travelled as uint8 or float."""
+    return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
 
 
 class UnpairedH5Dataset(Dataset):
@@ -128,7 +135,7 @@ class UnpairedH5Dataset(Dataset):
     worker holds its own handles.
     """
 
-    def __init__(self, source, scale: int = 1, layout: str = "auto"):
+    def __init__(self, source, scale: int = 1, layout: str = "auto", raw_uint8: bool = False):
         if layout not in LAYOUT_CHOICES:
             raise ValueError(f"layout must be one of {LAYOUT_CHOICES}")
         self.parts = [inspect_h5(p, layout) for p in find_h5_files(source)]
@@ -142,9 +149,13 @@ class UnpairedH5Dataset(Dataset):
                 raise InputError(f"{part.path}: patch shapes {part.data_shape}/{part.label_shape} differ from "
                                  f"{first.path}'s {first.data_shape}/{first.label_shape}")
         self.scale = scale
+        # Training moves uint8 patches as they are and scales them on the device: 4x fewer bytes to
+        # copy and no per-patch float conversion in the workers. Only when every file is uint8.
+        self.raw_uint8 = raw_uint8 and all(p.uint8 for p in self.parts)
         self._data_ends = np.cumsum([p.n_data for p in self.parts]).tolist()
         self._label_ends = np.cumsum([p.n_label for p in self.parts]).tolist()
-        self._handles: dict[int, h5py.File] = {}
+        self._files: dict[int, h5py.File] = {}
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
         self._pid = None
 
     @property
@@ -170,32 +181,37 @@ class UnpairedH5Dataset(Dataset):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_handles"], state["_pid"] = {}, None  # h5py handles never cross processes
+        state["_files"], state["_datasets"], state["_pid"] = {}, {}, None  # h5py handles never cross processes
         return state
 
-    def _file(self, k: int) -> h5py.File:
+    def _dataset(self, k: int, name: str) -> h5py.Dataset:
+        """File ``k``'s dataset ``name``, opened once per process (h5py handles do not survive fork)."""
         if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        if k not in self._handles:
-            self._handles[k] = h5py.File(self.parts[k].path, "r")
-        return self._handles[k]
+            self._files, self._datasets, self._pid = {}, {}, os.getpid()
+        if (k, name) not in self._datasets:
+            if k not in self._files:
+                self._files[k] = h5py.File(self.parts[k].path, "r")
+            self._datasets[(k, name)] = self._files[k][name]
+        return self._datasets[(k, name)]
 
     def _read(self, ends: list[int], name: str, index: int) -> torch.Tensor:
         k = bisect.bisect_right(ends, index)
         local = index - (ends[k - 1] if k else 0)
         part = self.parts[k]
         try:
-            values = self._file(k)[name][local]
+            values = self._dataset(k, name)[local]
         except OSError as exc:
             raise InputError(f"{part.path}: '{name}'[{local}] cannot be read ({exc})") from None
         if part.transposed:
             values = values.transpose(0, 2, 1)
         if values.dtype == np.uint8:
-            return torch.from_numpy(np.ascontiguousarray(values)).float().div_(255.0)
+            patch = torch.from_numpy(np.ascontiguousarray(values))
+            return patch if self.raw_uint8 else patch.float().div_(255.0)
         _check_values(part.path, f"patch '{name}'[{local}]", values)
         return torch.from_numpy(np.clip(values, 0.0, 1.0).astype(np.float32, copy=False))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(degraded patch ``index``, a random clean patch), float32 in [0, 1] (uint8 if ``raw_uint8``)."""
         degraded = self._read(self._data_ends, "data", index)
         clean = self._read(self._label_ends, "label", int(torch.randint(self.num_labels, ())))
         return degraded, clean

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,25 +18,12 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
+from .inference import restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
 from .pairs import Pair
 from .tasks import Task, model_input
 
 METRICS = ("psnr", "ssim", "lpips")
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the networks where asked; fp32 runs as written."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-@torch.no_grad()
-def restore(generator: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """G(x) for a 1 x 3 x H x W input of any size, in float32."""
-    with autocast(x.device, precision):
-        return generator(x).float()
 
 
 def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel: bool) -> dict:
@@ -82,12 +68,14 @@ class Evaluation:
 def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: torch.device, *,
              align_corners: bool = False, prescaled: bool = False, save_dir: str | os.PathLike | None = None,
              lpips: LPIPS | None = None, y_channel: bool = False, precision: str = "fp32",
-             transpose: bool = False, progress: bool = True) -> Evaluation:
+             transpose: bool = False, tile: int | None = None, tile_overlap: int = 32,
+             progress: bool = True) -> Evaluation:
     """Restore every pair's input, write it under ``save_dir`` (if given) and measure it (if it has a
     ground truth). Returns one row per image with the restored and the input's metrics.
 
     ``transpose`` swaps height and width around G, for models trained on MATLAB-layout files read
     as they are (their patches were stored W x H), as the reference's deraining test does.
+    ``tile`` restores in tiles with ``tile_overlap`` pixels of context (see ``common.inference``).
     """
     generator.eval()
     result = Evaluation()
@@ -97,9 +85,9 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
         if not prescaled:
             x = model_input(task, x, align_corners)
         if transpose:
-            restored = restore(generator, x.transpose(-1, -2), precision).transpose(-1, -2)
+            restored = restore(generator, x.transpose(-1, -2), precision, tile, tile_overlap).transpose(-1, -2)
         else:
-            restored = restore(generator, x, precision)
+            restored = restore(generator, x, precision, tile, tile_overlap)
         restored = to_uint8(tensor_to_image(restored))
         if save_dir is not None:
             write_image(save_dir / f"{pair.name}.png", restored)

@@ -22,6 +22,8 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels: int, reduction: int):
         super().__init__()
+        # A module (not x.mean) so that tiled inference can share the statistic across tiles by hook.
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.conv_du = nn.Sequential(
             conv(channels, channels // reduction, 1),
             nn.ReLU(inplace=True),
@@ -29,8 +31,12 @@ class ChannelAttention(nn.Module):
             nn.Sigmoid(),
         )
 
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-channel attention weights (B x C x 1 x 1) for features ``x``."""
+        return self.conv_du(self.avg_pool(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
+        return x * self.weights(x)
 
 
 class CAB(nn.Module):
@@ -43,7 +49,9 @@ class CAB(nn.Module):
         self.CA = ChannelAttention(channels, reduction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.CA(self.body(x)) + x
+        body = self.body(x)
+        # x + body * attention in one fused elementwise pass instead of a multiply and an add
+        return torch.addcmul(x, body, self.CA.weights(body))
 
 
 def cab_stack(n: int, channels: int, kernel_size: int, reduction: int, act: nn.Module) -> nn.Sequential:

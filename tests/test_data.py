@@ -29,6 +29,16 @@ def test_labels_are_drawn_independently_of_the_data_index(tmp_path):
     assert abs(np.corrcoef(data_idx, labels)[0, 1]) < 0.2
 
 
+def test_raw_uint8_mode_moves_bytes_and_as_float_scales_them(tmp_path):
+    from common.data import as_float
+    write_h5(tmp_path / "a.h5", indexed_patches(4, 8) * 50, indexed_patches(4, 8))
+    raw, plain = UnpairedH5Dataset(tmp_path, raw_uint8=True), UnpairedH5Dataset(tmp_path)
+    assert raw[2][0].dtype == torch.uint8 and plain[2][0].dtype == torch.float32
+    torch.testing.assert_close(as_float(raw[2][0][None]), plain[2][0][None])
+    write_h5(tmp_path / "b.h5", indexed_patches(4, 8).astype(np.float32) / 255, indexed_patches(4, 8))
+    assert UnpairedH5Dataset(tmp_path, raw_uint8=True)[0][0].dtype == torch.float32  # mixed files: floats
+
+
 def test_uint8_and_float32_files_read_alike(tmp_path):
     rng = np.random.default_rng(0)
     data8 = rng.integers(0, 256, size=(4, 3, 16, 16), dtype=np.uint8)
@@ -98,11 +108,11 @@ def test_scale_mismatch_and_missing_folder(tmp_path):
 def test_files_open_lazily_and_handles_do_not_travel(tmp_path):
     write_h5(tmp_path / "a.h5", indexed_patches(2, 8), indexed_patches(2, 8))
     ds = UnpairedH5Dataset(tmp_path)
-    assert ds._handles == {}
+    assert ds._files == {}
     ds[0]
-    assert len(ds._handles) == 1
+    assert len(ds._files) == 1
     clone = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker receives
-    assert clone._handles == {}
+    assert clone._files == {} and clone._datasets == {}
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
     assert next(iter(loader))[0].shape == (2, 3, 8, 8)
 
