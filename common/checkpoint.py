@@ -185,8 +185,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             return _load_authors(path, map_location)
         except pickle.UnpicklingError as exc2:
             raise InputError(f"{path}: {exc2}") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise InputError(f"{path}: not a checkpoint, or a damaged one ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # whatever torch.load chokes on (zip, pickle or memo errors) means the same
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path}: not a checkpoint, or a damaged one ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path}: not an SOT checkpoint (no '{FORMAT}' format tag)")
     if ckpt.get("version", 0) > VERSION:

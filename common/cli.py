@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import EXIT_BAD_INPUT, InputError
+from .errors import EXIT_BAD_INPUT, InputError, TrainingStopped
 from .losses import TRANSPORT_COSTS
 from .tasks import TASKS, Task
 
@@ -70,7 +70,9 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
                         f"(default: {sigmas})")
     g.add_argument("--trainset", default="./data/", metavar="DIR",
                    help="folder of .h5 files with 'data' (degraded) and 'label' (clean) patches (default: %(default)s)")
-    g.add_argument("--resume", default="", metavar="CKPT", help="continue a run from one of our checkpoints")
+    g.add_argument("--resume", default="", metavar="auto|CKPT",
+                   help="continue a run where it stopped: 'auto' takes the newest run of this task (of --name "
+                        "if given), or name one of our checkpoints; finished sigmas of the sweep are skipped")
     g.add_argument("--pretrained", default="", metavar="CKPT",
                    help="start from the weights of a checkpoint (ours or the authors')")
     g.add_argument("--threads", type=int, default=None,
@@ -101,6 +103,20 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
         s.add_argument("--align-corners", action="store_true",
                        help="upsample inputs with align_corners=True, as the reference trained")
     s.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="log every N steps")
+    s.add_argument("--save-every", type=int, default=1000, metavar="N",
+                   help="also checkpoint every N steps, keeping the newest two (0: only each epoch) "
+                        "(default: %(default)s)")
+    s.add_argument("--max-nonfinite", type=positive_int, default=5, metavar="N",
+                   help="stop after N steps in a row with a non-finite loss or gradient (each is skipped) "
+                        "(default: %(default)s)")
+    s.add_argument("--deterministic", action="store_true",
+                   help="bit-for-bit repeatable runs (deterministic kernels, no cuDNN autotuning; slower on CUDA)")
+    s.add_argument("--gen-width", type=positive_int, default=80, metavar="N",
+                   help="generator width (the paper's: %(default)s); smaller for quick experiments and tests")
+    s.add_argument("--gen-increment", type=positive_int, default=48, metavar="N",
+                   help="generator U-Net width increment per level (the paper's: %(default)s)")
+    s.add_argument("--critic-width", type=positive_int, default=64, metavar="N",
+                   help="critic base width (the paper's: %(default)s)")
     s.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     s.add_argument("--demo", action="store_true",
                    help=f"build a small unpaired set from scikit-image's photographs and train a short run "
@@ -151,7 +167,8 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
 
 
 def run_guarded(main, argv, debug_flag: str = "--debug") -> None:
-    """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2."""
+    """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
+    stop its message and its own status (128 + the signal, or 3 for a diverged run)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         main(argv)
@@ -160,6 +177,9 @@ def run_guarded(main, argv, debug_flag: str = "--debug") -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except TrainingStopped as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 # ----------------------------------------------------------------------------- train.py
@@ -176,11 +196,74 @@ def parse_train_args(task: Task, argv: list[str]) -> argparse.Namespace:
     return args
 
 
+# Flags that define a run: a resume may not change them (the others, e.g. --max-steps, it may).
+RUN_DEFINING = ("sigma", "loss", "seed", "batchSize", "lr", "step", "gen_width", "gen_increment",
+                "critic_width", "init", "trainset", "layout", "align_corners", "pretrained")
+
+
+def explicit_flags(task: Task, argv: list[str]) -> dict:
+    """The flags given on the command line, with their parsed values (no defaults)."""
+    parser = train_parser(task)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    if "sigma" in given:
+        given["sigma"] = [s for group in given["sigma"] for s in group]
+    return given
+
+
+def newest_run(task_dir: Path) -> Path:
+    runs = [d for d in task_dir.iterdir() if (d / "run.json").is_file()] if task_dir.is_dir() else []
+    if not runs:
+        raise InputError(f"{task_dir}: no run to resume")
+
+    def last_written(run: Path) -> float:
+        return max(p.stat().st_mtime for p in [run / "run.json", *run.glob("sigma-*/state.json")])
+    return max(runs, key=last_written)
+
+
+def resume_plan(task: Task, args: argparse.Namespace, argv: list[str]) -> tuple[argparse.Namespace, dict]:
+    """The arguments of the run being resumed (its run.json, with this command's flags on top) and
+    the checkpoint each sigma continues from (empty: each sigma's newest)."""
+    import json
+
+    from .checkpoint import read_checkpoint
+
+    given = explicit_flags(task, argv)
+    resume_from: dict = {}
+    if args.resume == "auto":
+        task_dir = Path(args.out) / task.name
+        run_root = task_dir / given["name"] if "name" in given else newest_run(task_dir)
+        if not (run_root / "run.json").is_file():
+            raise InputError(f"{run_root}: no run to resume (no run.json)")
+    else:
+        checkpoint = Path(args.resume)
+        ckpt = read_checkpoint(checkpoint)
+        if ckpt["format"] == "authors" or "sigma" not in ckpt:
+            raise InputError(f"{checkpoint}: not one of our training checkpoints; use --pretrained to start from it")
+        run_root = checkpoint.parent.parent
+        resume_from[float(ckpt["sigma"])] = checkpoint
+        if not (run_root / "run.json").is_file():
+            raise InputError(f"{run_root}: the checkpoint's run folder has no run.json")
+    saved = json.loads((run_root / "run.json").read_text())
+    for key in RUN_DEFINING:
+        if key in given and key in saved and given[key] != saved[key]:
+            raise InputError(f"--{key} {given[key]} differs from the run being resumed ({saved[key]}); "
+                             "start a new run (another --name) instead")
+    merged = {**vars(parse_train_args(task, [])), **saved, **given}
+    merged.update(resume=args.resume, name=run_root.name, out=str(run_root.parent.parent), demo=False)
+    return argparse.Namespace(**merged), resume_from
+
+
 def _train(task: Task, argv: list[str]) -> None:
     from .demo import build_demo_data
     from .training import train
 
     args = parse_train_args(task, argv)
+    if args.resume:
+        args, resume_from = resume_plan(task, args, argv)
+        train(task, args, resume_from=resume_from)
+        return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.demo:
         args.name = args.name or f"demo-{stamp}"

@@ -210,11 +210,54 @@ class UnpairedH5Dataset(Dataset):
         _check_values(part.path, f"patch '{name}'[{local}]", values)
         return torch.from_numpy(np.clip(values, 0.0, 1.0).astype(np.float32, copy=False))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(degraded patch ``index``, a random clean patch), float32 in [0, 1] (uint8 if ``raw_uint8``)."""
-        degraded = self._read(self._data_ends, "data", index)
-        clean = self._read(self._label_ends, "label", int(torch.randint(self.num_labels, ())))
-        return degraded, clean
+    def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        """(degraded patch ``index``, a random clean patch), float32 in [0, 1] (uint8 if ``raw_uint8``).
+
+        ``index`` may also be a pair ``(i, j)``: degraded patch ``i`` with clean patch ``j``, as
+        :class:`UnpairedSampler` draws them (reproducibly, whatever the number of workers).
+        """
+        if isinstance(index, (tuple, list)):
+            index, label = int(index[0]), int(index[1])
+        else:
+            label = int(torch.randint(self.num_labels, ()))
+        return self._read(self._data_ends, "data", index), self._read(self._label_ends, "label", label)
+
+
+class UnpairedSampler(torch.utils.data.Sampler):
+    """The order of one epoch: a permutation of the degraded patches, each with a fresh random clean
+    index, both drawn from ``(seed, epoch)`` alone.
+
+    So an epoch can be replayed from any batch (``set_epoch(epoch, start_batch)``) for an exact
+    resume, and split across ``world`` processes: rank ``r`` takes every ``world``-th sample, so that
+    the union of the ranks' k-th batches is the single-process k-th batch of ``world`` times the
+    size. Batches are full: the remainder of an epoch smaller than a global batch is dropped.
+    """
+
+    def __init__(self, n_data: int, n_labels: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+        if global_batch % world:
+            raise ValueError(f"the batch size {global_batch} must divide among {world} processes")
+        self.n_data, self.n_labels, self.global_batch = n_data, n_labels, global_batch
+        self.seed, self.rank, self.world = seed, rank, world
+        self.epoch, self.start_batch = 1, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n_data // self.global_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * (self.global_batch // self.world)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n_data, generator=g)
+        labels = torch.randint(self.n_labels, (self.n_data,), generator=g)
+        used = self.batches_per_epoch * self.global_batch
+        first = self.start_batch * self.global_batch
+        for k in range(first + self.rank, used, self.world):
+            yield int(order[k]), int(labels[k])
 
 
 # ----------------------------------------------------------------------------- writing

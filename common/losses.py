@@ -8,7 +8,11 @@ GP_WEIGHT = 10.0
 _POWER_FLOOR = 1e-9  # added to |F|^2 as in the reference, so that the roots have finite gradients at 0
 
 
-def transport_cost(residual: torch.Tensor, kind: str) -> torch.Tensor:
+def _identity(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity) -> torch.Tensor:
     """Transport cost R(r) of a batch of residuals ``r = G(x) - x`` (B x C x H x W), a 0-dim tensor.
 
     With ``F = fft2(r)`` over the two spatial axes of every channel and ``P = |F|^2 + 1e-9``:
@@ -19,17 +23,19 @@ def transport_cost(residual: torch.Tensor, kind: str) -> torch.Tensor:
 
     Means run over batch, channels and frequencies (pixels). Always computed in float32, also under
     autocast: the FFT of a bf16 residual would lose the small coefficients the cost is about.
+    ``batch_mean`` turns this process's mean into the mean over a batch split across processes,
+    before the outer square or root (which do not commute with averaging).
     """
     r = residual.float()
     if kind == "ot":
-        return r.square().mean().sqrt()
+        return batch_mean(r.square().mean()).sqrt()
     if kind not in TRANSPORT_COSTS:
         raise ValueError(f"unknown transport cost {kind!r}; choose one of {', '.join(TRANSPORT_COSTS)}")
     spectrum = torch.fft.fft2(r, dim=(-2, -1))
     power = spectrum.real.square() + spectrum.imag.square() + _POWER_FLOOR
     if kind == "sot-l1":
-        return power.sqrt().mean()
-    return power.pow(0.25).mean().square()
+        return batch_mean(power.sqrt().mean())
+    return batch_mean(power.pow(0.25).mean()).square()
 
 
 def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -56,8 +62,8 @@ def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Te
     return GP_WEIGHT * (norms - 1).square().mean()
 
 
-def generator_loss(fake_scores: torch.Tensor, residual: torch.Tensor, sigma: float,
-                   kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def generator_loss(fake_scores: torch.Tensor, residual: torch.Tensor, sigma: float, kind: str,
+                   batch_mean=_identity) -> tuple[torch.Tensor, torch.Tensor]:
     """``L_G = -mean D(G(x)) + sigma * R(G(x) - x)``; returns ``(L_G, R)``."""
-    cost = transport_cost(residual, kind)
+    cost = transport_cost(residual, kind, batch_mean)
     return -fake_scores.float().mean() + sigma * cost, cost

@@ -1,8 +1,15 @@
 """The SOT training loop (METHOD 5): critic step, gradient-penalty step, generator step.
 
-One model is trained per transport weight sigma. Each writes under ``<out>/<task>/<name>/sigma-<s>/``:
-``config.json``, ``last.pt``, ``best.pt`` (best validation PSNR), ``metrics.jsonl`` (one JSON
-object per logged step and per validation) and ``samples/epoch-NNNN.png`` (input | output | clean).
+One model is trained per transport weight sigma, each in ``<out>/<task>/<name>/sigma-<s>/``:
+``config.json``, ``last.pt`` (each epoch and at the end), ``step-NNNNNNNN.pt`` (every
+``--save-every`` steps, the newest two kept), ``best.pt`` (best validation PSNR), ``state.json``
+(which checkpoint is newest and whether the run finished), ``metrics.jsonl`` (one JSON object per
+logged step and per validation) and ``samples/epoch-NNNN.png`` (input | output | clean). The sweep's
+own flags are in ``<out>/<task>/<name>/run.json``.
+
+Nothing is lost to a crash: checkpoints are written atomically, a run resumes exactly where its
+newest checkpoint left it (weights, optimisers, RNG states, the position inside the epoch), Ctrl-C or
+SIGTERM finishes the step and saves, and non-finite steps are skipped rather than trained on.
 """
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import importlib.util
 import json
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +28,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import atomic_write, load_weights, read_checkpoint, save_checkpoint
-from .data import UnpairedH5Dataset, as_float
-from .errors import InputError
+from .data import UnpairedH5Dataset, UnpairedSampler, as_float
+from .distributed import Local
+from .errors import InputError, TrainingStopped, note
 from .evaluate import evaluate
 from .inference import autocast
 from .losses import critic_loss, generator_loss, gradient_penalty
 from .networks import Critic, Generator, start_as_identity
 from .pairs import Pair
 from .tasks import Task, model_input
+
+KEEP_STEP_CHECKPOINTS = 2
 
 
 # ----------------------------------------------------------------------------- the step
@@ -50,16 +61,28 @@ def set_learning_rate(opt_g, opt_d, lr: float) -> None:
         group["lr"] = lr / 2
 
 
+def _finite(loss: torch.Tensor, optimizer) -> torch.Tensor:
+    """Whether a loss and all of an optimiser's gradients are finite, as a device tensor."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+
+
 def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tensor, clean: torch.Tensor,
-               sigma: float, cost: str, precision: str = "fp32") -> tuple[dict, torch.Tensor]:
+               sigma: float, cost: str, precision: str = "fp32", dist=None) -> tuple[dict, torch.Tensor]:
     """One SOT iteration on degraded inputs ``x`` (already as G takes them) and unpaired ``clean``.
 
     G(x) is computed once. The reference forwards G again for its generator step, but both critic
     steps come before G changes, so that second forward gives the same tensor. Real and fake
     patches go through the critic in one batch: it has no normalisation layers, so each sample's
-    score is the same as in two passes. Returns detached statistics and G(x).
+    score is the same as in two passes.
+
+    Each of the three updates is applied only if its loss and gradients are finite; otherwise the
+    rest of the iteration is skipped (``stats["skipped"]`` is True) and the weights stay as they
+    were. Returns detached statistics and G(x).
     """
+    dist = dist or Local()
     n = clean.shape[0]
+    stats: dict = {"skipped": True}
     with autocast(x.device, precision):
         fake = generator(x)
 
@@ -71,6 +94,10 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
         scores = critic(torch.cat([clean, fake.detach()]))
         loss_d = critic_loss(scores[:n], scores[n:])
     loss_d.backward()
+    dist.average_grads(critic)
+    stats.update(loss_d=loss_d.detach(), w_distance=-loss_d.detach())
+    if not dist.all_true(_finite(loss_d, opt_d)):
+        return stats, fake.detach()
     opt_d.step()
 
     # 2. gradient-penalty step, a second critic update
@@ -78,6 +105,10 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     with autocast(x.device, precision):
         gp = gradient_penalty(critic, clean, fake.detach())
     gp.backward()
+    dist.average_grads(critic)
+    stats["gp"] = gp.detach()
+    if not dist.all_true(_finite(gp, opt_d)):
+        return stats, fake.detach()
     opt_d.step()
 
     # 3. generator step: L_G = -mean D(G(x)) + sigma R(G(x) - x); the critic's weights need no grads
@@ -85,13 +116,14 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     opt_g.zero_grad(set_to_none=True)
     with autocast(x.device, precision):
         fake_scores = critic(fake)
-    loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost)
+    loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost, dist.global_mean)
     loss_g.backward()
-    opt_g.step()
     critic.requires_grad_(True)
-
-    stats = {"loss_d": loss_d.detach(), "w_distance": -loss_d.detach(), "gp": gp.detach(),
-             "loss_g": loss_g.detach(), "transport": transport.detach()}
+    stats.update(loss_g=loss_g.detach(), transport=transport.detach())
+    if not dist.all_true(_finite(loss_g, opt_g)):
+        return stats, fake.detach()
+    opt_g.step()
+    stats["skipped"] = False
     return stats, fake.detach()
 
 
@@ -116,7 +148,10 @@ def resolve_device(name: str) -> torch.device:
         raise InputError("--device cuda: CUDA is not available here (torch.cuda.is_available() is False); "
                          "use --device cpu or --device auto")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        note("CUDA is not available; running on the CPU")
+        return torch.device("cpu")
     return torch.device(name)
 
 
@@ -132,20 +167,62 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl``; mirrors scalars to TensorBoard if installed."""
+def make_deterministic() -> None:
+    """Bit-for-bit repeatable runs on the same machine and software (slower on CUDA)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
-    def __init__(self, path: Path, tensorboard: bool = True):
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def all_finite(state_dict: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point())
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` (flushed and fsynced, so a crash loses at
+    most the line being written); mirrors scalars to TensorBoard if the package is installed."""
+
+    def __init__(self, path: Path, tensorboard: bool = True, resume_step: int | None = None):
         self.path = path
+        if resume_step is not None and path.exists():
+            self._truncate_after(resume_step)
         self.writer = None
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+            self.writer = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop what came after the checkpoint being resumed (it will be done again) and any line a
+        crash cut short; rewritten atomically."""
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write(self.path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
 
     def write(self, record: dict) -> None:
         record = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, float) and key not in ("step", "epoch", "time"):
@@ -187,6 +264,20 @@ def json_ready(value):
     return value
 
 
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(json_ready(data), indent=2).encode()))
+
+
+def read_state(run_dir: Path) -> dict | None:
+    """The run's ``state.json`` (newest checkpoint, step, finished), or None for a run never saved."""
+    path = run_dir / "state.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if (run_dir / "last.pt").is_file():  # a run from before state.json: its last.pt is the newest
+        return {"checkpoint": "last.pt", "finished": False}
+    return None
+
+
 @dataclass
 class RunResult:
     sigma: float
@@ -197,117 +288,277 @@ class RunResult:
     last_val: dict = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------- the loop
-def validate(generator, val_pairs: list[Pair], task: Task, device, args) -> dict:
-    ev = evaluate(generator, val_pairs, task, device, align_corners=args.align_corners,
-                  precision=args.precision, progress=False)
-    generator.train()
-    return {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a request that the loop honours after the current step; a second
+    Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        name = signal.Signals(signum).name
+        tqdm.write(f"{name} received: finishing this step and saving (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
-def build_networks(task: Task, args, device: torch.device) -> tuple[Generator, Critic]:
-    generator = Generator()
-    if args.init == "identity":
-        start_as_identity(generator)
-    critic = Critic(hidden=task.critic_hidden, input_size=task.patch)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    generator = generator.to(device, memory_format=memory_format)
-    critic = critic.to(device, memory_format=memory_format)
-    if args.pretrained:
-        ckpt = read_checkpoint(args.pretrained)
-        load_weights(generator, ckpt["generator"], args.pretrained, "generator")
-        if ckpt.get("critic"):
-            load_weights(critic, ckpt["critic"], args.pretrained, "critic")
-        print(f"initialised from {args.pretrained}")
-    return generator, critic
+# ----------------------------------------------------------------------------- one sigma
+class SigmaRun:
+    """Training of one model (one sigma): builds or resumes its state, runs the loop, saves."""
 
+    def __init__(self, task: Task, args, sigma: float, seed: int, run_dir: Path, device: torch.device,
+                 dataset: UnpairedH5Dataset, val_pairs: list[Pair] | None, stop: StopRequest, dist=None,
+                 resume_from: Path | None = None):
+        self.task, self.args, self.sigma, self.seed = task, args, sigma, seed
+        self.run_dir, self.device, self.dataset, self.val_pairs = run_dir, device, dataset, val_pairs
+        self.stop, self.dist = stop, dist or Local()
+        self.main = self.dist.is_main
+        seed_everything(seed)
+        self.generator, self.critic = self._networks()
+        self.opt_g, self.opt_d = make_optimizers(self.generator, self.critic, args.lr)
+        self.epoch, self.batch_in_epoch, self.step, self.best = 1, 0, 0, None
+        self.skipped, self.nonfinite_streak, self.last_good = 0, 0, None
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.config = json_ready({**vars(args), "task": task.name, "sigma": sigma, "seed": seed,
+                                  "device": str(device), "world_size": self.dist.world,
+                                  "torch": str(torch.__version__), "data": dataset.describe()})
+        self.log = None
+        if self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if resume_from is None:
+                write_json(run_dir / "config.json", {**self.config, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+            self.log = MetricsLog(run_dir / "metrics.jsonl", tensorboard=not args.no_tensorboard,
+                                  resume_step=self.step if resume_from is not None else None)
+        self.sampler = UnpairedSampler(len(dataset), dataset.num_labels, args.batchSize, seed,
+                                       self.dist.rank, self.dist.world)
+        if self.sampler.batches_per_epoch == 0:
+            raise InputError(f"{args.trainset}: only {len(dataset)} degraded patches, fewer than one batch "
+                             f"(--batchSize {args.batchSize})")
 
-def train_sigma(task: Task, args, sigma: float, seed: int, run_dir: Path, device: torch.device,
-                dataset: UnpairedH5Dataset, val_pairs: list[Pair] | None) -> RunResult:
-    seed_everything(seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    generator, critic = build_networks(task, args, device)
-    opt_g, opt_d = make_optimizers(generator, critic, args.lr)
-    epoch, step, best = 1, 0, None
-    if args.resume:
-        ckpt = read_checkpoint(args.resume)
+    def _networks(self) -> tuple[Generator, Critic]:
+        args, device = self.args, self.device
+        generator = Generator(width=args.gen_width, increment=args.gen_increment)
+        if args.init == "identity":
+            start_as_identity(generator)
+        critic = Critic(hidden=self.task.critic_hidden, input_size=self.task.patch, width=args.critic_width)
+        if args.pretrained:
+            ckpt = read_checkpoint(args.pretrained)
+            load_weights(generator, ckpt["generator"], args.pretrained, "generator")
+            if ckpt.get("critic"):
+                load_weights(critic, ckpt["critic"], args.pretrained, "critic")
+            if self.dist.is_main:
+                print(f"initialised from {args.pretrained}")
+        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        return (generator.to(device, memory_format=memory_format), critic.to(device, memory_format=memory_format))
+
+    def _resume(self, path: Path) -> None:
+        ckpt = read_checkpoint(path, map_location=self.device)
         if ckpt.get("format") == "authors":
-            raise InputError(f"{args.resume}: the authors' checkpoints hold no optimiser state; "
+            raise InputError(f"{path}: the authors' checkpoints hold no optimiser state; "
                              "use --pretrained to start from their weights")
-        load_weights(generator, ckpt["generator"], args.resume, "generator")
-        load_weights(critic, ckpt["critic"], args.resume, "critic")
-        opt_g.load_state_dict(ckpt["optim_g"])
-        opt_d.load_state_dict(ckpt["optim_d"])
-        epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best_psnr")
-        print(f"resumed from {args.resume} (epoch {ckpt['epoch']}, step {step})")
+        if "optim_g" not in ckpt or "rng" not in ckpt:
+            raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
+        load_weights(self.generator, ckpt["generator"], path, "generator")
+        load_weights(self.critic, ckpt["critic"], path, "critic")
+        self.opt_g.load_state_dict(ckpt["optim_g"])
+        self.opt_d.load_state_dict(ckpt["optim_d"])
+        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+        self.best, self.skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)
+        set_rng_state(ckpt["rng"], self.device)
+        self.last_good = path
+        if self.main:
+            print(f"sigma {self.sigma:g}: resuming from {path} (epoch {self.epoch}, step {self.step})")
 
-    config = json_ready({**vars(args), "task": task.name, "sigma": sigma, "seed": seed, "device": str(device),
-                         "torch": str(torch.__version__), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                         "data": dataset.describe()})
-    atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode()))
-    log = MetricsLog(run_dir / "metrics.jsonl", tensorboard=not args.no_tensorboard)
+    # -- saving
+    def _state(self) -> dict:
+        return {"task": self.task.name, "arch": {"generator": self.generator.arch, "critic": self.critic.arch},
+                "generator": self.generator.state_dict(), "critic": self.critic.state_dict(),
+                "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict(),
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                "sigma": float(self.sigma), "loss": self.args.loss, "best_psnr": self.best,
+                "skipped_steps": self.skipped, "rng": rng_state(self.device), "config": self.config}
 
-    loader = DataLoader(dataset, batch_size=args.batchSize, shuffle=True, num_workers=args.threads,
-                        pin_memory=device.type == "cuda", drop_last=len(dataset) >= args.batchSize,
-                        persistent_workers=args.threads > 0, prefetch_factor=4 if args.threads else None)
-    generator.train()
-    critic.train()
-    last_val: dict = {}
-    started = time.time()
-    finished = False
+    def save(self, name: str, finished: bool = False) -> Path:
+        """Write a checkpoint and point state.json at it; never a non-finite one."""
+        path = self.run_dir / name
+        if not self.main:
+            return path
+        state = self._state()
+        if not (all_finite(state["generator"]) and all_finite(state["critic"])):
+            raise TrainingStopped(f"refusing to save non-finite weights at step {self.step}; "
+                                  f"last good checkpoint: {self.last_good}", 3)
+        previous = self.last_good
+        try:
+            save_checkpoint(path, state)
+            if name != "best.pt":
+                write_json(self.run_dir / "state.json", {"checkpoint": name, "step": self.step, "epoch": self.epoch,
+                                                         "sigma": self.sigma, "finished": finished})
+        except OSError as exc:
+            kept = f"; the previous checkpoint {previous} is intact" if previous else ""
+            raise InputError(f"{path}: could not save the checkpoint ({exc.strerror or exc}){kept}") from None
+        if name != "best.pt":
+            self.last_good = path
+        if name.startswith("step-"):
+            for old in sorted(self.run_dir.glob("step-*.pt"))[:-KEEP_STEP_CHECKPOINTS]:
+                old.unlink(missing_ok=True)
+        return path
 
-    def checkpoint_state() -> dict:
-        return {"task": task.name, "arch": {"generator": generator.arch, "critic": critic.arch},
-                "generator": generator.state_dict(), "critic": critic.state_dict(),
-                "optim_g": opt_g.state_dict(), "optim_d": opt_d.state_dict(), "epoch": epoch, "step": step,
-                "sigma": float(sigma), "loss": args.loss, "best_psnr": best, "config": config}
+    # -- the loop
+    def _loader(self) -> DataLoader:
+        threads = self.args.threads
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        # The workers' seeds come from this generator, not the global RNG, so that starting a loader
+        # mid-epoch on resume draws nothing the uninterrupted run would not have drawn.
+        return DataLoader(self.dataset, batch_size=self.args.batchSize // self.dist.world, sampler=self.sampler,
+                          num_workers=threads, pin_memory=self.device.type == "cuda", drop_last=True,
+                          prefetch_factor=4 if threads else None,
+                          generator=torch.Generator().manual_seed(self.seed + self.epoch))
 
-    while epoch <= args.nEpochs and not finished:
-        lr = learning_rate(args.lr, epoch, args.step)
-        set_learning_rate(opt_g, opt_d, lr)
-        bar = tqdm(loader, desc=f"sigma {sigma:g} epoch {epoch}/{args.nEpochs}", unit="it",
-                   leave=False, dynamic_ncols=True)
-        for degraded, clean in bar:
-            x = model_input(task, to_device(degraded, device), args.align_corners)
-            clean = to_device(clean, device)
-            stats, fake = train_step(generator, critic, opt_g, opt_d, x, clean, sigma, args.loss, args.precision)
-            step += 1
-            finished = bool(args.max_steps and step >= args.max_steps)
-            if step % args.log_every == 0 or step == 1 or finished:
-                record = {"kind": "train", "step": step, "epoch": epoch, "lr": lr,
-                          "time": round(time.time() - started, 2), **stats}
-                log.write(record)
-                bar.set_postfix(W=f"{float(stats['w_distance']):.3g}", R=f"{float(stats['transport']):.3g}")
-            if finished:
-                break
-        bar.close()
-        grid = save_samples(run_dir / "samples" / f"epoch-{epoch:04d}.png", x, fake, clean)
-        log.image("samples", grid, step)
-        finished = finished or epoch == args.nEpochs
-        if val_pairs and (epoch % args.val_every == 0 or finished):
-            last_val = validate(generator, val_pairs, task, device, args)
-            is_best = best is None or last_val["psnr"] > best
-            best = max(best, last_val["psnr"]) if best is not None else last_val["psnr"]
-            log.write({"kind": "val", "step": step, "epoch": epoch, **last_val, "best_psnr": best})
-            tqdm.write(f"sigma {sigma:g} epoch {epoch}: validation PSNR {last_val['psnr']:.2f} dB "
-                       f"(input {last_val['input_psnr']:.2f} dB, best {best:.2f} dB)")
-            if is_best:
-                save_checkpoint(run_dir / "best.pt", checkpoint_state())
-        save_checkpoint(run_dir / "last.pt", checkpoint_state())
-        epoch += 1
-    log.close()
-    return RunResult(sigma, run_dir, step, epoch - 1, best, last_val)
+    def _validate(self) -> dict:
+        ev = evaluate(self.generator, self.val_pairs, self.task, self.device, align_corners=self.args.align_corners,
+                      precision=self.args.precision, progress=False)
+        self.generator.train()
+        return {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}
+
+    def _check_stop(self, ckpt_name: str) -> None:
+        if self.stop.signum is None:
+            return
+        path = self.save(ckpt_name)
+        name = signal.Signals(self.stop.signum).name
+        raise TrainingStopped(f"stopped by {name} at step {self.step} (sigma {self.sigma:g}); saved {path}.\n"
+                              f"Resume with: {resume_command(self.task, self.args)}",
+                              128 + self.stop.signum)
+
+    def train(self) -> RunResult:
+        args, task, device = self.args, self.task, self.device
+        self.generator.train()
+        self.critic.train()
+        last_val: dict = {}
+        started = time.time()
+        finished = bool(args.max_steps and self.step >= args.max_steps) or self.epoch > args.nEpochs
+        x = fake = clean = None
+        while not finished:
+            lr = learning_rate(args.lr, self.epoch, args.step)
+            set_learning_rate(self.opt_g, self.opt_d, lr)
+            loader = self._loader()
+            bar = tqdm(loader, desc=f"sigma {self.sigma:g} epoch {self.epoch}/{args.nEpochs}", unit="it",
+                       leave=False, dynamic_ncols=True, disable=not self.main,
+                       initial=self.batch_in_epoch, total=self.sampler.batches_per_epoch)
+            for degraded, clean in bar:
+                x = model_input(task, to_device(degraded, device), args.align_corners)
+                clean = to_device(clean, device)
+                stats, fake = train_step(self.generator, self.critic, self.opt_g, self.opt_d, x, clean,
+                                         self.sigma, args.loss, args.precision, self.dist)
+                self.step += 1
+                self.batch_in_epoch += 1
+                self._count_nonfinite(stats)
+                finished = bool(args.max_steps and self.step >= args.max_steps)
+                if self.step % args.log_every == 0 or self.step == 1 or finished:
+                    self._log_step(stats, lr, started, bar)
+                if args.save_every and self.step % args.save_every == 0 and not finished:
+                    self.save(f"step-{self.step:08d}.pt")
+                if finished:
+                    break
+                self._check_stop(f"step-{self.step:08d}.pt")
+            bar.close()
+            epoch_done = self.batch_in_epoch >= self.sampler.batches_per_epoch
+            if (epoch_done or finished) and self.main and x is not None:
+                self.log.image("samples", save_samples(self.run_dir / "samples" / f"epoch-{self.epoch:04d}.png",
+                                                       x, fake, clean), self.step)
+            if epoch_done:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            finished = finished or self.epoch > args.nEpochs
+            if self.val_pairs and self.main and ((epoch_done and (self.epoch - 1) % args.val_every == 0) or finished):
+                last_val = self._validate_and_keep_best()
+            self.dist.barrier()
+            self.save("last.pt", finished=finished)
+            if not finished:
+                self._check_stop("last.pt")
+        if self.log is not None:
+            self.log.close()
+        return RunResult(self.sigma, self.run_dir, self.step, self.epoch - 1, self.best, last_val)
+
+    def _validate_and_keep_best(self) -> dict:
+        val = self._validate()
+        is_best = self.best is None or val["psnr"] > self.best
+        self.best = val["psnr"] if is_best else self.best
+        self.log.write({"kind": "val", "step": self.step, "epoch": self.epoch - 1, **val, "best_psnr": self.best})
+        tqdm.write(f"sigma {self.sigma:g} step {self.step}: validation PSNR {val['psnr']:.2f} dB "
+                   f"(input {val['input_psnr']:.2f} dB, best {self.best:.2f} dB)")
+        if is_best:
+            self.save("best.pt")
+        return val
+
+    def _count_nonfinite(self, stats: dict) -> None:
+        if not stats["skipped"]:
+            self.nonfinite_streak = 0
+            return
+        self.skipped += 1
+        self.nonfinite_streak += 1
+        if self.main:
+            self.log.write({"kind": "skipped", "step": self.step, "epoch": self.epoch,
+                            "reason": "non-finite loss or gradient", "skipped_total": self.skipped})
+        if self.nonfinite_streak >= self.args.max_nonfinite:
+            raise TrainingStopped(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step} "
+                                  f"(sigma {self.sigma:g}): training diverged. Last good checkpoint: "
+                                  f"{self.last_good or 'none yet'}. Try a lower --lr or a larger --sigma.", 3)
+
+    def _log_step(self, stats: dict, lr: float, started: float, bar) -> None:
+        values = {k: self.dist.average(float(v)) for k, v in stats.items() if k != "skipped"}
+        if not self.main:
+            return
+        self.log.write({"kind": "train", "step": self.step, "epoch": self.epoch, "lr": lr,
+                        "time": round(time.time() - started, 2), **values, "skipped_total": self.skipped})
+        if "transport" in values:
+            bar.set_postfix(W=f"{values['w_distance']:.3g}", R=f"{values['transport']:.3g}")
 
 
-def train(task: Task, args) -> list[RunResult]:
-    """Train one model per sigma of ``args.sigma``; returns where each went and how it did."""
+# ----------------------------------------------------------------------------- the sweep
+def resume_command(task: Task, args) -> str:
+    return f"python {task.name}/train.py --resume auto --name {args.name} --out {args.out}"
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot write the output folder ({exc.strerror or exc})") from None
+
+
+def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[RunResult]:
+    """Train one model per sigma of ``args.sigma``; returns where each went and how it did.
+
+    ``resume_from`` maps a sigma to the checkpoint it continues from; sigmas whose runs finished are
+    skipped when resuming.
+    """
+    dist = dist or Local()
     if args.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
-    device = resolve_device(args.device)
+    if args.deterministic:
+        make_deterministic()
+    device = dist.device if hasattr(dist, "device") else resolve_device(args.device)
     args.precision = resolve_precision(args.precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     args.threads = resolve_threads(args.threads, device)
+    if device.type == "cuda" and not args.deterministic:
+        torch.backends.cudnn.benchmark = True
     dataset = UnpairedH5Dataset(args.trainset, scale=task.scale, layout=args.layout, raw_uint8=True)
     side = dataset.label_shape[1:]
     if side != (task.patch, task.patch):
@@ -320,14 +571,30 @@ def train(task: Task, args) -> list[RunResult]:
         from .pairs import find_pairs
         val_pairs = find_pairs(args.val_input, args.val_gt)
     run_root = Path(args.out) / task.name / args.name
-    print(f"{task.title}: {dataset.describe()}; device {device} ({args.precision}); "
-          f"cost {args.loss}; sigma {', '.join(f'{s:g}' for s in args.sigma)}; writing to {run_root}")
-    base_seed = args.seed if args.seed is not None else random.SystemRandom().randint(1, 10**6)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randint(1, 10**6)
+    if dist.is_main:
+        check_writable(run_root)
+        write_json(run_root / "run.json", vars(args))
+        print(f"{task.title}: {dataset.describe()}; device {device} ({args.precision}"
+              f"{f', {dist.world} processes' if dist.world > 1 else ''}); cost {args.loss}; "
+              f"sigma {', '.join(f'{s:g}' for s in args.sigma)}; writing to {run_root}")
     results = []
-    for i, sigma in enumerate(args.sigma):
-        results.append(train_sigma(task, args, sigma, base_seed + i, run_root / sigma_dir_name(sigma), device,
-                                   dataset, val_pairs))
-        r = results[-1]
-        val = f", validation PSNR {r.last_val['psnr']:.2f} dB" if r.last_val else ""
-        print(f"sigma {sigma:g}: {r.step} steps, {r.epoch} epoch(s){val}; checkpoints in {r.run_dir}")
+    with StopRequest() as stop:
+        for i, sigma in enumerate(args.sigma):
+            run_dir = run_root / sigma_dir_name(sigma)
+            start = (resume_from or {}).get(sigma)
+            if resume_from is not None and start is None:
+                state = read_state(run_dir)
+                if state and state.get("finished"):
+                    if dist.is_main:
+                        print(f"sigma {sigma:g}: finished earlier, skipped")
+                    continue
+                start = run_dir / state["checkpoint"] if state else None
+            run = SigmaRun(task, args, sigma, args.seed + i, run_dir, device, dataset, val_pairs, stop, dist, start)
+            results.append(run.train())
+            r = results[-1]
+            if dist.is_main:
+                val = f", validation PSNR {r.last_val['psnr']:.2f} dB" if r.last_val else ""
+                print(f"sigma {sigma:g}: {r.step} steps, {r.epoch} epoch(s){val}; checkpoints in {r.run_dir}")
     return results

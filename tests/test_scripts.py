@@ -39,7 +39,8 @@ def test_demo_train_then_test(tmp_path, task):
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     result = run_script("sr/train.py", "--trainset", str(tmp_path / "nothing"), "--max-steps", "1")
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: ") and "nothing" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "nothing" in last
     assert "Traceback" not in result.stderr
     result = run_script("sr/test.py", "--checkpoint", str(tmp_path / "none.pt"), "--input", str(tmp_path))
     assert result.returncode == 2 and "checkpoint not found" in result.stderr

@@ -21,6 +21,7 @@ def test_one_iteration_changes_both_networks_and_stays_finite(cost):
     x, clean = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
     stats, fake = train_step(g, d, opt_g, opt_d, x, clean, sigma=10.0, cost=cost)
     assert fake.shape == x.shape and not fake.requires_grad
+    assert stats.pop("skipped") is False
     assert all(torch.isfinite(v).all() for v in stats.values())
     assert stats["w_distance"].item() == pytest.approx(-stats["loss_d"].item())
     after_g, after_d = g.state_dict(), d.state_dict()

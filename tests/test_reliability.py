@@ -1,0 +1,316 @@
+"""Crashes, signals, non-finite steps and bad input: nothing is lost, every failure says what and where."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from common.checkpoint import load_generator, read_checkpoint, save_checkpoint
+from common.cli import test_main as run_test_script, train_main
+from common.errors import InputError
+from common.images import read_image
+from common.networks import Critic, Generator
+from common.training import make_optimizers, train_step
+from conftest import ROOT, run_script, write_h5
+
+SMALL = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard"]
+
+
+@pytest.fixture(autouse=True)
+def restore_global_torch_flags():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def sr_data(folder, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    write_h5(folder / "train.h5", rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
+             rng.integers(0, 256, (n, 3, 128, 128), dtype=np.uint8))
+    return folder
+
+
+def train_args(data, out, name, steps, *extra):
+    return ["sr/train.py", "--trainset", str(data), "--out", str(out), "--name", name, "--sigma", "10",
+            "--batchSize", "2", "--max-steps", str(steps), "--seed", "7", "--deterministic", "--save-every", "1",
+            "--log-every", "1", "--device", "cpu", *SMALL, *extra]
+
+
+def final_weights(out, name):
+    ckpt = torch.load(out / "sr" / name / "sigma-10" / "last.pt", weights_only=True)
+    return ckpt["generator"], ckpt["critic"], ckpt["step"]
+
+
+def state(out, name):
+    path = out / "sr" / name / "sigma-10" / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def wait_for_step(out, name, step, proc, timeout=120):
+    started = time.time()
+    while time.time() - started < timeout:
+        s = state(out, name)
+        if s and s["step"] >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no step checkpoint in time")
+
+
+def test_sigkill_then_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
+    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
+    full = run_script(*train_args(data, out, "full", 6))
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    proc = subprocess.Popen([sys.executable, *train_args(data, out, "killed", 6)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(out, "killed", 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state(out, "killed")["step"] < 6
+    resumed = run_script("sr/train.py", "--resume", "auto", "--name", "killed", "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+
+    g_full, d_full, step_full = final_weights(out, "full")
+    g_res, d_res, step_res = final_weights(out, "killed")
+    assert step_full == step_res == 6
+    assert all(torch.equal(g_full[k], g_res[k]) for k in g_full)
+    assert all(torch.equal(d_full[k], d_res[k]) for k in d_full)
+    steps = [r["step"] for r in map(json.loads, (out / "sr" / "killed" / "sigma-10" / "metrics.jsonl").open())
+             if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # appended, continued, nothing repeated
+    assert state(out, "killed")["finished"] is True
+    assert len(list((out / "sr" / "killed" / "sigma-10").glob("step-*.pt"))) <= 2
+
+
+def test_deterministic_runs_are_bit_identical(tmp_path):
+    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
+    for name in ("a", "b"):
+        result = run_script(*train_args(data, out, name, 3))
+        assert result.returncode == 0, result.stderr[-2000:]
+    (ga, da, _), (gb, db, _) = final_weights(out, "a"), final_weights(out, "b")
+    assert all(torch.equal(ga[k], gb[k]) for k in ga) and all(torch.equal(da[k], db[k]) for k in da)
+
+
+def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
+    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, *train_args(data, out, "term", 1000, "--save-every", "0")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "sr" / "term" / "sigma-10" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and '"train"' in metrics.read_text()):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "--resume auto --name term" in err
+    saved = state(out, "term")
+    assert saved["step"] >= 1 and not saved["finished"]
+    assert read_checkpoint(out / "sr" / "term" / "sigma-10" / saved["checkpoint"])["step"] == saved["step"]
+
+
+def test_non_finite_steps_are_skipped_and_weights_kept():
+    torch.manual_seed(0)
+    g, d = Generator(width=16, increment=8), Critic(hidden=16, input_size=32, width=8)
+    opt_g, opt_d = make_optimizers(g, d, 1e-4)
+    before = {k: v.clone() for k, v in [*g.state_dict().items(), *d.state_dict().items()]}
+    x = torch.rand(2, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    stats, _ = train_step(g, d, opt_g, opt_d, x, torch.rand(2, 3, 32, 32), 10.0, "sot-l1")
+    assert stats["skipped"] is True
+    after = {**g.state_dict(), **d.state_dict()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_diverging_run_stops_and_saves_no_nan(tmp_path):
+    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
+    result = run_script(*train_args(data, out, "nan", 50, "--lr", "1e30", "--max-nonfinite", "3",
+                                    "--save-every", "0"))
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "non-finite steps in a row" in result.stderr and "Last good checkpoint" in result.stderr
+    for path in (out / "sr" / "nan" / "sigma-10").glob("*.pt"):
+        ckpt = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in ckpt["generator"].values())
+
+
+def test_full_disk_at_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    g = Generator(width=16, increment=8)
+    save_checkpoint(path, {"arch": {"generator": g.arch}, "generator": g.state_dict()})
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"arch": {"generator": g.arch}, "generator": g.state_dict(), "step": 2})
+    monkeypatch.undo()
+    assert load_generator(path) is not None and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_full_disk_during_training_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import common.checkpoint as checkpoint
+
+    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def fail_on_checkpoints(src, dst):
+        if str(dst).endswith(".pt"):
+            calls["n"] += 1
+            if calls["n"] > 1:  # the first checkpoint is written, the second finds the disk full
+                raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", fail_on_checkpoints)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", train_args(data, out, "full-disk", 4)[1:])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "step-00000001.pt is intact" in err
+    assert read_checkpoint(out / "sr" / "full-disk" / "sigma-10" / "step-00000001.pt")["step"] == 1
+
+
+# ----------------------------------------------------------------------------- bad input, one line each
+def h5_file(path, data=None, label=None):
+    with h5py.File(path, "w") as f:
+        if data is not None:
+            f.create_dataset("data", data=data)
+        if label is not None:
+            f.create_dataset("label", data=label)
+    return path
+
+
+def u8(*shape):
+    return np.zeros(shape, np.uint8)
+
+
+def make_case(tmp_path, case):
+    """Returns (script, argv, expected message fragment) for one bad input."""
+    d = tmp_path / case
+    d.mkdir()
+    train = lambda *a: ("train", ["--trainset", str(d), "--out", str(tmp_path / "o"), "--max-steps", "1",
+                                  "--device", "cpu", *SMALL, *a], )
+    if case == "missing folder":
+        return "train", ["--trainset", str(d / "nope"), "--device", "cpu"], "training folder not found"
+    if case == "empty folder":
+        return "train", ["--trainset", str(d), "--device", "cpu"], "no .h5 files"
+    if case == "no label":
+        h5_file(d / "a.h5", data=u8(4, 3, 32, 32))
+        return (*train(), "no 'label' dataset")
+    if case == "truncated h5":
+        h5_file(d / "a.h5", u8(64, 3, 32, 32), u8(64, 3, 128, 128))
+        raw = (d / "a.h5").read_bytes()
+        (d / "a.h5").write_bytes(raw[: len(raw) // 3])
+        return (*train(), "a.h5")
+    if case == "channel mismatch":
+        h5_file(d / "a.h5", u8(4, 3, 32, 32), u8(4, 1, 128, 128))
+        return (*train(), "channels")
+    if case == "patch the critic cannot take":
+        h5_file(d / "a.h5", u8(4, 3, 16, 16), u8(4, 3, 64, 64))
+        return (*train(), "critic takes 128x128")
+    if case == "NaN in data":
+        h5_file(d / "a.h5", np.full((4, 3, 32, 32), np.nan, np.float32), np.zeros((4, 3, 128, 128), np.float32))
+        return (*train(), "NaN")
+    if case == "values out of range":
+        h5_file(d / "a.h5", np.full((4, 3, 32, 32), 255.0, np.float32), np.zeros((4, 3, 128, 128), np.float32))
+        return (*train(), "values in [255, 255]")
+    if case == "not a checkpoint":
+        (d / "model.pth").write_bytes(b"hello")
+        return "test", ["--checkpoint", str(d / "model.pth"), "--input", str(d), "--device", "cpu"], "not a checkpoint"
+    if case == "other architecture":
+        c = Critic(hidden=16, input_size=32, width=8)
+        save_checkpoint(d / "c.pt", {"arch": {"generator": Generator(width=16, increment=8).arch},
+                                     "generator": c.state_dict()})
+        return "test", ["--checkpoint", str(d / "c.pt"), "--input", str(d), "--device", "cpu"], "missing"
+    ckpt = tmp_path / "g.pt"
+    if not ckpt.exists():
+        g = Generator(width=16, increment=8)
+        save_checkpoint(ckpt, {"arch": {"generator": g.arch}, "generator": g.state_dict()})
+    test = lambda *a: ("test", ["--checkpoint", str(ckpt), "--device", "cpu", "--no-lpips", "--save",
+                                str(tmp_path / "res"), *a])
+    if case == "unreadable image":
+        (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+        return (*test("--input", str(d)), "broken.png: not a readable image")
+    if case == "names do not match":
+        (d / "in").mkdir(), (d / "gt").mkdir()
+        for name in ("a.png", "b.png"):
+            cv2.imwrite(str(d / "in" / name), u8(8, 8, 3))
+        cv2.imwrite(str(d / "gt" / "a.png"), u8(32, 32, 3))
+        cv2.imwrite(str(d / "gt" / "zzz.png"), u8(32, 32, 3))
+        return (*test("--input", str(d / "in"), "--gt", str(d / "gt")), "b.png")
+    if case == "sizes do not match":
+        (d / "in").mkdir(), (d / "gt").mkdir()
+        cv2.imwrite(str(d / "in" / "a.png"), u8(8, 8, 3))
+        cv2.imwrite(str(d / "gt" / "a.png"), u8(40, 40, 3))
+        return (*test("--input", str(d / "in"), "--gt", str(d / "gt")), "ground truth is 40x40 but the restored")
+    if case == "output folder not writable":
+        sr_data(d)
+        (tmp_path / "a-file").write_text("")
+        return "train", ["--trainset", str(d), "--out", str(tmp_path / "a-file" / "runs"), "--max-steps", "1",
+                         "--device", "cpu", *SMALL], "cannot write the output folder"
+    if case == "CUDA asked for and absent":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        sr_data(d)
+        return "train", ["--trainset", str(d), "--device", "cuda", *SMALL], "CUDA is not available"
+    raise ValueError(case)
+
+
+BAD_INPUTS = ["missing folder", "empty folder", "no label", "truncated h5", "channel mismatch",
+              "patch the critic cannot take", "NaN in data", "values out of range", "not a checkpoint",
+              "other architecture", "unreadable image", "names do not match", "sizes do not match",
+              "output folder not writable", "CUDA asked for and absent"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_with_exit_status_2(tmp_path, capsys, case):
+    script, argv, fragment = make_case(tmp_path, case)
+    main = train_main if script == "train" else run_test_script
+    with pytest.raises(SystemExit) as exit_info:
+        main("sr", argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and fragment in err[-1], err
+    assert not any("Traceback" in line for line in err)
+
+
+def test_bad_input_through_a_real_process_and_debug_traceback(tmp_path):
+    result = run_script("sr/train.py", "--trainset", str(tmp_path / "none"), "--device", "cpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    result = run_script("sr/train.py", "--trainset", str(tmp_path / "none"), "--device", "cpu", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "16bit"])
+def test_unusual_images_are_converted_with_a_note(tmp_path, capsys, kind):
+    img = {"gray": np.full((6, 7), 128, np.uint8), "rgba": np.full((6, 7, 4), 128, np.uint8),
+           "16bit": np.full((6, 7, 3), 32768, np.uint16)}[kind]
+    cv2.imwrite(str(tmp_path / "x.png"), img)
+    out = read_image(tmp_path / "x.png")
+    assert out.shape == (6, 7, 3) and abs(float(out.mean()) - 0.5) < 0.01
+    assert "x.png" in capsys.readouterr().err
+
+
+def test_a_nan_patch_found_during_training_names_the_file(tmp_path, capsys):
+    data = tmp_path / "d"
+    values = np.zeros((8, 3, 32, 32), np.float32)
+    values[5, 0, 0, 0] = np.nan  # past the first block that is checked when the data set is built
+    with h5py.File(data.mkdir() or data / "a.h5", "w") as f:
+        f.create_dataset("data", data=np.concatenate([np.zeros((64, 3, 32, 32), np.float32), values]))
+        f.create_dataset("label", data=np.zeros((72, 3, 128, 128), np.float32))
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", ["--trainset", str(data), "--out", str(tmp_path / "o"), "--batchSize", "72",
+                          "--max-steps", "1", "--device", "cpu", *SMALL])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a.h5" in err and "patch 'data'[69] holds NaN" in err
