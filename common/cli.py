@@ -256,23 +256,38 @@ def resume_plan(task: Task, args: argparse.Namespace, argv: list[str]) -> tuple[
 
 
 def _train(task: Task, argv: list[str]) -> None:
-    from .demo import build_demo_data
-    from .training import train
+    from .distributed import Distributed
 
     args = parse_train_args(task, argv)
+    # Under torchrun with several processes this joins the process group; alone, it is a no-op.
+    dist = Distributed.from_environment(args.device)
+    try:
+        _train_with(task, args, argv, dist)
+    finally:
+        dist.close()
+
+
+def _train_with(task: Task, args: argparse.Namespace, argv: list[str], dist) -> None:
+    from .demo import build_demo_data, demo_paths
+    from .training import train
+
     if args.resume:
         args, resume_from = resume_plan(task, args, argv)
-        train(task, args, resume_from=resume_from)
+        train(task, args, dist, resume_from=resume_from)
         return
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = dist.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
     if args.demo:
         args.name = args.name or f"demo-{stamp}"
-        paths = build_demo_data(task, Path(args.out) / task.name / "demo-data", task.degradation)
+        root = Path(args.out) / task.name / "demo-data"
+        if dist.is_main:
+            build_demo_data(task, root, task.degradation)
+        dist.barrier()
+        paths = demo_paths(root)
         args.trainset, args.val_input, args.val_gt = (str(paths[k]) for k in ("trainset", "val_input", "val_gt"))
     args.name = args.name or f"{args.loss}-{stamp}"
     started = time.time()
-    results = train(task, args)
-    if args.demo:
+    results = train(task, args, dist)
+    if args.demo and dist.is_main:
         r = results[-1]
         print(f"\ndemo done in {(time.time() - started) / 60:.1f} min ({r.step} steps). PSNR on "
               f"{len(list(Path(args.val_gt).iterdir()))} held-out photographs: {task.input_label} "

@@ -12,6 +12,11 @@ def _identity(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors; float64 stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity) -> torch.Tensor:
     """Transport cost R(r) of a batch of residuals ``r = G(x) - x`` (B x C x H x W), a 0-dim tensor.
 
@@ -26,7 +31,7 @@ def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity) -> t
     ``batch_mean`` turns this process's mean into the mean over a batch split across processes,
     before the outer square or root (which do not commute with averaging).
     """
-    r = residual.float()
+    r = _wide(residual)
     if kind == "ot":
         return batch_mean(r.square().mean()).sqrt()
     if kind not in TRANSPORT_COSTS:
@@ -40,7 +45,7 @@ def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity) -> t
 
 def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """WGAN critic loss ``mean D(G(x)) - mean D(y)``; its negative estimates the Wasserstein-1 distance."""
-    return fake_scores.float().mean() - real_scores.float().mean()
+    return _wide(fake_scores).mean() - _wide(real_scores).mean()
 
 
 def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
@@ -58,7 +63,7 @@ def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Te
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     scores = critic(x_hat)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    norms = grad.float().flatten(1).norm(dim=1)
+    norms = _wide(grad).flatten(1).norm(dim=1)
     return GP_WEIGHT * (norms - 1).square().mean()
 
 
@@ -66,4 +71,4 @@ def generator_loss(fake_scores: torch.Tensor, residual: torch.Tensor, sigma: flo
                    batch_mean=_identity) -> tuple[torch.Tensor, torch.Tensor]:
     """``L_G = -mean D(G(x)) + sigma * R(G(x) - x)``; returns ``(L_G, R)``."""
     cost = transport_cost(residual, kind, batch_mean)
-    return -fake_scores.float().mean() + sigma * cost, cost
+    return -_wide(fake_scores).mean() + sigma * cost, cost

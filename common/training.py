@@ -103,7 +103,7 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     # 2. gradient-penalty step, a second critic update
     opt_d.zero_grad(set_to_none=False)
     with autocast(x.device, precision):
-        gp = gradient_penalty(critic, clean, fake.detach())
+        gp = gradient_penalty(critic, clean, fake.detach(), dist.uniform(n, x.device, clean.dtype))
     gp.backward()
     dist.average_grads(critic)
     stats["gp"] = gp.detach()
@@ -329,6 +329,8 @@ class SigmaRun:
         self.main = self.dist.is_main
         seed_everything(seed)
         self.generator, self.critic = self._networks()
+        self.dist.broadcast_module(self.critic)  # the generator's DDP wrapper does this for G
+        self.trained_generator = self.dist.wrap_generator(self.generator)
         self.opt_g, self.opt_d = make_optimizers(self.generator, self.critic, args.lr)
         self.epoch, self.batch_in_epoch, self.step, self.best = 1, 0, 0, None
         self.skipped, self.nonfinite_streak, self.last_good = 0, 0, None
@@ -344,6 +346,9 @@ class SigmaRun:
                 write_json(run_dir / "config.json", {**self.config, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
             self.log = MetricsLog(run_dir / "metrics.jsonl", tensorboard=not args.no_tensorboard,
                                   resume_step=self.step if resume_from is not None else None)
+        if args.batchSize % self.dist.world:
+            raise InputError(f"--batchSize {args.batchSize} must divide among {self.dist.world} processes "
+                             "(it is the global batch)")
         self.sampler = UnpairedSampler(len(dataset), dataset.num_labels, args.batchSize, seed,
                                        self.dist.rank, self.dist.world)
         if self.sampler.batches_per_epoch == 0:
@@ -436,13 +441,14 @@ class SigmaRun:
         return {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}
 
     def _check_stop(self, ckpt_name: str) -> None:
-        if self.stop.signum is None:
+        # Every process must stop after the same step, whichever of them got the signal.
+        if not self.dist.any_true(self.stop.signum is not None):
             return
+        signum = self.stop.signum or signal.SIGTERM
         path = self.save(ckpt_name)
-        name = signal.Signals(self.stop.signum).name
+        name = signal.Signals(signum).name
         raise TrainingStopped(f"stopped by {name} at step {self.step} (sigma {self.sigma:g}); saved {path}.\n"
-                              f"Resume with: {resume_command(self.task, self.args)}",
-                              128 + self.stop.signum)
+                              f"Resume with: {resume_command(self.task, self.args, self.dist)}", 128 + signum)
 
     def train(self) -> RunResult:
         args, task, device = self.args, self.task, self.device
@@ -450,7 +456,7 @@ class SigmaRun:
         self.critic.train()
         last_val: dict = {}
         started = time.time()
-        finished = bool(args.max_steps and self.step >= args.max_steps) or self.epoch > args.nEpochs
+        finished = _done(args, self.step, self.epoch)
         x = fake = clean = None
         while not finished:
             lr = learning_rate(args.lr, self.epoch, args.step)
@@ -462,7 +468,7 @@ class SigmaRun:
             for degraded, clean in bar:
                 x = model_input(task, to_device(degraded, device), args.align_corners)
                 clean = to_device(clean, device)
-                stats, fake = train_step(self.generator, self.critic, self.opt_g, self.opt_d, x, clean,
+                stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
                                          self.sigma, args.loss, args.precision, self.dist)
                 self.step += 1
                 self.batch_in_epoch += 1
@@ -529,8 +535,14 @@ class SigmaRun:
 
 
 # ----------------------------------------------------------------------------- the sweep
-def resume_command(task: Task, args) -> str:
-    return f"python {task.name}/train.py --resume auto --name {args.name} --out {args.out}"
+def _done(args, step: int, next_epoch: int) -> bool:
+    """Whether a run at ``step``, about to start ``next_epoch``, has nothing left to do (a resume may
+    have raised --max-steps or --nEpochs since it finished)."""
+    return bool(args.max_steps and step >= args.max_steps) or next_epoch > args.nEpochs
+
+def resume_command(task: Task, args, dist=None) -> str:
+    launcher = f"torchrun --nproc_per_node={dist.world}" if dist is not None and dist.world > 1 else "python"
+    return f"{launcher} {task.name}/train.py --resume auto --name {args.name} --out {args.out}"
 
 
 def check_writable(folder: Path) -> None:
@@ -572,7 +584,7 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
         val_pairs = find_pairs(args.val_input, args.val_gt)
     run_root = Path(args.out) / task.name / args.name
     if args.seed is None:
-        args.seed = random.SystemRandom().randint(1, 10**6)
+        args.seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
     if dist.is_main:
         check_writable(run_root)
         write_json(run_root / "run.json", vars(args))
@@ -586,7 +598,7 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
             start = (resume_from or {}).get(sigma)
             if resume_from is not None and start is None:
                 state = read_state(run_dir)
-                if state and state.get("finished"):
+                if state and state.get("finished") and _done(args, state.get("step", 0), state.get("epoch", 0)):
                     if dist.is_main:
                         print(f"sigma {sigma:g}: finished earlier, skipped")
                     continue
