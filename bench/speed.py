@@ -199,7 +199,7 @@ def markdown(result: dict) -> str:
              "peak memory | TFLOP / step | TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
     for r in result["training"]:
         peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
-        lines.append(f"| {r['variant']} | {r['batch']} | {r['ms_per_step']:.1f} | {r['patches_per_s']:.0f} | "
+        lines.append(f"| {r['variant']} | {r['batch']} | {r['ms_per_step']:.1f} | {r['patches_per_s']:.3g} | "
                      f"{r['x_reference']:.2f} | {peak} | {r['tflop_per_step']:.3g} | {r['tflops']:.3g} |")
     lines += ["", "| inference, no grad | ms | MPix / s | peak memory |", "|---|---|---|---|"]
     for r in result["inference"]:

@@ -81,6 +81,12 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     s.add_argument("--loss", choices=TRANSPORT_COSTS, default=task.default_loss,
                    help="transport cost: l0.5 or l1 of the residual's spectrum, or the plain OT pixel L2 "
                         "(default: %(default)s)")
+    s.add_argument("--dc-weight", type=float, default=0.0, metavar="W",
+                   help="also charge the residual's mean (its zero frequency, which the spectral costs barely "
+                        "see) with weight W: against colour drift; not in the paper (default: %(default)s)")
+    s.add_argument("--supervised", action="store_true",
+                   help="the supervised upper bound: paired files ('data'[i] degraded from 'label'[i]), an L1 "
+                        "loss to the true clean patch, no critic; --sigma is ignored")
     s.add_argument("--init", choices=("reference", "identity"), default="reference",
                    help="generator start: PyTorch's default initialisation as in the reference, or identity "
                         "(zeroed residual head: G(x) = x at step 0, steadier for short runs) (default: %(default)s)")
@@ -88,11 +94,14 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
                    "(default: a fresh one, recorded in config.json)")
     s.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
                    help="stop each sigma's run after N steps, whatever --nEpochs says")
-    s.add_argument("--val-input", default=None, metavar="DIR", help="validation inputs (degraded images)")
-    s.add_argument("--val-gt", default=None, metavar="DIR", help="validation ground truth, same file names")
+    s.add_argument("--val-input", default=None, metavar="DIR",
+                   help="validation inputs (degraded images), or a test set's folder in a layout test.py knows")
+    s.add_argument("--val-gt", default=None, metavar="DIR", help="validation ground truth, paired by file name")
     s.add_argument("--val-every", type=positive_int, default=10, metavar="EPOCHS",
                    help="validate every EPOCHS epochs and at the end; the best PSNR is kept as best.pt "
                         "(default: %(default)s)")
+    s.add_argument("--val-steps", type=int, default=0, metavar="N",
+                   help="also validate every N steps (0: only every --val-every epochs)")
     s.add_argument("--out", default="checkpoints", metavar="DIR",
                    help="runs go to DIR/<task>/<name>/sigma-<s>/ (default: %(default)s)")
     s.add_argument("--name", default=None, help="run name (default: <loss>-<date>-<time>)")
@@ -198,7 +207,8 @@ def parse_train_args(task: Task, argv: list[str]) -> argparse.Namespace:
 
 # Flags that define a run: a resume may not change them (the others, e.g. --max-steps, it may).
 RUN_DEFINING = ("sigma", "loss", "seed", "batchSize", "lr", "step", "gen_width", "gen_increment",
-                "critic_width", "init", "trainset", "layout", "align_corners", "pretrained")
+                "critic_width", "init", "trainset", "layout", "align_corners", "pretrained", "dc_weight",
+                "supervised")
 
 
 def explicit_flags(task: Task, argv: list[str]) -> dict:

@@ -225,7 +225,7 @@ class UnpairedH5Dataset(Dataset):
 
 class UnpairedSampler(torch.utils.data.Sampler):
     """The order of one epoch: a permutation of the degraded patches, each with a fresh random clean
-    index, both drawn from ``(seed, epoch)`` alone.
+    index (or, ``paired``, its own), both drawn from ``(seed, epoch)`` alone.
 
     So an epoch can be replayed from any batch (``set_epoch(epoch, start_batch)``) for an exact
     resume, and split across ``world`` processes: rank ``r`` takes every ``world``-th sample, so that
@@ -233,11 +233,12 @@ class UnpairedSampler(torch.utils.data.Sampler):
     size. Batches are full: the remainder of an epoch smaller than a global batch is dropped.
     """
 
-    def __init__(self, n_data: int, n_labels: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n_data: int, n_labels: int, global_batch: int, seed: int, rank: int = 0, world: int = 1,
+                 paired: bool = False):
         if global_batch % world:
             raise ValueError(f"the batch size {global_batch} must divide among {world} processes")
         self.n_data, self.n_labels, self.global_batch = n_data, n_labels, global_batch
-        self.seed, self.rank, self.world = seed, rank, world
+        self.seed, self.rank, self.world, self.paired = seed, rank, world, paired
         self.epoch, self.start_batch = 1, 0
 
     @property
@@ -253,7 +254,8 @@ class UnpairedSampler(torch.utils.data.Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n_data, generator=g)
-        labels = torch.randint(self.n_labels, (self.n_data,), generator=g)
+        # paired (supervised training): patch i's clean partner is label i, its true clean image
+        labels = order if self.paired else torch.randint(self.n_labels, (self.n_data,), generator=g)
         used = self.batches_per_epoch * self.global_batch
         first = self.start_batch * self.global_batch
         for k in range(first + self.rank, used, self.world):

@@ -17,7 +17,7 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity) -> torch.Tensor:
+def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity, dc_weight: float = 0.0) -> torch.Tensor:
     """Transport cost R(r) of a batch of residuals ``r = G(x) - x`` (B x C x H x W), a 0-dim tensor.
 
     With ``F = fft2(r)`` over the two spatial axes of every channel and ``P = |F|^2 + 1e-9``:
@@ -30,17 +30,27 @@ def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity) -> t
     autocast: the FFT of a bf16 residual would lose the small coefficients the cost is about.
     ``batch_mean`` turns this process's mean into the mean over a batch split across processes,
     before the outer square or root (which do not commute with averaging).
+
+    ``dc_weight`` (not in the paper, 0 by default) adds ``dc_weight * sqrt(mean_{b,c} mean_{h,w}(r)^2)``,
+    the RMS over images and channels of the residual's mean, its zero-frequency coefficient / (H W).
+    The spectral costs charge that one coefficient among H*W almost nothing, which leaves the critic
+    free to shift colours; this term charges a colour shift as the pixel L2 cost would.
     """
     r = _wide(residual)
-    if kind == "ot":
-        return batch_mean(r.square().mean()).sqrt()
     if kind not in TRANSPORT_COSTS:
         raise ValueError(f"unknown transport cost {kind!r}; choose one of {', '.join(TRANSPORT_COSTS)}")
-    spectrum = torch.fft.fft2(r, dim=(-2, -1))
-    power = spectrum.real.square() + spectrum.imag.square() + _POWER_FLOOR
-    if kind == "sot-l1":
-        return batch_mean(power.sqrt().mean())
-    return batch_mean(power.pow(0.25).mean()).square()
+    if kind == "ot":
+        cost = batch_mean(r.square().mean()).sqrt()
+    else:
+        spectrum = torch.fft.fft2(r, dim=(-2, -1))
+        power = spectrum.real.square() + spectrum.imag.square() + _POWER_FLOOR
+        if kind == "sot-l1":
+            cost = batch_mean(power.sqrt().mean())
+        else:
+            cost = batch_mean(power.pow(0.25).mean()).square()
+    if dc_weight:
+        cost = cost + dc_weight * batch_mean(r.mean(dim=(-2, -1)).square().mean()).sqrt()
+    return cost
 
 
 def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -68,7 +78,12 @@ def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Te
 
 
 def generator_loss(fake_scores: torch.Tensor, residual: torch.Tensor, sigma: float, kind: str,
-                   batch_mean=_identity) -> tuple[torch.Tensor, torch.Tensor]:
+                   batch_mean=_identity, dc_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``L_G = -mean D(G(x)) + sigma * R(G(x) - x)``; returns ``(L_G, R)``."""
-    cost = transport_cost(residual, kind, batch_mean)
+    cost = transport_cost(residual, kind, batch_mean, dc_weight)
     return -_wide(fake_scores).mean() + sigma * cost, cost
+
+
+def supervised_loss(restored: torch.Tensor, clean: torch.Tensor, batch_mean=_identity) -> torch.Tensor:
+    """Mean absolute error to the true clean image: the supervised upper bound's loss (paired data)."""
+    return batch_mean((_wide(restored) - _wide(clean)).abs().mean())

@@ -33,7 +33,7 @@ from .distributed import Local
 from .errors import InputError, TrainingStopped, note
 from .evaluate import evaluate
 from .inference import autocast
-from .losses import critic_loss, generator_loss, gradient_penalty
+from .losses import critic_loss, generator_loss, gradient_penalty, supervised_loss
 from .networks import Critic, Generator, start_as_identity
 from .pairs import Pair
 from .tasks import Task, model_input
@@ -50,12 +50,12 @@ def learning_rate(base_lr: float, epoch: int, step_size: int) -> float:
 def make_optimizers(generator: Generator, critic: Critic, lr: float):
     """RMSprop for both; the generator at half the critic's learning rate (as the reference)."""
     opt_g = torch.optim.RMSprop([p for p in generator.parameters() if p.requires_grad], lr=lr / 2)
-    opt_d = torch.optim.RMSprop(critic.parameters(), lr=lr)
+    opt_d = torch.optim.RMSprop(critic.parameters(), lr=lr) if critic is not None else None
     return opt_g, opt_d
 
 
 def set_learning_rate(opt_g, opt_d, lr: float) -> None:
-    for group in opt_d.param_groups:
+    for group in opt_d.param_groups if opt_d is not None else ():
         group["lr"] = lr
     for group in opt_g.param_groups:
         group["lr"] = lr / 2
@@ -68,7 +68,8 @@ def _finite(loss: torch.Tensor, optimizer) -> torch.Tensor:
 
 
 def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tensor, clean: torch.Tensor,
-               sigma: float, cost: str, precision: str = "fp32", dist=None) -> tuple[dict, torch.Tensor]:
+               sigma: float, cost: str, precision: str = "fp32", dist=None,
+               dc_weight: float = 0.0) -> tuple[dict, torch.Tensor]:
     """One SOT iteration on degraded inputs ``x`` (already as G takes them) and unpaired ``clean``.
 
     G(x) is computed once. The reference forwards G again for its generator step, but both critic
@@ -116,7 +117,7 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     opt_g.zero_grad(set_to_none=True)
     with autocast(x.device, precision):
         fake_scores = critic(fake)
-    loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost, dist.global_mean)
+    loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost, dist.global_mean, dc_weight)
     loss_g.backward()
     critic.requires_grad_(True)
     stats.update(loss_g=loss_g.detach(), transport=transport.detach())
@@ -124,6 +125,22 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
         return stats, fake.detach()
     opt_g.step()
     stats["skipped"] = False
+    return stats, fake.detach()
+
+
+def supervised_step(generator: Generator, opt_g, x: torch.Tensor, clean: torch.Tensor, precision: str = "fp32",
+                    dist=None) -> tuple[dict, torch.Tensor]:
+    """One step of the supervised upper bound: L1 to the true clean image (paired data), no critic."""
+    dist = dist or Local()
+    opt_g.zero_grad(set_to_none=True)
+    with autocast(x.device, precision):
+        fake = generator(x)
+    loss = supervised_loss(fake, clean, dist.global_mean)
+    loss.backward()
+    stats = {"l1": loss.detach(), "skipped": True}
+    if dist.all_true(_finite(loss, opt_g)):
+        opt_g.step()
+        stats["skipped"] = False
     return stats, fake.detach()
 
 
@@ -329,7 +346,8 @@ class SigmaRun:
         self.main = self.dist.is_main
         seed_everything(seed)
         self.generator, self.critic = self._networks()
-        self.dist.broadcast_module(self.critic)  # the generator's DDP wrapper does this for G
+        if self.critic is not None:
+            self.dist.broadcast_module(self.critic)  # the generator's DDP wrapper does this for G
         self.trained_generator = self.dist.wrap_generator(self.generator)
         self.opt_g, self.opt_d = make_optimizers(self.generator, self.critic, args.lr)
         self.epoch, self.batch_in_epoch, self.step, self.best = 1, 0, 0, None
@@ -349,8 +367,11 @@ class SigmaRun:
         if args.batchSize % self.dist.world:
             raise InputError(f"--batchSize {args.batchSize} must divide among {self.dist.world} processes "
                              "(it is the global batch)")
+        if args.supervised and len(dataset) != dataset.num_labels:
+            raise InputError(f"{args.trainset}: --supervised needs paired files ('data'[i] degraded from 'label'[i]), "
+                             f"but they hold {len(dataset)} and {dataset.num_labels} patches")
         self.sampler = UnpairedSampler(len(dataset), dataset.num_labels, args.batchSize, seed,
-                                       self.dist.rank, self.dist.world)
+                                       self.dist.rank, self.dist.world, paired=args.supervised)
         if self.sampler.batches_per_epoch == 0:
             raise InputError(f"{args.trainset}: only {len(dataset)} degraded patches, fewer than one batch "
                              f"(--batchSize {args.batchSize})")
@@ -360,16 +381,18 @@ class SigmaRun:
         generator = Generator(width=args.gen_width, increment=args.gen_increment)
         if args.init == "identity":
             start_as_identity(generator)
-        critic = Critic(hidden=self.task.critic_hidden, input_size=self.task.patch, width=args.critic_width)
+        critic = None if args.supervised else Critic(hidden=self.task.critic_hidden, input_size=self.task.patch,
+                                                     width=args.critic_width)
         if args.pretrained:
             ckpt = read_checkpoint(args.pretrained)
             load_weights(generator, ckpt["generator"], args.pretrained, "generator")
-            if ckpt.get("critic"):
+            if ckpt.get("critic") and critic is not None:
                 load_weights(critic, ckpt["critic"], args.pretrained, "critic")
             if self.dist.is_main:
                 print(f"initialised from {args.pretrained}")
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        return (generator.to(device, memory_format=memory_format), critic.to(device, memory_format=memory_format))
+        generator = generator.to(device, memory_format=memory_format)
+        return generator, critic.to(device, memory_format=memory_format) if critic is not None else None
 
     def _resume(self, path: Path) -> None:
         ckpt = read_checkpoint(path, map_location=self.device)
@@ -379,9 +402,10 @@ class SigmaRun:
         if "optim_g" not in ckpt or "rng" not in ckpt:
             raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
         load_weights(self.generator, ckpt["generator"], path, "generator")
-        load_weights(self.critic, ckpt["critic"], path, "critic")
         self.opt_g.load_state_dict(ckpt["optim_g"])
-        self.opt_d.load_state_dict(ckpt["optim_d"])
+        if self.critic is not None:
+            load_weights(self.critic, ckpt["critic"], path, "critic")
+            self.opt_d.load_state_dict(ckpt["optim_d"])
         self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         self.best, self.skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)
         set_rng_state(ckpt["rng"], self.device)
@@ -391,9 +415,11 @@ class SigmaRun:
 
     # -- saving
     def _state(self) -> dict:
-        return {"task": self.task.name, "arch": {"generator": self.generator.arch, "critic": self.critic.arch},
-                "generator": self.generator.state_dict(), "critic": self.critic.state_dict(),
-                "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict(),
+        critic = self.critic
+        return {"task": self.task.name,
+                "arch": {"generator": self.generator.arch, "critic": critic.arch if critic is not None else None},
+                "generator": self.generator.state_dict(), "critic": critic.state_dict() if critic is not None else None,
+                "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict() if critic is not None else None,
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                 "sigma": float(self.sigma), "loss": self.args.loss, "best_psnr": self.best,
                 "skipped_steps": self.skipped, "rng": rng_state(self.device), "config": self.config}
@@ -404,7 +430,7 @@ class SigmaRun:
         if not self.main:
             return path
         state = self._state()
-        if not (all_finite(state["generator"]) and all_finite(state["critic"])):
+        if not (all_finite(state["generator"]) and all_finite(state["critic"] or {})):
             raise TrainingStopped(f"refusing to save non-finite weights at step {self.step}; "
                                   f"last good checkpoint: {self.last_good}", 3)
         previous = self.last_good
@@ -453,7 +479,6 @@ class SigmaRun:
     def train(self) -> RunResult:
         args, task, device = self.args, self.task, self.device
         self.generator.train()
-        self.critic.train()
         last_val: dict = {}
         started = time.time()
         finished = _done(args, self.step, self.epoch)
@@ -468,8 +493,12 @@ class SigmaRun:
             for degraded, clean in bar:
                 x = model_input(task, to_device(degraded, device), args.align_corners)
                 clean = to_device(clean, device)
-                stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
-                                         self.sigma, args.loss, args.precision, self.dist)
+                if args.supervised:
+                    stats, fake = supervised_step(self.trained_generator, self.opt_g, x, clean, args.precision,
+                                                  self.dist)
+                else:
+                    stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
+                                             self.sigma, args.loss, args.precision, self.dist, args.dc_weight)
                 self.step += 1
                 self.batch_in_epoch += 1
                 self._count_nonfinite(stats)
@@ -478,6 +507,10 @@ class SigmaRun:
                     self._log_step(stats, lr, started, bar)
                 if args.save_every and self.step % args.save_every == 0 and not finished:
                     self.save(f"step-{self.step:08d}.pt")
+                if self.val_pairs and args.val_steps and self.step % args.val_steps == 0 and not finished:
+                    if self.main:
+                        last_val = self._validate_and_keep_best()
+                    self.dist.barrier()
                 if finished:
                     break
                 self._check_stop(f"step-{self.step:08d}.pt")
@@ -503,7 +536,7 @@ class SigmaRun:
         val = self._validate()
         is_best = self.best is None or val["psnr"] > self.best
         self.best = val["psnr"] if is_best else self.best
-        self.log.write({"kind": "val", "step": self.step, "epoch": self.epoch - 1, **val, "best_psnr": self.best})
+        self.log.write({"kind": "val", "step": self.step, "epoch": self.epoch, **val, "best_psnr": self.best})
         tqdm.write(f"sigma {self.sigma:g} step {self.step}: validation PSNR {val['psnr']:.2f} dB "
                    f"(input {val['input_psnr']:.2f} dB, best {self.best:.2f} dB)")
         if is_best:
@@ -532,6 +565,8 @@ class SigmaRun:
                         "time": round(time.time() - started, 2), **values, "skipped_total": self.skipped})
         if "transport" in values:
             bar.set_postfix(W=f"{values['w_distance']:.3g}", R=f"{values['transport']:.3g}")
+        elif "l1" in values:
+            bar.set_postfix(L1=f"{values['l1']:.3g}")
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -573,23 +608,30 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
         torch.backends.cudnn.benchmark = True
     dataset = UnpairedH5Dataset(args.trainset, scale=task.scale, layout=args.layout, raw_uint8=True)
     side = dataset.label_shape[1:]
-    if side != (task.patch, task.patch):
+    if side != (task.patch, task.patch) and not args.supervised:
         raise InputError(f"{dataset.parts[0].path}: clean patches are {side[0]}x{side[1]} but the critic takes "
                          f"{task.patch}x{task.patch}")
     val_pairs = None
-    if args.val_input or args.val_gt:
-        if not (args.val_input and args.val_gt):
-            raise InputError("--val-input and --val-gt go together")
+    if args.val_gt and not args.val_input:
+        raise InputError("--val-gt needs --val-input")
+    if args.val_input:
         from .pairs import find_pairs
         val_pairs = find_pairs(args.val_input, args.val_gt)
+        unpaired = [p.input.name for p in val_pairs if p.gt is None]
+        if unpaired:
+            raise InputError(f"{args.val_input}: validation needs ground truth; give --val-gt or a test set's "
+                             f"folder in a known layout (no ground truth for {', '.join(unpaired[:5])})")
     run_root = Path(args.out) / task.name / args.name
+    if args.supervised:
+        args.sigma = [0.0]  # no transport cost: one model
     if args.seed is None:
         args.seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
     if dist.is_main:
         check_writable(run_root)
         write_json(run_root / "run.json", vars(args))
+        method = "supervised L1 (paired)" if args.supervised else f"cost {args.loss}"
         print(f"{task.title}: {dataset.describe()}; device {device} ({args.precision}"
-              f"{f', {dist.world} processes' if dist.world > 1 else ''}); cost {args.loss}; "
+              f"{f', {dist.world} processes' if dist.world > 1 else ''}); {method}; "
               f"sigma {', '.join(f'{s:g}' for s in args.sigma)}; writing to {run_root}")
     results = []
     with StopRequest() as stop:
