@@ -13,9 +13,9 @@ Data: without folders of your own, a proxy set is built from photographs availab
 (scikit-image's, and those of Debian's opencv-doc package when installed, plus any --photos DIR),
 with the task's synthetic degradation: disjoint photographs for the degraded and clean sides of the
 unpaired training file, for the paired file of the supervised bound (the same training photographs,
-degraded and clean), for validation and for testing. Point --train-degraded/--train-clean (and
---paired-train, --val-input/--val-gt, --test-input/--test-gt) at a real data set's folders or files
-and the same study runs on it.
+degraded and clean), for validation and for testing. Point --train-unpaired (a folder of unpaired
+.h5 files), --paired-train, --val-input/--val-gt and --test-input/--test-gt at a real data set's
+folders and the same study runs on it.
 
 examples:
   python experiments/compare_costs.py --task sr --quick                 # CPU smoke run, a minute
@@ -69,13 +69,13 @@ LABELS = {"input": "input", "ot": "OT", "sot-l1": "SOT-l1", "sot-l0.5": "SOT-l0.
 
 
 # ----------------------------------------------------------------------------- data
-def photo_pool(extra: list[str], quick: bool) -> dict[str, np.ndarray]:
-    """Name -> float RGB photo: scikit-image's, opencv-doc's (if installed), and --photos folders."""
+def photo_pool(extra: list[str], quick: bool, opencv_doc: Path = OPENCV_DOC) -> dict[str, np.ndarray]:
+    """Name -> float RGB photo: scikit-image's, opencv-doc's (if there), and --photos folders."""
     pool = {f"skimage-{n}": load_photo(n) for n in (SKIMAGE_PHOTOS[:8] if quick else SKIMAGE_PHOTOS)}
-    if not quick and OPENCV_DOC.is_dir():
+    if not quick and opencv_doc.is_dir():
         for name in OPENCV_PHOTOS:
-            if (OPENCV_DOC / name).is_file():
-                pool[f"opencv-{Path(name).stem}"] = read_image(OPENCV_DOC / name)
+            if (opencv_doc / name).is_file():
+                pool[f"opencv-{Path(name).stem}"] = read_image(opencv_doc / name)
     for folder in extra:
         for path in list_images(folder):
             pool[f"{Path(folder).name}-{path.stem}"] = read_image(path)
@@ -167,7 +167,8 @@ def plot_curves(path: Path, curves: dict[str, list], title: str) -> None:
         cv2.putText(img, f"{s:.0f}", (sx(s) - 15, h - margin + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "step", (w // 2 - 20, h - 20), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, f"{title}: validation PSNR (dB)", (margin, margin - 25), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    colours = [(200, 60, 40), (40, 140, 40), (40, 60, 200), (160, 60, 160), (0, 140, 200), (90, 90, 90)]
+    colours = [(200, 60, 40), (40, 140, 40), (40, 60, 200), (160, 60, 160), (0, 140, 200), (90, 90, 90),
+               (0, 0, 0), (120, 80, 0)]
     for i, (label, curve) in enumerate(curves.items()):
         colour = colours[i % len(colours)]
         pts = np.array([(sx(s), sy(v)) for s, v in curve], np.int32)
@@ -175,7 +176,7 @@ def plot_curves(path: Path, curves: dict[str, list], title: str) -> None:
             cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, tuple(int(c) for c in p), 3, colour, -1, cv2.LINE_AA)
-        cv2.putText(img, label, (w - margin + 5 - 150, margin + 20 + 20 * i), font, 0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(img, label, (margin + 10, margin + 20 + 20 * i), font, 0.5, colour, 1, cv2.LINE_AA)
     cv2.imwrite(str(path), img)
 
 
@@ -196,7 +197,9 @@ def crops_figure(path: Path, names: list[str], columns: list[tuple[str, Path | N
             t, l = (hh - side) // 2, (ww - side) // 2
             tile = cv2.resize(img[t:t + side, l:l + side], (2 * side, 2 * side), interpolation=cv2.INTER_NEAREST)
             tile = cv2.copyMakeBorder(tile, 28, 4, 2, 2, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-            text = LABELS.get(label, label) + (f" {psnrs[(label, name)]:.2f} dB" if (label, name) in psnrs else "")
+            method, _, variant = label.partition(" ")
+            text = " ".join(filter(None, [LABELS.get(method, method), variant])) + (
+                f" {psnrs[(label, name)]:.2f} dB" if (label, name) in psnrs else "")
             cv2.putText(tile, text, (6, 20), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
             tiles.append(tile)
         rows.append(np.concatenate(tiles, axis=1))
@@ -230,17 +233,31 @@ def main(argv=None):
     p.add_argument("--sigma", nargs="*", default=[], metavar="COST=S1,S2",
                    help="sigma grid per cost, e.g. sot-l1=10,100 (defaults per task in DEFAULT_SIGMAS)")
     p.add_argument("--dc-weight", type=float, nargs="*", default=[0.0],
-                   help="train the SOT costs with each of these --dc-weight values (0: the paper's cost)")
+                   help="train the SOT costs with each of these --dc-weight values (0: the paper's cost; OT "
+                        "runs without, its pixel cost charges the mean already)")
     p.add_argument("--methods", nargs="*", default=[*COSTS, "supervised"])
     p.add_argument("--photos", nargs="*", default=[], metavar="DIR", help="more photographs for the proxy set")
+    p.add_argument("--opencv-doc", default=str(OPENCV_DOC), metavar="DIR",
+                   help="where opencv-doc's example photographs are (default: %(default)s); a copy of them "
+                        "works too, e.g. on a machine without the package")
     p.add_argument("--side", type=int, default=None, help="validation/test crop side (default 512; quick 128)")
-    p.add_argument("--train-degraded", "--train-unpaired", dest="train_unpaired", default=None, metavar="DIR",
+    p.add_argument("--copy-photos", default=None, metavar="DIR",
+                   help="copy the opencv-doc photographs the study uses into DIR and stop (to take them to a "
+                        "machine without the package, then pass --opencv-doc DIR there)")
+    p.add_argument("--train-unpaired", dest="train_unpaired", default=None, metavar="DIR",
                    help="a real unpaired training folder of .h5 files (instead of the proxy set)")
     p.add_argument("--paired-train", default=None, metavar="DIR", help="a real paired .h5 folder for the supervised bound")
     p.add_argument("--val-input"), p.add_argument("--val-gt"), p.add_argument("--test-input"), p.add_argument("--test-gt")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--out", default=None, help="default: results/compare_costs/<task>")
     args = p.parse_args(argv)
+    if args.copy_photos:
+        import shutil
+        Path(args.copy_photos).mkdir(parents=True, exist_ok=True)
+        copied = [shutil.copy2(Path(args.opencv_doc) / n, args.copy_photos) for n in OPENCV_PHOTOS
+                  if (Path(args.opencv_doc) / n).is_file()]
+        print(f"copied {len(copied)} photographs to {args.copy_photos}")
+        return
     task = TASKS[args.task]
     args.steps = args.steps or (4 if args.quick else 1000)
     args.batch = args.batch or (2 if args.quick else 32)
@@ -258,7 +275,7 @@ def main(argv=None):
                 "test_input": Path(args.test_input), "test_gt": Path(args.test_gt)}
         groups = None
     else:
-        photos = photo_pool(args.photos, args.quick)
+        photos = photo_pool(args.photos, args.quick, Path(args.opencv_doc))
         groups = split_photos(sorted(photos), args.seed)
         data = build_proxy_data(task, out / "data", photos, groups, args.seed, task.patch if args.quick else 64, side)
     device = resolve_device(args.device)
@@ -269,7 +286,7 @@ def main(argv=None):
         if method == "supervised":
             runs.append(train_one(task, argparse.Namespace(**{**vars(args), "dc_weight": 0.0}), method, 0.0, data, out))
             continue
-        for dc in args.dc_weight:
+        for dc in (args.dc_weight if method != "ot" else [0.0]):  # the pixel cost already charges the mean
             for sigma in sigmas[method]:
                 runs.append(train_one(task, argparse.Namespace(**{**vars(args), "dc_weight": dc}), method, sigma,
                                       data, out))
