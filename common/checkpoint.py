@@ -186,8 +186,8 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         except pickle.UnpicklingError as exc2:
             raise InputError(f"{path}: {exc2}") from None
     except Exception as exc:  # whatever torch.load chokes on (zip, pickle or memo errors) means the same
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{path}: not a checkpoint, or a damaged one ({reason})") from None
+        reason = (str(exc).splitlines() or [""])[0]
+        raise InputError(f"{path}: not a checkpoint, or a damaged one ({type(exc).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path}: not an SOT checkpoint (no '{FORMAT}' format tag)")
     if ckpt.get("version", 0) > VERSION:
