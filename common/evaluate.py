@@ -23,7 +23,6 @@ from .metrics import LPIPS, psnr, rgb_to_y, ssim
 from .pairs import Pair
 from .tasks import Task, model_input
 
-METRICS = ("psnr", "ssim", "lpips")
 
 
 def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel: bool) -> dict:

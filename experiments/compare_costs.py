@@ -187,12 +187,11 @@ def crops_figure(path: Path, names: list[str], columns: list[tuple[str, Path | N
     font = cv2.FONT_HERSHEY_SIMPLEX
     for name in names:
         tiles = []
+        gt = cv2.imread(str(data["test_gt"] / f"{name}.png"))
         for label, folder in columns:
-            src = data["test_gt"] / f"{name}.png" if label == "clean" else folder / f"{name}.png"
-            img = cv2.imread(str(src))
-            if label == "input" and img.shape[:2] != cv2.imread(str(data["test_gt"] / f"{name}.png")).shape[:2]:
-                gt_shape = cv2.imread(str(data["test_gt"] / f"{name}.png")).shape
-                img = cv2.resize(img, (gt_shape[1], gt_shape[0]), interpolation=cv2.INTER_NEAREST)
+            img = gt if label == "clean" else cv2.imread(str(folder / f"{name}.png"))
+            if img.shape[:2] != gt.shape[:2]:  # an SR input: shown at the output's size
+                img = cv2.resize(img, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST)
             hh, ww = img.shape[:2]
             t, l = (hh - side) // 2, (ww - side) // 2
             tile = cv2.resize(img[t:t + side, l:l + side], (2 * side, 2 * side), interpolation=cv2.INTER_NEAREST)
