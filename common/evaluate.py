@@ -18,41 +18,74 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
-from .inference import restore
+from .inference import check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
 from .pairs import Pair
-from .tasks import Task, model_input
+from .resize import imresize
+from .tasks import UPSCALERS, Task, model_input
 
 
+def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel: bool,
+            unclamped: np.ndarray | None = None) -> dict:
+    """PSNR, SSIM (RGB, or BT.601 Y with ``y_channel``) and LPIPS (always RGB) of two uint8 images.
 
-def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel: bool) -> dict:
-    """PSNR, SSIM (RGB, or BT.601 Y with ``y_channel``) and LPIPS (always RGB) of two uint8 images."""
+    ``unclamped`` (the float output before clamping and rounding): PSNR is taken on it instead, as the
+    reference's test scripts do."""
     a, b = restored.astype(np.float64) / 255.0, gt.astype(np.float64) / 255.0
     if y_channel:
         ya, yb = rgb_to_y(a), rgb_to_y(b)
         row = {"psnr": psnr(ya, yb, data_range=255.0), "ssim": ssim(ya, yb, data_range=255.0)}
+        if unclamped is not None:
+            row["psnr"] = psnr(rgb_to_y(unclamped.astype(np.float64)), yb, data_range=255.0)
     else:
-        row = {"psnr": psnr(a, b), "ssim": ssim(restored, gt)}
+        row = {"psnr": psnr(a, b) if unclamped is None else psnr(unclamped.astype(np.float64), b),
+               "ssim": ssim(restored, gt)}
     row["lpips"] = lpips(a, b) if lpips is not None else None
     return row
 
 
-def match_gt(gt: np.ndarray, shape: tuple[int, int], pair: Pair, scale: int) -> np.ndarray:
+def match_gt(gt: np.ndarray, shape: tuple[int, int], pair: Pair, scale: int, slack: int = 0) -> np.ndarray:
     """The ground truth at the restored image's size. A ground truth larger by less than the SR scale
-    (LR sides are floor(HR / scale)) is cropped at the bottom/right; any other difference is an error."""
+    (LR sides are floor(HR / scale)), or than ``slack`` (inputs cropped to a multiple of it), is
+    cropped at the bottom/right; any other difference is an error."""
     h, w = shape
     gh, gw = gt.shape[:2]
     if (gh, gw) == (h, w):
         return gt
-    if 0 <= gh - h < scale and 0 <= gw - w < scale:
+    allowed = max(scale, slack)
+    if 0 <= gh - h < allowed and 0 <= gw - w < allowed:
         return gt[:h, :w]
     raise InputError(f"{pair.gt}: ground truth is {gw}x{gh} but the restored {pair.input.name} is {w}x{h}"
                      + (f" (input x{scale})" if scale > 1 else ""))
 
 
+def upsampled_input(img: np.ndarray, task: Task, device: torch.device, align_corners: bool = False,
+                    prescaled: bool = False, upscale: str = "pytorch") -> torch.Tensor:
+    """A degraded image as G takes it (1 x 3 x H x W on ``device``): SR inputs upsampled by the task's
+    scale with PyTorch's bicubic, as in training, or with MATLAB's (``upscale="matlab"``)."""
+    if upscale not in UPSCALERS:
+        raise ValueError(f"upscale must be one of {UPSCALERS}")
+    if prescaled or task.scale == 1:
+        return image_to_tensor(img).to(device)
+    if upscale == "matlab":
+        return image_to_tensor(imresize(img, task.scale).astype(np.float32)).to(device)
+    return model_input(task, image_to_tensor(img).to(device), align_corners)
+
+
+def crop_to_multiple(x: torch.Tensor, multiple: int, pair: Pair) -> torch.Tensor:
+    """Crop a 1 x C x H x W input at the bottom/right to sides that are multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    if h < multiple or w < multiple:
+        raise InputError(f"{pair.input}: {w}x{h} is smaller than the {multiple}-pixel multiple the reference's "
+                         "metrics crop to; drop --reference-metrics for this image")
+    return x[..., : h - h % multiple, : w - w % multiple]
+
+
 @dataclass
 class Evaluation:
     rows: list[dict] = field(default_factory=list)
+    # (name, G's input, restored, ground truth or None) as 8-bit RGB, for the first ``keep`` images
+    examples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
 
     def mean(self, key: str) -> float | None:
         values = [r[key] for r in self.rows if r.get(key) is not None]
@@ -68,6 +101,7 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
              align_corners: bool = False, prescaled: bool = False, save_dir: str | os.PathLike | None = None,
              lpips: LPIPS | None = None, y_channel: bool = False, precision: str = "fp32",
              transpose: bool = False, tile: int | None = None, tile_overlap: int = 32,
+             upscale: str = "pytorch", reference_metrics: bool = False, keep: int = 0,
              progress: bool = True) -> Evaluation:
     """Restore every pair's input, write it under ``save_dir`` (if given) and measure it (if it has a
     ground truth). Returns one row per image with the restored and the input's metrics.
@@ -75,28 +109,47 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
     ``transpose`` swaps height and width around G, for models trained on MATLAB-layout files read
     as they are (their patches were stored W x H), as the reference's deraining test does.
     ``tile`` restores in tiles with ``tile_overlap`` pixels of context (see ``common.inference``).
+    ``upscale`` (SR): ``"pytorch"`` upsamples inputs as training does (PyTorch's bicubic, a = -0.75);
+    ``"matlab"`` with MATLAB's ``imresize`` (a = -0.5), as the paper's test inputs were made.
+    ``reference_metrics`` measures as the authors' test scripts do: G's input cropped at the
+    bottom/right to a multiple of ``task.reference_crop`` (16 or 64 pixels) and PSNR on the unclamped
+    float output; by default nothing is cropped and every metric is taken on the 8-bit image written.
+    ``keep``: how many images to keep in ``examples`` (input | restored | ground truth), for pictures.
     """
     generator.eval()
     result = Evaluation()
     save_dir = Path(save_dir) if save_dir is not None else None
     for pair in tqdm(pairs, desc="restoring", unit="img", disable=not progress, leave=False):
-        x = image_to_tensor(read_image(pair.input)).to(device)
-        if not prescaled:
-            x = model_input(task, x, align_corners)
-        if transpose:
-            restored = restore(generator, x.transpose(-1, -2), precision, tile, tile_overlap).transpose(-1, -2)
-        else:
-            restored = restore(generator, x, precision, tile, tile_overlap)
+        img = read_image(pair.input)
+        if device.type == "cpu":  # an image too large for memory is refused before it is upsampled
+            factor = 1 if prescaled else task.scale
+            check_cpu_memory(generator, pair.input, img.shape[0] * factor, img.shape[1] * factor, tile_overlap)
+        x = upsampled_input(img, task, device, align_corners, prescaled, upscale)
+        if reference_metrics:
+            x = crop_to_multiple(x, task.reference_crop, pair)
+        try:
+            if transpose:
+                restored = restore(generator, x.transpose(-1, -2), precision, tile, tile_overlap).transpose(-1, -2)
+            else:
+                restored = restore(generator, x, precision, tile, tile_overlap)
+        except InputError as exc:  # the image is too large for memory: name it
+            raise InputError(f"{pair.input}: {exc}") from None
+        unclamped = restored[0].permute(1, 2, 0).float().cpu().numpy() if reference_metrics else None
         restored = to_uint8(tensor_to_image(restored))
         if save_dir is not None:
             write_image(save_dir / f"{pair.name}.png", restored)
         row: dict = {"name": pair.name}
+        baseline = to_uint8(tensor_to_image(x))
+        gt = None
         if pair.gt is not None:
-            gt = to_uint8(match_gt(read_image(pair.gt), restored.shape[:2], pair, task.scale))
-            baseline = to_uint8(tensor_to_image(x))
-            row.update(measure(restored, gt, lpips, y_channel))
-            row.update({f"input_{k}": v for k, v in measure(baseline, gt, lpips, y_channel).items()})
+            slack = task.reference_crop if reference_metrics else 0
+            gt = to_uint8(match_gt(read_image(pair.gt), restored.shape[:2], pair, task.scale, slack))
+            baseline_unclamped = x[0].permute(1, 2, 0).float().cpu().numpy() if reference_metrics else None
+            row.update(measure(restored, gt, lpips, y_channel, unclamped))
+            row.update({f"input_{k}": v for k, v in measure(baseline, gt, lpips, y_channel, baseline_unclamped).items()})
         result.rows.append(row)
+        if len(result.examples) < keep:
+            result.examples.append((pair.name, baseline, restored, gt))
     if save_dir is not None and any(len(r) > 1 for r in result.rows):
         write_metrics_csv(save_dir / "metrics.csv", result)
     return result
@@ -110,7 +163,8 @@ def _fmt(v) -> str:
 
 def write_metrics_csv(path: Path, result: Evaluation) -> None:
     keys = [k for k in result.rows[0] if k != "name"]
-    with open(path, "w", newline="") as f:
+    # a file name that is not UTF-8 is written with \xff escapes (see common.errors.printable)
+    with open(path, "w", newline="", encoding="utf-8", errors="sot-printable") as f:
         writer = csv.writer(f)
         writer.writerow(["name", *keys])
         for row in result.rows:

@@ -24,7 +24,10 @@ def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity, dc_w
 
     - ``"sot-l0.5"``: ``(mean P^(1/4))^2``, the l0.5 quasi-norm of the spectrum (the reference default);
     - ``"sot-l1"``: ``mean P^(1/2)``, the l1 norm of the spectrum;
-    - ``"ot"``: ``sqrt(mean r^2)``, the pixel RMSE of the plain OT baseline.
+    - ``"ot"``: ``(mean P)^(1/2)``, the L2 cost of the plain OT baseline, as the reference scripts carry it
+      (their commented-out line). By Parseval ``mean |F|^2 = H W mean r^2``, so it is computed in the
+      pixel domain as ``sqrt(H W) * sqrt(mean r^2)``: the pixel RMSE times sqrt(H W) (x128 on 128x128
+      patches). That scale is what lets one sigma list serve all three costs.
 
     Means run over batch, channels and frequencies (pixels). Always computed in float32, also under
     autocast: the FFT of a bf16 residual would lose the small coefficients the cost is about.
@@ -40,7 +43,9 @@ def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity, dc_w
     if kind not in TRANSPORT_COSTS:
         raise ValueError(f"unknown transport cost {kind!r}; choose one of {', '.join(TRANSPORT_COSTS)}")
     if kind == "ot":
-        cost = batch_mean(r.square().mean()).sqrt()
+        # the spectral form without the FFT (Parseval); the floor is the reference's 1e-9 on each |F|^2
+        pixels = r.shape[-2] * r.shape[-1]
+        cost = (batch_mean(r.square().mean()) * pixels + _POWER_FLOOR).sqrt()
     else:
         spectrum = torch.fft.fft2(r, dim=(-2, -1))
         power = spectrum.real.square() + spectrum.imag.square() + _POWER_FLOOR

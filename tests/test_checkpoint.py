@@ -105,3 +105,27 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(OSError):
         atomic_write(path, failing)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_dehazing_continues_from_an_authors_checkpoint_with_its_critic(authors_checkpoint, tmp_path):
+    """The authors' dehazing/ folder ships sr/'s network file: a critic 640 wide (18,922,305 weights).
+    Their checkpoint, critic included, must start our dehazing training at the paper's sizes."""
+    import json
+
+    import numpy as np
+    from conftest import run_script, write_h5
+
+    path, _, net_d = authors_checkpoint
+    assert net_d.fc1.weight.shape == (640, 8192)
+    rng = np.random.default_rng(0)
+    patches = (rng.random((2, 3, 128, 128)) * 255).astype(np.uint8)
+    write_h5(tmp_path / "train" / "t.h5", patches, patches)
+    out = run_script("dehazing/train.py", "--pretrained", str(path), "--trainset", str(tmp_path / "train"),
+                     "--max-steps", "1", "--batchSize", "2", "--sigma", "10", "--out", str(tmp_path / "runs"),
+                     "--name", "from-authors", "--device", "cpu", "--no-tensorboard", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    ckpt = read_checkpoint(tmp_path / "runs" / "dehazing" / "from-authors" / "sigma-10" / "last.pt")
+    assert ckpt["arch"]["critic"]["hidden"] == 640 and ckpt["step"] == 1
+    assert not torch.equal(ckpt["critic"]["fc1.weight"], net_d.fc1.weight.detach())  # it trained from theirs
+    config = json.loads((tmp_path / "runs" / "dehazing" / "from-authors" / "sigma-10" / "config.json").read_text())
+    assert config["pretrained"] == str(path)

@@ -64,3 +64,49 @@ def test_y_channel_metrics(tmp_path):
                   torch.device("cpu"), y_channel=True, progress=False)
     diff = 128 / 255 * 219  # 0.5 is stored as 128/255; Y spans 219 levels
     assert ev.rows[0]["psnr"] == pytest.approx(20 * np.log10(255 / diff), abs=1e-6)
+
+
+def test_matlab_upscale_equals_prescaling_with_imresize_and_differs_from_pytorch(tmp_path):
+    """--upscale matlab feeds G what MATLAB's imresize x4 makes (the paper's test inputs), which is what
+    --prescaled on such pre-upscaled images does; PyTorch's kernel (a = -0.75) gives another input."""
+    from common.resize import imresize
+
+    rng = np.random.default_rng(3)
+    lr = rng.random((10, 12, 3))
+    write_image(tmp_path / "lr" / "a.png", lr)
+    write_image(tmp_path / "hr" / "a.png", rng.random((40, 48, 3)))
+    lr = read_image(tmp_path / "lr" / "a.png")
+    write_image(tmp_path / "up" / "a.png", imresize(lr, 4))
+    cpu, sr = torch.device("cpu"), TASKS["sr"]
+    matlab = evaluate(torch.nn.Identity(), find_pairs(tmp_path / "lr", tmp_path / "hr"), sr, cpu,
+                      upscale="matlab", save_dir=tmp_path / "m", progress=False)
+    pre = evaluate(torch.nn.Identity(), find_pairs(tmp_path / "up", tmp_path / "hr"), sr, cpu, prescaled=True,
+                   progress=False)
+    pytorch = evaluate(torch.nn.Identity(), find_pairs(tmp_path / "lr", tmp_path / "hr"), sr, cpu, progress=False)
+    assert matlab.rows[0]["input_psnr"] == pytest.approx(pre.rows[0]["input_psnr"], abs=1e-9)
+    assert matlab.rows[0]["input_psnr"] != pytest.approx(pytorch.rows[0]["input_psnr"], abs=1e-3)
+    np.testing.assert_array_equal(read_image(tmp_path / "m" / "a.png"), read_image(tmp_path / "up" / "a.png"))
+
+
+class Overshoot(torch.nn.Module):
+    """Pushes every value 0.2 past the input: above 1 where the input is bright."""
+
+    def forward(self, x):
+        return x + 0.2
+
+
+def test_reference_metrics_crop_to_the_task_multiple_and_take_psnr_on_unclamped_floats(tmp_path):
+    rng = np.random.default_rng(4)
+    img = rng.random((40, 70, 3)) * 0.5 + 0.5  # bright: the overshoot leaves [0, 1]
+    write_image(tmp_path / "in" / "a.png", img)
+    write_image(tmp_path / "gt" / "a.png", img)
+    pairs, cpu = find_pairs(tmp_path / "in", tmp_path / "gt"), torch.device("cpu")
+    ours = evaluate(Overshoot(), pairs, TASKS["deraining"], cpu, save_dir=tmp_path / "o", progress=False)
+    theirs = evaluate(Overshoot(), pairs, TASKS["deraining"], cpu, save_dir=tmp_path / "r", reference_metrics=True,
+                      progress=False)
+    assert read_image(tmp_path / "o" / "a.png").shape == (40, 70, 3)
+    assert read_image(tmp_path / "r" / "a.png").shape == (32, 64, 3)  # multiples of 16, as their deraining test
+    assert theirs.rows[0]["psnr"] == pytest.approx(20 * np.log10(1 / 0.2), abs=1e-6)  # every value off by 0.2
+    assert ours.rows[0]["psnr"] > theirs.rows[0]["psnr"] + 1  # clamping hides part of the overshoot
+    with pytest.raises(InputError, match="smaller than the 64-pixel multiple"):
+        evaluate(Overshoot(), pairs, TASKS["dehazing"], cpu, reference_metrics=True, progress=False)

@@ -6,11 +6,11 @@ from common.losses import critic_loss, generator_loss, gradient_penalty, transpo
 
 
 def numpy_cost(r: np.ndarray, kind: str) -> float:
-    """METHOD 2's formulas, written out in float64 NumPy."""
-    if kind == "ot":
-        return float(np.sqrt(np.mean(r ** 2)))
+    """METHOD 2's formulas, written out in float64 NumPy: every cost on the spectrum, as the reference."""
     f = np.fft.fft2(r, axes=(-2, -1))
     p = np.abs(f) ** 2 + 1e-9
+    if kind == "ot":
+        return float(np.sqrt(np.mean(p)))
     if kind == "sot-l1":
         return float(np.mean(p ** 0.5))
     return float(np.mean(p ** 0.25) ** 2)
@@ -25,6 +25,15 @@ def test_transport_cost_matches_numpy(kind, shape):
     got = transport_cost(torch.from_numpy(r).float(), kind)
     assert got.dim() == 0 and got.dtype == torch.float32
     assert got.item() == pytest.approx(numpy_cost(r, kind), rel=1e-5)
+
+
+def test_ot_is_the_scripts_spectral_l2_which_is_sqrt_hw_times_the_pixel_rmse():
+    """The reference carries OT as sqrt(mean |F|^2); we compute it in the pixel domain (Parseval)."""
+    r = torch.randn(2, 3, 128, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 0.05
+    spectral = (torch.fft.fft2(r).abs().square() + 1e-9).mean().sqrt()
+    ours = transport_cost(r, "ot")
+    assert ours.item() == pytest.approx(spectral.item(), rel=1e-12)
+    assert ours.item() == pytest.approx(128 * r.square().mean().sqrt().item(), rel=1e-9)  # x sqrt(128 * 128)
 
 
 def test_transport_cost_is_float32_under_bf16_input():
@@ -98,5 +107,5 @@ def test_critic_and_generator_losses():
     assert critic_loss(real, fake).item() == pytest.approx(0.5 - 2.0)
     r = torch.full((1, 3, 4, 4), 0.1)
     loss, cost = generator_loss(fake, r, sigma=10.0, kind="ot")
-    assert cost.item() == pytest.approx(0.1)
-    assert loss.item() == pytest.approx(-0.5 + 10 * 0.1)
+    assert cost.item() == pytest.approx(0.1 * 4)  # the pixel RMSE times sqrt(4 * 4)
+    assert loss.item() == pytest.approx(-0.5 + 10 * 0.4)
