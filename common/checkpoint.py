@@ -14,9 +14,11 @@ those tensors by name. Anything else in the pickle is refused.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import types
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -70,10 +72,51 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     _fsync_dir(path.parent)
 
 
+class _RecordingWriter:
+    """A file that keeps the OSError its ``write`` raised: torch.save turns it into a RuntimeError
+    ("unexpected pos ...") that no longer says that the disk is full."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def state_bytes(value) -> int:
+    """The bytes of the tensors in a (nested) checkpoint dict: about what it takes on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(state_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(state_bytes(v) for v in value)
+    return 0
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Atomically write a checkpoint dict of our format (``format`` and ``version`` are added)."""
+    """Atomically write a checkpoint dict of our format (``format`` and ``version`` are added).
+
+    A failed write (a full disk) raises the OSError that caused it, and the previous file is kept."""
     state = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write(path, lambda f: torch.save(state, f))
+
+    def write(f):
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- the authors' files
@@ -131,7 +174,9 @@ def _flatten_module(obj, prefix: str, out: dict) -> None:
 
 
 def _load_authors(path: Path, map_location) -> dict:
-    obj = torch.load(path, map_location=map_location, pickle_module=_restricted_pickle, weights_only=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obj = torch.load(path, map_location=map_location, pickle_module=_restricted_pickle, weights_only=False)
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), _PickledModule):
         raise InputError(f"{path}: not an SOT checkpoint (no 'model' network inside)")
     out = {"format": "authors", "epoch": obj.get("epoch"), "generator": {}, "critic": None}
@@ -154,8 +199,40 @@ def infer_generator_arch(state: dict, path) -> dict:
         reduction = width // state["shallow_feat1.1.CA.conv_du.0.weight"].shape[0]
     except KeyError as exc:
         raise InputError(f"{path}: the checkpoint's generator lacks {exc.args[0]}; not an SOT generator") from None
-    return dict(channels=int(channels), width=int(width), increment=int(increment),
+    except (IndexError, AttributeError, TypeError, ZeroDivisionError):
+        raise InputError(f"{path}: the checkpoint's generator weights have shapes no SOT generator has; "
+                         "the file is damaged or not ours") from None
+    arch = dict(channels=int(channels), width=int(width), increment=int(increment),
                 reduction=int(reduction), kernel_size=int(kernel))
+    if min(arch.values()) < 1 or kernel % 2 == 0:
+        raise InputError(f"{path}: the checkpoint's generator weights have shapes no SOT generator has "
+                         f"({', '.join(f'{k} {v}' for k, v in arch.items())})")
+    return arch
+
+
+def _check_recorded_arch(recorded, inferred: dict, path, what: str, constructor) -> None:
+    """A checkpoint's ``arch`` entry must name the constructor's arguments, as positive whole numbers
+    that agree with the weights' shapes: a crafted one must not build a network of any size."""
+    if not isinstance(recorded, dict):
+        raise InputError(f"{path}: the checkpoint's {what} architecture is {type(recorded).__name__}, not a "
+                         "table of sizes; the file is damaged or not ours")
+    known = set(inspect.signature(constructor).parameters) - {"self"}
+    for key, value in recorded.items():
+        if key not in known:
+            raise InputError(f"{path}: the checkpoint's {what} architecture has an unknown setting "
+                             f"{key!r} (this code knows {', '.join(sorted(known))})")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{path}: the checkpoint's {what} architecture has {key} = {value!r}; "
+                             "expected a whole number of at least 1")
+    differ = [f"{k} {recorded[k]} vs {inferred[k]}" for k in recorded if k in inferred and recorded[k] != inferred[k]]
+    if differ:
+        raise InputError(f"{path}: the {what} in this checkpoint has another architecture: shape mismatch "
+                         f"between its recorded arch and its weights ({'; '.join(differ)})")
+
+
+def _is_state_dict(value) -> bool:
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()))
 
 
 def infer_critic_arch(state: dict) -> dict:
@@ -173,9 +250,11 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     ``generator`` and ``critic`` (state dicts; ``critic`` may be ``None``)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
+        raise InputError(f"{path}: " + ("a folder, not a checkpoint file" if path.is_dir() else "checkpoint not found"))
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on a file's pickle protocol would break the one line
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "srresnet_unet2" not in str(exc):
             if "Weights only load failed" in str(exc) and "GLOBAL" in str(exc):
@@ -185,13 +264,26 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             return _load_authors(path, map_location)
         except pickle.UnpicklingError as exc2:
             raise InputError(f"{path}: {exc2}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
     except Exception as exc:  # whatever torch.load chokes on (zip, pickle or memo errors) means the same
         reason = (str(exc).splitlines() or [""])[0]
         raise InputError(f"{path}: not a checkpoint, or a damaged one ({type(exc).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path}: not an SOT checkpoint (no '{FORMAT}' format tag)")
-    if ckpt.get("version", 0) > VERSION:
-        raise InputError(f"{path}: checkpoint version {ckpt['version']} is newer than this code ({VERSION})")
+    version = ckpt.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError(f"{path}: checkpoint version {version!r} is not a whole number; the file is damaged")
+    if version > VERSION:
+        raise InputError(f"{path}: checkpoint version {version} is newer than this code ({VERSION})")
+    if not _is_state_dict(ckpt.get("generator")):
+        raise InputError(f"{path}: the checkpoint holds no generator weights ('generator' is "
+                         f"{'missing' if 'generator' not in ckpt else type(ckpt['generator']).__name__})")
+    if ckpt.get("critic") is not None and not _is_state_dict(ckpt["critic"]):
+        raise InputError(f"{path}: the checkpoint's 'critic' is {type(ckpt['critic']).__name__}, not weights")
+    for key in ("arch", "config"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise InputError(f"{path}: the checkpoint's '{key}' is {type(ckpt[key]).__name__}, not a table")
     return ckpt
 
 
@@ -211,6 +303,10 @@ def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
         raise InputError(f"{path}: the {what} in this checkpoint has another architecture: " + "; ".join(parts))
+    broken = [k for k in ours if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
+    if broken:
+        raise InputError(f"{path}: the {what}'s weights hold NaN or infinite values ({len(broken)} tensor(s), "
+                         f"e.g. {broken[0]}); the checkpoint is damaged")
     if unexpected:
         note(f"{path}: ignoring {len(unexpected)} {what} key(s) this code does not use, e.g. "
              f"{', '.join(unexpected[:3])}")
@@ -218,8 +314,31 @@ def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:
 
 
 def build_generator(ckpt: dict, path) -> Generator:
-    arch = (ckpt.get("arch") or {}).get("generator") or infer_generator_arch(ckpt["generator"], path)
-    gen = Generator(**arch)
+    """The checkpoint's generator. Its size comes from its weights' shapes; a recorded ``arch`` must
+    agree with them."""
+    if not _is_state_dict(ckpt.get("generator")):
+        raise InputError(f"{path}: the checkpoint holds no generator weights")
+    # The weights' names do not depend on the sizes: a tiny generator tells which are missing.
+    names = Generator(width=4, increment=4, reduction=4).state_dict().keys()
+    missing = [k for k in names if k not in ckpt["generator"]]
+    if missing:
+        unexpected = [k for k in ckpt["generator"] if k not in names]
+        raise InputError(f"{path}: the generator in this checkpoint has another architecture: missing "
+                         f"{len(missing)} key(s), e.g. {', '.join(missing[:3])}"
+                         + (f"; {len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}"
+                            if unexpected else ""))
+    arch = infer_generator_arch(ckpt["generator"], path)
+    recorded = (ckpt.get("arch") or {}).get("generator")
+    if recorded is not None:
+        _check_recorded_arch(recorded, arch, path, "generator", Generator.__init__)
+        arch = {**arch, **recorded}
+    if arch["channels"] != 3:
+        raise InputError(f"{path}: the generator takes {arch['channels']}-channel images; this code restores "
+                         "RGB (3 channels)")
+    try:
+        gen = Generator(**arch)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: the checkpoint's generator cannot be built ({exc})") from None
     load_weights(gen, ckpt["generator"], path, "generator")
     return gen
 
@@ -227,8 +346,20 @@ def build_generator(ckpt: dict, path) -> Generator:
 def build_critic(ckpt: dict, path) -> Critic | None:
     if not ckpt.get("critic"):
         return None
-    arch = (ckpt.get("arch") or {}).get("critic") or infer_critic_arch(ckpt["critic"])
-    critic = Critic(**arch)
+    if not _is_state_dict(ckpt["critic"]):
+        raise InputError(f"{path}: the checkpoint's critic holds no weights")
+    try:
+        arch = infer_critic_arch(ckpt["critic"])
+    except (KeyError, IndexError, AttributeError, TypeError, ZeroDivisionError):
+        raise InputError(f"{path}: the checkpoint's critic weights have shapes no SOT critic has") from None
+    recorded = (ckpt.get("arch") or {}).get("critic")
+    if recorded is not None:
+        _check_recorded_arch(recorded, arch, path, "critic", Critic.__init__)
+        arch = {**arch, **recorded}
+    try:
+        critic = Critic(**arch)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: the checkpoint's critic cannot be built ({exc})") from None
     load_weights(critic, ckpt["critic"], path, "critic")
     return critic
 

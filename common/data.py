@@ -21,11 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import InputError
+from .errors import InputError, printable
+from .files import human_bytes, remove_if_stale, write_failure
 
 LAYOUTS = {"NCHW": False, "NCWH": True}  # layout name -> patches stored transposed
 LAYOUT_CHOICES = ("auto", "ours", "matlab")
 RANGE_TOLERANCE = 1e-3  # float files may overshoot [0, 1] by rounding; clipped, not refused
+MAX_PATCH_BYTES = 256 << 20   # one patch above this is no training patch (ours are 3x128x128, 48 KiB)
+CHECK_BYTES = 64 << 20        # at most this much is read to check a file's first values
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def find_h5_files(source: str | os.PathLike | list) -> list[Path]:
                 raise InputError(f"{folder}: no .h5 files in the training folder")
     for f in files:
         if not f.is_file():
-            raise InputError(f"{f}: no such file")
+            raise InputError(f"{f}: " + ("a folder, not an .h5 file" if f.is_dir() else "no such file"))
     return files
 
 
@@ -70,6 +73,51 @@ def _check_values(path: str, what: str, values: np.ndarray) -> None:
     if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
         raise InputError(f"{path}: {what} has values in [{lo:.4g}, {hi:.4g}]; "
                          "float files must hold [0, 1] (uint8 files [0, 255])")
+
+
+def declared_size_problem(ds: h5py.Dataset) -> str | None:
+    """Why a dataset's declared shape cannot be taken at its word, or None: a patch far larger than
+    any training patch, or more data declared than the file stores (a crafted or never-filled file,
+    whose missing values HDF5 would happily return as zeros). Reads metadata only, no values."""
+    shape = tuple(int(n) for n in ds.shape)
+    itemsize = ds.dtype.itemsize
+    if len(shape) >= 2:
+        row = int(np.prod(shape[1:], dtype=np.float64)) * itemsize
+        if row > MAX_PATCH_BYTES:
+            return (f"patches of {'x'.join(map(str, shape[1:]))} ({human_bytes(row)} each) are far larger "
+                    f"than a training patch (at most {human_bytes(MAX_PATCH_BYTES)})")
+    declared = float(np.prod(shape, dtype=np.float64)) * itemsize
+    if declared == 0 or ds.is_virtual or ds.external:
+        return None
+    what = f"declares {shape[0]} rows of {ds.dtype} ({human_bytes(declared)})"
+    try:
+        if ds.chunks is None:
+            stored = ds.id.get_storage_size()
+            file_size = os.path.getsize(ds.file.filename)
+            if stored < declared or declared > file_size:
+                return (f"{what} but the file stores {human_bytes(min(stored, file_size))} of it: it is damaged "
+                        "or was never filled")
+        else:
+            needed = int(np.prod([-(-n // c) for n, c in zip(shape, ds.chunks)], dtype=np.float64))
+            allocated = ds.id.get_num_chunks()
+            if allocated < needed:
+                return (f"{what} but the file stores {allocated} of its {needed} chunks: it is damaged or "
+                        "was never filled")
+    except (AttributeError, OSError, RuntimeError, ValueError):  # an old HDF5 or an odd layout: no verdict
+        return None
+    return None
+
+
+def check_declared_size(path: str, name: str, ds: h5py.Dataset) -> None:
+    problem = declared_size_problem(ds)
+    if problem:
+        raise InputError(f"{path}: dataset '{name}' {problem}")
+
+
+def first_rows(ds: h5py.Dataset, limit: int = 64) -> np.ndarray:
+    """Up to ``limit`` leading rows, but never more than ``CHECK_BYTES``."""
+    row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    return ds[: max(1, min(limit, ds.shape[0], CHECK_BYTES // row))]
 
 
 def inspect_h5(path: str | os.PathLike, layout: str = "auto") -> H5Part:
@@ -92,15 +140,18 @@ def inspect_h5(path: str | os.PathLike, layout: str = "auto") -> H5Part:
                 raise InputError(f"{path}: dataset '{name}' is empty")
             if not (ds.dtype == np.uint8 or np.issubdtype(ds.dtype, np.floating)):
                 raise InputError(f"{path}: dataset '{name}' has dtype {ds.dtype}; expected uint8 or float")
+            check_declared_size(path, name, ds)
+        for name in ("data", "label"):  # values only once both shapes are known to be sane
+            ds = f[name]
             try:
-                _check_values(path, f"dataset '{name}'", ds[: min(64, ds.shape[0])])
+                _check_values(path, f"dataset '{name}'", first_rows(ds))
             except OSError as exc:
                 raise InputError(f"{path}: dataset '{name}' cannot be read, the file may be "
                                  f"truncated ({exc})") from None
             shapes[name] = tuple(int(s) for s in ds.shape)
             dtypes[name] = ds.dtype
         stored = f.attrs.get("layout", "NCHW")
-        stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+        stored = stored.decode(errors="backslashreplace") if isinstance(stored, bytes) else str(stored)
     if layout == "matlab":
         transposed = True
     elif layout == "ours":
@@ -108,7 +159,7 @@ def inspect_h5(path: str | os.PathLike, layout: str = "auto") -> H5Part:
     elif stored in LAYOUTS:
         transposed = LAYOUTS[stored]
     else:
-        raise InputError(f"{path}: unknown layout attribute {stored!r}; expected one of {', '.join(LAYOUTS)}")
+        raise InputError(f"{path}: unknown layout attribute '{stored}'; expected one of {', '.join(LAYOUTS)}")
 
     def chw(shape):
         c, a, b = shape[1:]
@@ -249,7 +300,7 @@ class UnpairedSampler(torch.utils.data.Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * (self.global_batch // self.world)
+        return max(0, self.batches_per_epoch - self.start_batch) * (self.global_batch // self.world)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -292,14 +343,24 @@ class H5PatchWriter:
         if dtype not in ("uint8", "float32"):
             raise ValueError("dtype must be uint8 or float32")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self.dtype = np.dtype(dtype)
         self.chunk = chunk
-        self.file = h5py.File(self.tmp, "w")
+        # folders made for the file, removed again if it is never written
+        self.made = [f for f in [self.path.parent, *self.path.parent.parents] if not f.exists()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = h5py.File(self.tmp, "w")
+        except OSError as exc:
+            self._remove_made()
+            raise InputError(write_failure(self.path, exc, None, "file")) from None
+        # what an earlier writer of this file left when it was killed
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):
+            remove_if_stale(stale)
         self.file.attrs["layout"] = "NCHW"
         for key, value in (attrs or {}).items():
-            self.file.attrs[key] = value
+            # HDF5 stores text as UTF-8: file names that are not are kept with \xff escapes
+            self.file.attrs[key] = printable(value, one_line=False) if isinstance(value, str) else value
 
     def counts(self) -> dict[str, int]:
         return {name: int(ds.shape[0]) for name, ds in self.file.items()}
@@ -321,18 +382,35 @@ class H5PatchWriter:
         if ds.shape[1:] != patches.shape[1:]:
             raise ValueError(f"{name}: patch shape {patches.shape[1:]} differs from {ds.shape[1:]}")
         n = ds.shape[0]
-        ds.resize(n + len(patches), axis=0)
-        ds[n:] = patches
+        try:
+            ds.resize(n + len(patches), axis=0)
+            ds[n:] = patches
+        except OSError as exc:  # a full disk: the temporary goes, the target is untouched
+            raise InputError(write_failure(self.path, exc, patches.nbytes, "file")) from None
 
     def close(self) -> None:
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise InputError(write_failure(self.path, exc, None, "file")) from None
 
     def abort(self) -> None:
         try:
             self.file.close()
+        except (OSError, ValueError):  # closing a file whose writes failed may fail as well
+            pass
         finally:
             self.tmp.unlink(missing_ok=True)
+            self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in self.made:  # innermost first; a folder something else was put in stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def __enter__(self):
         return self

@@ -5,9 +5,48 @@ unless ``--debug``). Anything else that escapes is a bug and keeps its traceback
 """
 from __future__ import annotations
 
+import codecs
 import sys
 
 EXIT_BAD_INPUT = 2
+
+
+def printable(text: str, one_line: bool = True) -> str:
+    """``text`` safe to print or store as UTF-8, on one line (unless not ``one_line``).
+
+    File names that are not valid UTF-8 reach Python as surrogate escapes (PEP 383); printed as they
+    are they raise UnicodeEncodeError. Their bytes are shown as ``\\xff`` escapes instead, and line
+    breaks as ``\\n``, so that an error stays one line whatever a file is called.
+    """
+    text = str(text)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        raw = text.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return text.replace("\r", "\\r").replace("\n", "\\n") if one_line else text
+
+
+def _escape_unencodable(exc: UnicodeError):
+    """Codec error handler ``sot-printable``: what a stream cannot encode, as escapes (see :func:`printable`)."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    escaped = "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                      else c.encode("ascii", "backslashreplace").decode("ascii") for c in bad)
+    return escaped, exc.end
+
+
+codecs.register_error("sot-printable", _escape_unencodable)
+
+
+def tolerant_streams() -> None:
+    """Let stdout and stderr print any file name (undecodable bytes as ``\\xff``) instead of raising."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="sot-printable")
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper (a test's capture, a pipe wrapper)
+            pass
 
 
 class InputError(Exception):
@@ -32,10 +71,23 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
 
 
+def close_progress_bars() -> None:
+    """Close the progress bars an error interrupted, so that its line starts a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down already: nothing to clear
+            pass
+
+
 def note(message: str) -> None:
     """A one-line notice on stderr that does not break tqdm progress bars."""
     try:
         from tqdm import tqdm
-        tqdm.write(f"note: {message}", file=sys.stderr)
+        tqdm.write(f"note: {printable(message)}", file=sys.stderr)
     except ImportError:  # pragma: no cover - tqdm is a requirement
-        print(f"note: {message}", file=sys.stderr)
+        print(f"note: {printable(message)}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """Reading and writing images, and moving them between NumPy (H x W x 3, RGB) and torch (1 x 3 x H x W)."""
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -28,10 +30,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     scaled by 1/65535, each with a note on stderr; anything unreadable is an :class:`InputError`.
     """
     path = Path(path)
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    # Read as bytes and decode in memory: no path reaches OpenCV's file functions, which crash on
+    # names that are not valid UTF-8.
+    try:
+        buffer = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the image ({exc.strerror or exc})") from None
+    _check_decoded_size(path, buffer)
+    try:
+        raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    except cv2.error as exc:
+        reason = "larger than OpenCV decodes" if "MAX_IMAGE_PIXELS" in str(exc) else "OpenCV cannot decode it"
+        raise InputError(f"{path}: not a readable image ({reason})") from None
     if raw is None:
-        problem = "no such file" if not path.exists() else "not a readable image"
-        raise InputError(f"{path}: {problem}")
+        raise InputError(f"{path}: not a readable image" + (" (an empty file)" if not buffer.size else ""))
     if raw.dtype == np.uint8:
         img = raw.astype(np.float32) / 255.0
     elif raw.dtype == np.uint16:
@@ -52,20 +66,79 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])  # OpenCV reads BGR
 
 
+def _header_size(buffer: np.ndarray) -> tuple[int, int] | None:
+    """Width and height as the file's header declares them (Pillow reads only the header), or None."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with torchvision
+        return None
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # the size is what we want to know; nothing is decoded here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(buffer.tobytes())) as im:
+                return im.size
+    except Exception:  # not a format Pillow knows: OpenCV has the last word
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+# Bytes per pixel while an image is read: the decoded pixels (up to 16-bit RGBA), the float32 copy
+# and the RGB copy of it.
+READ_BYTES_PER_PIXEL = 8 + 12 + 12
+
+
+def _check_decoded_size(path: Path, buffer: np.ndarray) -> None:
+    """Refuse an image whose header declares more pixels than memory holds, before decoding it."""
+    from .files import available_memory, human_bytes
+
+    size = _header_size(buffer)
+    available = available_memory()
+    if size is None or available is None:
+        return
+    w, h = size
+    needed = w * h * READ_BYTES_PER_PIXEL
+    if needed > available:
+        raise InputError(f"{path}: a {w}x{h} image needs about {human_bytes(needed)} of memory to read; "
+                         f"{human_bytes(available)} is available")
+
+
 def to_uint8(img: np.ndarray) -> np.ndarray:
     """Float image in [0, 1] to 8-bit, rounding to nearest (what a PNG of it holds)."""
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write a float RGB image in [0, 1] (or uint8) as an 8-bit file; the folder is created."""
+    """Write a float RGB image in [0, 1] (or uint8) as an 8-bit file; the folder is created.
+
+    Encoded in memory and written under a temporary name, then renamed: no path reaches OpenCV (see
+    :func:`read_image`), and an interrupted write leaves no half image."""
+    from .files import write_failure
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = img if img.dtype == np.uint8 else to_uint8(img)
     if data.ndim == 3:
         data = data[:, :, ::-1]
-    if not cv2.imwrite(str(path), np.ascontiguousarray(data)):
-        raise InputError(f"{path}: could not write the image (is the folder writable?)")
+    try:
+        ok, encoded = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(data))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise InputError(f"{path}: could not encode the image as {path.suffix or '.png'}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(encoded.tobytes())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise InputError(write_failure(path, exc, encoded.size, "image")) from None
 
 
 def image_to_tensor(img: np.ndarray) -> torch.Tensor:

@@ -15,10 +15,17 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from .errors import note
+from .errors import InputError, note
+from .files import available_memory, human_bytes
 from .networks import GENERATOR_MULTIPLE, pad_to_multiple
 
 MIN_AUTO_TILE = 128
+CPU_TILES = (1024, 512, 256, 128)
+# Peak memory of the generator's forward pass without gradients, per pixel and per channel of its
+# width: measured 31-51 bytes on the CPU (about ten feature maps alive at once); taken with margin.
+ACTIVATION_BYTES_PER_WIDTH = 56
+IMAGE_COPIES = 4          # float32 copies of the whole image around the network (input, padded, output, result)
+MEMORY_SHARE = 0.8        # of the available memory, what one image may take
 
 
 def autocast(device: torch.device, precision: str):
@@ -99,27 +106,92 @@ def restore_tiled(generator: nn.Module, x: torch.Tensor, precision: str, tile: i
     return out[..., :h, :w]
 
 
+def forward_bytes(generator: nn.Module, h: int, w: int) -> int:
+    """About the memory the generator's forward pass takes on an h x w input (no gradients)."""
+    width = int(getattr(generator, "arch", {}).get("width", 80))
+    return _round_up(h, GENERATOR_MULTIPLE) * _round_up(w, GENERATOR_MULTIPLE) * (ACTIVATION_BYTES_PER_WIDTH * width + 64)
+
+
+def _cpu_plan(generator: nn.Module, h: int, w: int, overlap: int) -> tuple[int | None, int, int]:
+    """(the tile an h x w RGB image needs on the CPU, None for none; what it needs whole; available).
+    Raises an InputError that says how much memory it needs when not even the smallest tile fits."""
+    available = available_memory()
+    if available is None:
+        return None, 0, 0
+    budget = available * MEMORY_SHARE
+    image = IMAGE_COPIES * 3 * _round_up(h, GENERATOR_MULTIPLE) * _round_up(w, GENERATOR_MULTIPLE) * 4
+    whole = image + forward_bytes(generator, h, w)
+    if whole <= budget:
+        return None, whole, available
+    context = 2 * _round_up(max(overlap, 0), GENERATOR_MULTIPLE)
+    for tile in CPU_TILES:
+        if tile < max(h, w) and image + forward_bytes(generator, tile + context, tile + context) <= budget:
+            return tile, whole, available
+    least = image + forward_bytes(generator, CPU_TILES[-1] + context, CPU_TILES[-1] + context)
+    raise InputError(f"a {w}x{h} image needs about {human_bytes(least)} of memory even in {CPU_TILES[-1]}x"
+                     f"{CPU_TILES[-1]} tiles, and {human_bytes(available)} is available")
+
+
+def check_cpu_memory(generator: nn.Module, name, h: int, w: int, overlap: int = 32) -> None:
+    """Refuse, naming it, an image whose restored size (h x w) does not fit in memory even in tiles:
+    before it is upsampled, which would take that memory already."""
+    try:
+        _cpu_plan(generator, h, w, overlap)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
+
+
+def cpu_tile(generator: nn.Module, x: torch.Tensor, overlap: int) -> int | None:
+    """On the CPU, where running out of memory kills the process rather than raising: None when the
+    whole image fits in the available memory, else the largest tile that does (with a note). An
+    image whose own copies do not fit is an InputError that says how much it needs."""
+    h, w = x.shape[-2:]
+    tile, whole, available = _cpu_plan(generator, h, w, overlap)
+    if tile:
+        note(f"a {w}x{h} image needs about {human_bytes(whole)} of memory at once, {human_bytes(available)} "
+             f"is available; restoring it in {tile}x{tile} tiles")
+    return tile
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's own error, or the CPU allocator's (a RuntimeError) or Python's."""
+    return (isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
 @torch.no_grad()
 def restore(generator: nn.Module, x: torch.Tensor, precision: str = "fp32", tile: int | None = None,
             overlap: int = 32) -> torch.Tensor:
     """G(x) in float32 for a 1 x 3 x H x W input of any size.
 
-    ``tile`` restores in tiles (see :func:`restore_tiled`). Without it, an image that does not fit in
-    GPU memory is retried in tiles by itself: 1024 pixels, halved on each further failure.
+    ``tile`` restores in tiles (see :func:`restore_tiled`). Without it, an image too large for the
+    CPU's available memory is restored in tiles by itself (see :func:`cpu_tile`), and one that does
+    not fit in GPU memory is retried in tiles: 1024 pixels, halved on each further failure.
     """
     if tile:
         return restore_tiled(generator, x, precision, tile, overlap)
+    if x.device.type == "cpu":
+        tile = cpu_tile(generator, x, overlap)
+        if tile:
+            return restore_tiled(generator, x, precision, tile, overlap)
     try:
         return _forward(generator, x, precision)
-    except torch.cuda.OutOfMemoryError:
-        pass
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        on_gpu = x.device.type == "cuda" or isinstance(exc, torch.cuda.OutOfMemoryError)
+    where = "GPU " if on_gpu else ""
     tile = 1024
     while True:
-        torch.cuda.empty_cache()
-        note(f"out of GPU memory for a {x.shape[-1]}x{x.shape[-2]} image; restoring it in {tile}x{tile} tiles")
+        if x.device.type == "cuda":
+            torch.cuda.empty_cache()
+        note(f"out of {where}memory for a {x.shape[-1]}x{x.shape[-2]} image; restoring it in {tile}x{tile} tiles")
         try:
             return restore_tiled(generator, x, precision, tile, overlap)
-        except torch.cuda.OutOfMemoryError:
-            if tile <= MIN_AUTO_TILE:
+        except (RuntimeError, MemoryError) as exc:
+            if not _out_of_memory(exc):
                 raise
+            if tile <= MIN_AUTO_TILE:
+                raise InputError(f"a {x.shape[-1]}x{x.shape[-2]} image does not fit in {where}memory, even in "
+                                 f"{tile}x{tile} tiles") from None
             tile //= 2

@@ -26,15 +26,22 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     return PSNR_CAP if rmse == 0 else min(PSNR_CAP, 20.0 * math.log10(data_range / rmse))
 
 
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+SSIM_WINDOW = 11  # the Gaussian window's side (sigma 1.5, truncated at 3.5 sigma)
+LPIPS_MIN_SIDE = 16  # AlexNet's first layers leave nothing of a smaller image
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float | None:
     """SSIM as MATLAB's ``ssim`` and Wang et al.'s reference code compute it.
 
     Gaussian window of sigma 1.5 (11 x 11), K1 = 0.01, K2 = 0.03, population (not sample)
     covariances, on values in [0, ``data_range``] (8-bit images: 255). A colour image is measured per
-    channel and the channels are averaged; a 2-D array (a Y channel) is measured as it is.
+    channel and the channels are averaged; a 2-D array (a Y channel) is measured as it is. An image
+    smaller than the window has no SSIM: ``None`` (shown as n/a, left out of means).
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    if min(a.shape[:2]) < SSIM_WINDOW:
+        return None
     return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False, data_range=data_range,
                                        channel_axis=2 if a.ndim == 3 else None))
@@ -90,7 +97,7 @@ class LPIPS:
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float | None:
         """LPIPS between two RGB images in [0, 1] (H x W x 3), or ``None`` when unavailable."""
         model = self._load()
-        if model is None:
+        if model is None or min(np.shape(a)[:2]) < LPIPS_MIN_SIDE:
             return None
         import torch
 

@@ -9,7 +9,9 @@ own flags are in ``<out>/<task>/<name>/run.json``.
 
 Nothing is lost to a crash: checkpoints are written atomically, a run resumes exactly where its
 newest checkpoint left it (weights, optimisers, RNG states, the position inside the epoch), Ctrl-C or
-SIGTERM finishes the step and saves, and non-finite steps are skipped rather than trained on.
+SIGTERM finishes the step and saves, and non-finite steps are skipped rather than trained on. A run
+folder is locked (``.lock``) for the run's life, and a resume checks that the training files are
+the ones ``run.json`` recorded. See docs/RELIABILITY.md.
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, load_weights, read_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, load_weights, read_checkpoint, save_checkpoint, state_bytes
 from .data import UnpairedH5Dataset, UnpairedSampler, as_float
 from .distributed import Local
 from .errors import InputError, TrainingStopped, note
+from .files import RunLock, check_can_write, remove_stale_temporaries, write_failure
 from .evaluate import evaluate
 from .inference import autocast
 from .losses import critic_loss, generator_loss, gradient_penalty, supervised_loss
@@ -236,10 +239,13 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         record = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a full disk: at most this line is lost, or cut short (dropped on resume)
+            raise InputError(write_failure(self.path, exc, None, "metrics log")) from None
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, float) and key not in ("step", "epoch", "time"):
@@ -282,14 +288,34 @@ def json_ready(value):
 
 
 def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(json_ready(data), indent=2).encode()))
+    try:
+        atomic_write(path, lambda f: f.write(json.dumps(json_ready(data), indent=2).encode()))
+    except OSError as exc:  # the previous file is intact (atomic write)
+        raise InputError(write_failure(path, exc, None, "file")) from None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of a run folder; a damaged one is an InputError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read as JSON ({exc}); the run folder is damaged") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: holds a {type(data).__name__}, not a JSON object; the run folder is damaged")
+    return data
 
 
 def read_state(run_dir: Path) -> dict | None:
     """The run's ``state.json`` (newest checkpoint, step, finished), or None for a run never saved."""
     path = run_dir / "state.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        state = read_json(path)
+        name = state.get("checkpoint")
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise InputError(f"{path}: names no checkpoint of this folder ({name!r}); the run folder is damaged")
+        if any(isinstance(state.get(k, 0), bool) or not isinstance(state.get(k, 0), int) for k in ("step", "epoch")):
+            raise InputError(f"{path}: its step or epoch is not a whole number; the run folder is damaged")
+        return state
     if (run_dir / "last.pt").is_file():  # a run from before state.json: its last.pt is the newest
         return {"checkpoint": "last.pt", "finished": False}
     return None
@@ -339,8 +365,9 @@ class SigmaRun:
 
     def __init__(self, task: Task, args, sigma: float, seed: int, run_dir: Path, device: torch.device,
                  dataset: UnpairedH5Dataset, val_pairs: list[Pair] | None, stop: StopRequest, dist=None,
-                 resume_from: Path | None = None):
+                 resume_from: Path | None = None, pretrained: dict | None = None):
         self.task, self.args, self.sigma, self.seed = task, args, sigma, seed
+        self.pretrained = pretrained  # the --pretrained checkpoint, read (and checked) once by train()
         self.run_dir, self.device, self.dataset, self.val_pairs = run_dir, device, dataset, val_pairs
         self.stop, self.dist = stop, dist or Local()
         self.main = self.dist.is_main
@@ -364,17 +391,11 @@ class SigmaRun:
                 write_json(run_dir / "config.json", {**self.config, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
             self.log = MetricsLog(run_dir / "metrics.jsonl", tensorboard=not args.no_tensorboard,
                                   resume_step=self.step if resume_from is not None else None)
-        if args.batchSize % self.dist.world:
-            raise InputError(f"--batchSize {args.batchSize} must divide among {self.dist.world} processes "
-                             "(it is the global batch)")
-        if args.supervised and len(dataset) != dataset.num_labels:
-            raise InputError(f"{args.trainset}: --supervised needs paired files ('data'[i] degraded from 'label'[i]), "
-                             f"but they hold {len(dataset)} and {dataset.num_labels} patches")
         self.sampler = UnpairedSampler(len(dataset), dataset.num_labels, args.batchSize, seed,
                                        self.dist.rank, self.dist.world, paired=args.supervised)
-        if self.sampler.batches_per_epoch == 0:
-            raise InputError(f"{args.trainset}: only {len(dataset)} degraded patches, fewer than one batch "
-                             f"(--batchSize {args.batchSize})")
+        if self.batch_in_epoch > self.sampler.batches_per_epoch:
+            # resumed on fewer patches (--resume-new-data): the saved position is past the new epoch's end
+            self.batch_in_epoch = self.sampler.batches_per_epoch
 
     def _networks(self) -> tuple[Generator, Critic]:
         args, device = self.args, self.device
@@ -384,7 +405,7 @@ class SigmaRun:
         critic = None if args.supervised else Critic(hidden=self.task.critic_hidden, input_size=self.task.patch,
                                                      width=args.critic_width)
         if args.pretrained:
-            ckpt = read_checkpoint(args.pretrained)
+            ckpt = self.pretrained if self.pretrained is not None else read_checkpoint(args.pretrained)
             load_weights(generator, ckpt["generator"], args.pretrained, "generator")
             if ckpt.get("critic") and critic is not None:
                 load_weights(critic, ckpt["critic"], args.pretrained, "critic")
@@ -401,14 +422,24 @@ class SigmaRun:
                              "use --pretrained to start from their weights")
         if "optim_g" not in ckpt or "rng" not in ckpt:
             raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
-        load_weights(self.generator, ckpt["generator"], path, "generator")
-        self.opt_g.load_state_dict(ckpt["optim_g"])
-        if self.critic is not None:
-            load_weights(self.critic, ckpt["critic"], path, "critic")
-            self.opt_d.load_state_dict(ckpt["optim_d"])
-        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
-        self.best, self.skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)
-        set_rng_state(ckpt["rng"], self.device)
+        try:
+            load_weights(self.generator, ckpt["generator"], path, "generator")
+            self.opt_g.load_state_dict(ckpt["optim_g"])
+            if self.critic is not None:
+                if not ckpt.get("critic") or not ckpt.get("optim_d"):
+                    raise InputError(f"{path}: this checkpoint holds no critic to resume (a --supervised run?)")
+                load_weights(self.critic, ckpt["critic"], path, "critic")
+                self.opt_d.load_state_dict(ckpt["optim_d"])
+            position = [ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position) or position[0] < 1:
+                raise ValueError(f"epoch, batch and step {position} are not a position in a run")
+            self.epoch, self.batch_in_epoch, self.step = position
+            self.best, self.skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)
+            set_rng_state(ckpt["rng"], self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            reason = (str(exc).splitlines() or [""])[0]
+            raise InputError(f"{path}: cannot resume from this checkpoint, it is damaged "
+                             f"({type(exc).__name__}: {reason})") from None
         self.last_good = path
         if self.main:
             print(f"sigma {self.sigma:g}: resuming from {path} (epoch {self.epoch}, step {self.step})")
@@ -436,13 +467,13 @@ class SigmaRun:
         previous = self.last_good
         try:
             save_checkpoint(path, state)
-            if name != "best.pt":
-                write_json(self.run_dir / "state.json", {"checkpoint": name, "step": self.step, "epoch": self.epoch,
-                                                         "sigma": self.sigma, "finished": finished})
-        except OSError as exc:
-            kept = f"; the previous checkpoint {previous} is intact" if previous else ""
-            raise InputError(f"{path}: could not save the checkpoint ({exc.strerror or exc}){kept}") from None
+        except OSError as exc:  # a full disk (torch.save's own error is turned back into this one)
+            kept = (f"; the previous checkpoint {previous} is intact" if previous
+                    else "; no checkpoint of this sigma was saved before")
+            raise InputError(write_failure(path, exc, state_bytes(state), "checkpoint") + kept) from None
         if name != "best.pt":
+            write_json(self.run_dir / "state.json", {"checkpoint": name, "step": self.step, "epoch": self.epoch,
+                                                     "sigma": self.sigma, "finished": finished})
             self.last_good = path
         if name.startswith("step-"):
             for old in sorted(self.run_dir.glob("step-*.pt"))[:-KEEP_STEP_CHECKPOINTS]:
@@ -590,27 +621,123 @@ def check_writable(folder: Path) -> None:
         raise InputError(f"{folder}: cannot write the output folder ({exc.strerror or exc})") from None
 
 
+# ----------------------------------------------------------------------------- checks before a run starts
+def check_sigma_folders(sigmas: list[float]) -> None:
+    """Two sigmas that print alike (10 and 10.0000001) would share one folder and mix their files."""
+    seen: dict[str, float] = {}
+    for sigma in sigmas:
+        name = sigma_dir_name(sigma)
+        if name in seen:
+            same = "is given twice" if seen[name] == sigma else f"and {seen[name]!r} both map to"
+            raise InputError(f"--sigma {sigma!r} {same} the folder {name}; give distinct values")
+        seen[name] = sigma
+
+
+def data_files(dataset: UnpairedH5Dataset) -> list[dict]:
+    """What run.json records of the training files, for a resume to compare: name, size, patch counts."""
+    return [{"file": Path(p.path).name, "bytes": os.path.getsize(p.path), "data": p.n_data, "label": p.n_label}
+            for p in dataset.parts]
+
+
+def data_changes(saved: list[dict], current: list[dict]) -> list[str]:
+    """How the training files differ from those a run recorded (empty: the same)."""
+    old, new = {e.get("file"): e for e in saved}, {e["file"]: e for e in current}
+    changes = [f"{name} added" for name in new if name not in old]
+    changes += [f"{name} gone" for name in old if name not in new]
+    for name in (n for n in new if n in old):
+        a, b = old[name], new[name]
+        what = [f"{key} {a.get(key)} -> {b[key]}" for key in ("bytes", "data", "label") if a.get(key) != b[key]]
+        if what:
+            changes.append(f"{name}: {', '.join(what)}")
+    return changes
+
+
+def check_resumed_data(args, dataset: UnpairedH5Dataset) -> None:
+    """A resume continues the epoch's sample order where it stopped: on other files, or the same files
+    with other contents, that order means something else. Refused unless --resume-new-data."""
+    saved = getattr(args, "trainset_files", None)
+    if not isinstance(saved, list) or not all(isinstance(e, dict) for e in saved):
+        note(f"{args.trainset}: the run predates the record of its training files; they cannot be compared")
+        return
+    changes = data_changes(saved, data_files(dataset))
+    if not changes:
+        return
+    shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+    if getattr(args, "resume_new_data", False):
+        note(f"{args.trainset}: the training data changed since the run started ({shown}); continuing on the new "
+             "data as --resume-new-data asks (this epoch's remaining order is drawn over the new files)")
+        return
+    raise InputError(f"{args.trainset}: the training data changed since the run started ({shown}); restore the "
+                     "files, start a new run (another --name), or give --resume-new-data to continue on them")
+
+
+def check_validation_images(task: Task, pairs: list[Pair]) -> None:
+    """Read every validation image now: one that is unreadable or of the wrong size stops the run
+    before it writes anything, not at its first validation."""
+    from .evaluate import match_gt
+    from .images import read_image
+
+    for pair in pairs:
+        h, w = read_image(pair.input).shape[:2]
+        match_gt(read_image(pair.gt), (h * task.scale, w * task.scale), pair, task.scale)
+
+
+def check_pretrained(task: Task, args) -> dict:
+    """Read the --pretrained checkpoint once and make sure its weights fit these networks."""
+    from .checkpoint import build_generator
+
+    ckpt = read_checkpoint(args.pretrained)
+    build_generator(ckpt, args.pretrained)  # a damaged or crafted checkpoint is refused as test.py refuses it
+    load_weights(Generator(width=args.gen_width, increment=args.gen_increment), ckpt["generator"],
+                 args.pretrained, "generator")
+    if ckpt.get("critic") and not args.supervised:
+        load_weights(Critic(hidden=task.critic_hidden, input_size=task.patch, width=args.critic_width),
+                     ckpt["critic"], args.pretrained, "critic")
+    return ckpt
+
+
 def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[RunResult]:
     """Train one model per sigma of ``args.sigma``; returns where each went and how it did.
 
     ``resume_from`` maps a sigma to the checkpoint it continues from; sigmas whose runs finished are
     skipped when resuming.
+
+    Everything that can be checked is checked before the run folder is touched (data, validation
+    images, --pretrained, batch size); the run folder is then locked for the run's life.
     """
     dist = dist or Local()
     if args.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
     if args.deterministic:
         make_deterministic()
+    if args.supervised:
+        args.sigma = [0.0]  # no transport cost: one model
+    check_sigma_folders(args.sigma)
+    run_root = Path(args.out) / task.name / args.name
+    if dist.is_main:
+        check_can_write(run_root)  # creates nothing: a bad --out fails before the data are read
     device = dist.device if hasattr(dist, "device") else resolve_device(args.device)
     args.precision = resolve_precision(args.precision, device)
     args.threads = resolve_threads(args.threads, device)
     if device.type == "cuda" and not args.deterministic:
         torch.backends.cudnn.benchmark = True
     dataset = UnpairedH5Dataset(args.trainset, scale=task.scale, layout=args.layout, raw_uint8=True)
+    if dataset.data_shape[0] != 3:
+        raise InputError(f"{dataset.parts[0].path}: patches have {dataset.data_shape[0]} channel(s); the networks "
+                         "take RGB patches (3 channels)")
     side = dataset.label_shape[1:]
     if side != (task.patch, task.patch) and not args.supervised:
         raise InputError(f"{dataset.parts[0].path}: clean patches are {side[0]}x{side[1]} but the critic takes "
                          f"{task.patch}x{task.patch}")
+    if args.batchSize % dist.world:
+        raise InputError(f"--batchSize {args.batchSize} must divide among {dist.world} processes "
+                         "(it is the global batch)")
+    if args.supervised and len(dataset) != dataset.num_labels:
+        raise InputError(f"{args.trainset}: --supervised needs paired files ('data'[i] degraded from 'label'[i]), "
+                         f"but they hold {len(dataset)} and {dataset.num_labels} patches")
+    if len(dataset) < args.batchSize:
+        raise InputError(f"{args.trainset}: only {len(dataset)} degraded patches, fewer than one batch "
+                         f"(--batchSize {args.batchSize})")
     val_pairs = None
     if args.val_gt and not args.val_input:
         raise InputError("--val-gt needs --val-input")
@@ -621,31 +748,58 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
         if unpaired:
             raise InputError(f"{args.val_input}: validation needs ground truth; give --val-gt or a test set's "
                              f"folder in a known layout (no ground truth for {', '.join(unpaired[:5])})")
-    run_root = Path(args.out) / task.name / args.name
-    if args.supervised:
-        args.sigma = [0.0]  # no transport cost: one model
+        check_validation_images(task, val_pairs)
+    pretrained = check_pretrained(task, args) if args.pretrained else None
+    if resume_from is not None:
+        check_resumed_data(args, dataset)
+    args.trainset_files = data_files(dataset)
+    plan = sigma_plan(args, run_root, resume_from)  # reads the state files now: a damaged one stops us here
     if args.seed is None:
         args.seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
+    lock = None
     if dist.is_main:
         check_writable(run_root)
-        write_json(run_root / "run.json", vars(args))
-        method = "supervised L1 (paired)" if args.supervised else f"cost {args.loss}"
-        print(f"{task.title}: {dataset.describe()}; device {device} ({args.precision}"
-              f"{f', {dist.world} processes' if dist.world > 1 else ''}); {method}; "
-              f"sigma {', '.join(f'{s:g}' for s in args.sigma)}; writing to {run_root}")
+        lock = RunLock(run_root).acquire()  # held until the run ends; the OS drops it if the process dies
+    try:
+        if dist.is_main:
+            remove_stale_temporaries(run_root, locked=True)
+            # --resume-new-data allows one resume on changed data, not every later one
+            write_json(run_root / "run.json", {k: v for k, v in vars(args).items() if k != "resume_new_data"})
+            method = "supervised L1 (paired)" if args.supervised else f"cost {args.loss}"
+            print(f"{task.title}: {dataset.describe()}; device {device} ({args.precision}"
+                  f"{f', {dist.world} processes' if dist.world > 1 else ''}); {method}; "
+                  f"sigma {', '.join(f'{s:g}' for s in args.sigma)}; writing to {run_root}")
+        return _train_sigmas(task, args, dist, plan, device, dataset, val_pairs, pretrained)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def sigma_plan(args, run_root: Path, resume_from: dict | None) -> list[tuple]:
+    """Per sigma: (index, sigma, its folder, the checkpoint it resumes from or None, whether it is done)."""
+    plan = []
+    for i, sigma in enumerate(args.sigma):
+        run_dir = run_root / sigma_dir_name(sigma)
+        start, done = (resume_from or {}).get(sigma), False
+        if resume_from is not None and start is None:
+            state = read_state(run_dir)
+            done = bool(state and state.get("finished") and _done(args, state.get("step", 0), state.get("epoch", 0)))
+            start = run_dir / state["checkpoint"] if state else None
+        plan.append((i, sigma, run_dir, start, done))
+    return plan
+
+
+def _train_sigmas(task: Task, args, dist, plan: list[tuple], device, dataset, val_pairs,
+                  pretrained) -> list[RunResult]:
     results = []
     with StopRequest() as stop:
-        for i, sigma in enumerate(args.sigma):
-            run_dir = run_root / sigma_dir_name(sigma)
-            start = (resume_from or {}).get(sigma)
-            if resume_from is not None and start is None:
-                state = read_state(run_dir)
-                if state and state.get("finished") and _done(args, state.get("step", 0), state.get("epoch", 0)):
-                    if dist.is_main:
-                        print(f"sigma {sigma:g}: finished earlier, skipped")
-                    continue
-                start = run_dir / state["checkpoint"] if state else None
-            run = SigmaRun(task, args, sigma, args.seed + i, run_dir, device, dataset, val_pairs, stop, dist, start)
+        for i, sigma, run_dir, start, done in plan:
+            if done:
+                if dist.is_main:
+                    print(f"sigma {sigma:g}: finished earlier, skipped")
+                continue
+            run = SigmaRun(task, args, sigma, args.seed + i, run_dir, device, dataset, val_pairs, stop, dist, start,
+                           pretrained)
             results.append(run.train())
             r = results[-1]
             if dist.is_main:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import h5tools  # noqa: E402
-from common.cli import positive_int, run_guarded  # noqa: E402
+from common.cli import positive_int, run_guarded, seed_int  # noqa: E402
 from common.errors import InputError  # noqa: E402
 
 EXAMPLES = """\
@@ -34,7 +34,7 @@ def parser():
     p.add_argument("--concat", nargs="+", metavar="FILE.h5", default=None,
                    help="concatenate these files' datasets, name by name, in the order given")
     p.add_argument("--out", metavar="FILE.h5", required=True, help="the file to write (replaced if it exists)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutation (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the permutation (default: %(default)s)")
     p.add_argument("--no-shuffle", action="store_true", help="keep the sources' order (still trimmed)")
     p.add_argument("--dtype", choices=h5tools.DTYPES, default=None,
                    help="stored type (default: uint8 if every source is uint8, else float32)")

@@ -1,0 +1,640 @@
+"""Hostile and careless input against every entry point (train.py, test.py, gdata/*): each failure is
+one line ``error: <file or flag>: <problem>`` with exit status 2, no traceback, and nothing written
+or overwritten. Then the run-folder lock, the resume data check, a full disk, undecodable file
+names and images too large for memory.
+
+Table-driven: a small corpus of bad inputs is made in each test's folder, and every entry point is
+called in-process through the same ``run_guarded`` as its script (subprocesses only where a real
+process matters: a crash in C code, a lock held by another process).
+"""
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import os
+import pathlib
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import common.checkpoint as checkpoint_module
+from common.checkpoint import FORMAT, save_checkpoint
+from common.cli import run_guarded, test_main as run_test_script, train_main
+from common.files import RunLock
+from common.networks import Generator
+from conftest import ROOT
+
+SMALL = ["--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard"]
+NON_UTF8 = os.fsdecode(b"\xff\xfe")  # a file name that is not valid UTF-8, as Python holds it
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"gdata_{name}", ROOT / "gdata" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GDATA = {name: _script(name) for name in ("make_h5", "merge_h5", "inspect_h5")}
+ENTRY = {
+    "train": lambda argv: train_main("sr", argv),
+    "test": lambda argv: run_test_script("sr", argv),
+    "test deraining": lambda argv: run_test_script("deraining", argv),
+    "make_h5": lambda argv: run_guarded(GDATA["make_h5"].main, argv),
+    "merge_h5": lambda argv: run_guarded(GDATA["merge_h5"].main, argv),
+    "inspect_h5": lambda argv: run_guarded(GDATA["inspect_h5"].main, argv),
+}
+
+
+# ----------------------------------------------------------------------------- the assertion
+def snapshot(root) -> dict:
+    """Every file and folder under ``root`` with its size and modification time."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            out[path] = (st.st_size, st.st_mtime_ns) if name in files else "dir"
+    return out
+
+
+def refused(capsys, root, entry: str, argv: list[str], fragments) -> str:
+    """Run an entry point that must refuse its input; returns the error line."""
+    before = snapshot(root)
+    with pytest.raises(SystemExit) as exit_info:
+        ENTRY[entry](argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err, err
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    line = errors[0]
+    fragments = (fragments,) if isinstance(fragments, str) else fragments
+    assert any(f in line for f in fragments), (fragments, line)
+    assert snapshot(root) == before, "something was written or changed"
+    return line
+
+
+# ----------------------------------------------------------------------------- a corpus
+def u8(*shape, value=0):
+    return np.full(shape, value, np.uint8)
+
+
+def h5_file(path, **datasets):
+    """An .h5 file; each keyword is an array, or a dict of create_dataset arguments (shape, dtype, ...)."""
+    with h5py.File(path, "w") as f:
+        for name, value in datasets.items():
+            if name == "attrs":
+                f.attrs.update(value)
+            elif isinstance(value, dict):
+                f.create_dataset(name, **value)
+            else:
+                f.create_dataset(name, data=value)
+    return path
+
+
+def good_h5(path, n=2):
+    rng = np.random.default_rng(0)
+    return h5_file(path, data=rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
+                   label=rng.integers(0, 256, (n, 3, 128, 128), dtype=np.uint8))
+
+
+def png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels, with (almost) no pixel data behind it."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+def tiny_generator():
+    torch.manual_seed(0)
+    return Generator(width=8, increment=8)
+
+
+def checkpoint(path, **fields):
+    g = tiny_generator()
+    save_checkpoint(path, {"arch": {"generator": g.arch}, "generator": g.state_dict(), **fields})
+    return path
+
+
+# Bad training files, and what each entry point that reads .h5 files says of them. None: not an
+# error for that entry point (merging 1-channel files is fine; only training needs RGB).
+def bad_h5(case: str, path):
+    data, label = u8(2, 3, 32, 32), u8(2, 3, 128, 128)
+    if case == "1 channel":
+        return h5_file(path, data=u8(2, 1, 32, 32), label=u8(2, 1, 128, 128))
+    if case == "4 channels":
+        return h5_file(path, data=u8(2, 4, 32, 32), label=u8(2, 4, 128, 128))
+    if case == "declares 10^9 patches":
+        return h5_file(path, data=dict(shape=(10**9, 3, 32, 32), dtype=np.uint8, chunks=(64, 3, 32, 32)), label=label)
+    if case == "declares 60000x60000 patches":
+        return h5_file(path, data=data, label=dict(shape=(2, 3, 60000, 60000), dtype=np.uint8, chunks=(1, 1, 256, 256)))
+    if case == "never filled":
+        return h5_file(path, data=dict(shape=(2, 3, 32, 32), dtype=np.uint8), label=label)
+    if case == "int16":
+        return h5_file(path, data=data.astype(np.int16), label=label.astype(np.int16))
+    if case == "bool":
+        return h5_file(path, data=data.astype(bool), label=label.astype(bool))
+    if case == "NaN":
+        values = np.zeros((2, 3, 32, 32), np.float32)
+        values[1, 2, 3, 4] = np.nan
+        return h5_file(path, data=values, label=label.astype(np.float32))
+    if case == "not HDF5":
+        path.write_text("just text")
+        return path
+    if case == "truncated":
+        h5_file(path, data=u8(64, 3, 32, 32, value=1), label=u8(64, 3, 128, 128, value=1))
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 3])
+        return path
+    if case == "a folder named .h5":
+        path.mkdir()
+        return path
+    if case == "layout attribute of raw bytes":
+        return h5_file(path, data=data, label=label, attrs={"layout": np.bytes_(b"\xff\xfe")})
+    raise ValueError(case)
+
+
+H5_CASES = {
+    # case: (train, inspect_h5 --check, merge_h5, make_h5 --convert)
+    "1 channel": ("1 channel(s)", "1 channel(s)", None, None),
+    "4 channels": ("4 channel(s)", "4 channel(s)", None, None),
+    "declares 10^9 patches": ("declares 1000000000 rows",) * 4,
+    "declares 60000x60000 patches": ("far larger than a training patch",) * 4,
+    "never filled": ("never filled",) * 4,
+    "int16": ("dtype int16",) * 4,
+    "bool": ("dtype bool",) * 4,
+    "NaN": ("NaN",) * 4,
+    "not HDF5": ("not a readable HDF5 file",) * 4,
+    "truncated": ("x.h5",) * 4,
+    "layout attribute of raw bytes": ("unknown layout attribute '\\xff\\xfe'",) * 3 + (None,),
+    "a folder named .h5": ("x.h5: a folder, not an .h5 file",) * 4,
+}
+H5_ENTRIES = ("train", "inspect_h5", "merge_h5", "convert")
+
+
+@pytest.mark.parametrize("case", H5_CASES)
+def test_bad_h5_files_at_every_entry_point(tmp_path, capsys, case):
+    started = time.time()
+    path = bad_h5(case, tmp_path / "x.h5")
+    out = tmp_path / "out"
+    # train and inspect get the folder, as users give them: its *.h5 files are x.h5
+    argvs = {"train": ["--trainset", str(tmp_path), "--out", str(out), "--max-steps", "1", "--batchSize", "2",
+                       "--device", "cpu", *SMALL],
+             "inspect_h5": [str(tmp_path), "--check", "--quiet"],
+             "merge_h5": ["--data", str(path), "--label", str(path), "--out", str(out / "m.h5"), "--quiet"],
+             "convert": ["--convert", str(path), "--out", str(out / "c.h5"), "--layout", "ours", "--quiet"]}
+    for entry, fragment in zip(H5_ENTRIES, H5_CASES[case]):
+        if fragment is None:
+            continue
+        line = refused(capsys, tmp_path, "make_h5" if entry == "convert" else entry, argvs[entry], fragment)
+        assert "x.h5" in line, line
+    assert time.time() - started < 30  # a file that declares 10^9 patches is refused, not scanned
+
+
+# ----------------------------------------------------------------------------- flag values
+def flag_case(tmp_path, entry: str, extra: list[str]) -> list[str]:
+    data = tmp_path / "d.h5"
+    if not data.exists():
+        good_h5(data)
+        checkpoint(tmp_path / "g.pt")
+        (tmp_path / "imgs").mkdir()
+        cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(8, 8, 3))
+    base = {"train": ["--trainset", str(data), "--out", str(tmp_path / "out"), "--max-steps", "1", "--batchSize",
+                      "2", "--device", "cpu", *SMALL],
+            "test": ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "imgs"), "--device", "cpu",
+                     "--no-lpips", "--save", str(tmp_path / "res")],
+            "make_h5": ["--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "o.h5"), "--quiet"],
+            "merge_h5": ["--data", str(data), "--label", str(data), "--out", str(tmp_path / "o.h5"), "--quiet"],
+            "inspect_h5": [str(data), "--check", "--quiet"]}[entry]
+    return base + extra
+
+
+FLAG_CASES = [
+    ("train", ["--lr", "nan"], "--lr"), ("train", ["--lr", "-1"], "--lr"), ("train", ["--lr", "inf"], "--lr"),
+    ("train", ["--lr", "abc"], "--lr"), ("train", ["--threads", "-1"], "--threads"),
+    ("train", ["--save-every", "-1"], "--save-every"), ("train", ["--dc-weight", "nan"], "--dc-weight"),
+    ("train", ["--seed", "-3"], "--seed"), ("train", ["--seed", str(2**70)], "--seed"),
+    ("train", ["--batchSize", "0"], "--batchSize"), ("train", ["--val-steps", "-1"], "--val-steps"),
+    ("train", ["--name", "../../x"], "--name"), ("train", ["--name", "a/b"], "--name"),
+    ("train", ["--name", ".."], "--name"), ("train", ["--sigma", "10", "10.0000001"], "sigma-10"),
+    ("train", ["--sigma", "10", "10"], "given twice"), ("train", ["--sigma", "nan"], "--sigma"),
+    ("train", ["--loss", "l3"], "--loss"), ("train", ["--batchSize", "4"], "fewer than one batch"),
+    ("train", ["--no-such-flag"], "--no-such-flag"),
+    ("test", ["--tile-overlap", "-40"], "--tile-overlap"), ("test", ["--tile", "0"], "--tile"),
+    ("test", ["--side-by-side", "-1"], "--side-by-side"),
+    ("make_h5", ["--seed", "-1"], "--seed"), ("make_h5", ["--patch", "0"], "--patch"),
+    ("merge_h5", ["--batch", "0"], "--batch"), ("inspect_h5", ["--scale", "-2"], "--scale"),
+]
+
+
+@pytest.mark.parametrize("entry,extra,fragment", FLAG_CASES, ids=[" ".join([e, *x]) for e, x, _ in FLAG_CASES])
+def test_bad_flag_values(tmp_path, capsys, entry, extra, fragment):
+    refused(capsys, tmp_path, entry, flag_case(tmp_path, entry, extra), fragment)
+
+
+# ----------------------------------------------------------------------------- images
+def bad_image(case: str, folder):
+    folder.mkdir()
+    if case == "undecodable name, corrupt content":
+        path = folder / f"{NON_UTF8}.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+        return "\\xff\\xfe.png: not a readable image"
+    if case == "empty file":
+        (folder / "a.png").write_bytes(b"")
+        return "a.png: not a readable image (an empty file)"
+    if case == "header declares 60000x60000":
+        (folder / "big.png").write_bytes(png(60000, 60000))
+        return ("big.png: a 60000x60000 image needs about", "big.png: not a readable image")
+    if case == "truncated PNG":
+        ok, encoded = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        (folder / "cut.png").write_bytes(encoded.tobytes()[:200])
+        return "cut.png: not a readable image"
+    if case == "float TIFF with NaN":
+        ok, encoded = cv2.imencode(".tiff", np.full((8, 8, 3), np.nan, np.float32))
+        (folder / "nan.tiff").write_bytes(encoded.tobytes())
+        return "nan.tiff: unsupported pixel type float32"
+    raise ValueError(case)
+
+
+IMAGE_CASES = ["undecodable name, corrupt content", "empty file", "header declares 60000x60000", "truncated PNG",
+               "float TIFF with NaN"]
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_bad_images_in_test_and_make_h5(tmp_path, capsys, case):
+    fragment = bad_image(case, tmp_path / "imgs")
+    checkpoint(tmp_path / "g.pt")
+    refused(capsys, tmp_path, "test", ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "imgs"),
+                                       "--device", "cpu", "--no-lpips", "--save", str(tmp_path / "res")], fragment)
+    refused(capsys, tmp_path, "make_h5", ["--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "o.h5"),
+                                          "--patch", "8", "--stride", "8", "--quiet"], fragment)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def bad_checkpoint(case: str, path):
+    g = tiny_generator()
+    arch, state = dict(g.arch), g.state_dict()
+    if case == "no generator key":
+        torch.save({"format": FORMAT, "version": 1, "arch": {"generator": arch}}, path)
+        return "no generator weights"
+    if case == "unknown architecture setting":
+        checkpoint(path, arch={"generator": {**arch, "depth": 3}})
+        return "unknown setting 'depth'"
+    if case == "negative architecture value":
+        checkpoint(path, arch={"generator": {**arch, "width": -8}})
+        return "width = -8"
+    if case == "architecture value as text":
+        checkpoint(path, arch={"generator": {**arch, "width": "8"}})
+        return "width = '8'"
+    if case == "architecture against its weights":
+        checkpoint(path, arch={"generator": {**arch, "width": 4096}})
+        return "shape mismatch between its recorded arch and its weights (width 4096 vs 8)"
+    if case == "string version":
+        torch.save({"format": FORMAT, "version": "2", "arch": {"generator": arch}, "generator": state}, path)
+        return "version '2' is not a whole number"
+    if case == "truncated":
+        checkpoint(path)
+        path.write_bytes(path.read_bytes()[:3000])
+        return "not a checkpoint, or a damaged one"
+    if case == "NaN weights":
+        state = {k: v.clone() for k, v in state.items()}
+        state["shallow_feat1.0.weight"][0, 0, 0, 0] = float("nan")
+        save_checkpoint(path, {"arch": {"generator": arch}, "generator": state})
+        return "NaN or infinite values"
+    if case == "a list":
+        torch.save([1, 2, 3], path)
+        return "not an SOT checkpoint"
+    if case == "config of the wrong type":
+        checkpoint(path, config=[1, 2])
+        return "'config' is list"
+    if case == "even kernel":
+        even = Generator(width=8, increment=8, kernel_size=4)
+        save_checkpoint(path, {"generator": even.state_dict()})
+        return "shapes no SOT generator has"
+    if case == "a folder":
+        path.mkdir()
+        return "a folder, not a checkpoint file"
+    if case == "code in the pickle":
+        marker = path.parent / "payload-ran"
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+        path.write_bytes(pickle.dumps({"format": FORMAT, "generator": Payload()}))
+        return ("not an SOT checkpoint", "not a checkpoint")
+    raise ValueError(case)
+
+
+CHECKPOINT_CASES = ["no generator key", "unknown architecture setting", "negative architecture value",
+                    "architecture value as text", "architecture against its weights", "string version", "truncated",
+                    "NaN weights", "a list", "config of the wrong type", "even kernel", "a folder",
+                    "code in the pickle"]
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_damaged_and_crafted_checkpoints(tmp_path, capsys, case):
+    ckpt = tmp_path / "c.pt"
+    fragment = bad_checkpoint(case, ckpt)
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(8, 8, 3))
+    good_h5(tmp_path / "d.h5")
+    refused(capsys, tmp_path, "test", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "imgs"), "--device",
+                                       "cpu", "--no-lpips", "--save", str(tmp_path / "res")], fragment)
+    if case not in ("architecture against its weights", "config of the wrong type"):  # --pretrained takes weights only
+        refused(capsys, tmp_path, "train", ["--trainset", str(tmp_path / "d.h5"), "--pretrained", str(ckpt), "--out",
+                                            str(tmp_path / "out"), "--max-steps", "1", "--batchSize", "2",
+                                            "--device", "cpu", "--gen-width", "8", "--gen-increment", "8",
+                                            "--critic-width", "8", "--no-tensorboard"], fragment)
+    assert not (tmp_path / "payload-ran").exists()
+
+
+# ----------------------------------------------------------------------------- where results go
+def read_only(monkeypatch):
+    """A read-only mount, as the probe write that checks an output folder meets it."""
+    write_bytes = pathlib.Path.write_bytes
+
+    def refuse(self, data):
+        if self.name.startswith(".write-test"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return write_bytes(self, data)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
+
+
+OUTPUT_CASES = ["test --save at a file", "test --save below a file", "test --save on a read-only mount",
+                "make_h5 --out on a read-only mount", "make_h5 --out at a folder", "make_h5 --out below a file",
+                "train --out on a read-only mount", "train --out below a file"]
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_outputs_that_cannot_be_written(tmp_path, capsys, monkeypatch, case):
+    checkpoint(tmp_path / "g.pt")
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(16, 16, 3))
+    good_h5(tmp_path / "d.h5")
+    (tmp_path / "a-file").write_text("keep me")
+    (tmp_path / "folder.h5").mkdir()
+    entry, flag, where = case.split(" ", 2)
+    target = {"at a file": tmp_path / "a-file", "below a file": tmp_path / "a-file" / "sub",
+              "at a folder": tmp_path / "folder.h5", "on a read-only mount": tmp_path / "ro"}[where]
+    if where == "on a read-only mount":
+        read_only(monkeypatch)
+    if entry == "make_h5" and where != "at a folder":
+        target = target / "o.h5"
+    argv = {"test": ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "imgs"), "--device", "cpu",
+                     "--no-lpips", "--save", str(target)],
+            "make_h5": ["--input", str(tmp_path / "imgs"), "--out", str(target), "--patch", "8", "--quiet"],
+            "train": ["--trainset", str(tmp_path / "d.h5"), "--out", str(target), "--max-steps", "1",
+                      "--batchSize", "2", "--device", "cpu", *SMALL]}[entry]
+    fragment = {"at a file": "is a file", "below a file": "is a file", "at a folder": "is a folder",
+                "on a read-only mount": "Read-only file system"}[where]
+    refused(capsys, tmp_path, entry, argv, fragment)
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+# ----------------------------------------------------------------------------- gdata sources
+@pytest.mark.parametrize("dtype", ["int16", "bool", "float NaN", "float out of range"])
+def test_merge_and_convert_refuse_sources_they_cannot_scale(tmp_path, capsys, dtype):
+    """int16 or bool patches have no known scale (255? 65535? 1?): refused, not guessed."""
+    label = u8(4, 3, 16, 16, value=7)
+    if dtype in ("int16", "bool"):
+        data = u8(4, 3, 16, 16, value=1).astype(dtype)
+        fragment = f"dtype {dtype}"
+    else:
+        data = np.full((4, 3, 16, 16), np.nan if dtype == "float NaN" else 3.0, np.float32)
+        fragment = "NaN" if dtype == "float NaN" else "values in [3, 3]"
+    h5_file(tmp_path / "data.h5", data=data)
+    h5_file(tmp_path / "label.h5", label=label)
+    h5_file(tmp_path / "both.h5", data=data, label=label, attrs={"layout": "NCHW"})
+    out = str(tmp_path / "out.h5")
+    refused(capsys, tmp_path, "merge_h5", ["--data", str(tmp_path / "data.h5"), "--label", str(tmp_path / "label.h5"),
+                                           "--out", out, "--quiet"], fragment)
+    refused(capsys, tmp_path, "merge_h5", ["--concat", str(tmp_path / "both.h5"), str(tmp_path / "both.h5"),
+                                           "--out", out, "--quiet"], fragment)
+    refused(capsys, tmp_path, "make_h5", ["--convert", str(tmp_path / "both.h5"), "--out", out, "--quiet"], fragment)
+
+
+# ----------------------------------------------------------------------------- run folders
+def test_damaged_run_files_are_refused_before_anything_is_written(tmp_path, capsys):
+    good_h5(tmp_path / "d.h5")
+    run = tmp_path / "out" / "sr" / "r"
+    (run / "sigma-10").mkdir(parents=True)
+    (run / "run.json").write_text("{not json")
+    resume = ["--resume", "auto", "--name", "r", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    refused(capsys, tmp_path, "train", resume, "run.json: cannot be read as JSON")
+    (run / "run.json").write_text(json.dumps({"trainset": str(tmp_path / "d.h5"), "sigma": [10], "batchSize": 2,
+                                              "gen_width": 8, "gen_increment": 8, "critic_width": 8,
+                                              "no_tensorboard": True}))
+    (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "../../../../etc/passwd", "step": 1}))
+    refused(capsys, tmp_path, "train", resume, "state.json: names no checkpoint of this folder")
+    (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "last.pt", "step": "many"}))
+    refused(capsys, tmp_path, "train", resume, "state.json: its step or epoch is not a whole number")
+
+
+def tiny_run(tmp_path, name, *extra, steps=1):
+    return ["--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--name", name, "--sigma", "10",
+            "--batchSize", "2", "--max-steps", str(steps), "--seed", "1", "--save-every", "1", "--device", "cpu",
+            *SMALL, *extra]
+
+
+def test_a_run_folder_is_locked_for_the_life_of_its_run(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    good_h5(tmp_path / "data" / "a.h5")
+    run = tmp_path / "out" / "sr" / "locked"
+    # another process holds the folder, as a training run would
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from common.files import RunLock; RunLock(sys.argv[2]).acquire(); "
+                               "print('held', flush=True); time.sleep(120)", str(ROOT), str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = refused(capsys, tmp_path, "train", tiny_run(tmp_path, "locked"), f"PID {holder.pid}")
+        assert "another run is using this run folder" in line
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the OS drops the lock with the process: nothing stale
+        holder.wait()
+    with _no_exit():
+        train_main("sr", tiny_run(tmp_path, "locked"))
+    assert json.loads((run / "sigma-10" / "state.json").read_text())["step"] == 1
+    # the same process, twice: flock locks are per open file, so a second open conflicts as well
+    with RunLock(run):
+        refused(capsys, tmp_path, "train", tiny_run(tmp_path, "locked", "--resume", "auto"), f"PID {os.getpid()}")
+
+
+class _no_exit:
+    """Run code that must not exit: SystemExit fails the test with its status."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is SystemExit:
+            raise AssertionError(f"exited with status {exc.code}")
+        return False
+
+
+def test_resume_refuses_changed_training_data_unless_told(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    good_h5(data / "a.h5", n=4)
+    with _no_exit():
+        train_main("sr", tiny_run(tmp_path, "r"))
+    saved = json.loads((tmp_path / "out" / "sr" / "r" / "run.json").read_text())["trainset_files"]
+    assert saved == [{"file": "a.h5", "bytes": os.path.getsize(data / "a.h5"), "data": 4, "label": 4}]
+    resume = ["--resume", "auto", "--name", "r", "--out", str(tmp_path / "out"), "--max-steps", "2"]
+    good_h5(data / "b.h5", n=2)  # a file added
+    refused(capsys, tmp_path, "train", resume, ("the training data changed", "b.h5 added"))
+    (data / "b.h5").unlink()
+    good_h5(data / "a.h5", n=2)  # fewer patches than the run saw
+    line = refused(capsys, tmp_path, "train", resume, "a.h5: ")
+    assert "data 4 -> 2" in line and "--resume-new-data" in line
+    with _no_exit():
+        train_main("sr", [*resume, "--resume-new-data"])
+    err = capsys.readouterr().err
+    assert "continuing on the new data" in err
+    run = json.loads((tmp_path / "out" / "sr" / "r" / "run.json").read_text())
+    assert run["trainset_files"][0]["data"] == 2 and "resume_new_data" not in run  # the next resume checks again
+    assert json.loads((tmp_path / "out" / "sr" / "r" / "sigma-10" / "state.json").read_text())["step"] == 2
+
+
+# ----------------------------------------------------------------------------- a full disk
+def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path, capsys, monkeypatch):
+    """The disk fills inside torch.save, which then raises RuntimeError('unexpected pos'): the line
+    still says that the disk is full, how much the checkpoint needs, and which checkpoint is intact."""
+    (tmp_path / "data").mkdir()
+    good_h5(tmp_path / "data" / "a.h5", n=4)
+    real_open = open
+    calls = {"checkpoints": 0}
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    def filling_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if ".pt.tmp" in str(path):
+            calls["checkpoints"] += 1
+            if calls["checkpoints"] > 1:  # the first checkpoint fits, the second does not
+                return FullDisk(f)
+        return f
+
+    monkeypatch.setattr(checkpoint_module, "open", filling_open, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", tiny_run(tmp_path, "full", steps=3))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and not any("Traceback" in line for line in err)
+    assert "No space left on device" in err[-1] and "it needs about" in err[-1] and "is free there" in err[-1]
+    assert "step-00000001.pt is intact" in err[-1]
+    folder = tmp_path / "out" / "sr" / "full" / "sigma-10"
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".pt") or ".tmp" in p.name) == ["step-00000001.pt"]
+    assert json.loads((folder / "state.json").read_text())["checkpoint"] == "step-00000001.pt"
+
+
+def test_temporaries_of_killed_writers_are_removed_at_start(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    good_h5(tmp_path / "data" / "a.h5", n=4)
+    with _no_exit():
+        train_main("sr", tiny_run(tmp_path, "t"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "out" / "sr" / "t" / "sigma-10"
+    stale = [folder / f".step-00000002.pt.tmp{dead.pid}", folder / f".state.json.tmp{dead.pid}"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    with _no_exit():
+        train_main("sr", ["--resume", "auto", "--name", "t", "--out", str(tmp_path / "out"), "--max-steps", "2"])
+    assert not any(p.exists() for p in stale)
+    assert "removed 2 temporary file(s)" in capsys.readouterr().err
+    # and the same for a training file whose writer was killed
+    orphan = tmp_path / f".o.h5.tmp{dead.pid}"
+    orphan.write_bytes(b"half a file")
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(16, 16, 3))
+    with _no_exit():
+        ENTRY["make_h5"](["--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "o.h5"), "--patch", "8", "--quiet"])
+    assert not orphan.exists() and (tmp_path / "o.h5").is_file()
+
+
+# ----------------------------------------------------------------------------- names and sizes
+def test_file_names_that_are_not_utf8_work_end_to_end(tmp_path):
+    """OpenCV's file functions crash (SIGSEGV) on such names: no path may reach them. A real process,
+    so that a crash is a failed test, not a dead test run."""
+    folder = tmp_path / "nu"
+    folder.mkdir()
+    ok, encoded = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    (folder / f"{NON_UTF8}.png").write_bytes(encoded.tobytes())
+    checkpoint(tmp_path / "g.pt")
+    result = subprocess.run([sys.executable, "deraining/test.py", "--checkpoint", str(tmp_path / "g.pt"), "--input",
+                             str(folder), "--gt", str(folder), "--no-lpips", "--save", str(tmp_path / "res"),
+                             "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "\\xff\\xfe: PSNR" in result.stdout
+    assert (tmp_path / "res" / f"{NON_UTF8}.png").is_file()
+    assert "\\xff\\xfe," in (tmp_path / "res" / "metrics.csv").read_text()
+    with _no_exit():
+        ENTRY["make_h5"](["--input", str(folder), "--out", str(tmp_path / "o.h5"), "--patch", "8", "--stride", "8",
+                          "--quiet"])
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert f.attrs["label_files"] == "\\xff\\xfe.png" and f["label"].shape[0] == 25
+
+
+def test_an_image_too_large_for_cpu_memory_is_tiled_or_refused(tmp_path, capsys, monkeypatch):
+    import common.inference as inference
+
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "big.png"), np.random.default_rng(0).integers(0, 256, (320, 288, 3),
+                                                                                       dtype=np.uint8))
+    checkpoint(tmp_path / "g.pt")
+    argv = ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "imgs"), "--device", "cpu",
+            "--no-lpips", "--tile-overlap", "8"]
+    with _no_exit():
+        run_test_script("deraining", [*argv, "--save", str(tmp_path / "whole")])
+    g = tiny_generator()
+    whole_needs = inference.forward_bytes(g, 320, 288) + inference.IMAGE_COPIES * 3 * 320 * 288 * 4
+    # memory for the image's copies and a 128-pixel tile, not for the whole forward pass
+    monkeypatch.setattr(inference, "available_memory", lambda: int(whole_needs * 0.9))
+    with _no_exit():
+        run_test_script("deraining", [*argv, "--save", str(tmp_path / "tiled")])
+    assert "restoring it in 128x128 tiles" in capsys.readouterr().err
+    whole = cv2.imread(str(tmp_path / "whole" / "big.png")).astype(int)
+    tiled = cv2.imread(str(tmp_path / "tiled" / "big.png")).astype(int)
+    assert np.abs(whole - tiled).max() <= 2  # shared attention statistics: no seams
+    monkeypatch.setattr(inference, "available_memory", lambda: 1 << 20)
+    refused(capsys, tmp_path, "test deraining", [*argv, "--save", str(tmp_path / "none")],
+            "big.png: a 288x320 image needs about")
+
+
+def test_images_smaller_than_the_metrics_windows_are_measured_without_them(tmp_path, capsys):
+    for side in ("in", "gt"):
+        (tmp_path / side).mkdir()
+        cv2.imwrite(str(tmp_path / side / "dot.png"), u8(1, 1, 3, value=100))
+    checkpoint(tmp_path / "g.pt")
+    with _no_exit():
+        run_test_script("deraining", ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "in"), "--gt",
+                                str(tmp_path / "gt"), "--device", "cpu", "--no-lpips", "--save", str(tmp_path / "r")])
+    assert "SSIM n/a" in capsys.readouterr().out
