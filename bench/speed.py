@@ -64,13 +64,15 @@ def batch_for(task, size: int, patch: int, device, channels_last: bool, seed: in
 
 
 def time_it(fn, device, steps: int, warmup: int) -> tuple[float, float | None]:
-    """Median milliseconds per call and peak GPU memory (GiB) of ``fn``."""
+    """Median milliseconds per call and peak GPU memory (GiB) of ``fn`` (of the timed calls: the warm-up's
+    cuDNN autotuning tries workspaces the step itself never needs)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         fn()
     sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -148,7 +150,7 @@ def training_rows(task, device, args) -> list[dict]:
 
 
 def inference_rows(task, device, args) -> list[dict]:
-    sizes = (128, 256) if args.quick else (1024, 2048)
+    sizes = args.sizes or ((128, 256) if args.quick else (1024, 2048))
     precisions = [("fp32", False), ("bf16", device.type == "cuda")]
     rows = []
     g, _ = networks(task, device, args.quick, False)
@@ -193,22 +195,29 @@ def loader_row(task, device, args) -> dict:
 
 
 def markdown(result: dict) -> str:
+    """The tables of whichever parts ran (--skip leaves the others out)."""
     lines = [f"device: {result['device']}; torch {result['torch']}; task {result['task']}; "
-             f"{'quick (small networks, 32x32 patches)' if result['quick'] else 'real sizes, 128x128 patches'}", "",
-             "| variant of the same training iteration | batch | ms / step | patches / s | x reference | "
-             "peak memory | TFLOP / step | TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
-    for r in result["training"]:
-        peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
-        lines.append(f"| {r['variant']} | {r['batch']} | {r['ms_per_step']:.1f} | {r['patches_per_s']:.3g} | "
-                     f"{r['x_reference']:.2f} | {peak} | {r['tflop_per_step']:.3g} | {r['tflops']:.3g} |")
-    lines += ["", "| inference, no grad | ms | MPix / s | peak memory |", "|---|---|---|---|"]
-    for r in result["inference"]:
-        peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
-        lines.append(f"| {r['size']}x{r['size']} {r['precision']} | {r['ms']:.1f} | {r['mpix_per_s']:.2f} | {peak} |")
-    fast = max(r["patches_per_s"] for r in result["training"])
+             f"{'quick (small networks, 32x32 patches)' if result['quick'] else 'real sizes, 128x128 patches'}"]
+    if result["training"]:
+        lines += ["", "| variant of the same training iteration | batch | ms / step | patches / s | x reference | "
+                      "peak memory | TFLOP / step | TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["training"]:
+            peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
+            lines.append(f"| {r['variant']} | {r['batch']} | {r['ms_per_step']:.1f} | {r['patches_per_s']:.3g} | "
+                         f"{r['x_reference']:.2f} | {peak} | {r['tflop_per_step']:.3g} | {r['tflops']:.3g} |")
+    if result["inference"]:
+        lines += ["", "| inference, no grad | ms | MPix / s | peak memory |", "|---|---|---|---|"]
+        for r in result["inference"]:
+            peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
+            lines.append(f"| {r['size']}x{r['size']} {r['precision']} | {r['ms']:.1f} | {r['mpix_per_s']:.2f} | "
+                         f"{peak} |")
     loader = result["loader"]
-    lines += ["", f"loader alone ({loader['workers']} workers, uint8 patches): {loader['patches_per_s']:.0f} patches/s, "
-                  f"{loader['patches_per_s'] / fast:.1f}x the fastest training step above"]
+    if loader:
+        line = f"loader alone ({loader['workers']} workers, uint8 patches): {loader['patches_per_s']:.0f} patches/s"
+        if result["training"]:
+            fast = max(r["patches_per_s"] for r in result["training"])
+            line += f", {loader['patches_per_s'] / fast:.1f}x the fastest training step above"
+        lines += ["", line]
     return "\n".join(lines)
 
 
@@ -223,6 +232,8 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="small networks and patches: a smoke run on a CPU")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the generator")
     p.add_argument("--skip", nargs="*", default=[], choices=("training", "inference", "loader"))
+    p.add_argument("--sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="inference image sides (default: 1024 2048, quick: 128 256)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     args.batch = args.batch or (2 if args.quick else 32)
@@ -240,10 +251,7 @@ def main(argv=None) -> dict:
         result["inference"] = inference_rows(task, device, args)
     if "loader" not in args.skip:
         result["loader"] = loader_row(task, device, args)
-    if result["training"] and result["inference"] and result["loader"]:
-        print(markdown(result))
-    else:
-        print(json.dumps(result, indent=2))
+    print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

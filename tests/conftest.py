@@ -16,6 +16,12 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+def pytest_configure(config):
+    # tests/test_cuda.py: skipped without CUDA; bench/gpu_check.sh runs them on a GPU
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; "
+                                       "SOT_CUDA_TEST_DEVICE=cpu rehearses them on the CPU)")
+
+
 def write_h5(path: Path, data: np.ndarray, label: np.ndarray, **attrs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:

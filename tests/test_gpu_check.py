@@ -1,0 +1,79 @@
+"""bench/gpu_check.sh --dry-run: every part of the GPU check runs on the CPU at tiny sizes, and the
+script reports each part and goes on when one fails, with or without pytest."""
+import csv
+import json
+import os
+import subprocess
+import tarfile
+
+from conftest import ROOT
+
+PARTS = ["env", "cuda_tests", "speed", "inference", "profile", "quality"]
+
+
+def gpu_check(*args, env=None, timeout=300):
+    return subprocess.run(["bash", "bench/gpu_check.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_dry_run_runs_every_part_and_writes_its_outputs(tmp_path):
+    out = tmp_path / "check"
+    result = gpu_check("--dry-run", str(out))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "dry"
+    assert [(p["part"], p["status"]) for p in summary["parts"]] == [(p, "pass") for p in PARTS]
+    assert summary["elapsed_s"] < 280
+    text = (out / "summary.md").read_text()
+    assert "Dry run on the CPU" in text and "## Targets" in text
+    for part in PARTS:
+        assert f"| {part} | pass |" in text
+        assert (out / part / f"{part}.log").is_file()
+
+    assert json.loads((out / "env" / "env.json").read_text())["torch"]
+    tests = json.loads((out / "cuda_tests" / "cuda_tests.json").read_text())
+    assert tests["runner"] == "pytest" and tests["failed"] == 0 and tests["skipped"] == 0 and tests["passed"] >= 8
+    measured = [json.loads(line) for line in (out / "cuda_tests" / "measurements.jsonl").read_text().splitlines()]
+    assert {m["test"] for m in measured} >= {"step_vs_cpu_float64", "bf16_vs_fp32", "channels_last", "tiled_inference",
+                                             "out_of_memory_fallback", "loader", "train_resume_test", "torchrun_nccl"}
+    speed = json.loads((out / "speed" / "speed.json").read_text())
+    assert {r["variant"] for r in speed["training"]} >= {"reference structure, fp32", "fast step, fp32",
+                                                         "fast step, bf16 autocast + channels_last"}
+    assert (out / "speed" / "speed.md").read_text().count("|") > 20 and (out / "speed" / "speed.png").is_file()
+    inference = json.loads((out / "inference" / "inference.json").read_text())
+    assert {r["size"] for r in inference["inference"]} == {64, 128} and not inference["training"]
+    profile = json.loads((out / "profile" / "profile.json").read_text())
+    assert [v["variant"] for v in profile["variants"]] == ["fast-bf16", "reference"]
+    assert all(v["top"] for v in profile["variants"]) and (out / "profile" / "trace-fast-bf16.json.gz").is_file()
+    rows = list(csv.DictReader((out / "quality" / "results.csv").open()))
+    assert [r["method"] for r in rows][1:] == ["OT", "SOT-l1", "SOT-l0.5"]
+    for name in ("crops.png", "curves.png", "results.md", "quality_meta.json"):
+        assert (out / "quality" / name).is_file(), name
+    assert len(list((out / "quality").glob("metrics-*.jsonl"))) == 3
+
+    with tarfile.open(out / "gpu_check.tar.gz") as bundle:
+        names = set(bundle.getnames())
+    assert {"./summary.md", "./cuda_tests/cuda_tests.json", "./speed/speed.json", "./quality/crops.png",
+            "./profile/profile.md", "./gpu_check.log"} <= names
+    assert not any(n.endswith((".pt", ".h5")) for n in names)
+
+
+def test_without_pytest_a_part_out_of_time_does_not_stop_the_rest(tmp_path):
+    """The CUDA tests through bench/run_cuda_tests.py (as where pytest is missing), a part that runs
+    out of time reported as such, the part after it still run, and --bundle's four files."""
+    out = tmp_path / "bundle"
+    result = gpu_check("--dry-run", "--bundle", "--parts", "cuda_tests,speed,inference",
+                       "--tests-filter", "channels_last,tiled", str(out),
+                       env={"GPU_CHECK_PYTEST": "0", "GPU_CHECK_LIMIT_speed": "1"})
+    assert result.returncode == 1, result.stdout[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.log", "gpu_check.tar.gz", "summary.json", "summary.md"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["part"], p["status"]) for p in summary["parts"]] == [("cuda_tests", "pass"), ("speed", "timeout"),
+                                                                     ("inference", "pass")]
+    assert "pytest is not importable" in (out / "gpu_check.log").read_text()
+    with tarfile.open(out / "gpu_check.tar.gz") as bundle:
+        tests = json.load(bundle.extractfile("./cuda_tests/cuda_tests.json"))
+        assert "./inference/inference.json" in bundle.getnames()
+    assert tests["runner"] == "bench/run_cuda_tests.py"
+    assert sorted(t["name"] for t in tests["tests"] if t["outcome"] == "passed") == [
+        "test_channels_last_on_and_off_agree", "test_tiled_inference_matches_untiled"]
