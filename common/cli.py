@@ -6,17 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import EXIT_BAD_INPUT, InputError, TrainingStopped
+from .errors import EXIT_BAD_INPUT, InputError, TrainingStopped, close_progress_bars, printable, tolerant_streams
 from .losses import TRANSPORT_COSTS
-from .tasks import TASKS, Task
-
-# The demo: a few minutes on a CPU. GAN training from scratch is unstable over so few steps (the
-# critic's first RMSprop steps are large), so it starts G at the identity, uses a lower learning rate
-# and keeps the best validated checkpoint, as the reference keeps its best.
-DEMO_STEPS = 60
-DEMO_BATCH = 4
-DEMO_LR = 1e-5
-
+from .demo import demo_defaults, demo_flags_text
+from .tasks import TASKS, UPSCALERS, Task
 
 def sigma_list(token: str) -> list[float]:
     """One ``--sigma`` token: ``100``, ``100,50`` or the reference's ``[100,50,30,10]``."""
@@ -37,6 +30,58 @@ def positive_int(token: str) -> int:
     return value
 
 
+def non_negative_int(token: str) -> int:
+    value = int(token)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def seed_int(token: str) -> int:
+    """A seed: torch and NumPy take 0 to 2^32 - 1 alike (larger ones overflow the samplers' seeds)."""
+    value = int(token)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2^32), got {value}")
+    return value
+
+
+def _float(token: str) -> float:
+    try:
+        return float(token)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {token!r}") from None
+
+
+def finite_positive_float(token: str) -> float:
+    value = _float(token)
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {token!r}")
+    return value
+
+
+def finite_non_negative_float(token: str) -> float:
+    value = _float(token)
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {token!r}")
+    return value
+
+
+def run_name(token: str) -> str:
+    """``--name``: one folder inside ``--out``; a path that leaves it (``../x``, ``/x``) is refused."""
+    if not token or token in (".", "..") or "/" in token or "\\" in token or "\0" in token:
+        raise argparse.ArgumentTypeError(f"{printable(token)!r} must be a plain folder name inside --out "
+                                         "(no '/', '..' or empty name)")
+    return token
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``error: <flag>: <problem>``, and exit status 2 like any
+    other bad input (argparse's own would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {printable(message)} (see {self.prog} --help)\n")
+
+
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where to run; auto takes CUDA when available (default: %(default)s)")
@@ -50,7 +95,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 def train_parser(task: Task) -> argparse.ArgumentParser:
     sigmas = " ".join(f"{s:g}" for s in task.sigmas)
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=f"{task.name}/train.py",
         description=f"Train SOT for {task.title} from unpaired degraded and clean patches (HDF5). "
                     "One model is trained per value of --sigma, the weight of the transport cost.",
@@ -62,7 +107,7 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     g = p.add_argument_group("the reference's flags")
     g.add_argument("--nEpochs", type=positive_int, default=200, help="epochs per sigma (default: %(default)s)")
     g.add_argument("--batchSize", type=positive_int, default=task.batch_size, help="patches per step (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=1e-4, help="critic learning rate; G gets half (default: %(default)s)")
+    g.add_argument("--lr", type=finite_positive_float, default=1e-4, help="critic learning rate; G gets half (default: %(default)s)")
     g.add_argument("--step", type=positive_int, default=50, help="divide the learning rate by 10 every STEP epochs "
                    "(default: %(default)s)")
     g.add_argument("--sigma", type=sigma_list, nargs="+", default=[list(task.sigmas)], metavar="S",
@@ -73,15 +118,18 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     g.add_argument("--resume", default="", metavar="auto|CKPT",
                    help="continue a run where it stopped: 'auto' takes the newest run of this task (of --name "
                         "if given), or name one of our checkpoints; finished sigmas of the sweep are skipped")
+    g.add_argument("--resume-new-data", action="store_true",
+                   help="with --resume: continue although the training files changed since the run started "
+                        "(added, removed, resized or recounted; refused without this flag)")
     g.add_argument("--pretrained", default="", metavar="CKPT",
                    help="start from the weights of a checkpoint (ours or the authors')")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=non_negative_int, default=None,
                    help="data-loader worker processes (default: 4 on CUDA, 0 on the CPU)")
     s = p.add_argument_group("SOT options")
     s.add_argument("--loss", choices=TRANSPORT_COSTS, default=task.default_loss,
                    help="transport cost: l0.5 or l1 of the residual's spectrum, or the plain OT pixel L2 "
                         "(default: %(default)s)")
-    s.add_argument("--dc-weight", type=float, default=0.0, metavar="W",
+    s.add_argument("--dc-weight", type=finite_non_negative_float, default=0.0, metavar="W",
                    help="also charge the residual's mean (its zero frequency, which the spectral costs barely "
                         "see) with weight W: against colour drift; not in the paper (default: %(default)s)")
     s.add_argument("--supervised", action="store_true",
@@ -90,7 +138,7 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     s.add_argument("--init", choices=("reference", "identity"), default="reference",
                    help="generator start: PyTorch's default initialisation as in the reference, or identity "
                         "(zeroed residual head: G(x) = x at step 0, steadier for short runs) (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=None, help="base random seed; sigma i uses SEED + i "
+    s.add_argument("--seed", type=seed_int, default=None, help="base random seed; sigma i uses SEED + i "
                    "(default: a fresh one, recorded in config.json)")
     s.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
                    help="stop each sigma's run after N steps, whatever --nEpochs says")
@@ -100,11 +148,11 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     s.add_argument("--val-every", type=positive_int, default=10, metavar="EPOCHS",
                    help="validate every EPOCHS epochs and at the end; the best PSNR is kept as best.pt "
                         "(default: %(default)s)")
-    s.add_argument("--val-steps", type=int, default=0, metavar="N",
+    s.add_argument("--val-steps", type=non_negative_int, default=0, metavar="N",
                    help="also validate every N steps (0: only every --val-every epochs)")
     s.add_argument("--out", default="checkpoints", metavar="DIR",
                    help="runs go to DIR/<task>/<name>/sigma-<s>/ (default: %(default)s)")
-    s.add_argument("--name", default=None, help="run name (default: <loss>-<date>-<time>)")
+    s.add_argument("--name", type=run_name, default=None, help="run name (default: <loss>-<date>-<time>)")
     s.add_argument("--layout", choices=("auto", "ours", "matlab"), default="auto",
                    help="patch layout of the .h5 files: ours (N x C x H x W), matlab (N x C x W x H), or auto "
                         "(the files' 'layout' attribute, else ours)")
@@ -112,7 +160,7 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
         s.add_argument("--align-corners", action="store_true",
                        help="upsample inputs with align_corners=True, as the reference trained")
     s.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="log every N steps")
-    s.add_argument("--save-every", type=int, default=1000, metavar="N",
+    s.add_argument("--save-every", type=non_negative_int, default=1000, metavar="N",
                    help="also checkpoint every N steps, keeping the newest two (0: only each epoch) "
                         "(default: %(default)s)")
     s.add_argument("--max-nonfinite", type=positive_int, default=5, metavar="N",
@@ -128,15 +176,15 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
                    help="critic base width (the paper's: %(default)s)")
     s.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     s.add_argument("--demo", action="store_true",
-                   help=f"build a small unpaired set from scikit-image's photographs and train a short run "
-                        f"({DEMO_STEPS} steps of {DEMO_BATCH}, --init identity, --lr {DEMO_LR:g}, validated every "
-                        "epoch) that a CPU finishes in minutes; any flag given as well overrides these")
+                   help="build a small unpaired set from scikit-image's photographs and train a short run that two "
+                        f"CPU cores finish in under 10 minutes ({demo_flags_text(task)}); any flag given as well "
+                        "overrides these. See docs/TRAINING.md")
     _common_flags(p)
     return p
 
 
 def test_parser(task: Task) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=f"{task.name}/test.py",
         description=f"Restore images with an SOT {task.title} checkpoint (ours or the authors') and, given "
                     "ground truth, report PSNR, SSIM and LPIPS per image and on average (also in metrics.csv).",
@@ -157,6 +205,10 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
                        help="inputs are already upsampled to the output size (the authors' test setup)")
         p.add_argument("--align-corners", action="store_true", default=None,
                        help="upsample with align_corners=True (default: as the checkpoint was trained)")
+        p.add_argument("--upscale", choices=UPSCALERS, default="pytorch",
+                       help="bicubic kernel that upsamples the inputs: pytorch (a = -0.75, what training feeds G; "
+                            "the default) or matlab (imresize, a = -0.5, how the paper's test inputs and its "
+                            "'bicubic' row were made) (default: %(default)s)")
     p.add_argument("--y-channel", action="store_true",
                    help="PSNR/SSIM on the BT.601 Y channel (Y = 16 + 65.481 R + 128.553 G + 24.966 B) instead of RGB")
     p.add_argument("--transpose", action="store_true",
@@ -165,8 +217,15 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--tile", type=positive_int, default=None, metavar="N",
                    help="restore in N x N tiles, for images that do not fit in memory (on CUDA, an "
                         "out-of-memory error falls back to tiles by itself)")
-    p.add_argument("--tile-overlap", type=int, default=32, metavar="M",
+    p.add_argument("--tile-overlap", type=non_negative_int, default=32, metavar="M",
                    help="context pixels around each tile (default: %(default)s)")
+    p.add_argument("--reference-metrics", action="store_true",
+                   help=f"measure as the authors' test scripts: inputs cropped to a multiple of {task.reference_crop} "
+                        "pixels and PSNR on the unclamped float output (default: no crop, every metric on the "
+                        "8-bit image written); see docs/FIDELITY.md")
+    p.add_argument("--side-by-side", type=non_negative_int, default=0, metavar="N",
+                   help="also write side_by_side.png: input | restored | ground truth for the first N images "
+                        "(--demo: all of them)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--out", default="checkpoints", metavar="DIR", help="with --demo: where the demo runs are")
     p.add_argument("--demo", action="store_true",
@@ -179,14 +238,17 @@ def run_guarded(main, argv, debug_flag: str = "--debug") -> None:
     """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
     stop its message and its own status (128 + the signal, or 3 for a diverged run)."""
     argv = sys.argv[1:] if argv is None else argv
+    tolerant_streams()  # a file name that is not UTF-8 is printed with \xff escapes, never a UnicodeEncodeError
     try:
         main(argv)
     except InputError as exc:
         if debug_flag in argv:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        close_progress_bars()
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except TrainingStopped as exc:
+        close_progress_bars()
         print(str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
 
@@ -196,8 +258,7 @@ def parse_train_args(task: Task, argv: list[str]) -> argparse.Namespace:
     """Parse train.py's flags; with --demo, the demo's defaults stand in for the task's."""
     parser = train_parser(task)
     if "--demo" in argv:
-        parser.set_defaults(max_steps=DEMO_STEPS, batchSize=DEMO_BATCH, sigma=[[task.demo_sigma]],
-                            lr=DEMO_LR, init="identity", nEpochs=1000, val_every=1)
+        parser.set_defaults(**demo_defaults(task))
     args = parser.parse_args(argv)
     args.sigma = [s for group in args.sigma for s in group]
     if not hasattr(args, "align_corners"):
@@ -235,9 +296,8 @@ def newest_run(task_dir: Path) -> Path:
 def resume_plan(task: Task, args: argparse.Namespace, argv: list[str]) -> tuple[argparse.Namespace, dict]:
     """The arguments of the run being resumed (its run.json, with this command's flags on top) and
     the checkpoint each sigma continues from (empty: each sigma's newest)."""
-    import json
-
     from .checkpoint import read_checkpoint
+    from .training import read_json
 
     given = explicit_flags(task, argv)
     resume_from: dict = {}
@@ -252,10 +312,13 @@ def resume_plan(task: Task, args: argparse.Namespace, argv: list[str]) -> tuple[
         if ckpt["format"] == "authors" or "sigma" not in ckpt:
             raise InputError(f"{checkpoint}: not one of our training checkpoints; use --pretrained to start from it")
         run_root = checkpoint.parent.parent
-        resume_from[float(ckpt["sigma"])] = checkpoint
+        sigma = ckpt["sigma"]
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+            raise InputError(f"{checkpoint}: the checkpoint's sigma {sigma!r} is not a number; it is damaged")
+        resume_from[float(sigma)] = checkpoint
         if not (run_root / "run.json").is_file():
             raise InputError(f"{run_root}: the checkpoint's run folder has no run.json")
-    saved = json.loads((run_root / "run.json").read_text())
+    saved = read_json(run_root / "run.json")
     for key in RUN_DEFINING:
         if key in given and key in saved and given[key] != saved[key]:
             raise InputError(f"--{key} {given[key]} differs from the run being resumed ({saved[key]}); "
@@ -278,7 +341,7 @@ def _train(task: Task, argv: list[str]) -> None:
 
 
 def _train_with(task: Task, args: argparse.Namespace, argv: list[str], dist) -> None:
-    from .demo import build_demo_data, demo_paths
+    from .demo import build_demo_data, demo_paths, demo_report
     from .training import train
 
     if args.resume:
@@ -290,7 +353,7 @@ def _train_with(task: Task, args: argparse.Namespace, argv: list[str], dist) -> 
         args.name = args.name or f"demo-{stamp}"
         root = Path(args.out) / task.name / "demo-data"
         if dist.is_main:
-            build_demo_data(task, root, task.degradation)
+            build_demo_data(task, root)
         dist.barrier()
         paths = demo_paths(root)
         args.trainset, args.val_input, args.val_gt = (str(paths[k]) for k in ("trainset", "val_input", "val_gt"))
@@ -298,14 +361,7 @@ def _train_with(task: Task, args: argparse.Namespace, argv: list[str], dist) -> 
     started = time.time()
     results = train(task, args, dist)
     if args.demo and dist.is_main:
-        r = results[-1]
-        print(f"\ndemo done in {(time.time() - started) / 60:.1f} min ({r.step} steps). PSNR on "
-              f"{len(list(Path(args.val_gt).iterdir()))} held-out photographs: {task.input_label} "
-              f"{r.last_val['input_psnr']:.2f} dB; SOT ({args.loss}, sigma {r.sigma:g}): best checkpoint "
-              f"{r.best_psnr:.2f} dB (best.pt), last step {r.last_val['psnr']:.2f} dB.\n"
-              "Minutes of CPU cannot train this GAN (its first hundreds of steps are turbulent); the demo "
-              "shows the pipeline end to end.\n"
-              f"Test it: python {task.name}/test.py --demo")
+        print("\n" + demo_report(task, args, results[-1], time.time() - started))
 
 
 def train_main(task_name: str, argv: list[str] | None = None) -> None:
@@ -331,7 +387,9 @@ def default_save_dir(task: Task, checkpoint: Path) -> Path:
 def _test(task: Task, argv: list[str]) -> None:
     from .checkpoint import build_generator, read_checkpoint
     from .demo import demo_paths
+    from .files import check_can_write
     from .evaluate import evaluate, format_row
+    from .figures import side_by_side
     from .metrics import LPIPS
     from .pairs import find_pairs
     from .training import resolve_device, resolve_precision
@@ -357,14 +415,23 @@ def _test(task: Task, argv: list[str]) -> None:
         align_corners = bool(trained.get("align_corners", False))
     pairs = find_pairs(args.input, args.gt, verbose=True)
     save_dir = Path(args.save) if args.save else default_save_dir(task, checkpoint)
+    check_can_write(save_dir, "results folder")  # a file there or a read-only mount: refused before any work
     lpips = None if args.no_lpips or all(p.gt is None for p in pairs) else LPIPS(str(device))
     print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
     ev = evaluate(generator, pairs, task, device, align_corners=align_corners,
                   prescaled=getattr(args, "prescaled", False), save_dir=save_dir, lpips=lpips,
                   y_channel=args.y_channel, precision=precision, transpose=args.transpose,
-                  tile=args.tile, tile_overlap=args.tile_overlap)
+                  tile=args.tile, tile_overlap=args.tile_overlap, upscale=getattr(args, "upscale", "pytorch"),
+                  reference_metrics=args.reference_metrics, keep=len(pairs) if args.demo else args.side_by_side)
     for row in ev.rows:
         print(format_row(row, task.input_label))
+    if ev.examples:
+        picture = side_by_side(save_dir / "side_by_side.png", [
+            [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
+             ("restored" + (f" {row['psnr']:.2f} dB" if row.get("psnr") else ""), restored)]
+            + ([("clean", gt)] if gt is not None else [])
+            for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
+        print(f"side by side (input | restored | clean): {picture}")
     if any(p.gt is not None for p in pairs):
         print(format_row({"name": "mean", **ev.means}, task.input_label))
         print(f"restored images and metrics.csv in {save_dir}")

@@ -12,6 +12,8 @@ attribute at all); they are read through ``layout`` (``"auto"``, ``"ours"`` or `
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
 import textwrap
 import time
@@ -25,9 +27,11 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .data import LAYOUT_CHOICES, LAYOUTS, RANGE_TOLERANCE, H5PatchWriter, cut_patches
+from .data import (LAYOUT_CHOICES, LAYOUTS, RANGE_TOLERANCE, H5PatchWriter, _check_values, check_declared_size,
+                   cut_patches, declared_size_problem)
 from .degrade import DEGRADATIONS, degradation_scale
-from .errors import InputError, note
+from .errors import InputError, note, printable
+from .files import check_can_write
 from .images import list_images, read_image
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
@@ -38,8 +42,10 @@ DTYPES = ("uint8", "float32")
 # ----------------------------------------------------------------------------- the scripts' shared flags
 def script_parser(prog: str, description: str, examples: str):
     """An argparse parser for a gdata/ script, its examples shown verbatim after the flags."""
-    return argparse.ArgumentParser(prog=prog, description=textwrap.fill(description, 100), epilog=examples,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .cli import OneLineParser
+
+    return OneLineParser(prog=prog, description=textwrap.fill(description, 100), epilog=examples,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
@@ -53,7 +59,7 @@ def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
 def open_h5(path: str | Path) -> h5py.File:
     """Open an HDF5 file for reading; anything unreadable is an :class:`InputError` naming it."""
     if not Path(path).is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: " + ("a folder, not an .h5 file" if Path(path).is_dir() else "no such file"))
     try:
         return h5py.File(path, "r")
     except OSError as exc:
@@ -65,7 +71,7 @@ def stored_layout(f: h5py.File) -> str | None:
     value = f.attrs.get("layout")
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def is_transposed(path, f: h5py.File, layout: str = "auto") -> bool:
@@ -78,7 +84,7 @@ def is_transposed(path, f: h5py.File, layout: str = "auto") -> bool:
     if stored is None:
         return False
     if stored not in LAYOUTS:
-        raise InputError(f"{path}: unknown layout attribute {stored!r}; expected one of {', '.join(LAYOUTS)}")
+        raise InputError(f"{path}: unknown layout attribute '{stored}'; expected one of {', '.join(LAYOUTS)}")
     return LAYOUTS[stored]
 
 
@@ -101,12 +107,21 @@ def check_out_path(out: str | Path) -> Path:
         raise InputError(f"{out}: the output must end in .h5 (training reads the *.h5 files of a folder)")
     if out.is_dir():
         raise InputError(f"{out}: is a folder; give a file name ending in .h5")
+    check_can_write(out.parent)  # before any image is read: a read-only mount fails now, not at the end
     return out
+
+
+def check_patch_dtype(path, name: str, dtype: np.dtype) -> None:
+    """Patches are uint8 in [0, 255] or float in [0, 1]. Other integers (int16, uint16, bool) are
+    refused rather than guessed at: their scale (255? 65535? 1?) is not in the file."""
+    if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+        raise InputError(f"{path}: dataset '{name}' has dtype {dtype}; expected uint8 [0, 255] or float [0, 1] "
+                         "(the scale of other types is unknown: convert the values to one of these first)")
 
 
 def text_attr(values: Iterable) -> str:
     """A list as one newline-separated string: HDF5 keeps long variable-length strings, not long arrays."""
-    return "\n".join(str(v) for v in values)
+    return "\n".join(printable(str(v)) for v in values)  # a newline inside a name cannot split it
 
 
 def rebatch(arrays: Iterable[np.ndarray], batch: int) -> Iterator[np.ndarray]:
@@ -139,7 +154,7 @@ class PatchJob:
 
 def image_rng(seed: int, name: str) -> np.random.Generator:
     """The random generator that degrades one image: fixed by the seed and the file's name alone."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return np.random.default_rng([seed, zlib.crc32(os.fsencode(name))])  # any file name, UTF-8 or not
 
 
 def patch_rows(img: np.ndarray, patch: int, stride: int) -> Iterator[np.ndarray]:
@@ -168,16 +183,21 @@ def job_batches(job: PatchJob, seed: int = 0, batch: int = DEFAULT_BATCH,
     yield from rebatch(rows(), batch)
 
 
+SPLIT_BOTH = ("both", "none")  # every image on both sides ('none': no split, the older spelling)
+
+
 def parse_split(token: str | float | None) -> float | None:
-    """``--split``: ``half`` (0.5), a fraction in (0, 1) of the images to degrade, or ``none`` (None)."""
-    if token is None or str(token).lower() == "none":
+    """``--split``: ``both`` (None: every image on both sides, the default), or ``half`` (0.5) or a
+    fraction in (0, 1) of the images (sorted by name) whose degraded patches give ``data``, the rest
+    giving ``label``: disjoint sides."""
+    if token is None or str(token).lower() in SPLIT_BOTH:
         return None
     if str(token).lower() == "half":
         return 0.5
     try:
         value = float(token)
     except ValueError:
-        raise InputError(f"--split {token}: expected half, none or a fraction such as 0.5") from None
+        raise InputError(f"--split {token}: expected both, half or a fraction such as 0.5") from None
     if not 0 < value < 1:
         raise InputError(f"--split {token}: the fraction must lie strictly between 0 and 1")
     return value
@@ -205,16 +225,18 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
               as_name: str | None = None, scale: int | None = None) -> tuple[list[PatchJob], dict]:
     """What ``make_h5.py`` writes: the jobs (datasets to fill) and the attributes that describe them.
 
-    - ``degradation`` alone: ``input_dir``'s images sorted by name and split, by default in halves,
-      the first degraded into ``data``, the rest cut into ``label``: no image is on both sides.
+    - ``degradation`` alone: by default every image of ``input_dir`` on both sides, degraded into
+      ``data`` and clean into ``label``. Training stays unpaired (the loader draws each degraded patch's
+      clean partner at random) and the two sides differ by the degradation alone, which is what makes
+      unpaired data learnable. ``split`` can put them on disjoint sides instead.
     - ``degraded_dir``: ``data`` from its images (degraded here if ``degradation`` is given), ``label``
       from ``input_dir``'s; every image of both by default.
     - ``as_name``: one dataset of that name from ``input_dir`` (degraded if ``degradation`` is given).
     - nothing: one ``label`` dataset of ``input_dir``'s patches.
 
-    ``split``: ``half``, a fraction (of each folder, sorted by name: the first part gives ``data``, the
-    rest ``label``; for two folders that hold the same scenes in the same order) or ``none`` (every
-    image on both sides). ``patch`` and ``stride`` are the clean side's; degraded patches are
+    ``split``: ``both`` (every image on both sides, the default), or ``half`` or a fraction (of each
+    folder, sorted by name: the first part gives ``data``, the rest ``label``; with two folders, for
+    ones that hold the same scenes in the same order), so that no scene is on both sides. ``patch`` and ``stride`` are the clean side's; degraded patches are
     ``patch / scale`` on a ``stride / scale`` grid, ``scale`` being the degradation's (4 for
     bicubic-x4) or ``scale``.
     """
@@ -239,7 +261,7 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
     if patch % s or stride % s:
         raise InputError(f"--patch {patch} and --stride {stride} must be multiples of the scale {s}, so that "
                          "degraded and clean patch grids align")
-    fraction = parse_split(split if split is not None else ("none" if degraded_dir is not None else "half"))
+    fraction = parse_split(split)
 
     images = folder_images(input_dir)
     degraded_images = folder_images(degraded_dir) if degraded_dir is not None else images
@@ -250,13 +272,7 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
                 else PatchJob(name, images, patch, stride, source=str(input_dir))]
     else:
         if fraction is None:
-            how = "folders" if degraded_dir is not None else "none"
-            if degraded_dir is None:
-                note(f"{input_dir}: --split none puts every image on both sides: each clean patch has its "
-                     "degraded twin in the file (paired data)")
-            elif len(degraded_images) == len(images):
-                note(f"{degraded_dir} and {input_dir} hold as many images: if they are the same scenes, "
-                     "--split half keeps every scene on one side only")
+            how = "folders" if degraded_dir is not None else "both"
         else:
             how = f"{fraction:g} by name"
             degraded_images = split_images(degraded_images, fraction)[0]
@@ -313,6 +329,8 @@ class PatchSet:
                 f = self._stack.enter_context(open_h5(path))
                 if name not in f or not isinstance(f[name], h5py.Dataset) or f[name].ndim != 4:
                     raise InputError(f"{path}: no 4-D dataset '{name}' (has: {', '.join(f.keys()) or 'nothing'})")
+                check_patch_dtype(path, name, f[name].dtype)
+                check_declared_size(path, name, f[name])
                 self.datasets.append(f[name])
                 self.transposed.append(is_transposed(path, f, self.layout))
             # uint8 and float parts together are read as float32 in [0, 1]
@@ -346,6 +364,11 @@ class PatchSet:
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.datasets) else 0
 
+    def rows_per_batch(self, batch: int) -> int:
+        """``batch``, or fewer so that a batch read as float32 stays under ``SCAN_BYTES``."""
+        patch_bytes = int(np.prod(self.shape)) * 4
+        return max(1, min(batch, SCAN_BYTES // max(1, patch_bytes)))
+
     def _ours(self, k: int, values: np.ndarray) -> np.ndarray:
         if self.mixed:
             values = values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values.astype(np.float32)
@@ -375,15 +398,22 @@ class PatchSet:
         ds = self.datasets[k]
         try:
             if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a contiguous run: one slice
-                return ds[int(rows[0]):int(rows[-1]) + 1]
-            return ds[rows]
+                values = ds[int(rows[0]):int(rows[-1]) + 1]
+            else:
+                values = ds[rows]
         except OSError as exc:
             raise InputError(f"{self.parts[k][0]}: '{self.parts[k][1]}' cannot be read, the file may be "
                              f"truncated ({exc})") from None
+        # NaN or out-of-range floats would be written on (or rounded into garbage uint8): refused
+        _check_values(self.parts[k][0], f"dataset '{self.parts[k][1]}' (rows {int(rows[0])} to {int(rows[-1])})",
+                      values)
+        return values
 
     def batches(self, batch: int = DEFAULT_BATCH, count: int | None = None) -> Iterator[np.ndarray]:
-        """The first ``count`` patches (all by default) in order, ``batch`` at a time."""
+        """The first ``count`` patches (all by default) in order, ``batch`` at a time (fewer for large
+        patches: a batch holds at most ``SCAN_BYTES``)."""
         count = len(self) if count is None else count
+        batch = self.rows_per_batch(batch)
         for start in range(0, count, batch):
             yield self.read(np.arange(start, min(start + batch, count)))
 
@@ -446,7 +476,8 @@ def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: s
         out_dtype = output_dtype(data.dtypes + label.dtypes, dtype)
         with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
             for name, source in (("data", data), ("label", label)):
-                _copy(writer, name, (source.read(order[i:i + batch]) for i in range(0, n, batch)), n, progress)
+                step = source.rows_per_batch(batch)
+                _copy(writer, name, (source.read(order[i:i + step]) for i in range(0, n, step)), n, progress)
             return writer.counts()
 
 
@@ -524,6 +555,8 @@ class DatasetInfo:
     high: float | None = None
     nonfinite: int = 0
     unreadable: str | None = None
+    channel_mean: list[float] | None = None   # per channel, over finite values, on [0, 1] (uint8 / 255)
+    channel_std: list[float] | None = None
 
 
 @dataclass
@@ -538,30 +571,67 @@ class H5Report:
     others: list[str] = field(default_factory=list)   # groups and other objects
 
 
+def scan_blocks(shape: tuple[int, ...], itemsize: int, limit: int) -> Iterator[tuple[tuple[slice, ...], int]]:
+    """Slices that cover an array of ``shape`` in order, each block at most ``limit`` bytes: whole rows
+    where a row fits, else parts of a row (a channel, then lines of it), so that a huge declared patch
+    is never read at once. Every axis is kept (length-1 slices). Yields (slices, rows completed)."""
+    k = 0  # the axis blocks are cut along: the first whose trailing sub-array fits in ``limit``
+    while k < len(shape) - 1 and int(np.prod(shape[k + 1:], dtype=np.float64)) * itemsize > limit:
+        k += 1
+    inner = int(np.prod(shape[k + 1:], dtype=np.int64)) * itemsize
+    step = max(1, limit // max(1, inner))
+    for lead in itertools.product(*(range(n) for n in shape[:k])):
+        for start in range(0, shape[k], step):
+            stop = min(start + step, shape[k])
+            where = tuple(slice(i, i + 1) for i in lead) + (slice(start, stop),)
+            if k == 0:
+                yield where, stop - start
+            else:  # a row is done with its last block
+                last = stop == shape[k] and all(i == n - 1 for i, n in zip(lead[1:], shape[1:k]))
+                yield where, int(last)
+
+
 def scan_dataset(ds: h5py.Dataset, info: DatasetInfo, progress: bool = False) -> None:
-    """Stream through a dataset: its finite value range and its count of NaN or infinite values."""
+    """Stream through a dataset: its finite value range, its count of NaN or infinite values and, for
+    patch datasets (N x C x ...), each channel's mean and standard deviation on the [0, 1] scale."""
     if not (ds.dtype == np.uint8 or np.issubdtype(ds.dtype, np.number)) or ds.ndim == 0 or ds.size == 0:
         return
-    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
-    step = max(1, SCAN_BYTES // row_bytes)
     low, high = np.inf, -np.inf
+    per_channel = ds.ndim == 4
+    channels = ds.shape[1] if per_channel else 0
+    sums, squares, counts = np.zeros(channels), np.zeros(channels), np.zeros(channels)
+    unit = 255.0 if ds.dtype == np.uint8 else 1.0
     with tqdm(total=ds.shape[0], desc=f"scan {info.name}", unit="patch", disable=not progress,
               file=sys.stderr, leave=False) as bar:
-        for start in range(0, ds.shape[0], step):
+        for where, rows_done in scan_blocks(ds.shape, ds.dtype.itemsize, SCAN_BYTES):
             try:
-                block = ds[start:start + step]
+                block = ds[where]
             except OSError as exc:
-                info.unreadable = f"rows from {start} cannot be read, the file may be truncated ({exc})"
+                info.unreadable = (f"rows from {where[0].start} cannot be read, the file may be truncated "
+                                   f"({exc})")
                 return
+            if per_channel:
+                first = where[1].start if len(where) > 1 else 0
+                for i in range(block.shape[1]):
+                    c = first + i
+                    values = block[:, i].astype(np.float64).ravel() / unit
+                    values = values[np.isfinite(values)]
+                    sums[c] += values.sum()
+                    squares[c] += np.square(values).sum()
+                    counts[c] += values.size
             if np.issubdtype(block.dtype, np.floating):
                 finite = np.isfinite(block)
                 info.nonfinite += int(block.size - np.count_nonzero(finite))
                 block = block[finite]
             if block.size:
                 low, high = min(low, float(block.min())), max(high, float(block.max()))
-            bar.update(min(step, ds.shape[0] - start))
+            bar.update(rows_done)
     if low <= high:
         info.low, info.high = low, high
+    if per_channel and counts.all():
+        mean = sums / counts
+        info.channel_mean = mean.tolist()
+        info.channel_std = np.sqrt(np.maximum(squares / counts - mean ** 2, 0.0)).tolist()
 
 
 def scan_h5(path: str | Path, layout: str = "auto", progress: bool = False) -> H5Report:
@@ -581,7 +651,10 @@ def scan_h5(path: str | Path, layout: str = "auto", progress: bool = False) -> H
             if obj.ndim == 4:
                 c, a, b = obj.shape[1:]
                 info.patch = (c, b, a) if transposed else (c, a, b)
-            scan_dataset(obj, info, progress)
+            # a file that declares more than it stores would be scanned through fill values for hours
+            info.unreadable = declared_size_problem(obj)
+            if info.unreadable is None:
+                scan_dataset(obj, info, progress)
             report.datasets[name] = info
     return report
 
@@ -625,8 +698,17 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
         (c, h, w), (lc, lh, lw) = data.patch, label.patch
         if c != lc:
             problems.append(f"'data' has {c} channels but 'label' has {lc}")
+        elif c != 3:
+            problems.append(f"patches have {c} channel(s); training takes RGB patches (3 channels)")
         if scale is None and "scale" in report.attrs:
-            scale = int(report.attrs["scale"])
+            try:
+                scale = int(report.attrs["scale"])
+                if scale < 1:
+                    raise ValueError
+            except (TypeError, ValueError):
+                problems.append(f"the 'scale' attribute {_show_attr(report.attrs['scale'])} is not a whole "
+                                "number of at least 1")
+                scale = None
         if scale is not None and (lh, lw) != (h * scale, w * scale):
             problems.append(f"clean patches {lh}x{lw} are not {scale}x the degraded patches {h}x{w}")
         elif scale is None and not (h and w and lh % h == 0 and lw % w == 0 and lh // h == lw // w):
@@ -645,6 +727,30 @@ def check_h5(path: str | Path, layout: str = "auto", scale: int | None = None) -
     if problems:
         raise InputError(f"{path}: {problems[0]}")
     return report
+
+
+SR_MEAN_GAP = 0.05  # per-channel mean difference, on [0, 1], above which an SR file's sides look mismatched
+
+
+def side_statistics(report: H5Report) -> list[str]:
+    """The two sides' per-channel mean and standard deviation next to each other, and for SR files
+    (clean patches larger than degraded ones: shrinking keeps the mean colour) a warning when the
+    means differ by more than ``SR_MEAN_GAP``: the sides then come from different kinds of scene."""
+    data, label = report.datasets.get("data"), report.datasets.get("label")
+    if not (data and label and data.channel_mean and label.channel_mean
+            and len(data.channel_mean) == len(label.channel_mean)):
+        return []
+    fmt = lambda values: " ".join(f"{v:.3f}" for v in values)
+    lines = [f"  per-channel mean  data {fmt(data.channel_mean)}  |  label {fmt(label.channel_mean)}",
+             f"  per-channel std   data {fmt(data.channel_std)}  |  label {fmt(label.channel_std)}"]
+    gaps = [abs(a - b) for a, b in zip(data.channel_mean, label.channel_mean)]
+    is_sr = data.patch and label.patch and label.patch[1] > data.patch[1]
+    if is_sr and max(gaps) > SR_MEAN_GAP:
+        c = int(np.argmax(gaps))
+        lines.append(f"  warning: the sides' mean colours differ by {gaps[c]:.3f} in channel {c} (more than "
+                     f"{SR_MEAN_GAP}); shrinking keeps the mean colour, so 'data' and 'label' look like different "
+                     "kinds of scene, and a critic would reward repainting them (see docs/DATA.md)")
+    return lines
 
 
 def _show_attr(value) -> str:
@@ -677,10 +783,13 @@ def format_report(report: H5Report, layout: str = "auto") -> str:
             line += f"  range [{info.low:.4g}, {info.high:.4g}]"
         if info.nonfinite:
             line += f"  {info.nonfinite} NaN/inf"
+        if info.unreadable:
+            line += f"  not scanned: {info.unreadable}"
         line += f"  chunks {'x'.join(map(str, info.chunks)) if info.chunks else 'none (contiguous)'}"
         if info.compression:
             line += f" {info.compression}"
         lines.append(line)
     lines += [f"  {name}" for name in report.others]
+    lines += side_statistics(report)
     lines += [f"  @{key} = {_show_attr(value)}" for key, value in sorted(report.attrs.items())]
     return "\n".join(lines)

@@ -1,26 +1,34 @@
 #!/usr/bin/env python
 """OT against SOT (l1, l0.5) and the supervised bound, trained and measured the same way on one task.
 
-Every method gets the same training set, budget (steps, batch), seed and networks. For each cost
-the sigma is chosen on a validation split (best validation PSNR over the run, as the reference keeps
-its best checkpoint), never on the test images; the chosen checkpoints are then measured on the
-held-out test split. Writes results.md and results.csv (PSNR, SSIM, LPIPS where its weights are
-available, the degraded input as a row), crops.png (test crops side by side: input | OT | SOT-l1 |
-SOT-l0.5 | supervised | clean, each with the image's PSNR) and curves.png (validation PSNR against
-step, one curve per method at its chosen sigma).
+Every method gets the same training set, budget (steps, batch), networks and seeds; each seed is a
+separate run (its own initialisation and data order), shared across methods, so that differences
+between methods can be set against the spread between seeds. For each cost the sigma is chosen on a
+validation split (the best mean over seeds of each run's best validation PSNR, as the reference keeps
+its best checkpoint), never on the test images; every seed's checkpoints at that sigma (the best
+validated and the last step) are then measured on the held-out test split.
+
+Writes results.md (mean and standard deviation over seeds, differences to the input and to OT paired
+by seed), results.csv (one row per method and seed), results.json, crops.png (test crops side by
+side: input | each method | clean, seed 0, each with the image's PSNR) and curves.png (validation PSNR
+against step: each seed thin, the mean thick).
 
 Data: without folders of your own, a proxy set is built from photographs available offline
-(scikit-image's, and those of Debian's opencv-doc package when installed, plus any --photos DIR),
-with the task's synthetic degradation: disjoint photographs for the degraded and clean sides of the
-unpaired training file, for the paired file of the supervised bound (the same training photographs,
-degraded and clean), for validation and for testing. Point --train-unpaired (a folder of unpaired
-.h5 files), --paired-train, --val-input/--val-gt and --test-input/--test-gt at a real data set's
-folders and the same study runs on it.
+(scikit-image's, and those of Debian's opencv-doc package when installed, plus any --photos DIR)
+with the task's synthetic degradation. Photographs are split into test, validation and training
+groups. The unpaired training file takes both sides from the same training photographs (--sides
+same): the loader draws each degraded patch's clean partner at random, so training is unpaired, and
+the two sides differ by the degradation alone. --sides disjoint also trains on halves of the training
+photographs, one half degraded and the other clean, to measure what that costs. The supervised bound
+trains on the same file with each degraded patch beside its own clean patch. Point --train-unpaired,
+--paired-train, --val-input/--val-gt and --test-input/--test-gt at a real data set's folders and the
+same study runs on it.
 
 examples:
-  python experiments/compare_costs.py --task sr --quick                 # CPU smoke run, a minute
-  python experiments/compare_costs.py --task sr --steps 1000 --batch 32 # a GPU, all methods in ~9 min
-  python experiments/compare_costs.py --task deraining --sigma sot-l1=10,100 --dc-weight 0 1
+  python experiments/compare_costs.py --task sr --quick                   # CPU smoke run, a minute
+  python experiments/compare_costs.py --task dehazing --small --steps 1500 --batch 4 --seeds 0 1 2 \\
+      --sigma ot=1 sot-l1=10 sot-l0.5=10 --sides same disjoint --device cpu  # the CPU study
+  python experiments/compare_costs.py --task sr --steps 1000 --batch 32   # a GPU, the paper's networks
 """
 from __future__ import annotations
 
@@ -39,22 +47,23 @@ import torch  # noqa: E402
 
 from common.checkpoint import load_generator  # noqa: E402
 from common.cli import parse_train_args  # noqa: E402
-from common.data import H5PatchWriter, cut_patches  # noqa: E402
-from common.degrade import DEGRADATIONS, degradation_scale  # noqa: E402
-from common.demo import centre_crop, load_photo  # noqa: E402
+from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
 from common.evaluate import evaluate  # noqa: E402
-from common.images import list_images, read_image, to_uint8, write_image  # noqa: E402
+from common.images import list_images, read_image  # noqa: E402
 from common.metrics import LPIPS  # noqa: E402
 from common.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from common.training import resolve_device, train  # noqa: E402
 
 COSTS = ("ot", "sot-l1", "sot-l0.5")
-DEFAULT_SIGMAS = {  # per task and cost: two values to choose from on the validation split
-    "sr": {"ot": (1000, 5000), "sot-l1": (100, 1000), "sot-l0.5": (100, 1000)},
-    "deraining": {"ot": (100, 1000), "sot-l1": (10, 100), "sot-l0.5": (10, 100)},
-    "dehazing": {"ot": (100, 1000), "sot-l1": (10, 100), "sot-l0.5": (10, 100)},
+DEFAULT_SIGMAS = {  # per task and cost, the values to choose from on the validation split; ot has the
+    # scripts' scale (sqrt(H W) x the pixel RMSE), so one list serves all three costs as in the paper
+    "sr": {"ot": (10, 100), "sot-l1": (10, 100), "sot-l0.5": (10, 100)},
+    "deraining": {"ot": (1, 10), "sot-l1": (1, 10), "sot-l0.5": (1, 10)},
+    "dehazing": {"ot": (1, 10), "sot-l1": (1, 10), "sot-l0.5": (1, 10)},
 }
+SIDES = ("same", "disjoint")
+SMALL_NETWORKS = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "16"]
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
                   "immunohistochemistry", "camera", "brick", "grass", "gravel", "moon", "coins", "clock")
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -83,74 +92,105 @@ def photo_pool(extra: list[str], quick: bool, opencv_doc: Path = OPENCV_DOC) -> 
 
 
 def split_photos(names: list[str], seed: int) -> dict[str, list[str]]:
-    """Disjoint groups: degraded-side and clean-side training photos, validation, test."""
+    """Disjoint test, validation and training groups; the training group also in two halves, for
+    the degraded and clean sides of the disjoint variant."""
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     n = len(order)
     n_test, n_val = max(2, round(0.3 * n)), max(1, round(0.15 * n))
     train = order[n_test + n_val:]
     half = len(train) // 2
-    return {"test": sorted(order[:n_test]), "val": sorted(order[n_test:n_test + n_val]),
-            "train_degraded": sorted(train[:half]), "train_clean": sorted(train[half:])}
+    return {"test": sorted(order[:n_test]), "val": sorted(order[n_test:n_test + n_val]), "train": sorted(train),
+            "train_degraded_half": sorted(train[:half]), "train_clean_half": sorted(train[half:])}
 
 
-def build_proxy_data(task, root: Path, photos: dict, groups: dict, seed: int, stride: int, side: int) -> dict:
-    """Write the unpaired and paired training files and the validation and test folders."""
-    degrade, scale = DEGRADATIONS[task.degradation], degradation_scale(task.degradation)
+def build_proxy_data(task, root: Path, photos: dict, groups: dict, seed: int, stride: int, side: int,
+                     sides: list[str]) -> dict:
+    """Write the training files (one per --sides variant) and the validation and test folders."""
     rng = np.random.default_rng(seed)
-    paths = {"unpaired": root / "unpaired", "paired": root / "paired"}
+    paths = {}
     for split in ("val", "test"):
-        for name in groups[split]:
-            clean = centre_crop(photos[name], side)
-            write_image(root / split / "gt" / f"{name}.png", clean)
-            write_image(root / split / "input" / f"{name}.png", degrade(clean, rng))
-        paths[f"{split}_input"], paths[f"{split}_gt"] = root / split / "input", root / split / "gt"
-    with H5PatchWriter(paths["unpaired"] / "train.h5", attrs={"seed": seed, "degradation": task.degradation,
-                                                              "data_photos": ",".join(groups["train_degraded"]),
-                                                              "label_photos": ",".join(groups["train_clean"])}) as w:
-        for name in groups["train_degraded"]:
-            w.append("data", cut_patches(degrade(photos[name], rng), task.patch // scale, stride // scale))
-        for name in groups["train_clean"]:
-            w.append("label", cut_patches(photos[name], task.patch, stride))
-    with H5PatchWriter(paths["paired"] / "train.h5", attrs={"seed": seed, "paired": 1}) as w:
-        for name in groups["train_degraded"] + groups["train_clean"]:
-            clean = photos[name]
-            h, wd = clean.shape[:2]
-            clean = clean[: h - h % scale, : wd - wd % scale]  # keep the two grids aligned
-            w.append("data", cut_patches(degrade(clean, rng), task.patch // scale, stride // scale))
-            w.append("label", cut_patches(clean, task.patch, stride))
+        paths[f"{split}_input"], paths[f"{split}_gt"] = write_heldout(
+            root / split, [(name, photos[name]) for name in groups[split]], task.degradation, rng, side)
+    train = [(name, photos[name]) for name in groups["train"]]
+    # the same photographs on both sides; with the loader's random partners this is the unpaired
+    # file, with each patch's own partner (--supervised) the paired one
+    write_training_file(root / "same" / "train.h5", train, train, task.degradation, rng, task.patch, stride,
+                        {"seed": seed, "sides": "same"})
+    paths["same"] = paths["paired"] = root / "same"
+    if "disjoint" in sides:
+        write_training_file(root / "disjoint" / "train.h5",
+                            [(name, photos[name]) for name in groups["train_degraded_half"]],
+                            [(name, photos[name]) for name in groups["train_clean_half"]],
+                            task.degradation, rng, task.patch, stride, {"seed": seed, "sides": "disjoint"})
+        paths["disjoint"] = root / "disjoint"
     (root / "split.json").write_text(json.dumps(groups, indent=2))
     return paths
 
 
 # ----------------------------------------------------------------------------- training
-def train_one(task, args, method: str, sigma: float, data: dict, out: Path) -> dict:
-    """Train one method at one sigma; returns its run folder, best validation PSNR and curve."""
-    name = f"{method}-sigma{sigma:g}" + (f"-dc{args.dc_weight:g}" if args.dc_weight and method != "supervised" else "")
-    argv = ["--trainset", str(data["paired" if method == "supervised" else "unpaired"]),
+def run_key(method: str, sides: str, dc: float) -> str:
+    """What a row of the table is: the method, and its data and --dc-weight where they are not the default."""
+    return method + (f" dc{dc:g}" if dc else "") + (" disjoint" if sides == "disjoint" else "")
+
+
+def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: float, data: dict,
+              out: Path) -> dict:
+    """Train one method at one sigma and seed; returns its run folder, best validation PSNR and curve."""
+    key = run_key(method, sides, dc)
+    name = f"{key.replace(' ', '-')}-sigma{sigma:g}-seed{seed}"
+    argv = ["--trainset", str(data["paired" if method == "supervised" else sides]),
             "--val-input", str(data["val_input"]), "--val-gt", str(data["val_gt"]),
-            "--max-steps", str(args.steps), "--batchSize", str(args.batch), "--seed", str(args.seed),
+            "--max-steps", str(args.steps), "--batchSize", str(args.batch), "--seed", str(seed),
             "--nEpochs", "100000", "--val-every", "100000", "--val-steps", str(args.val_steps),
             "--out", str(out / "runs"), "--name", name, "--device", args.device, "--save-every", "0",
             "--no-tensorboard", "--init", args.init, "--lr", str(args.lr), "--log-every", "50"]
     argv += ["--supervised"] if method == "supervised" else ["--loss", method, "--sigma", f"{sigma:g}",
-                                                             "--dc-weight", str(args.dc_weight)]
+                                                             "--dc-weight", str(dc)]
     if args.quick or args.small:
-        argv += ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "8"]
+        argv += SMALL_NETWORKS
     started = time.time()
     result = train(task, parse_train_args(task, argv))[0]
     curve = [(r["step"], r["psnr"]) for r in map(json.loads, (result.run_dir / "metrics.jsonl").open())
              if r["kind"] == "val"]
-    dc = args.dc_weight if method != "supervised" else 0.0
-    return {"method": method, "key": method + (f" dc{dc:g}" if dc else ""), "sigma": sigma,
-            "run_dir": result.run_dir, "best_val": result.best_psnr, "curve": curve, "seconds": time.time() - started}
+    return {"method": method, "key": key, "sides": sides, "dc": dc, "sigma": sigma, "seed": seed,
+            "run_dir": result.run_dir, "best_val": result.best_psnr, "curve": curve,
+            "seconds": time.time() - started}
+
+
+def choose_sigmas(runs: list[dict]) -> dict[str, float]:
+    """Per row key, the sigma whose runs have the best mean (over seeds) of their best validation PSNR."""
+    scores: dict[tuple[str, float], list[float]] = {}
+    for r in runs:
+        scores.setdefault((r["key"], r["sigma"]), []).append(r["best_val"] if r["best_val"] is not None else -1.0)
+    chosen: dict[str, tuple[float, float]] = {}
+    for (key, sigma), values in scores.items():
+        if key not in chosen or np.mean(values) > chosen[key][1]:
+            chosen[key] = (sigma, float(np.mean(values)))
+    return {key: sigma for key, (sigma, _) in chosen.items()}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def pm(values: list[float], digits: int = 2) -> str:
+    m, s = mean_sd(values)
+    return "n/a" if np.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 # ----------------------------------------------------------------------------- figures
-def plot_curves(path: Path, curves: dict[str, list], title: str) -> None:
-    """Validation PSNR against step, one coloured line per method, drawn with OpenCV."""
+COLOURS = [(200, 60, 40), (40, 140, 40), (40, 60, 200), (160, 60, 160), (0, 140, 200), (90, 90, 90),
+           (0, 0, 0), (120, 80, 0)]
+
+
+def plot_curves(path: Path, curves: dict[str, list[list]], title: str) -> None:
+    """Validation PSNR against step, one colour per method: each seed's curve thin, their mean thick."""
     w, h, margin = 900, 520, 70
     img = np.full((h, w, 3), 255, np.uint8)
-    points = [p for c in curves.values() for p in c]
+    points = [p for seeds in curves.values() for c in seeds for p in c]
     if not points:
         return
     steps, values = [p[0] for p in points], [p[1] for p in points]
@@ -166,28 +206,31 @@ def plot_curves(path: Path, curves: dict[str, list], title: str) -> None:
         s = x0 + k * (x1 - x0) / 4
         cv2.putText(img, f"{s:.0f}", (sx(s) - 15, h - margin + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "step", (w // 2 - 20, h - 20), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, f"{title}: validation PSNR (dB)", (margin, margin - 25), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    colours = [(200, 60, 40), (40, 140, 40), (40, 60, 200), (160, 60, 160), (0, 140, 200), (90, 90, 90),
-               (0, 0, 0), (120, 80, 0)]
-    for i, (label, curve) in enumerate(curves.items()):
-        colour = colours[i % len(colours)]
-        pts = np.array([(sx(s), sy(v)) for s, v in curve], np.int32)
+    cv2.putText(img, f"{title}: validation PSNR (dB); thin: seeds, thick: mean", (margin, margin - 25), font, 0.6,
+                (0, 0, 0), 1, cv2.LINE_AA)
+    for i, (label, seeds) in enumerate(curves.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        for curve in seeds:
+            pts = np.array([(sx(s), sy(v)) for s, v in curve], np.int32)
+            if len(pts) > 1:
+                cv2.polylines(img, [pts], False, colour, 1, cv2.LINE_AA)
+        common = sorted(set.intersection(*(set(s for s, _ in c) for c in seeds))) if seeds else []
+        mean = [(s, np.mean([dict(c)[s] for c in seeds])) for s in common]
+        pts = np.array([(sx(s), sy(v)) for s, v in mean], np.int32)
         if len(pts) > 1:
-            cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
-        for p in pts:
-            cv2.circle(img, tuple(int(c) for c in p), 3, colour, -1, cv2.LINE_AA)
+            cv2.polylines(img, [pts], False, colour, 3, cv2.LINE_AA)
         cv2.putText(img, label, (margin + 10, margin + 20 + 20 * i), font, 0.5, colour, 1, cv2.LINE_AA)
     cv2.imwrite(str(path), img)
 
 
-def crops_figure(path: Path, names: list[str], columns: list[tuple[str, Path | None]], data: dict,
+def crops_figure(path: Path, names: list[str], columns: list[tuple[str, Path | None]], gt_dir: Path,
                  psnrs: dict, side: int = 160) -> None:
     """One row per test image: a centre crop of each column's image, labelled with the image's PSNR."""
     rows = []
     font = cv2.FONT_HERSHEY_SIMPLEX
     for name in names:
         tiles = []
-        gt = cv2.imread(str(data["test_gt"] / f"{name}.png"))
+        gt = cv2.imread(str(gt_dir / f"{name}.png"))
         for label, folder in columns:
             img = gt if label == "clean" else cv2.imread(str(folder / f"{name}.png"))
             if img.shape[:2] != gt.shape[:2]:  # an SR input: shown at the output's size
@@ -216,25 +259,32 @@ def parse_sigmas(tokens: list[str], task: str) -> dict:
     return sigmas
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="experiments/compare_costs.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(TASKS), default="sr")
     p.add_argument("--quick", action="store_true", help="small networks, few photos and steps: a CPU smoke run")
     p.add_argument("--small", action="store_true",
-                   help="small networks (generator width 16, critic width 8) with the full photo set: CPU studies")
-    p.add_argument("--steps", type=int, default=None, help="training steps per method and sigma (default 1000; quick 4)")
+                   help="small networks (generator width 16, increment 8, critic width 16) with the full photo "
+                        "set: CPU studies")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 1000; quick 4)")
     p.add_argument("--batch", type=int, default=None, help="patches per step (default 32; quick 2)")
     p.add_argument("--val-steps", type=int, default=None, help="validate every N steps (default steps/10)")
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--init", choices=("reference", "identity"), default="reference")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=("reference", "identity"), default="identity")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
+                   help="training seeds: each method is trained once per seed (default: 0)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the photo split and degradations (default 0)")
     p.add_argument("--sigma", nargs="*", default=[], metavar="COST=S1,S2",
                    help="sigma grid per cost, e.g. sot-l1=10,100 (defaults per task in DEFAULT_SIGMAS)")
     p.add_argument("--dc-weight", type=float, nargs="*", default=[0.0],
-                   help="train the SOT costs with each of these --dc-weight values (0: the paper's cost; OT "
-                        "runs without, its pixel cost charges the mean already)")
+                   help="train the SOT costs with each of these --dc-weight values (0: the paper's cost)")
     p.add_argument("--methods", nargs="*", default=[*COSTS, "supervised"])
+    p.add_argument("--sides", nargs="+", choices=SIDES, default=["same"],
+                   help="unpaired training data: both sides from the same photographs (same), and/or from "
+                        "disjoint halves of them (disjoint) (default: same)")
+    p.add_argument("--disjoint-methods", nargs="*", default=None, metavar="COST",
+                   help="costs trained on the disjoint data (default: the task's default cost)")
     p.add_argument("--photos", nargs="*", default=[], metavar="DIR", help="more photographs for the proxy set")
     p.add_argument("--opencv-doc", default=str(OPENCV_DOC), metavar="DIR",
                    help="where opencv-doc's example photographs are (default: %(default)s); a copy of them "
@@ -249,7 +299,26 @@ def main(argv=None):
     p.add_argument("--val-input"), p.add_argument("--val-gt"), p.add_argument("--test-input"), p.add_argument("--test-gt")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--out", default=None, help="default: results/compare_costs/<task>")
-    args = p.parse_args(argv)
+    return p
+
+
+def plan_runs(args, sigmas: dict) -> list[tuple[str, float, str, float]]:
+    """(method, sigma, sides, dc weight) of every configuration, each to be trained once per seed."""
+    plan = []
+    for sides in args.sides:
+        methods = args.methods if sides == "same" else args.disjoint_methods
+        for method in methods:
+            if method == "supervised":
+                if sides == "same":
+                    plan.append((method, 0.0, sides, 0.0))
+                continue
+            for dc in (args.dc_weight if method != "ot" else [0.0]):  # the pixel cost charges the mean already
+                plan += [(method, sigma, sides, dc) for sigma in sigmas[method]]
+    return plan
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.copy_photos:
         import shutil
         Path(args.copy_photos).mkdir(parents=True, exist_ok=True)
@@ -261,6 +330,7 @@ def main(argv=None):
     args.steps = args.steps or (4 if args.quick else 1000)
     args.batch = args.batch or (2 if args.quick else 32)
     args.val_steps = args.val_steps or max(1, args.steps // 10)
+    args.disjoint_methods = args.disjoint_methods if args.disjoint_methods is not None else [task.default_loss]
     side = args.side or (128 if args.quick else 512)
     out = Path(args.out or f"results/compare_costs/{task.name}")
     out.mkdir(parents=True, exist_ok=True)
@@ -269,80 +339,108 @@ def main(argv=None):
         sigmas = {k: v[:1] for k, v in sigmas.items()}
 
     if args.train_unpaired:
-        data = {"unpaired": Path(args.train_unpaired), "paired": Path(args.paired_train or args.train_unpaired),
+        data = {"same": Path(args.train_unpaired), "paired": Path(args.paired_train or args.train_unpaired),
                 "val_input": Path(args.val_input), "val_gt": Path(args.val_gt),
                 "test_input": Path(args.test_input), "test_gt": Path(args.test_gt)}
-        groups = None
+        args.sides, groups = ["same"], None
     else:
         photos = photo_pool(args.photos, args.quick, Path(args.opencv_doc))
-        groups = split_photos(sorted(photos), args.seed)
-        data = build_proxy_data(task, out / "data", photos, groups, args.seed, task.patch if args.quick else 64, side)
+        groups = split_photos(sorted(photos), args.data_seed)
+        data = build_proxy_data(task, out / "data", photos, groups, args.data_seed,
+                                task.patch if args.quick else 64, side, args.sides)
     device = resolve_device(args.device)
 
     started = time.time()
-    runs = []
-    for method in args.methods:
-        if method == "supervised":
-            runs.append(train_one(task, argparse.Namespace(**{**vars(args), "dc_weight": 0.0}), method, 0.0, data, out))
-            continue
-        for dc in (args.dc_weight if method != "ot" else [0.0]):  # the pixel cost already charges the mean
-            for sigma in sigmas[method]:
-                runs.append(train_one(task, argparse.Namespace(**{**vars(args), "dc_weight": dc}), method, sigma,
-                                      data, out))
-    chosen = {}
-    for r in runs:  # per method (and dc weight), the sigma with the best validation PSNR
-        key = r["key"]
-        if key not in chosen or (r["best_val"] or -1) > (chosen[key]["best_val"] or -1):
-            chosen[key] = r
+    plan = plan_runs(args, sigmas)
+    print(f"{len(plan)} configurations x {len(args.seeds)} seed(s) = {len(plan) * len(args.seeds)} runs of "
+          f"{args.steps} steps")
+    runs = [train_one(task, args, method, sigma, seed, sides, dc, data, out)
+            for method, sigma, sides, dc in plan for seed in args.seeds]
+    chosen = choose_sigmas(runs)
 
     pairs = find_pairs(data["test_input"], data["test_gt"])
     lpips = LPIPS(str(device))
-    table, psnrs, columns = [], {}, [("input", data["test_input"])]
-    for key, r in chosen.items():
-        best = r["run_dir"] / "best.pt"
-        generator = load_generator(best if best.is_file() else r["run_dir"] / "last.pt", device)
-        save = out / "test" / key.replace(" ", "-")
-        ev = evaluate(generator, pairs, task, device, save_dir=save, lpips=lpips, progress=False)
-        if not table:
-            table.append({"method": f"degraded input ({task.input_label})", "sigma": "", **{
-                m: ev.mean(f"input_{m}") for m in ("psnr", "ssim", "lpips")}})
-            for row in ev.rows:
-                psnrs[("input", row["name"])] = row["input_psnr"]
-        table.append({"method": LABELS.get(r["method"], r["method"]) + key[len(r["method"]):],
-                      "sigma": "" if r["method"] == "supervised" else f"{r['sigma']:g}",
-                      **{m: ev.mean(m) for m in ("psnr", "ssim", "lpips")}, "best_val_psnr": r["best_val"]})
-        for row in ev.rows:
-            psnrs[(key, row["name"])] = row["psnr"]
-        columns.append((key, save))
+    measured: dict[str, list[dict]] = {}   # key -> one record per seed
+    psnrs, columns, input_row = {}, [("input", data["test_input"])], None
+    for key, sigma in chosen.items():
+        for r in (r for r in runs if r["key"] == key and r["sigma"] == sigma):
+            record = {"seed": r["seed"], "sigma": sigma, "method": r["method"], "best_val": r["best_val"]}
+            for which in ("best", "last"):
+                ckpt = r["run_dir"] / f"{which}.pt"
+                ckpt = ckpt if ckpt.is_file() else r["run_dir"] / "last.pt"
+                save = out / "test" / f"{key.replace(' ', '-')}-seed{r['seed']}-{which}"
+                ev = evaluate(load_generator(ckpt, device), pairs, task, device, save_dir=save, lpips=lpips,
+                              progress=False)
+                record.update({f"{which}_{m}": ev.mean(m) for m in ("psnr", "ssim", "lpips")})
+                if input_row is None:
+                    input_row = {m: ev.mean(f"input_{m}") for m in ("psnr", "ssim", "lpips")}
+                    psnrs.update({("input", row["name"]): row["input_psnr"] for row in ev.rows})
+                if which == "best" and r["seed"] == args.seeds[0]:
+                    psnrs.update({(key, row["name"]): row["psnr"] for row in ev.rows})
+                    columns.append((key, save))
+            measured.setdefault(key, []).append(record)
     columns.append(("clean", None))
+    write_results(out, task, args, device, runs, chosen, measured, input_row, groups, len(pairs), started)
+    plot_curves(out / "curves.png", {label_of(key): [r["curve"] for r in runs if r["key"] == key and
+                                                     r["sigma"] == chosen[key]] for key in chosen}, task.title)
+    crops_figure(out / "crops.png", [p.name for p in pairs[:3]], columns, data["test_gt"], psnrs)
+    print((out / "results.md").read_text())
+    print(f"written: {out / 'results.md'}, results.csv, results.json, crops.png, curves.png")
 
-    fmt = lambda v: "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+def label_of(key: str) -> str:
+    method, _, variant = key.partition(" ")
+    return " ".join(filter(None, [LABELS.get(method, method), variant]))
+
+
+def write_results(out: Path, task, args, device, runs, chosen, measured, input_row, groups, n_test, started) -> None:
+    """results.md (means over seeds, paired differences), results.csv (per seed) and results.json."""
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "sigma", "psnr", "ssim", "lpips", "best_val_psnr"])
-        for row in table:
-            writer.writerow([row["method"], row["sigma"], *(fmt(row.get(k)) for k in ("psnr", "ssim", "lpips",
-                                                                                       "best_val_psnr"))])
-    all_runs = "\n".join(f"| {LABELS.get(r['method'], r['method'])} | {r['run_dir'].parent.name} | "
-                         f"{fmt(r['best_val'])} | {r['seconds']:.0f} s |" for r in runs)
-    md = [f"# {task.title}: OT vs SOT vs supervised", "",
-          f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}); torch "
-          f"{torch.__version__}; {time.strftime('%Y-%m-%d')}; budget {args.steps} steps of {args.batch} patches per "
-          f"run, seed {args.seed}, lr {args.lr:g}, init {args.init}"
-          f"{', small networks (generator width 16, critic width 8)' if args.quick or args.small else ''}; "
-          f"{len(pairs)} test images; total {time.time() - started:.0f} s", "",
-          "| method | sigma (chosen on validation) | PSNR | SSIM | LPIPS |", "|---|---|---|---|---|"]
-    md += [f"| {r['method']} | {r['sigma']} | {fmt(r['psnr'])} | {fmt(r['ssim'])} | {fmt(r['lpips'])} |" for r in table]
-    md += ["", "All runs (best validation PSNR, dB):", "", "| method | run | best val PSNR | time |", "|---|---|---|---|",
-           all_runs, ""]
+        writer.writerow(["method", "sigma", "seed", "psnr", "ssim", "lpips", "last_psnr", "best_val_psnr"])
+        writer.writerow([f"degraded input ({task.input_label})", "", "", *(fmt(input_row[m]) for m in
+                                                                           ("psnr", "ssim", "lpips")), "", ""])
+        for key, records in measured.items():
+            for rec in records:
+                writer.writerow([label_of(key), "" if rec["method"] == "supervised" else f"{rec['sigma']:g}",
+                                 rec["seed"], *(fmt(rec[f"best_{m}"]) for m in ("psnr", "ssim", "lpips")),
+                                 fmt(rec["last_psnr"]), fmt(rec["best_val"])])
+    (out / "results.json").write_text(json.dumps({"input": input_row, "chosen_sigma": chosen, "measured": measured,
+                                                  "runs": [{k: (str(v) if isinstance(v, Path) else v)
+                                                            for k, v in r.items()} for r in runs]}, indent=1))
+    ot = {rec["seed"]: rec["best_psnr"] for rec in measured.get("ot", [])}
+    lines = [f"# {task.title}: OT vs SOT vs supervised", "",
+             f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}); torch "
+             f"{torch.__version__}; {time.strftime('%Y-%m-%d')}; {args.steps} steps of {args.batch} patches per run, "
+             f"seeds {' '.join(map(str, args.seeds))}, lr {args.lr:g}, init {args.init}"
+             f"{', small networks (' + ' '.join(SMALL_NETWORKS) + ')' if args.quick or args.small else ''}; "
+             f"{n_test} test images; total {(time.time() - started) / 60:.0f} min", "",
+             "PSNR, SSIM and LPIPS on the test images: mean ± standard deviation over seeds. \"best\" is each "
+             "run's best validated checkpoint, \"last\" its last step. Differences are paired by seed (same "
+             "initialisation and data order).", "",
+             "| method | sigma | PSNR best | PSNR last | SSIM best | LPIPS best | best − input | best − OT |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| degraded input ({task.input_label}) | | {fmt(input_row['psnr'])} | | {fmt(input_row['ssim'])} | "
+             f"{fmt(input_row['lpips'])} | | |"]
+    for key, records in measured.items():
+        best = [r["best_psnr"] for r in records]
+        vs_ot = [r["best_psnr"] - ot[r["seed"]] for r in records if r["seed"] in ot] if key != "ot" else []
+        sigma = "" if records[0]["method"] == "supervised" else f"{records[0]['sigma']:g}"
+        lines.append(f"| {label_of(key)} | {sigma} | {pm(best)} | {pm([r['last_psnr'] for r in records])} | "
+                     f"{pm([r['best_ssim'] for r in records], 3)} | {pm([r['best_lpips'] for r in records], 3)} | "
+                     f"{pm([b - input_row['psnr'] for b in best])} | {pm(vs_ot) if vs_ot else ''} |")
+    lines += ["", "All runs (best validation PSNR, dB; minutes):", "", "| method | sigma | seed | best val | time |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {label_of(r['key'])} | {r['sigma']:g} | {r['seed']} | {fmt(r['best_val'])} | {r['seconds'] / 60:.1f} |"
+              for r in runs]
     if groups:
-        md += [f"Proxy data: {', '.join(f'{k} = {len(v)} photos' for k, v in groups.items())} (split.json lists them)."]
-    (out / "results.md").write_text("\n".join(md) + "\n")
-    plot_curves(out / "curves.png", {LABELS.get(r["method"], r["method"]) + k[len(r["method"]):]: r["curve"]
-                                     for k, r in chosen.items()}, task.title)
-    crops_figure(out / "crops.png", [p.name for p in pairs[:3]], columns, data, psnrs)
-    print("\n".join(md))
-    print(f"\nwritten: {out / 'results.md'}, results.csv, crops.png, curves.png")
+        lines += ["", "Proxy data: " + ", ".join(f"{k} = {len(v)} photos" for k, v in groups.items())
+                  + " (data/split.json lists them)."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def fmt(v) -> str:
+    return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import h5tools  # noqa: E402
-from common.cli import positive_int, run_guarded  # noqa: E402
+from common.cli import positive_int, run_guarded, seed_int  # noqa: E402
 from common.degrade import DEGRADATIONS  # noqa: E402
 from common.errors import InputError, note  # noqa: E402
 
 EXAMPLES = """\
 examples:
-  # x4 SR from clean photographs: half the images (sorted by name) give bicubic-x4 LR 32x32 patches
-  # ('data'), the other half clean 128x128 patches ('label'); no image is on both sides
+  # x4 SR from clean photographs: every image gives bicubic-x4 LR 32x32 patches ('data') and clean
+  # 128x128 patches ('label'); training pairs each LR patch with a clean patch drawn at random
   python gdata/make_h5.py --input DIV2K_train_HR/ --out data/div2k_x4/train.h5 --patch 128 --stride 64 --degrade bicubic-x4
   # deraining from a folder of rainy photographs and a folder of clean ones
   python gdata/make_h5.py --degraded-input rainy/ --input clean/ --out data/rain/train.h5 --patch 128 --stride 64
@@ -40,12 +40,13 @@ def parser():
                    help="degrade images on the fly: bicubic-x4 (MATLAB-style antialiased bicubic), "
                         "rain-light, rain-heavy or haze")
     p.add_argument("--split", default=None, metavar="HOW",
-                   help="which images give 'data' and which 'label', by file name: 'half' (the default with "
-                        "--degrade on one folder): the first half of the files sorted by name is degraded, the "
-                        "rest clean; a fraction such as 0.3 for the first 30%%; 'none' (the default with "
-                        "--degraded-input): every image on both sides. With two folders that hold the same "
-                        "scenes (a paired set), 'half' takes the first half of the degraded folder and the "
-                        "second half of the clean one")
+                   help="which images give 'data' and which 'label', by file name: 'both' (the default): every "
+                        "image on both sides, degraded in 'data' and clean in 'label'. Training stays unpaired "
+                        "(each degraded patch meets a clean patch drawn at random) and the sides differ by the "
+                        "degradation alone, which is what makes unpaired data learnable. 'half' or a fraction "
+                        "such as 0.3: the first half (30%%) of the files sorted by name give 'data', the rest "
+                        "'label', so that no scene is on both sides: for large collections of one kind of "
+                        "scene (hundreds of images), never for a few images or mixed kinds (see docs/DATA.md)")
     p.add_argument("--degraded-input", metavar="DIR", default=None,
                    help="a second folder whose images give 'data' (already degraded, or degraded here with "
                         "--degrade); --input gives 'label'")
@@ -58,7 +59,7 @@ def parser():
     p.add_argument("--dtype", choices=h5tools.DTYPES, default=None,
                    help="stored type: uint8 [0, 255] (default, 4x smaller) or float32 [0, 1] (the reference's); "
                         "--convert keeps the source's by default")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random degradations (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random degradations (default: %(default)s)")
     p.add_argument("--batch", type=positive_int, default=h5tools.DEFAULT_BATCH,
                    help="patches held in memory and written at a time (default: %(default)s)")
     c = p.add_argument_group("conversion")

@@ -133,10 +133,19 @@ def test_bicubic_x4_matches_a_direct_matlab_style_implementation(tmp_path):
         np.testing.assert_allclose(f["data"][:], cut_patches(lr, 4, 2), atol=1e-4, rtol=0)
 
 
-def test_split_keeps_the_two_sides_on_different_images(tmp_path):
+def test_default_puts_every_image_on_both_sides_and_split_half_keeps_them_apart(tmp_path):
     make_folder(tmp_path / "photos", [(40, 40)] * 6)
+    names = [f"img{i:03d}.png" for i in range(6)]
     out = tmp_path / "sr.h5"
     result = run_script("gdata/make_h5.py", "--input", str(tmp_path / "photos"), "--out", str(out),
+                        "--patch", "16", "--stride", "8", "--degrade", "bicubic-x4", "--seed", "3", "--quiet")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as f:  # the default: the same photographs on both sides
+        assert f.attrs["data_files"].split("\n") == f.attrs["label_files"].split("\n") == names
+        assert f.attrs["split"] == "both" and f["data"].shape == (6 * 16, 3, 4, 4)
+        assert f["label"].shape == (6 * 16, 3, 16, 16)
+    out = tmp_path / "sr_half.h5"
+    result = run_script("gdata/make_h5.py", "--input", str(tmp_path / "photos"), "--out", str(out), "--split", "half",
                         "--patch", "16", "--stride", "8", "--degrade", "bicubic-x4", "--seed", "3", "--quiet")
     assert result.returncode == 0, result.stderr
     with h5py.File(out) as f:
@@ -152,7 +161,7 @@ def test_split_keeps_the_two_sides_on_different_images(tmp_path):
     assert all(p.tobytes() in clean_side for p in labels)
 
     build(tmp_path / "third.h5", tmp_path / "photos", 16, 8, degradation="haze", split="0.3")
-    build(tmp_path / "both.h5", tmp_path / "photos", 16, 8, degradation="haze", split="none")
+    build(tmp_path / "both.h5", tmp_path / "photos", 16, 8, degradation="haze", split="none")  # older spelling
     with h5py.File(tmp_path / "third.h5") as a, h5py.File(tmp_path / "both.h5") as b:
         assert len(a.attrs["data_files"].split("\n")) == 2 and len(a.attrs["label_files"].split("\n")) == 4
         assert b.attrs["data_files"] == b.attrs["label_files"] and b["data"].shape == b["label"].shape
@@ -173,7 +182,7 @@ def test_make_refuses_bad_requests(tmp_path):
     with pytest.raises(InputError, match="multiples of the scale 4"):
         build(tmp_path / "a.h5", tmp_path / "in", 18, 8, degradation="bicubic-x4")
     with pytest.raises(InputError, match="at least 2"):
-        build(tmp_path / "a.h5", tmp_path / "in", 16, 8, degradation="haze")
+        build(tmp_path / "a.h5", tmp_path / "in", 16, 8, degradation="haze", split="half")
     with pytest.raises(InputError, match="no 64x64 patch fits"):
         build(tmp_path / "a.h5", tmp_path / "in", 64, 8)
     with pytest.raises(InputError, match="must end in .h5"):
@@ -302,6 +311,26 @@ def test_inspect_script_prints_and_checks(tmp_path):
         del f["data"]
     with pytest.raises(InputError, match="merged with a file of the other"):
         h5tools.check_h5(label_only)
+
+
+def test_inspect_shows_each_sides_colour_statistics_and_warns_on_mismatched_sr_sides(tmp_path):
+    """Shrinking keeps the mean colour: an SR file whose sides differ in it holds different scenes."""
+    rng = np.random.default_rng(0)
+    dark = (rng.random((4, 3, 4, 4)) * 100).astype(np.uint8)                 # mean about 50/255
+    matched = write_h5(tmp_path / "matched.h5", dark, np.repeat(np.repeat(dark, 4, 2), 4, 3), scale=4)
+    bright = (155 + rng.random((4, 3, 16, 16)) * 100).astype(np.uint8)      # mean about 205/255
+    mismatched = write_h5(tmp_path / "mismatched.h5", dark, bright, scale=4)
+    hazy = write_h5(tmp_path / "hazy.h5", (155 + rng.random((4, 3, 16, 16)) * 100).astype(np.uint8),
+                    np.repeat(np.repeat(dark, 4, 2), 4, 3))  # haze brightens: a gap is expected, no warning
+    report = h5tools.scan_h5(matched)
+    expected = dark.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1) / 255
+    np.testing.assert_allclose(report.datasets["data"].channel_mean, expected.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(report.datasets["data"].channel_std, expected.std(1), rtol=1e-9)
+    np.testing.assert_allclose(report.datasets["label"].channel_mean, expected.mean(1), rtol=1e-12)
+    outputs = {p.stem: run_script("gdata/inspect_h5.py", str(p), "--quiet").stdout for p in (matched, mismatched, hazy)}
+    assert all("per-channel mean  data" in out and "per-channel std" in out for out in outputs.values())
+    assert "warning" not in outputs["matched"] and "warning" not in outputs["hazy"]
+    assert "warning: the sides' mean colours differ by 0.6" in outputs["mismatched"]
 
 
 def test_every_script_explains_itself():

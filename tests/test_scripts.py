@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from common.images import read_image
 from common.tasks import TASKS
 from conftest import run_script
 
@@ -31,7 +32,10 @@ def test_demo_train_then_test(tmp_path, task):
     assert test.returncode == 0, test.stderr[-3000:]
     assert "mean: PSNR" in test.stdout and f"({spec.input_label}: PSNR" in test.stdout
     pngs = sorted(p.name for p in save.glob("*.png"))
-    assert pngs == ["brick.png", "camera.png", "chelsea.png"]
+    assert pngs == ["brick.png", "camera.png", "chelsea.png", "side_by_side.png"]
+    picture = read_image(save / "side_by_side.png")  # input | restored | clean, one row per photograph
+    assert picture.shape[0] > 3 * 256 and picture.shape[1] > 3 * 256
+    assert "side by side (input | restored | clean)" in test.stdout
     csv_lines = (save / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
 
