@@ -30,7 +30,8 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from bench.reference_step import reference_step  # noqa: E402
 from bench.speed import batch_for, networks, sync  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
-from common.training import make_optimizers, resolve_device, train_step  # noqa: E402
+from common.devices import resolve_device  # noqa: E402
+from common.sot import make_optimizers, train_step  # noqa: E402
 
 VARIANTS = {
     "fast-bf16": ("our step, bf16 autocast + channels_last", "fast", "bf16"),

@@ -2,7 +2,7 @@
 
 It keeps the authors' structure (METHOD 5): critic loss on real and fake in two critic passes and
 one optimiser step; a separate gradient-penalty pass and step; then a second generator forward for
-the generator step. Same math as ``common.training.train_step``, which a test checks; the benchmark
+the generator step. Same math as ``common.sot.train_step``, which a test checks; the benchmark
 times the two side by side.
 """
 from __future__ import annotations

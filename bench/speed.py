@@ -35,7 +35,8 @@ from common.data import H5PatchWriter, UnpairedH5Dataset  # noqa: E402
 from common.inference import restore  # noqa: E402
 from common.networks import Critic, Generator  # noqa: E402
 from common.tasks import TASKS, model_input  # noqa: E402
-from common.training import make_optimizers, resolve_device, resolve_threads, train_step  # noqa: E402
+from common.devices import resolve_device, resolve_threads  # noqa: E402
+from common.sot import make_optimizers, train_step  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

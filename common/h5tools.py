@@ -1,4 +1,5 @@
-"""Build, convert, merge, inspect and check HDF5 training files: the functions behind ``gdata/``.
+"""Build, convert and merge HDF5 training files: the functions behind ``gdata/make_h5.py`` and
+``gdata/merge_h5.py`` (inspecting and checking are in ``common.h5inspect``).
 
 Everything streams: images are read one at a time and cut into patches row by row, patches reach the
 file in batches of at most ``batch``, and merging, converting and scanning read a batch of patches at
@@ -12,14 +13,13 @@ attribute at all); they are read through ``layout`` (``"auto"``, ``"ours"`` or `
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import textwrap
 import time
 import zlib
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,15 +27,15 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .data import (LAYOUT_CHOICES, LAYOUTS, RANGE_TOLERANCE, H5PatchWriter, _check_values, check_declared_size,
-                   cut_patches, declared_size_problem)
+from .data import (LAYOUT_CHOICES, LAYOUTS, H5PatchWriter, _check_values, check_declared_size,
+                   cut_patches)
 from .degrade import DEGRADATIONS, degradation_scale
 from .errors import InputError, note, printable
 from .files import check_can_write
 from .images import list_images, read_image
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
-SCAN_BYTES = 64 << 20        # bytes read at a time when scanning a dataset's values
+BATCH_BYTES = 64 << 20       # at most this many bytes of float32 patches read at a time when merging
 DTYPES = ("uint8", "float32")
 
 
@@ -365,9 +365,9 @@ class PatchSet:
         return int(self.ends[-1]) if len(self.datasets) else 0
 
     def rows_per_batch(self, batch: int) -> int:
-        """``batch``, or fewer so that a batch read as float32 stays under ``SCAN_BYTES``."""
+        """``batch``, or fewer so that a batch read as float32 stays under ``BATCH_BYTES``."""
         patch_bytes = int(np.prod(self.shape)) * 4
-        return max(1, min(batch, SCAN_BYTES // max(1, patch_bytes)))
+        return max(1, min(batch, BATCH_BYTES // max(1, patch_bytes)))
 
     def _ours(self, k: int, values: np.ndarray) -> np.ndarray:
         if self.mixed:
@@ -540,256 +540,3 @@ def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dt
             for name, source in sets.items():
                 _copy(writer, name, source.batches(batch), len(source), progress)
             return writer.counts()
-
-
-# ----------------------------------------------------------------------------- inspecting and checking
-@dataclass
-class DatasetInfo:
-    name: str
-    shape: tuple[int, ...]            # as stored
-    dtype: str
-    chunks: tuple[int, ...] | None
-    compression: str | None
-    patch: tuple[int, int, int] | None = None   # C x H x W in our layout (4-D datasets)
-    low: float | None = None          # over finite values
-    high: float | None = None
-    nonfinite: int = 0
-    unreadable: str | None = None
-    channel_mean: list[float] | None = None   # per channel, over finite values, on [0, 1] (uint8 / 255)
-    channel_std: list[float] | None = None
-
-
-@dataclass
-class H5Report:
-    path: str
-    size: int
-    attrs: dict
-    layout: str | None                # the attribute, None without one
-    transposed: bool
-    layout_problem: str | None = None
-    datasets: dict[str, DatasetInfo] = field(default_factory=dict)
-    others: list[str] = field(default_factory=list)   # groups and other objects
-
-
-def scan_blocks(shape: tuple[int, ...], itemsize: int, limit: int) -> Iterator[tuple[tuple[slice, ...], int]]:
-    """Slices that cover an array of ``shape`` in order, each block at most ``limit`` bytes: whole rows
-    where a row fits, else parts of a row (a channel, then lines of it), so that a huge declared patch
-    is never read at once. Every axis is kept (length-1 slices). Yields (slices, rows completed)."""
-    k = 0  # the axis blocks are cut along: the first whose trailing sub-array fits in ``limit``
-    while k < len(shape) - 1 and int(np.prod(shape[k + 1:], dtype=np.float64)) * itemsize > limit:
-        k += 1
-    inner = int(np.prod(shape[k + 1:], dtype=np.int64)) * itemsize
-    step = max(1, limit // max(1, inner))
-    for lead in itertools.product(*(range(n) for n in shape[:k])):
-        for start in range(0, shape[k], step):
-            stop = min(start + step, shape[k])
-            where = tuple(slice(i, i + 1) for i in lead) + (slice(start, stop),)
-            if k == 0:
-                yield where, stop - start
-            else:  # a row is done with its last block
-                last = stop == shape[k] and all(i == n - 1 for i, n in zip(lead[1:], shape[1:k]))
-                yield where, int(last)
-
-
-def scan_dataset(ds: h5py.Dataset, info: DatasetInfo, progress: bool = False) -> None:
-    """Stream through a dataset: its finite value range, its count of NaN or infinite values and, for
-    patch datasets (N x C x ...), each channel's mean and standard deviation on the [0, 1] scale."""
-    if not (ds.dtype == np.uint8 or np.issubdtype(ds.dtype, np.number)) or ds.ndim == 0 or ds.size == 0:
-        return
-    low, high = np.inf, -np.inf
-    per_channel = ds.ndim == 4
-    channels = ds.shape[1] if per_channel else 0
-    sums, squares, counts = np.zeros(channels), np.zeros(channels), np.zeros(channels)
-    unit = 255.0 if ds.dtype == np.uint8 else 1.0
-    with tqdm(total=ds.shape[0], desc=f"scan {info.name}", unit="patch", disable=not progress,
-              file=sys.stderr, leave=False) as bar:
-        for where, rows_done in scan_blocks(ds.shape, ds.dtype.itemsize, SCAN_BYTES):
-            try:
-                block = ds[where]
-            except OSError as exc:
-                info.unreadable = (f"rows from {where[0].start} cannot be read, the file may be truncated "
-                                   f"({exc})")
-                return
-            if per_channel:
-                first = where[1].start if len(where) > 1 else 0
-                for i in range(block.shape[1]):
-                    c = first + i
-                    values = block[:, i].astype(np.float64).ravel() / unit
-                    values = values[np.isfinite(values)]
-                    sums[c] += values.sum()
-                    squares[c] += np.square(values).sum()
-                    counts[c] += values.size
-            if np.issubdtype(block.dtype, np.floating):
-                finite = np.isfinite(block)
-                info.nonfinite += int(block.size - np.count_nonzero(finite))
-                block = block[finite]
-            if block.size:
-                low, high = min(low, float(block.min())), max(high, float(block.max()))
-            bar.update(rows_done)
-    if low <= high:
-        info.low, info.high = low, high
-    if per_channel and counts.all():
-        mean = sums / counts
-        info.channel_mean = mean.tolist()
-        info.channel_std = np.sqrt(np.maximum(squares / counts - mean ** 2, 0.0)).tolist()
-
-
-def scan_h5(path: str | Path, layout: str = "auto", progress: bool = False) -> H5Report:
-    """Everything :func:`format_report` shows and :func:`h5_problems` checks, values scanned in full."""
-    with open_h5(path) as f:
-        try:
-            transposed, problem = is_transposed(path, f, layout), None
-        except InputError as exc:
-            transposed, problem = False, str(exc).split(": ", 1)[1]
-        report = H5Report(str(path), Path(path).stat().st_size, dict(f.attrs), stored_layout(f), transposed,
-                          problem)
-        for name, obj in f.items():
-            if not isinstance(obj, h5py.Dataset):
-                report.others.append(f"{name}/ (group)")
-                continue
-            info = DatasetInfo(name, tuple(obj.shape), str(obj.dtype), obj.chunks, obj.compression)
-            if obj.ndim == 4:
-                c, a, b = obj.shape[1:]
-                info.patch = (c, b, a) if transposed else (c, a, b)
-            # a file that declares more than it stores would be scanned through fill values for hours
-            info.unreadable = declared_size_problem(obj)
-            if info.unreadable is None:
-                scan_dataset(obj, info, progress)
-            report.datasets[name] = info
-    return report
-
-
-def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
-    """What keeps the file from training, most basic first (empty when it is fine).
-
-    ``scale``: how much larger clean patches must be than degraded ones; without it, the file's
-    ``scale`` attribute, and without that, any whole factor shared by height and width.
-    """
-    problems = []
-    ds = report.datasets
-    missing = [n for n in ("data", "label") if n not in ds]
-    for name in missing:
-        hint = ("; a file of one side must be merged with a file of the other (gdata/merge_h5.py) before "
-                "training" if len(missing) == 1 and patch_datasets_in(report) else "")
-        problems.append(f"no '{name}' dataset (has: {', '.join(ds) or 'nothing'}){hint}")
-    for name in ("data", "label"):
-        info = ds.get(name)
-        if info is None:
-            continue
-        if len(info.shape) != 4:
-            problems.append(f"'{name}' must be N x C x H x W, got shape {info.shape}")
-            continue
-        if not (info.dtype == "uint8" or np.issubdtype(np.dtype(info.dtype), np.floating)):
-            problems.append(f"dataset '{name}' has dtype {info.dtype}; expected uint8 or float")
-        if info.shape[0] == 0:
-            problems.append(f"dataset '{name}' is empty")
-        if info.unreadable:
-            problems.append(f"dataset '{name}': {info.unreadable}")
-        if info.nonfinite:
-            problems.append(f"dataset '{name}' holds {info.nonfinite} NaN or infinite values")
-        if (info.dtype != "uint8" and info.low is not None
-                and (info.low < -RANGE_TOLERANCE or info.high > 1 + RANGE_TOLERANCE)):
-            problems.append(f"dataset '{name}' has values in [{info.low:.4g}, {info.high:.4g}]; float files "
-                            "must hold [0, 1] (uint8 files [0, 255])")
-    if report.layout_problem:
-        problems.append(report.layout_problem)
-    data, label = ds.get("data"), ds.get("label")
-    if data and label and data.patch and label.patch:
-        (c, h, w), (lc, lh, lw) = data.patch, label.patch
-        if c != lc:
-            problems.append(f"'data' has {c} channels but 'label' has {lc}")
-        elif c != 3:
-            problems.append(f"patches have {c} channel(s); training takes RGB patches (3 channels)")
-        if scale is None and "scale" in report.attrs:
-            try:
-                scale = int(report.attrs["scale"])
-                if scale < 1:
-                    raise ValueError
-            except (TypeError, ValueError):
-                problems.append(f"the 'scale' attribute {_show_attr(report.attrs['scale'])} is not a whole "
-                                "number of at least 1")
-                scale = None
-        if scale is not None and (lh, lw) != (h * scale, w * scale):
-            problems.append(f"clean patches {lh}x{lw} are not {scale}x the degraded patches {h}x{w}")
-        elif scale is None and not (h and w and lh % h == 0 and lw % w == 0 and lh // h == lw // w):
-            problems.append(f"clean patches {lh}x{lw} are not a whole multiple of the degraded patches {h}x{w}")
-    return problems
-
-
-def patch_datasets_in(report: H5Report) -> list[str]:
-    return [n for n, info in report.datasets.items() if len(info.shape) == 4]
-
-
-def check_h5(path: str | Path, layout: str = "auto", scale: int | None = None) -> H5Report:
-    """Scan a file in full and raise an :class:`InputError` naming it at its first problem."""
-    report = scan_h5(path, layout)
-    problems = h5_problems(report, scale)
-    if problems:
-        raise InputError(f"{path}: {problems[0]}")
-    return report
-
-
-SR_MEAN_GAP = 0.05  # per-channel mean difference, on [0, 1], above which an SR file's sides look mismatched
-
-
-def side_statistics(report: H5Report) -> list[str]:
-    """The two sides' per-channel mean and standard deviation next to each other, and for SR files
-    (clean patches larger than degraded ones: shrinking keeps the mean colour) a warning when the
-    means differ by more than ``SR_MEAN_GAP``: the sides then come from different kinds of scene."""
-    data, label = report.datasets.get("data"), report.datasets.get("label")
-    if not (data and label and data.channel_mean and label.channel_mean
-            and len(data.channel_mean) == len(label.channel_mean)):
-        return []
-    fmt = lambda values: " ".join(f"{v:.3f}" for v in values)
-    lines = [f"  per-channel mean  data {fmt(data.channel_mean)}  |  label {fmt(label.channel_mean)}",
-             f"  per-channel std   data {fmt(data.channel_std)}  |  label {fmt(label.channel_std)}"]
-    gaps = [abs(a - b) for a, b in zip(data.channel_mean, label.channel_mean)]
-    is_sr = data.patch and label.patch and label.patch[1] > data.patch[1]
-    if is_sr and max(gaps) > SR_MEAN_GAP:
-        c = int(np.argmax(gaps))
-        lines.append(f"  warning: the sides' mean colours differ by {gaps[c]:.3f} in channel {c} (more than "
-                     f"{SR_MEAN_GAP}); shrinking keeps the mean colour, so 'data' and 'label' look like different "
-                     "kinds of scene, and a critic would reward repainting them (see docs/DATA.md)")
-    return lines
-
-
-def _show_attr(value) -> str:
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if isinstance(value, str) and "\n" in value:
-        lines = value.split("\n")
-        return f"{len(lines)} entries: {lines[0]} ... {lines[-1]}"
-    text = value if isinstance(value, str) else np.asarray(value).tolist()
-    text = str(text)
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-def format_report(report: H5Report, layout: str = "auto") -> str:
-    """A few lines per file: size and layout, then each dataset and attribute."""
-    if layout != "auto":
-        how = f"read as {'NCWH (MATLAB)' if report.transposed else 'NCHW (ours)'} by --layout {layout}"
-    elif report.layout is None:
-        how = "no layout attribute: taken as NCHW (ours); MATLAB's files need --layout matlab"
-    else:
-        how = {"NCHW": "NCHW (ours)", "NCWH": "NCWH (MATLAB: patches stored C x W x H)"}.get(report.layout,
-                                                                                         report.layout)
-    lines = [f"{report.path}  ({report.size / 2**20:.1f} MiB; layout {how})"]
-    for info in report.datasets.values():
-        shape = " x ".join(map(str, info.shape))
-        line = f"  {info.name:<6} {shape:<22} {info.dtype:<8}"
-        if info.patch:
-            line += f" patches {info.patch[0]}x{info.patch[1]}x{info.patch[2]} (C x H x W)"
-        if info.low is not None:
-            line += f"  range [{info.low:.4g}, {info.high:.4g}]"
-        if info.nonfinite:
-            line += f"  {info.nonfinite} NaN/inf"
-        if info.unreadable:
-            line += f"  not scanned: {info.unreadable}"
-        line += f"  chunks {'x'.join(map(str, info.chunks)) if info.chunks else 'none (contiguous)'}"
-        if info.compression:
-            line += f" {info.compression}"
-        lines.append(line)
-    lines += [f"  {name}" for name in report.others]
-    lines += side_statistics(report)
-    lines += [f"  @{key} = {_show_attr(value)}" for key, value in sorted(report.attrs.items())]
-    return "\n".join(lines)

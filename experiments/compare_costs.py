@@ -46,14 +46,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.checkpoint import load_generator  # noqa: E402
-from common.cli import parse_train_args  # noqa: E402
+from common.train_cli import parse_train_args  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
 from common.evaluate import evaluate  # noqa: E402
 from common.images import list_images, read_image  # noqa: E402
 from common.metrics import LPIPS  # noqa: E402
 from common.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
-from common.training import resolve_device, train  # noqa: E402
+from common.devices import resolve_device  # noqa: E402
+from common.runs import train  # noqa: E402
 
 COSTS = ("ot", "sot-l1", "sot-l0.5")
 DEFAULT_SIGMAS = {  # per task and cost, the values to choose from on the validation split; ot has the

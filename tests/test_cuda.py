@@ -55,7 +55,8 @@ from common.data import UnpairedH5Dataset, UnpairedSampler  # noqa: E402
 from common.distributed import Local  # noqa: E402
 from common.inference import restore  # noqa: E402
 from common.networks import Critic, Generator  # noqa: E402
-from common.training import make_optimizers, to_device, train_step  # noqa: E402
+from common.devices import to_device  # noqa: E402
+from common.sot import make_optimizers, train_step  # noqa: E402
 
 try:
     import pytest
@@ -411,8 +412,8 @@ def test_out_of_memory_falls_back_to_tiles():
         measured.update(cap_gib=cap / 2**30, tiles_reserved_gib=tiled_reserved / 2**30,
                         whole_image_allocated_gib=full_allocated / 2**30, peak_reserved_under_cap_gib=peak / 2**30)
     record("out_of_memory_fallback", **measured)
-    # the note names the GPU on CUDA ("out of GPU memory"), not on the CPU
-    assert f"out of {'GPU ' if dev.type == 'cuda' else ''}memory" in said, said
+    # the note names the GPU on CUDA; the CPU rehearsal raises CUDA's own error, so either wording
+    assert ("out of GPU memory" if dev.type == "cuda" else "memory for a") in said, said
     assert f"{expected_tile}x{expected_tile} tiles" in said, said
     assert measured["vs_tiled_max_abs"] < TILE_BF16_TOLERANCE  # the same tiles, unless 1024 did not fit either
     assert measured["vs_untiled_max_abs"] < TILE_BF16_TOLERANCE

@@ -2,7 +2,6 @@
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from common.data import UnpairedH5Dataset, UnpairedSampler, cut_patches
 from common.degrade import bicubic_down

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from common.distributed import Distributed, Local
 from common.networks import Critic, Generator
-from common.training import make_optimizers, train_step
+from common.sot import make_optimizers, train_step
 from conftest import ROOT, write_h5
 
 SMALL = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard"]

@@ -8,7 +8,7 @@ import torch
 from common.data import UnpairedSampler
 from common.losses import transport_cost
 from common.networks import Generator
-from common.training import make_optimizers, supervised_step
+from common.sot import make_optimizers, supervised_step
 from conftest import run_script
 
 

@@ -30,7 +30,9 @@ import torch
 
 import common.checkpoint as checkpoint_module
 from common.checkpoint import FORMAT, save_checkpoint
-from common.cli import run_guarded, test_main as run_test_script, train_main
+from common.cli import run_guarded
+from common.test_cli import test_main as run_test_script
+from common.train_cli import train_main
 from common.files import RunLock
 from common.networks import Generator
 from conftest import ROOT

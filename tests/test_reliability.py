@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from common.checkpoint import load_generator, read_checkpoint, save_checkpoint
-from common.cli import test_main as run_test_script, train_main
-from common.errors import InputError
+from common.test_cli import test_main as run_test_script
+from common.train_cli import train_main
 from common.images import read_image
 from common.networks import Critic, Generator
-from common.training import make_optimizers, train_step
+from common.sot import make_optimizers, train_step
 from conftest import ROOT, run_script, write_h5
 
 SMALL = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard"]

@@ -7,7 +7,7 @@ import torch
 from bench.reference_step import reference_step
 from common.inference import SharedPooling, restore
 from common.networks import Critic, Generator
-from common.training import make_optimizers, train_step
+from common.sot import make_optimizers, train_step
 from conftest import run_script
 
 

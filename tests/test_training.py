@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from common.cli import parse_train_args
+from common.train_cli import parse_train_args
 from common.networks import Critic, Generator
 from common.tasks import TASKS
-from common.training import learning_rate, make_optimizers, set_learning_rate, train_step
+from common.sot import learning_rate, make_optimizers, set_learning_rate, train_step
 
 
 def small_pair(seed=0):

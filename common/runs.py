@@ -1,11 +1,11 @@
-"""The SOT training loop (METHOD 5): critic step, gradient-penalty step, generator step.
+"""A training run (METHOD 5): one model per transport weight sigma, each in
+``<out>/<task>/<name>/sigma-<s>/``, around the method of ``common.sot``.
 
-One model is trained per transport weight sigma, each in ``<out>/<task>/<name>/sigma-<s>/``:
-``config.json``, ``last.pt`` (each epoch and at the end), ``step-NNNNNNNN.pt`` (every
-``--save-every`` steps, the newest two kept), ``best.pt`` (best validation PSNR), ``state.json``
+Each sigma's folder holds ``config.json``, ``last.pt`` (each epoch and at the end), ``step-NNNNNNNN.pt``
+(every ``--save-every`` steps, the newest two kept), ``best.pt`` (best validation PSNR), ``state.json``
 (which checkpoint is newest and whether the run finished), ``metrics.jsonl`` (one JSON object per
 logged step and per validation) and ``samples/epoch-NNNN.png`` (input | output | clean). The sweep's
-own flags are in ``<out>/<task>/<name>/run.json``.
+own flags and its training files are in ``<out>/<task>/<name>/run.json``.
 
 Nothing is lost to a crash: checkpoints are written atomically, a run resumes exactly where its
 newest checkpoint left it (weights, optimisers, RNG states, the position inside the epoch), Ctrl-C or
@@ -15,8 +15,6 @@ the ones ``run.json`` recorded. See docs/RELIABILITY.md.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import random
 import signal
@@ -24,301 +22,29 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, load_weights, read_checkpoint, save_checkpoint, state_bytes
-from .data import UnpairedH5Dataset, UnpairedSampler, as_float
+from .checkpoint import load_weights, read_checkpoint, save_checkpoint, state_bytes
+from .data import UnpairedH5Dataset, UnpairedSampler
+from .devices import (make_deterministic, resolve_device, resolve_precision, resolve_threads, rng_state,
+                      seed_everything, set_rng_state, to_device)
 from .distributed import Local
 from .errors import InputError, TrainingStopped, note
-from .files import RunLock, check_can_write, remove_stale_temporaries, write_failure
 from .evaluate import evaluate
-from .inference import autocast
-from .losses import critic_loss, generator_loss, gradient_penalty, supervised_loss
+from .files import RunLock, check_can_write, remove_stale_temporaries, write_failure
 from .networks import Critic, Generator, start_as_identity
 from .pairs import Pair
+from .runlog import MetricsLog, json_ready, read_state, save_samples, sigma_dir_name, write_json
+from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
 from .tasks import Task, model_input
 
 KEEP_STEP_CHECKPOINTS = 2
 
 
-# ----------------------------------------------------------------------------- the step
-def learning_rate(base_lr: float, epoch: int, step_size: int) -> float:
-    """The critic's learning rate in ``epoch`` (1-based): ``base_lr * 0.1^floor((epoch - 1) / step_size)``."""
-    return base_lr * 0.1 ** ((epoch - 1) // step_size)
-
-
-def make_optimizers(generator: Generator, critic: Critic, lr: float):
-    """RMSprop for both; the generator at half the critic's learning rate (as the reference)."""
-    opt_g = torch.optim.RMSprop([p for p in generator.parameters() if p.requires_grad], lr=lr / 2)
-    opt_d = torch.optim.RMSprop(critic.parameters(), lr=lr) if critic is not None else None
-    return opt_g, opt_d
-
-
-def set_learning_rate(opt_g, opt_d, lr: float) -> None:
-    for group in opt_d.param_groups if opt_d is not None else ():
-        group["lr"] = lr
-    for group in opt_g.param_groups:
-        group["lr"] = lr / 2
-
-
-def _finite(loss: torch.Tensor, optimizer) -> torch.Tensor:
-    """Whether a loss and all of an optimiser's gradients are finite, as a device tensor."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    return torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
-
-
-def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tensor, clean: torch.Tensor,
-               sigma: float, cost: str, precision: str = "fp32", dist=None,
-               dc_weight: float = 0.0) -> tuple[dict, torch.Tensor]:
-    """One SOT iteration on degraded inputs ``x`` (already as G takes them) and unpaired ``clean``.
-
-    G(x) is computed once. The reference forwards G again for its generator step, but both critic
-    steps come before G changes, so that second forward gives the same tensor. Real and fake
-    patches go through the critic in one batch: it has no normalisation layers, so each sample's
-    score is the same as in two passes.
-
-    Each of the three updates is applied only if its loss and gradients are finite; otherwise the
-    rest of the iteration is skipped (``stats["skipped"]`` is True) and the weights stay as they
-    were. Returns detached statistics and G(x).
-    """
-    dist = dist or Local()
-    n = clean.shape[0]
-    stats: dict = {"skipped": True}
-    with autocast(x.device, precision):
-        fake = generator(x)
-
-        # 1. critic step: L_D = mean D(G(x)) - mean D(y)
-        # Critic grads are zeroed, not dropped, as in the reference: RMSprop then still decays its
-        # running average for weights the penalty does not reach (the fc biases), as the reference does.
-        critic.requires_grad_(True)
-        opt_d.zero_grad(set_to_none=False)
-        scores = critic(torch.cat([clean, fake.detach()]))
-        loss_d = critic_loss(scores[:n], scores[n:])
-    loss_d.backward()
-    dist.average_grads(critic)
-    stats.update(loss_d=loss_d.detach(), w_distance=-loss_d.detach())
-    if not dist.all_true(_finite(loss_d, opt_d)):
-        return stats, fake.detach()
-    opt_d.step()
-
-    # 2. gradient-penalty step, a second critic update
-    opt_d.zero_grad(set_to_none=False)
-    with autocast(x.device, precision):
-        gp = gradient_penalty(critic, clean, fake.detach(), dist.uniform(n, x.device, clean.dtype))
-    gp.backward()
-    dist.average_grads(critic)
-    stats["gp"] = gp.detach()
-    if not dist.all_true(_finite(gp, opt_d)):
-        return stats, fake.detach()
-    opt_d.step()
-
-    # 3. generator step: L_G = -mean D(G(x)) + sigma R(G(x) - x); the critic's weights need no grads
-    critic.requires_grad_(False)
-    opt_g.zero_grad(set_to_none=True)
-    with autocast(x.device, precision):
-        fake_scores = critic(fake)
-    loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost, dist.global_mean, dc_weight)
-    loss_g.backward()
-    critic.requires_grad_(True)
-    stats.update(loss_g=loss_g.detach(), transport=transport.detach())
-    if not dist.all_true(_finite(loss_g, opt_g)):
-        return stats, fake.detach()
-    opt_g.step()
-    stats["skipped"] = False
-    return stats, fake.detach()
-
-
-def supervised_step(generator: Generator, opt_g, x: torch.Tensor, clean: torch.Tensor, precision: str = "fp32",
-                    dist=None) -> tuple[dict, torch.Tensor]:
-    """One step of the supervised upper bound: L1 to the true clean image (paired data), no critic."""
-    dist = dist or Local()
-    opt_g.zero_grad(set_to_none=True)
-    with autocast(x.device, precision):
-        fake = generator(x)
-    loss = supervised_loss(fake, clean, dist.global_mean)
-    loss.backward()
-    stats = {"l1": loss.detach(), "skipped": True}
-    if dist.all_true(_finite(loss, opt_g)):
-        opt_g.step()
-        stats["skipped"] = False
-    return stats, fake.detach()
-
-
-# ----------------------------------------------------------------------------- plumbing
-def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A loader batch on the device as float32 in [0, 1]: uint8 travels as bytes and is scaled there;
-    on CUDA, in channels_last, the layout the convolutions run fastest in."""
-    batch = as_float(batch.to(device, non_blocking=True))
-    return batch.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch
-
-
-def resolve_threads(threads: int | None, device: torch.device) -> int:
-    """Data-loader workers: as given, else 4 on CUDA (fewer on small machines) and 0 on the CPU,
-    where workers would only compete with the training step for the same cores."""
-    if threads is not None:
-        return threads
-    return min(4, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: CUDA is not available here (torch.cuda.is_available() is False); "
-                         "use --device cpu or --device auto")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        note("CUDA is not available; running on the CPU")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return name
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def make_deterministic() -> None:
-    """Bit-for-bit repeatable runs on the same machine and software (slower on CUDA)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-
-
-def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def all_finite(state_dict: dict) -> bool:
     return all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point())
-
-
-class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (flushed and fsynced, so a crash loses at
-    most the line being written); mirrors scalars to TensorBoard if the package is installed."""
-
-    def __init__(self, path: Path, tensorboard: bool = True, resume_step: int | None = None):
-        self.path = path
-        if resume_step is not None and path.exists():
-            self._truncate_after(resume_step)
-        self.writer = None
-        if tensorboard and importlib.util.find_spec("tensorboard") is not None:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step)
-
-    def _truncate_after(self, step: int) -> None:
-        """Drop what came after the checkpoint being resumed (it will be done again) and any line a
-        crash cut short; rewritten atomically."""
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        atomic_write(self.path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
-
-    def write(self, record: dict) -> None:
-        record = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:  # a full disk: at most this line is lost, or cut short (dropped on resume)
-            raise InputError(write_failure(self.path, exc, None, "metrics log")) from None
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, float) and key not in ("step", "epoch", "time"):
-                    self.writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record.get("step", 0))
-
-    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_image(tag, grid, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def save_samples(path: Path, x: torch.Tensor, fake: torch.Tensor, clean: torch.Tensor, rows: int = 4) -> torch.Tensor:
-    """A grid with one row per sample: input | output | clean (unpaired) patch."""
-    from torchvision.utils import make_grid
-
-    from .images import write_image
-
-    k = min(rows, x.shape[0], clean.shape[0])
-    tiles = torch.stack([t for i in range(k) for t in (x[i], fake[i], clean[i])]).float().clamp(0, 1).cpu()
-    grid = make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
-    write_image(path, grid.permute(1, 2, 0).numpy())
-    return grid
-
-
-def sigma_dir_name(sigma: float) -> str:
-    return f"sigma-{sigma:g}"
-
-
-def json_ready(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    return value
-
-
-def write_json(path: Path, data: dict) -> None:
-    try:
-        atomic_write(path, lambda f: f.write(json.dumps(json_ready(data), indent=2).encode()))
-    except OSError as exc:  # the previous file is intact (atomic write)
-        raise InputError(write_failure(path, exc, None, "file")) from None
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file of a run folder; a damaged one is an InputError naming it."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read as JSON ({exc}); the run folder is damaged") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: holds a {type(data).__name__}, not a JSON object; the run folder is damaged")
-    return data
-
-
-def read_state(run_dir: Path) -> dict | None:
-    """The run's ``state.json`` (newest checkpoint, step, finished), or None for a run never saved."""
-    path = run_dir / "state.json"
-    if path.is_file():
-        state = read_json(path)
-        name = state.get("checkpoint")
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise InputError(f"{path}: names no checkpoint of this folder ({name!r}); the run folder is damaged")
-        if any(isinstance(state.get(k, 0), bool) or not isinstance(state.get(k, 0), int) for k in ("step", "epoch")):
-            raise InputError(f"{path}: its step or epoch is not a whole number; the run folder is damaged")
-        return state
-    if (run_dir / "last.pt").is_file():  # a run from before state.json: its last.pt is the newest
-        return {"checkpoint": "last.pt", "finished": False}
-    return None
 
 
 @dataclass
@@ -379,24 +105,16 @@ class SigmaRun:
         self.opt_g, self.opt_d = make_optimizers(self.generator, self.critic, args.lr)
         self.epoch, self.batch_in_epoch, self.step, self.best = 1, 0, 0, None
         self.skipped, self.nonfinite_streak, self.last_good = 0, 0, None
+        self.last_val: dict = {}
         if resume_from is not None:
             self._resume(resume_from)
         self.config = json_ready({**vars(args), "task": task.name, "sigma": sigma, "seed": seed,
                                   "device": str(device), "world_size": self.dist.world,
                                   "torch": str(torch.__version__), "data": dataset.describe()})
-        self.log = None
-        if self.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if resume_from is None:
-                write_json(run_dir / "config.json", {**self.config, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-            self.log = MetricsLog(run_dir / "metrics.jsonl", tensorboard=not args.no_tensorboard,
-                                  resume_step=self.step if resume_from is not None else None)
-        self.sampler = UnpairedSampler(len(dataset), dataset.num_labels, args.batchSize, seed,
-                                       self.dist.rank, self.dist.world, paired=args.supervised)
-        if self.batch_in_epoch > self.sampler.batches_per_epoch:
-            # resumed on fewer patches (--resume-new-data): the saved position is past the new epoch's end
-            self.batch_in_epoch = self.sampler.batches_per_epoch
+        self.log = self._open_log(resumed=resume_from is not None) if self.main else None
+        self.sampler = self._sampler()
 
+    # -- building
     def _networks(self) -> tuple[Generator, Critic]:
         args, device = self.args, self.device
         generator = Generator(width=args.gen_width, increment=args.gen_increment)
@@ -414,6 +132,22 @@ class SigmaRun:
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         generator = generator.to(device, memory_format=memory_format)
         return generator, critic.to(device, memory_format=memory_format) if critic is not None else None
+
+    def _open_log(self, resumed: bool) -> MetricsLog:
+        """The run folder's config.json (a new run) and its metrics log, cut back to the step resumed."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            write_json(self.run_dir / "config.json", {**self.config, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return MetricsLog(self.run_dir / "metrics.jsonl", tensorboard=not self.args.no_tensorboard,
+                          resume_step=self.step if resumed else None)
+
+    def _sampler(self) -> UnpairedSampler:
+        sampler = UnpairedSampler(len(self.dataset), self.dataset.num_labels, self.args.batchSize, self.seed,
+                                  self.dist.rank, self.dist.world, paired=self.args.supervised)
+        if self.batch_in_epoch > sampler.batches_per_epoch:
+            # resumed on fewer patches (--resume-new-data): the saved position is past the new epoch's end
+            self.batch_in_epoch = sampler.batches_per_epoch
+        return sampler
 
     def _resume(self, path: Path) -> None:
         ckpt = read_checkpoint(path, map_location=self.device)
@@ -480,7 +214,34 @@ class SigmaRun:
                 old.unlink(missing_ok=True)
         return path
 
-    # -- the loop
+    # -- the loop: epochs of iterations
+    def train(self) -> RunResult:
+        self.generator.train()
+        self.started = time.time()
+        self.batch = None  # the latest (input, output, clean), for the epoch's sample picture
+        finished = _done(self.args, self.step, self.epoch)
+        while not finished:
+            finished = self._epoch()
+        if self.log is not None:
+            self.log.close()
+        return RunResult(self.sigma, self.run_dir, self.step, self.epoch - 1, self.best, self.last_val)
+
+    def _epoch(self) -> bool:
+        """Train the rest of the current epoch; returns whether the run is finished."""
+        lr = learning_rate(self.args.lr, self.epoch, self.args.step)
+        set_learning_rate(self.opt_g, self.opt_d, lr)
+        bar = tqdm(self._loader(), desc=f"sigma {self.sigma:g} epoch {self.epoch}/{self.args.nEpochs}", unit="it",
+                   leave=False, dynamic_ncols=True, disable=not self.main,
+                   initial=self.batch_in_epoch, total=self.sampler.batches_per_epoch)
+        finished = False
+        for degraded, clean in bar:
+            finished = self._iteration(degraded, clean, lr, bar)
+            if finished:
+                break
+            self._check_stop(f"step-{self.step:08d}.pt")
+        bar.close()
+        return self._end_epoch(finished)
+
     def _loader(self) -> DataLoader:
         threads = self.args.threads
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
@@ -491,11 +252,50 @@ class SigmaRun:
                           prefetch_factor=4 if threads else None,
                           generator=torch.Generator().manual_seed(self.seed + self.epoch))
 
-    def _validate(self) -> dict:
-        ev = evaluate(self.generator, self.val_pairs, self.task, self.device, align_corners=self.args.align_corners,
-                      precision=self.args.precision, progress=False)
-        self.generator.train()
-        return {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}
+    def _iteration(self, degraded: torch.Tensor, clean: torch.Tensor, lr: float, bar) -> bool:
+        """One training step and what is due after it (log, step checkpoint, validation); returns
+        whether --max-steps is reached."""
+        args = self.args
+        x = model_input(self.task, to_device(degraded, self.device), args.align_corners)
+        clean = to_device(clean, self.device)
+        if args.supervised:
+            stats, fake = supervised_step(self.trained_generator, self.opt_g, x, clean, args.precision, self.dist)
+        else:
+            stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
+                                     self.sigma, args.loss, args.precision, self.dist, args.dc_weight)
+        self.batch = (x, fake, clean)
+        self.step += 1
+        self.batch_in_epoch += 1
+        self._count_nonfinite(stats)
+        finished = bool(args.max_steps and self.step >= args.max_steps)
+        if self.step % args.log_every == 0 or self.step == 1 or finished:
+            self._log_step(stats, lr, bar)
+        if args.save_every and self.step % args.save_every == 0 and not finished:
+            self.save(f"step-{self.step:08d}.pt")
+        if self.val_pairs and args.val_steps and self.step % args.val_steps == 0 and not finished:
+            if self.main:
+                self._validate_and_keep_best()
+            self.dist.barrier()
+        return finished
+
+    def _end_epoch(self, finished: bool) -> bool:
+        """After an epoch (or the run's last step): the sample picture, the next epoch, validation when
+        due, and last.pt; returns whether the run is finished."""
+        args = self.args
+        epoch_done = self.batch_in_epoch >= self.sampler.batches_per_epoch
+        if (epoch_done or finished) and self.main and self.batch is not None:
+            picture = self.run_dir / "samples" / f"epoch-{self.epoch:04d}.png"
+            self.log.image("samples", save_samples(picture, *self.batch), self.step)
+        if epoch_done:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        finished = finished or self.epoch > args.nEpochs
+        if self.val_pairs and self.main and ((epoch_done and (self.epoch - 1) % args.val_every == 0) or finished):
+            self._validate_and_keep_best()
+        self.dist.barrier()
+        self.save("last.pt", finished=finished)
+        if not finished:
+            self._check_stop("last.pt")
+        return finished
 
     def _check_stop(self, ckpt_name: str) -> None:
         # Every process must stop after the same step, whichever of them got the signal.
@@ -507,64 +307,12 @@ class SigmaRun:
         raise TrainingStopped(f"stopped by {name} at step {self.step} (sigma {self.sigma:g}); saved {path}.\n"
                               f"Resume with: {resume_command(self.task, self.args, self.dist)}", 128 + signum)
 
-    def train(self) -> RunResult:
-        args, task, device = self.args, self.task, self.device
+    # -- validation and logs
+    def _validate_and_keep_best(self) -> None:
+        ev = evaluate(self.generator, self.val_pairs, self.task, self.device, align_corners=self.args.align_corners,
+                      precision=self.args.precision, progress=False)
         self.generator.train()
-        last_val: dict = {}
-        started = time.time()
-        finished = _done(args, self.step, self.epoch)
-        x = fake = clean = None
-        while not finished:
-            lr = learning_rate(args.lr, self.epoch, args.step)
-            set_learning_rate(self.opt_g, self.opt_d, lr)
-            loader = self._loader()
-            bar = tqdm(loader, desc=f"sigma {self.sigma:g} epoch {self.epoch}/{args.nEpochs}", unit="it",
-                       leave=False, dynamic_ncols=True, disable=not self.main,
-                       initial=self.batch_in_epoch, total=self.sampler.batches_per_epoch)
-            for degraded, clean in bar:
-                x = model_input(task, to_device(degraded, device), args.align_corners)
-                clean = to_device(clean, device)
-                if args.supervised:
-                    stats, fake = supervised_step(self.trained_generator, self.opt_g, x, clean, args.precision,
-                                                  self.dist)
-                else:
-                    stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
-                                             self.sigma, args.loss, args.precision, self.dist, args.dc_weight)
-                self.step += 1
-                self.batch_in_epoch += 1
-                self._count_nonfinite(stats)
-                finished = bool(args.max_steps and self.step >= args.max_steps)
-                if self.step % args.log_every == 0 or self.step == 1 or finished:
-                    self._log_step(stats, lr, started, bar)
-                if args.save_every and self.step % args.save_every == 0 and not finished:
-                    self.save(f"step-{self.step:08d}.pt")
-                if self.val_pairs and args.val_steps and self.step % args.val_steps == 0 and not finished:
-                    if self.main:
-                        last_val = self._validate_and_keep_best()
-                    self.dist.barrier()
-                if finished:
-                    break
-                self._check_stop(f"step-{self.step:08d}.pt")
-            bar.close()
-            epoch_done = self.batch_in_epoch >= self.sampler.batches_per_epoch
-            if (epoch_done or finished) and self.main and x is not None:
-                self.log.image("samples", save_samples(self.run_dir / "samples" / f"epoch-{self.epoch:04d}.png",
-                                                       x, fake, clean), self.step)
-            if epoch_done:
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            finished = finished or self.epoch > args.nEpochs
-            if self.val_pairs and self.main and ((epoch_done and (self.epoch - 1) % args.val_every == 0) or finished):
-                last_val = self._validate_and_keep_best()
-            self.dist.barrier()
-            self.save("last.pt", finished=finished)
-            if not finished:
-                self._check_stop("last.pt")
-        if self.log is not None:
-            self.log.close()
-        return RunResult(self.sigma, self.run_dir, self.step, self.epoch - 1, self.best, last_val)
-
-    def _validate_and_keep_best(self) -> dict:
-        val = self._validate()
+        val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}
         is_best = self.best is None or val["psnr"] > self.best
         self.best = val["psnr"] if is_best else self.best
         self.log.write({"kind": "val", "step": self.step, "epoch": self.epoch, **val, "best_psnr": self.best})
@@ -572,7 +320,7 @@ class SigmaRun:
                    f"(input {val['input_psnr']:.2f} dB, best {self.best:.2f} dB)")
         if is_best:
             self.save("best.pt")
-        return val
+        self.last_val = val
 
     def _count_nonfinite(self, stats: dict) -> None:
         if not stats["skipped"]:
@@ -588,12 +336,12 @@ class SigmaRun:
                                   f"(sigma {self.sigma:g}): training diverged. Last good checkpoint: "
                                   f"{self.last_good or 'none yet'}. Try a lower --lr or a larger --sigma.", 3)
 
-    def _log_step(self, stats: dict, lr: float, started: float, bar) -> None:
+    def _log_step(self, stats: dict, lr: float, bar) -> None:
         values = {k: self.dist.average(float(v)) for k, v in stats.items() if k != "skipped"}
         if not self.main:
             return
         self.log.write({"kind": "train", "step": self.step, "epoch": self.epoch, "lr": lr,
-                        "time": round(time.time() - started, 2), **values, "skipped_total": self.skipped})
+                        "time": round(time.time() - self.started, 2), **values, "skipped_total": self.skipped})
         if "transport" in values:
             bar.set_postfix(W=f"{values['w_distance']:.3g}", R=f"{values['transport']:.3g}")
         elif "l1" in values:
