@@ -313,9 +313,10 @@ def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:
     module.load_state_dict({k: state[k] for k in ours}, strict=True)
 
 
-def build_generator(ckpt: dict, path) -> Generator:
+def build_generator(ckpt: dict, path, averaged: bool = True) -> Generator:
     """The checkpoint's generator. Its size comes from its weights' shapes; a recorded ``arch`` must
-    agree with them."""
+    agree with them. A run trained with ``--ema`` also holds the generator's weight average, which is
+    the model to use (``averaged``); ``averaged=False`` takes the weights training continues from."""
     if not _is_state_dict(ckpt.get("generator")):
         raise InputError(f"{path}: the checkpoint holds no generator weights")
     # The weights' names do not depend on the sizes: a tiny generator tells which are missing.
@@ -339,7 +340,12 @@ def build_generator(ckpt: dict, path) -> Generator:
         gen = Generator(**arch)
     except (ValueError, RuntimeError) as exc:
         raise InputError(f"{path}: the checkpoint's generator cannot be built ({exc})") from None
-    load_weights(gen, ckpt["generator"], path, "generator")
+    if averaged and ckpt.get("generator_ema") is not None:
+        if not _is_state_dict(ckpt["generator_ema"]):
+            raise InputError(f"{path}: the checkpoint's generator average holds no weights")
+        load_weights(gen, ckpt["generator_ema"], path, "generator average")
+    else:
+        load_weights(gen, ckpt["generator"], path, "generator")
     return gen
 
 

@@ -64,6 +64,14 @@ def finite_non_negative_float(token: str) -> float:
     return value
 
 
+def decay(token: str) -> float:
+    """A moving average's decay per step: 0 (off) or a number in (0, 1)."""
+    value = _float(token)
+    if not (0 <= value < 1):
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), e.g. 0.995; got {token!r}")
+    return value
+
+
 def run_name(token: str) -> str:
     """``--name``: one folder inside ``--out``; a path that leaves it (``../x``, ``/x``) is refused."""
     if not token or token in (".", "..") or "/" in token or "\\" in token or "\0" in token:

@@ -37,7 +37,7 @@ from .files import RunLock, check_can_write, remove_stale_temporaries, write_fai
 from .networks import Critic, Generator, start_as_identity
 from .pairs import Pair
 from .runlog import MetricsLog, json_ready, read_state, save_samples, sigma_dir_name, write_json
-from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
+from .sot import WeightAverage, learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
 from .tasks import Task, model_input
 
 KEEP_STEP_CHECKPOINTS = 2
@@ -103,6 +103,8 @@ class SigmaRun:
             self.dist.broadcast_module(self.critic)  # the generator's DDP wrapper does this for G
         self.trained_generator = self.dist.wrap_generator(self.generator)
         self.opt_g, self.opt_d = make_optimizers(self.generator, self.critic, args.lr)
+        # --ema: the generator's weight average is what is validated, kept as best.pt and tested
+        self.average = WeightAverage(self.generator, args.ema) if args.ema else None
         self.epoch, self.batch_in_epoch, self.step, self.best = 1, 0, 0, None
         self.skipped, self.nonfinite_streak, self.last_good = 0, 0, None
         self.last_val: dict = {}
@@ -158,6 +160,10 @@ class SigmaRun:
             raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
         try:
             load_weights(self.generator, ckpt["generator"], path, "generator")
+            if self.average is not None:
+                if not ckpt.get("generator_ema"):
+                    raise InputError(f"{path}: this checkpoint holds no weight average to resume --ema from")
+                load_weights(self.average.model, ckpt["generator_ema"], path, "generator average")
             self.opt_g.load_state_dict(ckpt["optim_g"])
             if self.critic is not None:
                 if not ckpt.get("critic") or not ckpt.get("optim_d"):
@@ -184,6 +190,7 @@ class SigmaRun:
         return {"task": self.task.name,
                 "arch": {"generator": self.generator.arch, "critic": critic.arch if critic is not None else None},
                 "generator": self.generator.state_dict(), "critic": critic.state_dict() if critic is not None else None,
+                "generator_ema": self.average.model.state_dict() if self.average is not None else None,
                 "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict() if critic is not None else None,
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                 "sigma": float(self.sigma), "loss": self.args.loss, "best_psnr": self.best,
@@ -195,7 +202,7 @@ class SigmaRun:
         if not self.main:
             return path
         state = self._state()
-        if not (all_finite(state["generator"]) and all_finite(state["critic"] or {})):
+        if not all(all_finite(state[k] or {}) for k in ("generator", "critic", "generator_ema")):
             raise TrainingStopped(f"refusing to save non-finite weights at step {self.step}; "
                                   f"last good checkpoint: {self.last_good}", 3)
         previous = self.last_good
@@ -263,6 +270,8 @@ class SigmaRun:
         else:
             stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
                                      self.sigma, args.loss, args.precision, self.dist, args.dc_weight)
+        if self.average is not None and not stats["skipped"]:
+            self.average.update(self.generator)
         self.batch = (x, fake, clean)
         self.step += 1
         self.batch_in_epoch += 1
@@ -309,7 +318,8 @@ class SigmaRun:
 
     # -- validation and logs
     def _validate_and_keep_best(self) -> None:
-        ev = evaluate(self.generator, self.val_pairs, self.task, self.device, align_corners=self.args.align_corners,
+        generator = self.average.model if self.average is not None else self.generator
+        ev = evaluate(generator, self.val_pairs, self.task, self.device, align_corners=self.args.align_corners,
                       precision=self.args.precision, progress=False)
         self.generator.train()
         val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}

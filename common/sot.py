@@ -11,6 +11,8 @@ devices, processes) is ``common.runs``.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .distributed import Local
@@ -120,3 +122,20 @@ def supervised_step(generator: Generator, opt_g, x: torch.Tensor, clean: torch.T
         opt_g.step()
         stats["skipped"] = False
     return stats, fake.detach()
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights, ``avg <- decay avg + (1 - decay) w`` after
+    each update. Not in the paper (off by default, ``--ema``): a GAN's weights swing around where the
+    game is heading, most of all in short runs; their average is steadier to validate and to keep."""
+
+    def __init__(self, network: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(network).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, network: torch.nn.Module) -> None:
+        averaged, current = list(self.model.parameters()), list(network.parameters())
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
+        for a, b in zip(self.model.buffers(), network.buffers()):
+            a.copy_(b)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .cli import (OneLineParser, common_flags, finite_non_negative_float, finite_positive_float, non_negative_int,
+from .cli import (OneLineParser, common_flags, decay, finite_non_negative_float, finite_positive_float, non_negative_int,
                   positive_int, run_guarded, run_name, seed_int, sigma_list)
 from .demo import demo_defaults, demo_flags_text
 from .errors import InputError
@@ -56,6 +56,10 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     s.add_argument("--supervised", action="store_true",
                    help="the supervised upper bound: paired files ('data'[i] degraded from 'label'[i]), an L1 "
                         "loss to the true clean patch, no critic; --sigma is ignored")
+    s.add_argument("--ema", type=decay, default=0.0, metavar="DECAY",
+                   help="also keep a moving average of the generator's weights, avg <- DECAY avg + (1 - DECAY) G "
+                        "after each step (e.g. 0.995), and validate, keep and test that average: steadier outputs "
+                        "where GAN training swings (short runs, small batches); not in the paper (default: off)")
     s.add_argument("--init", choices=("reference", "identity"), default="reference",
                    help="generator start: PyTorch's default initialisation as in the reference, or identity "
                         "(zeroed residual head: G(x) = x at step 0, steadier for short runs) (default: %(default)s)")
@@ -119,7 +123,7 @@ def parse_train_args(task: Task, argv: list[str]) -> argparse.Namespace:
 # Flags that define a run: a resume may not change them (the others, e.g. --max-steps, it may).
 RUN_DEFINING = ("sigma", "loss", "seed", "batchSize", "lr", "step", "gen_width", "gen_increment",
                 "critic_width", "init", "trainset", "layout", "align_corners", "pretrained", "dc_weight",
-                "supervised")
+                "supervised", "ema")
 
 
 def explicit_flags(task: Task, argv: list[str]) -> dict:

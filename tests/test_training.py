@@ -82,3 +82,41 @@ def test_reference_defaults_and_demo_defaults():
     assert demo.max_steps == 2 and demo.batchSize < 32 and len(demo.sigma) == 1
     with pytest.raises(SystemExit):
         parse_train_args(TASKS["sr"], ["--sigma", "abc"])
+
+
+def test_weight_average_follows_the_generator_and_is_what_validation_and_test_use(tmp_path):
+    """--ema: avg <- d avg + (1 - d) G after each step; checkpoints hold it, load_generator returns it,
+    and a resume continues it."""
+    import numpy as np
+
+    from common.checkpoint import load_generator, read_checkpoint
+    from common.sot import WeightAverage
+    from common.train_cli import train_main
+    from conftest import write_h5
+
+    g, _ = small_pair(2)
+    average = WeightAverage(g, 0.9)
+    before = [p.clone() for p in average.model.parameters()]
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(1.0)
+    average.update(g)
+    for a, b, p in zip(average.model.parameters(), before, g.parameters()):
+        torch.testing.assert_close(a, 0.9 * b + 0.1 * p)
+
+    rng = np.random.default_rng(0)
+    patches = (rng.random((4, 3, 128, 128)) * 255).astype(np.uint8)
+    write_h5(tmp_path / "train" / "t.h5", patches, patches)
+    argv = ["--trainset", str(tmp_path / "train"), "--batchSize", "2", "--sigma", "1", "--seed", "1", "--ema", "0.5",
+            "--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--out", str(tmp_path / "runs"),
+            "--name", "ema", "--device", "cpu", "--no-tensorboard", "--save-every", "0"]
+    train_main("deraining", argv + ["--max-steps", "2"])
+    last = tmp_path / "runs" / "deraining" / "ema" / "sigma-1" / "last.pt"
+    ckpt = read_checkpoint(last)
+    assert ckpt["generator_ema"] is not None and ckpt["config"]["ema"] == 0.5
+    head = "sam12.conv2.weight"
+    assert not torch.equal(ckpt["generator_ema"][head], ckpt["generator"][head])
+    assert torch.equal(load_generator(last).state_dict()[head], ckpt["generator_ema"][head])
+    train_main("deraining", ["--resume", "auto", "--name", "ema", "--out", str(tmp_path / "runs"), "--max-steps", "3"])
+    resumed = read_checkpoint(last)
+    assert resumed["step"] == 3 and not torch.equal(resumed["generator_ema"][head], ckpt["generator_ema"][head])
