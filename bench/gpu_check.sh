@@ -29,7 +29,8 @@ usage: bench/gpu_check.sh [--dry-run] [--bundle] [--parts LIST] [--budget SECOND
   --budget SECONDS   the whole run's time (default 540 on a GPU, 280 for --dry-run)
   --quality-task T   sr, deraining or dehazing (default dehazing)
   --quality-steps N  at most N steps per method (default 1000; fewer if the time left is short)
-  --quality-sigma S  one sigma for every cost (default 10), or 'ot=S1 sot-l1=S2 sot-l0.5=S3'
+  --quality-sigma S  one sigma for every cost, or 'ot=S1 sot-l1=S2 sot-l0.5=S3' (default: compare_costs.py's
+                     per-task sigmas, which charge the true degradation alike under every cost)
   --tests-filter A,B only the CUDA tests whose names contain A or B
 
 environment: PYTHON (default python3), GPU_CHECK_PYTEST=0 (run the CUDA tests without pytest, as
@@ -110,7 +111,9 @@ part_profile() {
 part_quality() {
     local dir="$W/quality" work="$SCRATCH/quality" steps batch sigma photos described left args
     rm -rf "$work"
-    if [[ "$QSIGMA" == *=* ]]; then
+    if [ -z "$QSIGMA" ]; then
+        sigma=()  # compare_costs.py's per-task sigmas, set so that each cost charges the true degradation alike
+    elif [[ "$QSIGMA" == *=* ]]; then
         read -r -a sigma <<< "$QSIGMA"
     else
         sigma=("ot=$QSIGMA" "sot-l1=$QSIGMA" "sot-l0.5=$QSIGMA")
@@ -134,8 +137,8 @@ part_quality() {
         args=(--steps "$steps" --batch 32 --val-steps $((steps / 8)) --device cuda "${photos[@]}")
     fi
     printf '{"task": "%s", "steps": %s, "batch": %s, "sigma": "%s", "methods": ["ot", "sot-l1", "sot-l0.5"], "photos": "%s", "seeds": [0]}\n' \
-        "$QTASK" "$steps" "$batch" "${sigma[*]}" "$described" > "$dir/quality_meta.json"
-    "$PY" experiments/compare_costs.py --task "$QTASK" --methods ot sot-l1 sot-l0.5 --sigma "${sigma[@]}" \
+        "$QTASK" "$steps" "$batch" "${sigma[*]:-the study defaults}" "$described" > "$dir/quality_meta.json"
+    "$PY" experiments/compare_costs.py --task "$QTASK" --methods ot sot-l1 sot-l0.5 ${sigma[@]+--sigma "${sigma[@]}"} \
         --seeds 0 --out "$work" "${args[@]}"
 }
 
@@ -160,7 +163,7 @@ if [ "${1:-}" = "--run-part" ]; then   # internal: one part, in the environment 
 fi
 
 DRY=0 BUNDLE=0 PARTS="env,cuda_tests,speed,inference,profile,quality" BUDGET="" QTASK=dehazing QSTEPS=1000
-QSIGMA=10 TFILTER="" OUT=""
+QSIGMA="" TFILTER="" OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;

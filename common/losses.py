@@ -6,6 +6,7 @@ import torch
 TRANSPORT_COSTS = ("sot-l0.5", "sot-l1", "ot")
 GP_WEIGHT = 10.0
 _POWER_FLOOR = 1e-9  # added to |F|^2 as in the reference, so that the roots have finite gradients at 0
+_DC_FLOOR = 1e-12    # the same for the --dc-weight term, on the scale of a squared mean (pixels, not |F|^2)
 
 
 def _identity(value: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,8 @@ def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity, dc_w
         else:
             cost = batch_mean(power.pow(0.25).mean()).square()
     if dc_weight:
-        cost = cost + dc_weight * batch_mean(r.mean(dim=(-2, -1)).square().mean()).sqrt()
+        # floored like the costs: at a zero residual (G starting as the identity) sqrt has no gradient
+        cost = cost + dc_weight * (batch_mean(r.mean(dim=(-2, -1)).square().mean()) + _DC_FLOOR).sqrt()
     return cost
 
 

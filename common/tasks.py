@@ -23,6 +23,7 @@ class Task:
     input_label: str           # what the degraded input is called next to the result
     patch: int = 128           # clean-side training patch; the critic takes exactly this size
     demo_sigma: float = 10.0
+    demo_dc_weight: float = 0.0  # the demo's --dc-weight (common/demo.py says why deraining's is not 0)
     demo_gain: float = 1.0     # dB over the degraded input the demo's best checkpoint must reach
     reference_crop: int = 64   # the authors' test scripts crop inputs to multiples of this (METHOD 7)
 
@@ -32,12 +33,12 @@ TASKS: dict[str, Task] = {
                sigmas=(100, 50, 30, 10), default_loss="sot-l0.5", degradation="bicubic-x4",
                input_label="bicubic", demo_sigma=100.0, demo_gain=0.0),
     "deraining": Task("deraining", "deraining", scale=1, batch_size=48, critic_hidden=64,
-                      sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="rain-light",
-                      input_label="rainy input", demo_sigma=10.0, reference_crop=16),
+                      sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="rain-heavy",
+                      input_label="rainy input", demo_sigma=10.0, demo_dc_weight=10.0, reference_crop=16),
     # The authors' dehazing/ folder ships sr/'s network file byte for byte: its critic is 640 wide too.
     "dehazing": Task("dehazing", "dehazing", scale=1, batch_size=48, critic_hidden=640,
                      sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="haze",
-                     input_label="hazy input", demo_sigma=10.0),
+                     input_label="hazy input", demo_sigma=100.0),
 }
 
 

@@ -117,6 +117,11 @@ def _test(task: Task, argv: list[str]) -> None:
                   reference_metrics=args.reference_metrics, keep=len(pairs) if args.demo else args.side_by_side)
     for row in ev.rows:
         print(format_row(row, task.input_label))
+    if any(p.gt is not None for p in pairs):
+        print(format_row({"name": "mean", **ev.means}, task.input_label))
+        print(f"restored images and metrics.csv in {save_dir}")
+    else:
+        print(f"restored images in {save_dir}")
     if ev.examples:
         picture = side_by_side(save_dir / "side_by_side.png", [
             [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
@@ -124,11 +129,6 @@ def _test(task: Task, argv: list[str]) -> None:
             + ([("clean", gt)] if gt is not None else [])
             for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
         print(f"side by side (input | restored | clean): {picture}")
-    if any(p.gt is not None for p in pairs):
-        print(format_row({"name": "mean", **ev.means}, task.input_label))
-        print(f"restored images and metrics.csv in {save_dir}")
-    else:
-        print(f"restored images in {save_dir}")
 
 
 def test_main(task_name: str, argv: list[str] | None = None) -> None:

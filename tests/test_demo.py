@@ -54,3 +54,15 @@ def test_verdict_needs_the_best_checkpoint_above_target_and_the_last_step_near_t
     assert line.startswith("verdict: restores" if ok else "verdict: does NOT restore")
     assert f"{best - 23.0:+.2f} dB" in line and f"{last - 23.0:+.2f} dB" in line
     assert demo_verdict(TASKS["sr"], 26.0, 26.05, 25.8).startswith("verdict: restores")
+
+
+def test_an_older_demo_set_is_rebuilt_not_reused(tmp_path):
+    """A demo-data folder left by an earlier version (other photographs or degradation) is replaced."""
+    paths = build_demo_data(TASKS["dehazing"], tmp_path)
+    with h5py.File(paths["trainset"] / "demo.h5", "a") as f:
+        del f.attrs["demo_version"]
+    (paths["val_gt"] / "stale.png").write_bytes(b"left over")
+    build_demo_data(TASKS["dehazing"], tmp_path)
+    with h5py.File(paths["trainset"] / "demo.h5") as f:
+        assert "demo_version" in f.attrs
+    assert not (paths["val_gt"] / "stale.png").exists()

@@ -1,6 +1,8 @@
 """The OT/SOT/supervised study's pieces, and its --quick run end to end."""
 import csv
+import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -48,10 +50,21 @@ def test_supervised_step_lowers_l1():
 def test_quick_study_runs_end_to_end(tmp_path):
     out = tmp_path / "study"
     result = run_script("experiments/compare_costs.py", "--task", "deraining", "--quick", "--out", str(out),
-                        "--device", "cpu")
+                        "--device", "cpu", "--seeds", "0", "1", "--sides", "same", "disjoint")
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("results.md", "results.csv", "crops.png", "curves.png", "data/split.json"):
+    for name in ("results.md", "results.csv", "results.json", "crops.png", "curves.png", "data/split.json"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [r["method"] for r in rows] == ["degraded input (rainy input)", "OT", "SOT-l1", "SOT-l0.5", "supervised"]
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("degraded input (rainy input)", ""), ("OT", "0"), ("OT", "1"), ("SOT-l1", "0"), ("SOT-l1", "1"),
+        ("SOT-l0.5", "0"), ("SOT-l0.5", "1"), ("supervised", "0"), ("supervised", "1"),
+        ("SOT-l1 disjoint", "0"), ("SOT-l1 disjoint", "1")]
     assert all(float(r["psnr"]) > 0 for r in rows)
+    table = (out / "results.md").read_text()
+    assert "| SOT-l1 | 10 |" in table and " ± " in table and "best − OT" in table
+    split = json.loads((out / "data" / "split.json").read_text())
+    assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+    with h5py.File(out / "data" / "same" / "train.h5") as f:  # both sides from the same photographs
+        assert f.attrs["data_photos"] == f.attrs["label_photos"] == ",".join(split["train"])
+    with h5py.File(out / "data" / "disjoint" / "train.h5") as f:
+        assert not set(f.attrs["data_photos"].split(",")) & set(f.attrs["label_photos"].split(","))

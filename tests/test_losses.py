@@ -109,3 +109,11 @@ def test_critic_and_generator_losses():
     loss, cost = generator_loss(fake, r, sigma=10.0, kind="ot")
     assert cost.item() == pytest.approx(0.1 * 4)  # the pixel RMSE times sqrt(4 * 4)
     assert loss.item() == pytest.approx(-0.5 + 10 * 0.4)
+
+
+def test_dc_weight_has_a_finite_gradient_at_a_zero_residual():
+    """G starts as the identity with --init identity: the residual is exactly zero at step 1."""
+    r = torch.zeros(2, 3, 8, 8, requires_grad=True)
+    for kind in ("sot-l0.5", "sot-l1", "ot"):
+        (g,) = torch.autograd.grad(transport_cost(r, kind, dc_weight=1.0), r)
+        assert torch.isfinite(g).all(), kind
