@@ -55,6 +55,7 @@ from common.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from common.devices import resolve_device  # noqa: E402
 from common.runs import train  # noqa: E402
+from common.runlog import read_state, sigma_dir_name  # noqa: E402
 
 COSTS = ("ot", "sot-l1", "sot-l0.5")
 # Per task and cost, the sigmas to choose from on the validation split. The costs charge the same
@@ -68,6 +69,9 @@ DEFAULT_SIGMAS = {
     "dehazing": {"ot": (9,), "sot-l1": (100,), "sot-l0.5": (170,)},
 }
 SIDES = ("same", "disjoint")
+# Settings a finished run must share with the study to be reused by a rerun of it.
+REUSE_KEYS = ("trainset", "batchSize", "lr", "ema", "init", "loss", "dc_weight", "supervised", "gen_width",
+              "gen_increment", "critic_width", "val_steps", "val_input")
 SMALL_NETWORKS = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "16"]
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
                   "immunohistochemistry", "camera", "brick", "grass", "gravel", "moon", "coins", "clock")
@@ -153,13 +157,25 @@ def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: 
                                                              "--dc-weight", str(dc)]
     if args.quick or args.small:
         argv += SMALL_NETWORKS
+    run_dir = out / "runs" / task.name / name / sigma_dir_name(sigma)
+    state = read_state(run_dir) if run_dir.is_dir() else None
     started = time.time()
-    result = train(task, parse_train_args(task, argv))[0]
-    curve = [(r["step"], r["psnr"]) for r in map(json.loads, (result.run_dir / "metrics.jsonl").open())
-             if r["kind"] == "val"]
+    if state and state.get("finished") and state.get("step") == args.steps:
+        # A study stopped part-way continues where it was: a run that finished these steps with these
+        # settings is reused rather than trained again.
+        wanted, saved = vars(parse_train_args(task, argv)), json.loads((run_dir.parent / "run.json").read_text())
+        differ = [k for k in REUSE_KEYS if str(saved.get(k)) != str(wanted.get(k))]
+        if differ:
+            raise SystemExit(f"{run_dir.parent}: a finished run with other settings ({', '.join(differ)}); "
+                             f"use another --out or delete it")
+        print(f"{name}: finished earlier, reused")
+    else:
+        run_dir = train(task, parse_train_args(task, argv + ["--resume", "auto"] if state else argv))[0].run_dir
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    curve = [(r["step"], r["psnr"]) for r in records if r["kind"] == "val"]
+    best = max((v for _, v in curve), default=None)
     return {"method": method, "key": key, "sides": sides, "dc": dc, "sigma": sigma, "seed": seed,
-            "run_dir": result.run_dir, "best_val": result.best_psnr, "curve": curve,
-            "seconds": time.time() - started}
+            "run_dir": run_dir, "best_val": best, "curve": curve, "seconds": time.time() - started}
 
 
 def choose_sigmas(runs: list[dict]) -> dict[str, float]:
