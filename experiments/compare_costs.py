@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.checkpoint import load_generator  # noqa: E402
-from common.train_cli import parse_train_args  # noqa: E402
+from common.train_cli import parse_train_args, resume_plan  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
 from common.evaluate import evaluate  # noqa: E402
 from common.images import list_images, read_image  # noqa: E402
@@ -169,13 +169,26 @@ def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: 
             raise SystemExit(f"{run_dir.parent}: a finished run with other settings ({', '.join(differ)}); "
                              f"use another --out or delete it")
         print(f"{name}: finished earlier, reused")
+    elif state:  # stopped part-way: continue from its newest checkpoint
+        argv += ["--resume", "auto"]
+        args_run, resume_from = resume_plan(task, parse_train_args(task, argv), argv)
+        run_dir = train(task, args_run, resume_from=resume_from)[0].run_dir
     else:
-        run_dir = train(task, parse_train_args(task, argv + ["--resume", "auto"] if state else argv))[0].run_dir
+        run_dir = train(task, parse_train_args(task, argv))[0].run_dir
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-    curve = [(r["step"], r["psnr"]) for r in records if r["kind"] == "val"]
+    val: dict[int, float] = {}
+    trained = 0.0
+    for r in records:
+        if r["kind"] == "train" and r["step"] == 1:
+            val.clear()  # the run started again from scratch in this folder: its earlier lines are void
+        if r["kind"] == "train":
+            trained = r.get("time", trained)  # seconds as logged (since the run's last start)
+        elif r["kind"] == "val":
+            val[r["step"]] = r["psnr"]  # a resumed run validates its steps again: the newest line counts
+    curve = sorted(val.items())
     best = max((v for _, v in curve), default=None)
     return {"method": method, "key": key, "sides": sides, "dc": dc, "sigma": sigma, "seed": seed,
-            "run_dir": run_dir, "best_val": best, "curve": curve, "seconds": time.time() - started}
+            "run_dir": run_dir, "best_val": best, "curve": curve, "seconds": max(trained, time.time() - started)}
 
 
 def choose_sigmas(runs: list[dict]) -> dict[str, float]:

@@ -68,3 +68,18 @@ def test_quick_study_runs_end_to_end(tmp_path):
         assert f.attrs["data_photos"] == f.attrs["label_photos"] == ",".join(split["train"])
     with h5py.File(out / "data" / "disjoint" / "train.h5") as f:
         assert not set(f.attrs["data_photos"].split(",")) & set(f.attrs["label_photos"].split(","))
+    # A rerun of the same study reuses every finished run instead of training it again.
+    first = json.loads((out / "results.json").read_text())
+    again = run_script("experiments/compare_costs.py", "--task", "deraining", "--quick", "--out", str(out),
+                       "--device", "cpu", "--seeds", "0", "1", "--sides", "same", "disjoint")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished earlier, reused") == 10
+    second = json.loads((out / "results.json").read_text())
+    assert [r["best_val"] for r in second["runs"]] == [r["best_val"] for r in first["runs"]]
+    # One with more steps continues a run from its last checkpoint rather than starting it again.
+    more = run_script("experiments/compare_costs.py", "--task", "deraining", "--quick", "--out", str(out),
+                      "--device", "cpu", "--seeds", "0", "--methods", "ot", "--steps", "6")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "resuming from" in more.stdout
+    curve = json.loads((out / "results.json").read_text())["runs"][0]["curve"]
+    assert [step for step, _ in curve] == [1, 2, 3, 4, 5, 6]
