@@ -25,7 +25,7 @@ class MetricsLog:
         self.writer = None
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step)
+            self.writer = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step or None)
 
     def _truncate_after(self, step: int) -> None:
         """Drop what came after the checkpoint being resumed (it will be done again) and any line a
