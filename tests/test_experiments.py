@@ -76,10 +76,14 @@ def test_quick_study_runs_end_to_end(tmp_path):
     assert again.stdout.count("finished earlier, reused") == 10
     second = json.loads((out / "results.json").read_text())
     assert [r["best_val"] for r in second["runs"]] == [r["best_val"] for r in first["runs"]]
-    # One with more steps continues a run from its last checkpoint rather than starting it again.
+    # One with more steps continues a run from its last checkpoint rather than starting it again;
+    # --bound-seeds trains the supervised bound for fewer seeds than the methods compared.
     more = run_script("experiments/compare_costs.py", "--task", "deraining", "--quick", "--out", str(out),
-                      "--device", "cpu", "--seeds", "0", "--methods", "ot", "--steps", "6")
+                      "--device", "cpu", "--seeds", "0", "1", "--bound-seeds", "1", "--methods", "ot", "supervised",
+                      "--steps", "6")
     assert more.returncode == 0, more.stderr[-3000:]
-    assert "resuming from" in more.stdout
+    assert more.stdout.count("resuming from") == 3
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["seed"]) for r in rows[1:]] == [("OT", "0"), ("OT", "1"), ("supervised", "1")]
     curve = json.loads((out / "results.json").read_text())["runs"][0]["curve"]
     assert [step for step, _ in curve] == [1, 2, 3, 4, 5, 6]
