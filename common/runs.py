@@ -514,6 +514,11 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
         check_resumed_data(args, dataset)
     args.trainset_files = data_files(dataset)
     plan = sigma_plan(args, run_root, resume_from)  # reads the state files now: a damaged one stops us here
+    if resume_from is None:  # a new run: never over an earlier run's checkpoints (its rotation would mix them)
+        for _, _, run_dir, _, _ in plan:
+            if any(run_dir.glob("*.pt")):
+                raise InputError(f"{run_dir}: holds an earlier run's checkpoints; continue it with --resume auto "
+                                 f"--name {args.name}, or give another --name")
     if args.seed is None:
         args.seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
     lock = None
