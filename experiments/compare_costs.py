@@ -69,9 +69,8 @@ DEFAULT_SIGMAS = {
     "dehazing": {"ot": (9,), "sot-l1": (100,), "sot-l0.5": (170,)},
 }
 SIDES = ("same", "disjoint")
-# Settings a finished run must share with the study to be reused by a rerun of it.
-REUSE_KEYS = ("trainset", "batchSize", "lr", "ema", "init", "loss", "dc_weight", "supervised", "gen_width",
-              "gen_increment", "critic_width", "val_steps", "val_input")
+# Besides train.py's resume check: validation a continued or reused run must share with the study.
+VALIDATION_KEYS = ("val_steps", "val_input", "val_gt")
 SMALL_NETWORKS = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "16"]
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
                   "immunohistochemistry", "camera", "brick", "grass", "gravel", "moon", "coins", "clock")
@@ -160,32 +159,25 @@ def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: 
     run_dir = out / "runs" / task.name / name / sigma_dir_name(sigma)
     state = read_state(run_dir) if run_dir.is_dir() else None
     started = time.time()
-    if state and state.get("finished") and state.get("step") == args.steps:
-        # A study stopped part-way continues where it was: a run that finished these steps with these
-        # settings is reused rather than trained again.
-        wanted, saved = vars(parse_train_args(task, argv)), json.loads((run_dir.parent / "run.json").read_text())
-        differ = [k for k in REUSE_KEYS if str(saved.get(k)) != str(wanted.get(k))]
-        if differ:
-            raise SystemExit(f"{run_dir.parent}: a finished run with other settings ({', '.join(differ)}); "
-                             f"use another --out or delete it")
-        print(f"{name}: finished earlier, reused")
-    elif state:  # stopped part-way: continue from its newest checkpoint
+    if state:
+        # A study stopped part-way continues where it was: train.py's resume check refuses a run with
+        # other settings; one that finished these steps is reused, one cut short continues.
         argv += ["--resume", "auto"]
         args_run, resume_from = resume_plan(task, parse_train_args(task, argv), argv)
-        run_dir = train(task, args_run, resume_from=resume_from)[0].run_dir
+        saved = json.loads((run_dir.parent / "run.json").read_text())
+        differ = [k for k in VALIDATION_KEYS if saved.get(k) != getattr(args_run, k)]
+        if differ:  # resuming may change validation; a study's curves may not
+            raise SystemExit(f"{run_dir.parent}: a run validated otherwise ({', '.join(differ)}); "
+                             f"use another --out or delete it")
+        if state.get("finished") and state.get("step") == args.steps:
+            print(f"{name}: finished earlier, reused")
+        else:
+            train(task, args_run, resume_from=resume_from)
     else:
-        run_dir = train(task, parse_train_args(task, argv))[0].run_dir
+        train(task, parse_train_args(task, argv))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-    val: dict[int, float] = {}
-    trained = 0.0
-    for r in records:
-        if r["kind"] == "train" and r["step"] == 1:
-            val.clear()  # the run started again from scratch in this folder: its earlier lines are void
-        if r["kind"] == "train":
-            trained = r.get("time", trained)  # seconds as logged (since the run's last start)
-        elif r["kind"] == "val":
-            val[r["step"]] = r["psnr"]  # a resumed run validates its steps again: the newest line counts
-    curve = sorted(val.items())
+    curve = [(r["step"], r["psnr"]) for r in records if r["kind"] == "val"]
+    trained = max((r.get("time", 0.0) for r in records if r["kind"] == "train"), default=0.0)  # as logged
     best = max((v for _, v in curve), default=None)
     return {"method": method, "key": key, "sides": sides, "dc": dc, "sigma": sigma, "seed": seed,
             "run_dir": run_dir, "best_val": best, "curve": curve, "seconds": max(trained, time.time() - started)}
