@@ -67,7 +67,7 @@ def profile_variant(key: str, task, device, args, out: Path) -> dict:
     label, kind, precision = VARIANTS[key]
     cuda = device.type == "cuda"
     channels_last = cuda and kind == "fast" and precision == "bf16"
-    g, d = networks(task, device, args.quick, channels_last)
+    g, d = networks(task, device, args.quick, channels_last, reference=kind == "reference")
     opt_g, opt_d = make_optimizers(g, d, 1e-4)
     x, clean = batch_for(task, args.batch, 32 if args.quick else task.patch, device, channels_last)
     sigma, cost = float(task.sigmas[0]), task.default_loss

@@ -44,12 +44,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def networks(task, device, quick: bool, channels_last: bool, seed: int = 0):
+def networks(task, device, quick: bool, channels_last: bool, seed: int = 0, reference: bool = False):
+    """G and D; ``reference``: the authors' plain layers (no Im2colConv2d), for the reference structure."""
     torch.manual_seed(seed)
     if quick:
         g, d = Generator(width=16, increment=8), Critic(hidden=16, input_size=32, width=8)
     else:
         g, d = Generator(), Critic(hidden=task.critic_hidden, input_size=task.patch)
+    if reference:
+        d.features[0].use_im2col = False
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return g.to(device, memory_format=fmt), d.to(device, memory_format=fmt)
 
@@ -119,7 +122,7 @@ def training_rows(task, device, args) -> list[dict]:
         variants.append(("fast bf16 + torch.compile(G)", "compile", args.batch, "bf16", cuda))
     rows, reference_ms = [], {}
     for name, kind, size, precision, channels_last in variants:
-        g, d = networks(task, device, args.quick, channels_last)
+        g, d = networks(task, device, args.quick, channels_last, reference=kind == "reference")
         opt_g, opt_d = make_optimizers(g, d, 1e-4)
         x, clean = batch_for(task, size, patch, device, channels_last)
         if kind == "reference":
@@ -132,7 +135,7 @@ def training_rows(task, device, args) -> list[dict]:
                 train_step(net, d, opt_g, opt_d, x, clean, sigma, cost, precision)
         if size not in reference_ms and kind != "reference":
             # the reference at this batch, for the ratio
-            rg, rd = networks(task, device, args.quick, False)
+            rg, rd = networks(task, device, args.quick, False, reference=True)
             ropt_g, ropt_d = make_optimizers(rg, rd, 1e-4)
             rx, rclean = batch_for(task, size, patch, device, False)
             reference_ms[size], _ = time_it(lambda: reference_step(rg, rd, ropt_g, ropt_d, rx, rclean, sigma, cost),

@@ -20,6 +20,42 @@ def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
 
 
+class Im2colConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, same result) computed on CUDA as unfold + matrix product.
+
+    For the critic's 3-channel first layer. The gradient penalty back-propagates through the
+    critic's input gradient, and PyTorch computes a convolution's double backward for the weight as
+    another convolution whose kernel is the whole feature map; for 3 input channels cuDNN runs that
+    with a generic kernel that took 7.5 ms of a 56 ms training step on an H200 (docs/PERFORMANCE.md).
+    As unfold + matmul, every derivative is a matmul or a fold: the bf16 step went from 59.1 to 56.7
+    ms. In fp32 the plain convolution (TF32) stayed faster (94.7 against 98.9 ms), so
+    ``use_im2col=None`` (default) means on CUDA under autocast only; True or False force it (tests;
+    the reference structure in bench/speed.py).
+    """
+
+    use_im2col: bool | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("Im2colConv2d takes groups=1, zero padding given in pixels")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # no argument: CUDA's autocast (the form torch 2.1 has too)
+        on = (x.is_cuda and torch.is_autocast_enabled()) if self.use_im2col is None else self.use_im2col
+        if not on:
+            return super().forward(x)
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        # (N, L, C*k*k) @ (C*k*k, out): F.linear so that autocast gives the conv's dtype, bias included
+        out = F.linear(cols.transpose(1, 2), self.weight.flatten(1), self.bias)
+        out = out.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # channels_last strides, no copy
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 class ChannelAttention(nn.Module):
     """Squeeze-and-excitation: global mean -> 1x1 (c -> c/r) -> ReLU -> 1x1 (c/r -> c) -> sigmoid."""
 
@@ -197,8 +233,9 @@ class Critic(nn.Module):
                 (4 * w, 8 * w, 3, 1, False), (8 * w, 8 * w, 4, 2, False), (8 * w, 8 * w, 3, 1, False),
                 (8 * w, 8 * w, 4, 2, False)]
         layers: list[nn.Module] = []
-        for cin, cout, k, s, bias in spec:
-            layers += [nn.Conv2d(cin, cout, k, stride=s, padding=1 if s == 2 else k // 2, bias=bias),
+        for i, (cin, cout, k, s, bias) in enumerate(spec):
+            layer = Im2colConv2d if i == 0 else nn.Conv2d  # the first: see Im2colConv2d
+            layers += [layer(cin, cout, k, stride=s, padding=1 if s == 2 else k // 2, bias=bias),
                        nn.LeakyReLU(0.2, inplace=True)]
         self.features = nn.Sequential(*layers)
         side = input_size // 32

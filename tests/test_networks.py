@@ -79,3 +79,33 @@ def test_sam_side_branches_are_frozen_and_unused():
     x = torch.rand(1, 3, 16, 16)
     g(x).sum().backward()
     assert g.sam12.conv1.weight.grad is None and g.sam12.conv2.weight.grad is not None
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_im2col_first_critic_layer_matches_the_convolution(channels_last):
+    """The critic's first layer as unfold + matmul (what CUDA runs): the same scores, and the same
+    gradients through the gradient penalty's double backward, to float64 round-off."""
+    from common.losses import gradient_penalty
+    from common.networks import Im2colConv2d
+
+    torch.manual_seed(0)
+    d = Critic(hidden=16, input_size=32, width=8).double()
+    assert isinstance(d.features[0], Im2colConv2d) and d.features[0].use_im2col is None
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    d = d.to(memory_format=fmt)
+    real, fake = (torch.rand(3, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=fmt) for _ in range(2))
+    eps = torch.rand(3, 1, 1, 1, dtype=torch.float64)
+    results = []
+    for im2col in (False, True):
+        d.features[0].use_im2col = im2col
+        d.zero_grad()
+        first = d.features[0](real)
+        loss = gradient_penalty(d, real, fake, eps) + d(real).mean() - d(fake).mean()
+        loss.backward()
+        results.append((first, loss.detach(), [p.grad.clone() for p in d.parameters()]))
+    (conv_out, conv_loss, conv_grads), (col_out, col_loss, col_grads) = results
+    assert col_out.is_contiguous(memory_format=fmt)
+    assert torch.allclose(col_out, conv_out, rtol=0, atol=1e-13)
+    assert torch.allclose(col_loss, conv_loss, rtol=1e-12, atol=0)
+    for a, b in zip(conv_grads, col_grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
