@@ -283,6 +283,8 @@ publish
     --budget "$BUDGET" --print 2>>"$LOG" || cat "$W/summary.md" 2>/dev/null
 [ "$BUNDLE" = 1 ] && cp "$W/summary.md" "$W/summary.json" "$LOG" "$OUT/" 2>/dev/null
 failed=$(grep -c -v '"status": "pass"' "$W/status.jsonl")
-[ "${GPU_CHECK_KEEP:-0}" = 1 ] && say "scratch kept: $SCRATCH" || rm -rf "$SCRATCH"
 say "done: $failed part(s) not passed; summary in $OUT/summary.md"
+[ "$BUNDLE" = 1 ] && cp "$LOG" "$OUT/" 2>/dev/null
+# last: the log lives in the scratch folder when bundling
+[ "${GPU_CHECK_KEEP:-0}" = 1 ] && echo "scratch kept: $SCRATCH" || rm -rf "$SCRATCH"
 [ "$failed" = 0 ]

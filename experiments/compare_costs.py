@@ -203,8 +203,12 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def pm(values: list[float], digits: int = 2) -> str:
+    """``mean ± sd``; one value alone has no spread to show (not ± 0)."""
     m, s = mean_sd(values)
-    return "n/a" if np.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+    if np.isnan(m):
+        return "n/a"
+    single = sum(v is not None for v in values) == 1
+    return f"{m:.{digits}f}" + ("" if single else f" ± {s:.{digits}f}")
 
 
 # ----------------------------------------------------------------------------- figures
