@@ -82,9 +82,8 @@ def demo_report(task: Task, args, result, seconds: float) -> str:
 def demo_verdict(task: Task, input_psnr: float, best: float, last: float) -> str:
     """One line: does the demo's model restore? Its best checkpoint must beat the degraded input (by
     ``task.demo_gain`` dB), and its last step must not fall more than 0.3 dB below the input."""
-    best_ok = best >= input_psnr + task.demo_gain if task.demo_gain else best > input_psnr
-    ok = best_ok and last >= input_psnr - LAST_STEP_SLACK
-    target = f"+{task.demo_gain:g} dB" if task.demo_gain else "above it"
+    ok = best >= input_psnr + task.demo_gain and last >= input_psnr - LAST_STEP_SLACK
+    target = f"+{task.demo_gain:g} dB"
     return (f"verdict: {'restores' if ok else 'does NOT restore'}: best checkpoint {best - input_psnr:+.2f} dB, "
             f"last step {last - input_psnr:+.2f} dB against the {task.input_label} ({input_psnr:.2f} dB); "
             f"target: best {target}, last at most {LAST_STEP_SLACK} dB below")

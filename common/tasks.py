@@ -24,14 +24,16 @@ class Task:
     patch: int = 128           # clean-side training patch; the critic takes exactly this size
     demo_sigma: float = 10.0
     demo_dc_weight: float = 0.0  # the demo's --dc-weight (common/demo.py says why deraining's is not 0)
-    demo_gain: float = 1.0     # dB over the degraded input the demo's best checkpoint must reach
+    # dB over the degraded input the demo's best checkpoint must reach; SR's 0.01 is "above bicubic" by at
+    # least what the printed figures resolve (an identity G scores 1e-4 dB above it by round-off)
+    demo_gain: float = 1.0
     reference_crop: int = 64   # the authors' test scripts crop inputs to multiples of this (METHOD 7)
 
 
 TASKS: dict[str, Task] = {
     "sr": Task("sr", "x4 super-resolution", scale=4, batch_size=32, critic_hidden=640,
                sigmas=(100, 50, 30, 10), default_loss="sot-l0.5", degradation="bicubic-x4",
-               input_label="bicubic", demo_sigma=100.0, demo_gain=0.0),
+               input_label="bicubic", demo_sigma=100.0, demo_gain=0.01),
     "deraining": Task("deraining", "deraining", scale=1, batch_size=48, critic_hidden=64,
                       sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="rain-heavy",
                       input_label="rainy input", demo_sigma=10.0, demo_dc_weight=10.0, reference_crop=16),

@@ -54,6 +54,7 @@ def test_verdict_needs_the_best_checkpoint_above_target_and_the_last_step_near_t
     assert line.startswith("verdict: restores" if ok else "verdict: does NOT restore")
     assert f"{best - 23.0:+.2f} dB" in line and f"{last - 23.0:+.2f} dB" in line
     assert demo_verdict(TASKS["sr"], 26.0, 26.05, 25.8).startswith("verdict: restores")
+    assert demo_verdict(TASKS["sr"], 26.0, 26.0001, 26.0).startswith("verdict: does NOT restore")  # round-off
 
 
 def test_an_older_demo_set_is_rebuilt_not_reused(tmp_path):
