@@ -281,7 +281,7 @@ fi
 publish
 "$PY" bench/gpu_check_tools.py summary --work "$W" --mode "$MODE" --parts "$PARTS" --started "$START" \
     --budget "$BUDGET" --print 2>>"$LOG" || cat "$W/summary.md" 2>/dev/null
-[ "$BUNDLE" = 1 ] && cp "$W/summary.md" "$W/summary.json" "$LOG" "$OUT/" 2>/dev/null
+[ "$BUNDLE" = 1 ] && cp "$W/summary.md" "$W/summary.json" "$OUT/" 2>/dev/null
 failed=$(grep -c -v '"status": "pass"' "$W/status.jsonl")
 say "done: $failed part(s) not passed; summary in $OUT/summary.md"
 [ "$BUNDLE" = 1 ] && cp "$LOG" "$OUT/" 2>/dev/null

@@ -140,8 +140,8 @@ class SigmaRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resumed:
             write_json(self.run_dir / "config.json", {**self.config, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-        # A new run in a folder that held one starts its log afresh (step 0 keeps nothing), as it
-        # replaces that run's checkpoints: old lines would read as this run's.
+        # A new run in a folder that held one (with no checkpoints: train() refuses the others) starts
+        # its log afresh (step 0 keeps nothing): old lines would read as this run's.
         return MetricsLog(self.run_dir / "metrics.jsonl", tensorboard=not self.args.no_tensorboard,
                           resume_step=self.step if resumed else 0)
 

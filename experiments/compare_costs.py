@@ -204,11 +204,11 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def pm(values: list[float], digits: int = 2) -> str:
     """``mean ± sd``; one value alone has no spread to show (not ± 0)."""
-    m, s = mean_sd(values)
-    if np.isnan(m):
+    present = [v for v in values if v is not None]
+    if not present:
         return "n/a"
-    single = sum(v is not None for v in values) == 1
-    return f"{m:.{digits}f}" + ("" if single else f" ± {s:.{digits}f}")
+    m, s = mean_sd(present)
+    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(present) > 1 else "")
 
 
 # ----------------------------------------------------------------------------- figures
