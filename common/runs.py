@@ -123,7 +123,7 @@ class SigmaRun:
         if args.init == "identity":
             start_as_identity(generator)
         critic = None if args.supervised else Critic(hidden=self.task.critic_hidden, input_size=self.task.patch,
-                                                     width=args.critic_width)
+                                                     width=args.critic_width, init=args.critic_init)
         if args.pretrained:
             ckpt = self.pretrained if self.pretrained is not None else read_checkpoint(args.pretrained)
             load_weights(generator, ckpt["generator"], args.pretrained, "generator")
@@ -267,12 +267,14 @@ class SigmaRun:
         args = self.args
         x = model_input(self.task, to_device(degraded, self.device), args.align_corners)
         clean = to_device(clean, self.device)
+        update_generator = args.supervised or self.step >= args.critic_warmup
         if args.supervised:
             stats, fake = supervised_step(self.trained_generator, self.opt_g, x, clean, args.precision, self.dist)
         else:
             stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
-                                     self.sigma, args.loss, args.precision, self.dist, args.dc_weight)
-        if self.average is not None and not stats["skipped"]:
+                                     self.sigma, args.loss, args.precision, self.dist, args.dc_weight,
+                                     update_generator=update_generator)
+        if self.average is not None and update_generator and not stats["skipped"]:
             self.average.update(self.generator)
         self.batch = (x, fake, clean)
         self.step += 1
@@ -354,8 +356,9 @@ class SigmaRun:
             return
         self.log.write({"kind": "train", "step": self.step, "epoch": self.epoch, "lr": lr,
                         "time": round(time.time() - self.started, 2), **values, "skipped_total": self.skipped})
-        if "transport" in values:
-            bar.set_postfix(W=f"{values['w_distance']:.3g}", R=f"{values['transport']:.3g}")
+        if "w_distance" in values:  # R only once G trains (not during --critic-warmup)
+            bar.set_postfix(W=f"{values['w_distance']:.3g}",
+                            **({"R": f"{values['transport']:.3g}"} if "transport" in values else {}))
         elif "l1" in values:
             bar.set_postfix(L1=f"{values['l1']:.3g}")
 

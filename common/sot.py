@@ -48,7 +48,7 @@ def finite_update(loss: torch.Tensor, optimizer) -> torch.Tensor:
 
 def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tensor, clean: torch.Tensor,
                sigma: float, cost: str, precision: str = "fp32", sync=None,
-               dc_weight: float = 0.0) -> tuple[dict, torch.Tensor]:
+               dc_weight: float = 0.0, update_generator: bool = True) -> tuple[dict, torch.Tensor]:
     """One SOT iteration on degraded inputs ``x`` (already as G takes them) and unpaired ``clean``.
 
     G(x) is computed once. The reference forwards G again for its generator step, but both critic
@@ -58,15 +58,16 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
 
     Each of the three updates is applied only if its loss and gradients are finite; otherwise the
     rest of the iteration is skipped (``stats["skipped"]`` is True) and the weights stay as they
-    were. ``sync`` shares a batch split across processes (``common.distributed``); None for one.
+    were. ``update_generator=False`` (--critic-warmup) makes it a critic-only iteration. ``sync``
+    shares a batch split across processes (``common.distributed``); None for one.
     Returns detached statistics and G(x).
     """
     sync = sync or Local()
     n = clean.shape[0]
     stats: dict = {"skipped": True}
-    with autocast(x.device, precision):
+    with autocast(x.device, precision), torch.set_grad_enabled(update_generator):
         fake = generator(x)
-
+    with autocast(x.device, precision):
         # 1. critic step: L_D = mean D(G(x)) - mean D(y)
         # Critic grads are zeroed, not dropped, as in the reference: RMSprop then still decays its
         # running average for weights the penalty does not reach (the fc biases), as the reference does.
@@ -91,6 +92,9 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     if not sync.all_true(finite_update(gp, opt_d)):
         return stats, fake.detach()
     opt_d.step()
+    if not update_generator:
+        stats["skipped"] = False
+        return stats, fake.detach()
 
     # 3. generator step: L_G = -mean D(G(x)) + sigma R(G(x) - x); the critic's weights need no grads
     critic.requires_grad_(False)

@@ -11,6 +11,7 @@ from .cli import (OneLineParser, common_flags, decay, finite_non_negative_float,
 from .demo import demo_defaults, demo_flags_text
 from .errors import InputError
 from .losses import TRANSPORT_COSTS
+from .networks import CRITIC_INITS
 from .tasks import TASKS, Task
 
 
@@ -63,6 +64,13 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     s.add_argument("--init", choices=("reference", "identity"), default="reference",
                    help="generator start: PyTorch's default initialisation as in the reference, or identity "
                         "(zeroed residual head: G(x) = x at step 0, steadier for short runs) (default: %(default)s)")
+    s.add_argument("--critic-init", choices=CRITIC_INITS, default="reference",
+                   help="critic start: reference (N(0, 0.02), as the authors) or kaiming (He initialisation: the "
+                        "critic tells the sides apart from its first steps instead of after a few hundred; for short "
+                        "runs; not in the paper) (default: %(default)s)")
+    s.add_argument("--critic-warmup", type=non_negative_int, default=0, metavar="N",
+                   help="train only the critic for the first N steps, so that G starts by following a critic that "
+                        "already tells the sides apart; for short runs; not in the paper (default: %(default)s)")
     s.add_argument("--seed", type=seed_int, default=None, help="base random seed; sigma i uses SEED + i "
                    "(default: a fresh one, recorded in config.json)")
     s.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
@@ -122,7 +130,7 @@ def parse_train_args(task: Task, argv: list[str]) -> argparse.Namespace:
 
 # Flags that define a run: a resume may not change them (the others, e.g. --max-steps, it may).
 RUN_DEFINING = ("sigma", "loss", "seed", "batchSize", "lr", "step", "gen_width", "gen_increment",
-                "critic_width", "init", "trainset", "layout", "align_corners", "pretrained", "dc_weight",
+                "critic_width", "init", "critic_init", "critic_warmup", "trainset", "layout", "align_corners", "pretrained", "dc_weight",
                 "supervised", "ema")
 
 

@@ -73,6 +73,21 @@ def test_critic_conv_init():
     assert w.mean().abs() < 1e-3 and w.std().item() == pytest.approx(0.02, rel=0.02)
 
 
+def test_critic_kaiming_init_starts_near_the_penalty_target():
+    """The reference's N(0, 0.02) starts the score's input gradient far below the gradient penalty's
+    norm of 1 (so a short run spends its first steps growing it); --critic-init kaiming starts near 1."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 128, requires_grad=True)
+    norms = {}
+    for init in ("reference", "kaiming"):
+        d = Critic(hidden=640, width=16, init=init)
+        grad, = torch.autograd.grad(d(x).sum(), x)
+        norms[init] = grad.flatten(1).norm(dim=1).mean().item()
+    assert norms["reference"] < 0.01 and 0.2 < norms["kaiming"] < 2, norms
+    with pytest.raises(ValueError, match="unknown critic initialisation"):
+        Critic(init="xavier")
+
+
 def test_sam_side_branches_are_frozen_and_unused():
     g = Generator(width=16, increment=8)
     assert not g.sam12.conv1.weight.requires_grad and not g.sam12.conv3.weight.requires_grad

@@ -53,6 +53,38 @@ def test_two_critic_updates_then_a_generator_step_that_leaves_critic_grads_alone
     assert g.sam12.conv2.weight.grad is not None
 
 
+def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
+    import json
+
+    import numpy as np
+
+    from common.train_cli import train_main
+    from conftest import write_h5
+
+    g, d = small_pair(3)
+    opt_g, opt_d = make_optimizers(g, d, 1e-4)
+    before_g = {k: v.clone() for k, v in g.state_dict().items()}
+    before_d = {k: v.clone() for k, v in d.state_dict().items()}
+    stats, fake = train_step(g, d, opt_g, opt_d, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), 1.0, "sot-l1",
+                             update_generator=False)
+    assert stats["skipped"] is False and "loss_g" not in stats and not fake.requires_grad
+    assert all(torch.equal(before_g[k], v) for k, v in g.state_dict().items())
+    assert not torch.equal(before_d["features.0.weight"], d.state_dict()["features.0.weight"])
+
+    rng = np.random.default_rng(0)
+    patches = (rng.random((4, 3, 128, 128)) * 255).astype(np.uint8)
+    write_h5(tmp_path / "train" / "t.h5", patches, patches)
+    train_main("deraining", ["--trainset", str(tmp_path / "train"), "--batchSize", "2", "--sigma", "1", "--seed", "1",
+                             "--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--critic-init",
+                             "kaiming", "--critic-warmup", "2", "--log-every", "1", "--max-steps", "3", "--out",
+                             str(tmp_path / "runs"), "--name", "w", "--device", "cpu", "--no-tensorboard"])
+    run = tmp_path / "runs" / "deraining" / "w" / "sigma-1"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [("loss_g" in r) for r in records if r["kind"] == "train"] == [False, False, True]
+    config = json.loads((run / "config.json").read_text())
+    assert config["critic_warmup"] == 2 and config["critic_init"] == "kaiming"
+
+
 def test_learning_rate_schedule_and_half_rate_for_g():
     assert learning_rate(1e-4, 1, 50) == pytest.approx(1e-4)
     assert learning_rate(1e-4, 50, 50) == pytest.approx(1e-4)
