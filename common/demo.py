@@ -46,16 +46,18 @@ DEMO_TRAINING = {"max_steps": 1000, "batchSize": 4, "lr": 1e-4, "step": 1000, "i
 
 
 def demo_defaults(task: Task) -> dict:
-    """train.py's defaults under --demo: the demo's training with the task's demo sigma and dc weight."""
-    return {**DEMO_TRAINING, "sigma": [[task.demo_sigma]], "dc_weight": task.demo_dc_weight}
+    """train.py's defaults under --demo: the demo's training with the task's own flags on top."""
+    flags = {**DEMO_TRAINING, **task.demo_flags}
+    return {**flags, "sigma": [[flags["sigma"]]]}
 
 
 def demo_flags_text(task: Task) -> str:
-    d = demo_defaults(task)
-    dc = f", --dc-weight {task.demo_dc_weight:g}" if task.demo_dc_weight else ""
-    return (f"{d['max_steps']} steps of {d['batchSize']} patches, sigma {task.demo_sigma:g}{dc}, --lr {d['lr']:g}, "
-            f"--init {d['init']}, --ema {d['ema']:g}, generator width {d['gen_width']} and critic width "
-            f"{d['critic_width']}, validated every {d['val_steps']} steps, seed {d['seed']}")
+    d = {**DEMO_TRAINING, **task.demo_flags}
+    own = ", ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                    for k, v in task.demo_flags.items() if k != "sigma")
+    return (f"{d['max_steps']} steps of {d['batchSize']} patches, sigma {d['sigma']:g}{', ' + own if own else ''}, "
+            f"--lr {d['lr']:g}, --init {d['init']}, --ema {d['ema']:g}, generator width {d['gen_width']} and critic "
+            f"width {d['critic_width']}, validated every {d['val_steps']} steps, seed {d['seed']}")
 
 
 def demo_report(task: Task, args, result, seconds: float) -> str:

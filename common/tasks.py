@@ -4,7 +4,7 @@ Everything else (networks, losses, training loop, checkpoints, evaluation) is sh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,9 @@ class Task:
     degradation: str           # the synthetic degradation its demo uses (common.degrade)
     input_label: str           # what the degraded input is called next to the result
     patch: int = 128           # clean-side training patch; the critic takes exactly this size
-    demo_sigma: float = 10.0
-    demo_dc_weight: float = 0.0  # the demo's --dc-weight (common/demo.py says why deraining's is not 0)
+    # train.py's flags under --demo where this task's demo differs from common.demo.DEMO_TRAINING
+    # (common/demo.py says why); "sigma" is always among them
+    demo_flags: dict = field(default_factory=dict, hash=False)
     # dB over the degraded input the demo's best checkpoint must reach; SR's 0.01 is "above bicubic" by at
     # least what the printed figures resolve (an identity G scores 1e-4 dB above it by round-off)
     demo_gain: float = 1.0
@@ -33,14 +34,14 @@ class Task:
 TASKS: dict[str, Task] = {
     "sr": Task("sr", "x4 super-resolution", scale=4, batch_size=32, critic_hidden=640,
                sigmas=(100, 50, 30, 10), default_loss="sot-l0.5", degradation="bicubic-x4",
-               input_label="bicubic", demo_sigma=100.0, demo_gain=0.01),
+               input_label="bicubic", demo_gain=0.01, demo_flags={"sigma": 100.0}),
     "deraining": Task("deraining", "deraining", scale=1, batch_size=48, critic_hidden=64,
                       sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="rain-heavy",
-                      input_label="rainy input", demo_sigma=10.0, demo_dc_weight=10.0, reference_crop=16),
+                      input_label="rainy input", reference_crop=16, demo_flags={"sigma": 10.0, "dc_weight": 10.0}),
     # The authors' dehazing/ folder ships sr/'s network file byte for byte: its critic is 640 wide too.
     "dehazing": Task("dehazing", "dehazing", scale=1, batch_size=48, critic_hidden=640,
                      sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="haze",
-                     input_label="hazy input", demo_sigma=100.0),
+                     input_label="hazy input", demo_flags={"sigma": 100.0}),
 }
 
 

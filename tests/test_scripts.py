@@ -16,13 +16,14 @@ def test_demo_train_then_test(tmp_path, task):
                        "--seed", "1", "--no-tensorboard")
     assert train.returncode == 0, train.stderr[-3000:]
     assert f"held-out photographs: {spec.input_label}" in train.stdout
-    runs = list((out / task).glob(f"demo-*/sigma-{spec.demo_sigma:g}"))
+    sigma = spec.demo_flags["sigma"]
+    runs = list((out / task).glob(f"demo-*/sigma-{sigma:g}"))
     assert len(runs) == 1
     run = runs[0]
     for name in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "samples/epoch-0001.png"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["sigma"] == spec.demo_sigma and config["seed"] == 1 and config["loss"] == spec.default_loss
+    assert config["sigma"] == sigma and config["seed"] == 1 and config["loss"] == spec.default_loss
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["train", "train", "val"]
     assert records[-1]["input_psnr"] > 10
