@@ -87,3 +87,40 @@ def test_quick_study_runs_end_to_end(tmp_path):
     assert [(r["method"], r["seed"]) for r in rows[1:]] == [("OT", "0"), ("OT", "1"), ("supervised", "1")]
     curve = json.loads((out / "results.json").read_text())["runs"][0]["curve"]
     assert [step for step, _ in curve] == [1, 2, 3, 4, 5, 6]
+
+
+def test_critic_probe_measures_rank_w_cosine_and_colour(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import critic_probe
+    from conftest import write_h5
+
+    class Linear(torch.nn.Module):  # D(x) = <w, x>: its input gradient is w everywhere
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+        def forward(self, x):
+            return (x * self.w).sum(dim=(1, 2, 3))
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[0] += 0.1 * torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y[1, 2] += 0.05  # the second pair differs by a blue shift
+    w = y[0] - x[0]
+    r = critic_probe.probe(Linear(w), x, y)
+    residual = (y[1] - x[1]).flatten()
+    second = float(w.flatten() @ residual / (w.norm() * residual.norm()))
+    assert r["cosine"] == pytest.approx((1.0 + second) / 2, abs=1e-5)
+    assert r["W"] == pytest.approx(float(((y - x) * w).sum(dim=(1, 2, 3)).mean()), abs=1e-5)
+    assert r["colour"] == pytest.approx(w.sum(dim=(1, 2)).tolist(), abs=1e-5)
+    assert r["rank"] == pytest.approx(1.0 if float((w * (y[1] - x[1])).sum()) > 0 else 0.5)
+
+    rng = np.random.default_rng(0)
+    clean = (rng.random((6, 3, 128, 128)) * 255).astype(np.uint8)
+    write_h5(tmp_path / "t.h5", clean, clean)
+    reports = critic_probe.main(["--task", "deraining", "--trainset", str(tmp_path / "t.h5"), "--critic-width", "8",
+                                 "--critic-init", "kaiming", "--steps", "2", "--every", "1", "--pairs", "3"])
+    assert [r["step"] for r in reports] == [1, 2] and all(np.isfinite(r["W"]) for r in reports)
