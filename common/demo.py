@@ -45,15 +45,20 @@ DEMO_TRAINING = {"max_steps": 1000, "batchSize": 4, "lr": 1e-4, "step": 1000, "i
                  "ema": 0.995, "seed": 0}  # a fixed seed: the README's demo figures are reproducible
 
 
+def demo_settings(task: Task) -> dict:
+    """The demo's training settings with the task's own flags on top."""
+    return {**DEMO_TRAINING, **task.demo_flags}
+
+
 def demo_defaults(task: Task) -> dict:
-    """train.py's defaults under --demo: the demo's training with the task's own flags on top."""
-    flags = {**DEMO_TRAINING, **task.demo_flags}
+    """train.py's defaults under --demo (its --sigma parses to a list of lists)."""
+    flags = demo_settings(task)
     return {**flags, "sigma": [[flags["sigma"]]]}
 
 
 def demo_flags_text(task: Task) -> str:
-    d = {**DEMO_TRAINING, **task.demo_flags}
-    own = ", ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+    d = demo_settings(task)
+    own = ", ".join(f"--{k.replace('_', '-')} {format(v, 'g') if isinstance(v, float) else v}"
                     for k, v in task.demo_flags.items() if k != "sigma")
     return (f"{d['max_steps']} steps of {d['batchSize']} patches, sigma {d['sigma']:g}{', ' + own if own else ''}, "
             f"--lr {d['lr']:g}, --init {d['init']}, --ema {d['ema']:g}, generator width {d['gen_width']} and critic "

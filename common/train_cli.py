@@ -130,8 +130,8 @@ def parse_train_args(task: Task, argv: list[str]) -> argparse.Namespace:
 
 # Flags that define a run: a resume may not change them (the others, e.g. --max-steps, it may).
 RUN_DEFINING = ("sigma", "loss", "seed", "batchSize", "lr", "step", "gen_width", "gen_increment",
-                "critic_width", "init", "critic_init", "critic_warmup", "trainset", "layout", "align_corners", "pretrained", "dc_weight",
-                "supervised", "ema")
+                "critic_width", "init", "critic_init", "critic_warmup", "trainset", "layout", "align_corners",
+                "pretrained", "dc_weight", "supervised", "ema")
 
 
 def explicit_flags(task: Task, argv: list[str]) -> dict:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from common.data import UnpairedH5Dataset  # noqa: E402
-from common.losses import critic_loss, gradient_penalty  # noqa: E402
-from common.networks import CRITIC_INITS, Critic  # noqa: E402
+from common.networks import CRITIC_INITS, Critic, Generator, start_as_identity  # noqa: E402
+from common.sot import make_optimizers, train_step  # noqa: E402
 from common.tasks import TASKS, model_input  # noqa: E402
 
 
@@ -79,19 +79,15 @@ def main(argv=None) -> list[dict]:
     held = torch.randperm(n, generator=draw)[:args.pairs]
     x_held, y_held = stack(dataset, task, [(i, i) for i in held])
     critic = Critic(hidden=task.critic_hidden, input_size=task.patch, width=args.critic_width, init=args.critic_init)
-    opt_d = torch.optim.RMSprop(critic.parameters(), lr=args.lr)  # the critic's optimiser in training
+    # The training step itself, critic-only (as in --critic-warmup), against a G that is the identity.
+    identity = start_as_identity(Generator(width=8, increment=8))
+    opt_g, opt_d = make_optimizers(identity, critic, args.lr)
     reports = []
     for step in range(1, args.steps + 1):
         idx = torch.randint(len(dataset), (args.batch,), generator=draw)
         jdx = torch.randint(dataset.num_labels, (args.batch,), generator=draw)
         x, y = stack(dataset, task, zip(idx, jdx))
-        opt_d.zero_grad()
-        scores = critic(torch.cat([y, x]))
-        critic_loss(scores[:args.batch], scores[args.batch:]).backward()
-        opt_d.step()
-        opt_d.zero_grad()
-        gradient_penalty(critic, y, x).backward()
-        opt_d.step()
+        train_step(identity, critic, opt_g, opt_d, x, y, 0.0, "ot", update_generator=False)
         if step % args.every == 0 or step == args.steps:
             r = {"step": step, **probe(critic, x_held, y_held)}
             reports.append(r)
