@@ -40,6 +40,14 @@ LAST_STEP_SLACK = 0.3  # dB the last step may lie below the input before the dem
 # Deraining also charges the residual's mean (--dc-weight 10): removing bright streaks darkens an
 # image, and the spectral costs barely charge a global shift, so without it G learned to darken every
 # image by the training set's average rain (0.07) instead of removing each image's own streaks.
+# SR starts from a He-initialised critic trained alone for 200 steps (--critic-init kaiming
+# --critic-warmup 200): from the reference's init the critic takes most of the run to learn what blur
+# looks like. Its gradient then also carries an incidental colour and contrast preference, which G
+# followed first; --null-space keeps G to the detail the LR input does not fix, and sigma 0.01 lets
+# it move (at 100 the transport cost held G at the input). It stops at 600 steps: at this size G
+# places only part of the missing detail right (correlation about 0.4 with the true residual), and from
+# about step 650 on it keeps adding detail until its energy matches the clean side's, which costs more
+# PSNR than the right part gains. docs/RESULTS.md has the measurements.
 DEMO_TRAINING = {"max_steps": 1000, "batchSize": 4, "lr": 1e-4, "step": 1000, "init": "identity", "nEpochs": 1000,
                  "val_every": 1, "val_steps": 50, "gen_width": 16, "gen_increment": 8, "critic_width": 16,
                  "ema": 0.995, "seed": 0}  # a fixed seed: the README's demo figures are reproducible
@@ -58,8 +66,8 @@ def demo_defaults(task: Task) -> dict:
 
 def demo_flags_text(task: Task) -> str:
     d = demo_settings(task)
-    own = ", ".join(f"--{k.replace('_', '-')} {format(v, 'g') if isinstance(v, float) else v}"
-                    for k, v in task.demo_flags.items() if k != "sigma")
+    own = ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {format(v, 'g') if isinstance(v, float) else v}")
+                    for k, v in task.demo_flags.items() if k not in ("sigma", "max_steps"))
     return (f"{d['max_steps']} steps of {d['batchSize']} patches, sigma {d['sigma']:g}{', ' + own if own else ''}, "
             f"--lr {d['lr']:g}, --init {d['init']}, --ema {d['ema']:g}, generator width {d['gen_width']} and critic "
             f"width {d['critic_width']}, validated every {d['val_steps']} steps, seed {d['seed']}")

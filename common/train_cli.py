@@ -92,6 +92,11 @@ def train_parser(task: Task) -> argparse.ArgumentParser:
     if task.scale > 1:
         s.add_argument("--align-corners", action="store_true",
                        help="upsample inputs with align_corners=True, as the reference trained")
+        s.add_argument("--null-space", action=argparse.BooleanOptionalAction, default=False,
+                       help=f"let G add only detail the low-resolution input does not fix: its residual loses what an "
+                            f"x{task.scale} bicubic downsampler keeps of it, so colours and shading stay the input's "
+                            "(the critic cannot pull them away); part of the model, test.py applies it too; not in "
+                            "the paper (default: off; the demo's: on)")
     s.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="log every N steps")
     s.add_argument("--save-every", type=non_negative_int, default=1000, metavar="N",
                    help="also checkpoint every N steps, keeping the newest two (0: only each epoch) "
@@ -123,15 +128,16 @@ def parse_train_args(task: Task, argv: list[str]) -> argparse.Namespace:
         parser.set_defaults(**demo_defaults(task))
     args = parser.parse_args(argv)
     args.sigma = [s for group in args.sigma for s in group]
-    if not hasattr(args, "align_corners"):
-        args.align_corners = False
+    for sr_only in ("align_corners", "null_space"):
+        if not hasattr(args, sr_only):
+            setattr(args, sr_only, False)
     return args
 
 
 # Flags that define a run: a resume may not change them (the others, e.g. --max-steps, it may).
 RUN_DEFINING = ("sigma", "loss", "seed", "batchSize", "lr", "step", "gen_width", "gen_increment",
                 "critic_width", "init", "critic_init", "critic_warmup", "trainset", "layout", "align_corners",
-                "pretrained", "dc_weight", "supervised", "ema")
+                "null_space", "pretrained", "dc_weight", "supervised", "ema")
 
 
 def explicit_flags(task: Task, argv: list[str]) -> dict:

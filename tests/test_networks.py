@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from common.networks import Critic, Generator, count_parameters
+import torch.nn.functional as F
+
+from common.networks import Critic, Generator, count_parameters, project_off_low_res
 
 
 def test_parameter_counts_at_real_sizes():
@@ -56,6 +58,36 @@ def test_unaligned_input_is_reflect_padded_then_cropped():
     padded = torch.nn.functional.pad(x, (0, 3, 0, 2), mode="reflect")
     with torch.no_grad():
         torch.testing.assert_close(g(x), g(padded)[..., :34, :41])
+
+
+def test_projection_off_the_low_resolution_band():
+    """--null-space: a colour shift goes entirely, detail at the high-resolution pixel scale stays."""
+    shift = torch.full((1, 3, 32, 32), 0.2)
+    assert project_off_low_res(shift, 4).abs().max() < 1e-6
+    checker = torch.ones(32, 32)
+    checker[::2] *= -1
+    checker[:, ::2] *= -1
+    checker = checker.expand(1, 3, 32, 32)
+    torch.testing.assert_close(project_off_low_res(checker, 4), checker, atol=0.01, rtol=0)
+    ramp = torch.linspace(-0.5, 0.5, 32).expand(1, 3, 32, 32)  # slow shading: nearly all of it goes
+    assert project_off_low_res(ramp, 4).norm() < 0.05 * ramp.norm()
+
+
+def test_null_space_generator_keeps_what_the_downsampler_sees():
+    """With null_space_scale 4 the output, downsampled x4, is the input downsampled (up to D(U(.)) != id),
+    where the same weights without the projection change it; G is still input + (projected) residual."""
+    torch.manual_seed(0)
+    plain = Generator(width=8, increment=4).eval()
+    projected = Generator(width=8, increment=4, null_space_scale=4).eval()
+    projected.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    down = lambda t: F.interpolate(t, scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False)
+    with torch.no_grad():
+        r_plain, r_projected = plain(x) - x, projected(x) - x
+    torch.testing.assert_close(r_projected, project_off_low_res(r_plain, 4))
+    assert down(r_projected).pow(2).mean().sqrt() < 0.2 * down(r_plain).pow(2).mean().sqrt()
+    with torch.no_grad():
+        assert projected(torch.rand(1, 3, 37, 50)).shape == (1, 3, 37, 50)
 
 
 def test_critic_shapes_and_input_check():

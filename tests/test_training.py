@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -83,6 +85,31 @@ def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
     assert [("loss_g" in r) for r in records if r["kind"] == "train"] == [False, False, True]
     config = json.loads((run / "config.json").read_text())
     assert config["critic_warmup"] == 2 and config["critic_init"] == "kaiming"
+    assert config["null_space"] is False
+
+
+def test_null_space_is_part_of_the_saved_model(tmp_path):
+    """SR's --null-space is recorded in the checkpoint's architecture, so test.py's generator projects too;
+    the other tasks have no such flag."""
+    import numpy as np
+
+    from common.checkpoint import load_generator
+    from common.train_cli import train_main
+    from conftest import write_h5
+
+    rng = np.random.default_rng(0)
+    write_h5(tmp_path / "train" / "t.h5", (rng.random((4, 3, 32, 32)) * 255).astype(np.uint8),
+             (rng.random((4, 3, 128, 128)) * 255).astype(np.uint8))
+    train_main("sr", ["--trainset", str(tmp_path / "train"), "--batchSize", "2", "--sigma", "1", "--seed", "1",
+                      "--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--null-space",
+                      "--max-steps", "2", "--out", str(tmp_path / "runs"), "--name", "n", "--device", "cpu",
+                      "--no-tensorboard"])
+    run = tmp_path / "runs" / "sr" / "n" / "sigma-1"
+    g = load_generator(run / "last.pt")
+    assert g.arch["null_space_scale"] == 4
+    assert json.loads((run / "config.json").read_text())["null_space"] is True
+    with pytest.raises(SystemExit):
+        parse_train_args(TASKS["deraining"], ["--null-space"])
 
 
 def test_learning_rate_schedule_and_half_rate_for_g():
