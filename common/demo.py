@@ -45,7 +45,7 @@ LAST_STEP_SLACK = 0.3  # dB the last step may lie below the input before the dem
 # looks like. Its gradient then also carries an incidental colour and contrast preference, which G
 # followed first; --null-space keeps G to the detail the LR input does not fix, and sigma 0.01 lets
 # it move (at 100 the transport cost held G at the input). It stops at 600 steps: at this size G
-# places only part of the missing detail right (correlation about 0.4 with the true residual), and from
+# places only part of the missing detail right (correlation 0.1-0.4 with the true residual), and from
 # about step 650 on it keeps adding detail until its energy matches the clean side's, which costs more
 # PSNR than the right part gains. docs/RESULTS.md has the measurements.
 DEMO_TRAINING = {"max_steps": 1000, "batchSize": 4, "lr": 1e-4, "step": 1000, "init": "identity", "nEpochs": 1000,

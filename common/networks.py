@@ -235,7 +235,7 @@ class Generator(nn.Module):
         features = self.stage1_decoder(*self.stage1_encoder(self.shallow_feat1(padded)))
         out = self.sam12(features, padded)
         if scale > 1:
-            out = padded + project_off_low_res(out - padded, scale).to(out.dtype)
+            out = padded + project_off_low_res(out.float() - padded.float(), scale).to(out.dtype)
         return out[..., :h, :w] if out.shape[-2:] != (h, w) else out
 
 
