@@ -64,10 +64,17 @@ def demo_defaults(task: Task) -> dict:
     return {**flags, "sigma": [[flags["sigma"]]]}
 
 
+def _flag_text(name: str, value) -> str:
+    """How a setting reads on the command line: ``--null-space``, ``--dc-weight 10``."""
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return flag
+    return f"{flag} {format(value, 'g') if isinstance(value, float) else value}"
+
+
 def demo_flags_text(task: Task) -> str:
     d = demo_settings(task)
-    own = ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {format(v, 'g') if isinstance(v, float) else v}")
-                    for k, v in task.demo_flags.items() if k not in ("sigma", "max_steps"))
+    own = ", ".join(_flag_text(k, v) for k, v in task.demo_flags.items() if k not in ("sigma", "max_steps"))
     return (f"{d['max_steps']} steps of {d['batchSize']} patches, sigma {d['sigma']:g}{', ' + own if own else ''}, "
             f"--lr {d['lr']:g}, --init {d['init']}, --ema {d['ema']:g}, generator width {d['gen_width']} and critic "
             f"width {d['critic_width']}, validated every {d['val_steps']} steps, seed {d['seed']}")

@@ -56,8 +56,6 @@ def test_two_critic_updates_then_a_generator_step_that_leaves_critic_grads_alone
 
 
 def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
-    import json
-
     import numpy as np
 
     from common.train_cli import train_main
