@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, note
+from .files import fsync_folder, unreadable_reason
 from .networks import Critic, Generator
 
 FORMAT = "sot-checkpoint"
@@ -35,19 +36,6 @@ UNUSED_AUTHOR_BRANCHES = ("shallow_feat2.", "shallow_feat3.")
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems do not open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it into place.
 
@@ -69,7 +57,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_folder(path.parent)
 
 
 class _RecordingWriter:
@@ -249,8 +237,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint of either format into a dict with at least ``format``, ``arch``,
     ``generator`` and ``critic`` (state dicts; ``critic`` may be ``None``)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: " + ("a folder, not a checkpoint file" if path.is_dir() else "checkpoint not found"))
+    reason = unreadable_reason(path, "a checkpoint file")
+    if reason:
+        raise InputError(f"{path}: " + ("checkpoint not found" if reason == "no such file" else reason))
     try:
         with warnings.catch_warnings():  # torch's remarks on a file's pickle protocol would break the one line
             warnings.simplefilter("ignore")
@@ -267,7 +256,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
     except Exception as exc:  # whatever torch.load chokes on (zip, pickle or memo errors) means the same
-        reason = (str(exc).splitlines() or [""])[0]
+        reason = (str(exc).splitlines() or [""])[0].split(". ")[0]  # torch's first sentence says it
         raise InputError(f"{path}: not a checkpoint, or a damaged one ({type(exc).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(f"{path}: not an SOT checkpoint (no '{FORMAT}' format tag)")

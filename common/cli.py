@@ -4,9 +4,25 @@ own command lines are ``common.train_cli`` and ``common.test_cli``."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from .errors import EXIT_BAD_INPUT, InputError, TrainingStopped, close_progress_bars, printable, tolerant_streams
+from . import errors
+from .errors import (EXIT_BAD_INPUT, InputError, Interrupted, TrainingStopped, close_progress_bars,
+                     on_stop_signals, printable, restore_signal_handlers, tolerant_streams)
+
+
+# Training runs in float32 (bf16 under autocast), whose largest number is 3.4e38: a weight or rate
+# near it makes every loss it multiplies overflow, and each step would be skipped as non-finite.
+# 1e30 is far beyond any sensible value and leaves a product with a loss of up to 1e8 finite.
+TRAINING_LIMIT = 1e30
+
+
+def _in_training_range(value: float, token: str, what: str) -> float:
+    if value > TRAINING_LIMIT:
+        raise argparse.ArgumentTypeError(f"{what} {token} is too large for float32 training arithmetic (every loss "
+                                         f"it multiplies would overflow); give at most {TRAINING_LIMIT:g}")
+    return value
 
 
 def sigma_list(token: str) -> list[float]:
@@ -18,6 +34,8 @@ def sigma_list(token: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a number or list of numbers: {token!r}") from None
     if not values or any(not (v >= 0 and v < float("inf")) for v in values):
         raise argparse.ArgumentTypeError(f"sigma must be finite and non-negative: {token!r}")
+    for v in values:
+        _in_training_range(v, f"{v:g}", "sigma")
     return values
 
 
@@ -54,14 +72,14 @@ def finite_positive_float(token: str) -> float:
     value = _float(token)
     if not (0 < value < float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {token!r}")
-    return value
+    return _in_training_range(value, token, "the value")
 
 
 def finite_non_negative_float(token: str) -> float:
     value = _float(token)
     if not (0 <= value < float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {token!r}")
-    return value
+    return _in_training_range(value, token, "the value")
 
 
 def decay(token: str) -> float:
@@ -99,13 +117,52 @@ def common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 
 
-def run_guarded(main, argv, debug_flag: str = "--debug") -> None:
+class _RaiseOnSignal:
+    """SIGINT and SIGTERM raise :class:`Interrupted` (once: a second signal during the clean-up is
+    ignored, the clean-up takes milliseconds); the previous handlers come back on exit."""
+
+    def __enter__(self):
+        self.raised = False
+        self.previous = on_stop_signals(self._handle)
+        # A raise that lands in a __del__ or weakref callback is lost ("Exception ignored in ...", with a
+        # traceback): say nothing of it, check_interrupted raises it again at the next write.
+        self.unraisable = sys.unraisablehook
+        sys.unraisablehook = lambda info: None if isinstance(info.exc_value, Interrupted) else self.unraisable(info)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:
+            return
+        self.raised = True
+        errors._pending_stop.append(signum)  # for check_interrupted, should this exception be lost
+        raise Interrupted(signum)
+
+    def __exit__(self, *exc):
+        restore_signal_handlers(self.previous)
+        sys.unraisablehook = self.unraisable
+        errors._pending_stop.clear()
+
+
+def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = False) -> None:
     """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
-    stop its message and its own status (128 + the signal, or 3 for a diverged run)."""
+    stop its message and its own status (128 + the signal, or 3 for a diverged run).
+
+    ``writes_files`` (test.py, gdata/): SIGINT and SIGTERM stop the script where it is; what it had
+    half-written is removed on the way out, one line says what, and the status is 130 or 143."""
     argv = sys.argv[1:] if argv is None else argv
     tolerant_streams()  # a file name that is not UTF-8 is printed with \xff escapes, never a UnicodeEncodeError
     try:
-        main(argv)
+        if writes_files:
+            with _RaiseOnSignal():
+                main(argv)
+        else:
+            main(argv)
+    except Interrupted as exc:
+        close_progress_bars()
+        name = signal.Signals(exc.signum).name
+        done = f": removed {', '.join(exc.cleaned)}" if exc.cleaned else "; nothing was left half-written"
+        print(f"stopped by {name}{printable(done)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except InputError as exc:
         if debug_flag in argv:
             raise

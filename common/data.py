@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import InputError, printable
-from .files import human_bytes, remove_if_stale, write_failure
+from .errors import InputError, Interrupted, check_interrupted, printable
+from .files import folders_to_make, human_bytes, remove_if_stale, remove_made, unreadable_reason, write_failure
 
 LAYOUTS = {"NCHW": False, "NCWH": True}  # layout name -> patches stored transposed
 LAYOUT_CHOICES = ("auto", "ours", "matlab")
@@ -52,14 +52,16 @@ def find_h5_files(source: str | os.PathLike | list) -> list[Path]:
         if folder.is_file():
             files = [folder]
         elif not folder.is_dir():
-            raise InputError(f"{folder}: training folder not found")
+            reason = unreadable_reason(folder, "a training folder")
+            raise InputError(f"{folder}: " + ("training folder not found" if reason == "no such file" else reason))
         else:
             files = sorted(folder.glob("*.h5"))
             if not files:
                 raise InputError(f"{folder}: no .h5 files in the training folder")
     for f in files:
-        if not f.is_file():
-            raise InputError(f"{f}: " + ("a folder, not an .h5 file" if f.is_dir() else "no such file"))
+        reason = unreadable_reason(f, "an .h5 file")
+        if reason:
+            raise InputError(f"{f}: {reason}")
     return files
 
 
@@ -120,22 +122,64 @@ def first_rows(ds: h5py.Dataset, limit: int = 64) -> np.ndarray:
     return ds[: max(1, min(limit, ds.shape[0], CHECK_BYTES // row))]
 
 
+def _holders(path: str | os.PathLike) -> list[int]:
+    """PIDs of the other processes that have ``path`` open (Linux's /proc; empty elsewhere)."""
+    try:
+        target = os.stat(path)
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()]
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    found.append(pid)
+                    break
+        except OSError:  # gone, or not ours to look at
+            continue
+    return found
+
+
+def open_h5_file(path: str | os.PathLike) -> h5py.File:
+    """Open an HDF5 file for reading; anything unreadable is an :class:`InputError` that says why
+    (missing, a folder, a link loop, not HDF5, damaged, or held by a writer)."""
+    reason = unreadable_reason(path, "an .h5 file")
+    if reason:
+        raise InputError(f"{path}: {reason}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "unable to lock file" in str(exc):
+            holders = _holders(path)
+            who = f" (PID {', '.join(map(str, holders))})" if holders else ""
+            raise InputError(f"{path}: another process{who} has the file open for writing (HDF5's file lock is "
+                             "held); wait until it has finished writing, then try again") from None
+        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def patch_dataset(path, f: h5py.File, name: str) -> h5py.Dataset:
+    """The 4-D dataset ``name`` of an open file, or an error that says what is there instead."""
+    if name not in f:
+        raise InputError(f"{path}: no '{name}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
+    obj = f[name]
+    if isinstance(obj, h5py.Group):
+        inside = ", ".join(obj.keys()) or "nothing"
+        raise InputError(f"{path}: '{name}' is a group (a folder inside the file, holding: {inside}), not a "
+                         "dataset of patches")
+    if not isinstance(obj, h5py.Dataset) or obj.ndim != 4:
+        raise InputError(f"{path}: '{name}' must be N x C x H x W, got shape {getattr(obj, 'shape', None)}")
+    return obj
+
+
 def inspect_h5(path: str | os.PathLike, layout: str = "auto") -> H5Part:
     """Open one training file, check its keys, shapes, dtypes and a first block of values."""
     path = str(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
+    with open_h5_file(path) as f:
         shapes, dtypes = {}, {}
         for name in ("data", "label"):
-            if name not in f:
-                raise InputError(f"{path}: no '{name}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
-            ds = f[name]
-            if not isinstance(ds, h5py.Dataset) or ds.ndim != 4:
-                raise InputError(f"{path}: '{name}' must be N x C x H x W, got shape "
-                                 f"{getattr(ds, 'shape', None)}")
+            ds = patch_dataset(path, f, name)
             if ds.shape[0] == 0:
                 raise InputError(f"{path}: dataset '{name}' is empty")
             if not (ds.dtype == np.uint8 or np.issubdtype(ds.dtype, np.floating)):
@@ -347,12 +391,12 @@ class H5PatchWriter:
         self.dtype = np.dtype(dtype)
         self.chunk = chunk
         # folders made for the file, removed again if it is never written
-        self.made = [f for f in [self.path.parent, *self.path.parent.parents] if not f.exists()]
+        self.made = folders_to_make(self.path.parent)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = h5py.File(self.tmp, "w")
         except OSError as exc:
-            self._remove_made()
+            remove_made(self.made)
             raise InputError(write_failure(self.path, exc, None, "file")) from None
         # what an earlier writer of this file left when it was killed
         for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):
@@ -366,6 +410,7 @@ class H5PatchWriter:
         return {name: int(ds.shape[0]) for name, ds in self.file.items()}
 
     def append(self, name: str, patches: np.ndarray) -> None:
+        check_interrupted()  # a stop signal whose exception was lost stops the file here
         if len(patches) == 0:
             return
         if patches.ndim != 4:
@@ -403,14 +448,7 @@ class H5PatchWriter:
             pass
         finally:
             self.tmp.unlink(missing_ok=True)
-            self._remove_made()
-
-    def _remove_made(self) -> None:
-        for folder in self.made:  # innermost first; a folder something else was put in stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+            remove_made(self.made)
 
     def __enter__(self):
         return self
@@ -418,5 +456,10 @@ class H5PatchWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close()
-        else:
-            self.abort()
+            return
+        made = [f for f in self.made if f.exists()]
+        self.abort()
+        if isinstance(exc, Interrupted):
+            exc.cleaned.append(f"the unfinished {self.tmp.name}" + (f" and the folder {made[-1]} made for it"
+                                                                    if made else "")
+                               + f" ({self.path} was not written)")

@@ -71,6 +71,55 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM in a script that writes files (``test.py``, ``gdata/``), raised where the
+    signal lands so that each ``with`` block on the way out removes what it had half-written and
+    says so in ``cleaned``. A BaseException, like KeyboardInterrupt: ``except Exception`` must not
+    swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.cleaned: list[str] = []
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+# The stop signal received and not yet acted on. A signal handler's exception can be lost: raised
+# while Python runs a __del__ or a C extension's callback, it is printed as "ignored" and the code
+# goes on. So the loops that write also look here, between two writes (check_interrupted).
+_pending_stop: list[int] = []
+
+
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` if a stop signal came and its exception was lost on the way."""
+    if _pending_stop:
+        raise Interrupted(_pending_stop[0])
+
+
+def on_stop_signals(handler) -> dict:
+    """Route SIGINT and SIGTERM to ``handler``; returns the previous handlers for
+    :func:`restore_signal_handlers`. Outside the main thread signals are left alone."""
+    import signal
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    return previous
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def close_progress_bars() -> None:
     """Close the progress bars an error interrupted, so that its line starts a line of its own."""
     try:

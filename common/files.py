@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .errors import InputError, note
+from .errors import InputError, Interrupted, note
 
 LOCK_NAME = ".lock"
 _TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")  # what atomic writes leave behind: .<name>.tmp<PID>
@@ -101,15 +101,19 @@ class RunLock:
 
 
 def remove_if_stale(path: Path, locked: bool = False) -> bool:
-    """Delete one ``.<name>.tmp<PID>`` file if no running writer owns it (see below); whether it went."""
+    """Delete one ``.<name>.tmp<PID>`` file (or staging folder, see :class:`StagedFolder`) if no
+    running writer owns it (see below); whether it went."""
     m = _TEMPORARY.match(path.name)
-    if not m or not path.is_file():
+    if not m or path.is_symlink() or not (path.is_file() or path.is_dir()):
         return False
     pid = int(m.group(1))
     if pid == os.getpid() or (not locked and pid_alive(pid)):
         return False
     try:
-        path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     except OSError:
         return False
     return True
@@ -131,6 +135,55 @@ def remove_stale_temporaries(folder: str | os.PathLike, locked: bool = False) ->
     return removed
 
 
+# ----------------------------------------------------------------------------- input files
+def unreadable_reason(path: str | os.PathLike, what: str = "a file") -> str | None:
+    """Why ``path`` is not a regular file that can be opened for reading, in words, or None.
+
+    Tells apart what ``Path.is_file()`` lumps together as False: a missing file, a broken symbolic
+    link, a link loop, a folder, a FIFO or device (reading one would block or never end) and a file
+    without read permission. ``what`` names what was expected ("an image", "a checkpoint file")."""
+    import stat
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return "no such file"
+        return f"a broken symbolic link (to {target}, which does not exist)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic-link loop (the link points back at itself through other links)"
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return f"a folder, not {what}"
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device")
+        return f"{what}, not a regular file (reading it could block forever)"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (Permission denied)"
+    return None
+
+
+def check_readable_file(path: str | os.PathLike, what: str = "a file") -> int:
+    """Refuse anything but a readable regular file (see :func:`unreadable_reason`); its size in bytes."""
+    reason = unreadable_reason(path, what)
+    if reason:
+        raise InputError(f"{path}: {reason}")
+    return Path(path).stat().st_size
+
+
+def check_fits_in_memory(path: str | os.PathLike, needed: int, what: str) -> None:
+    """Refuse to read ``needed`` bytes of ``path`` into memory when fewer are available."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise InputError(f"{path}: {what} needs about {human_bytes(needed)} of memory; "
+                         f"{human_bytes(available)} is available")
+
+
 # ----------------------------------------------------------------------------- output folders
 def check_can_write(target: str | os.PathLike, what: str = "output folder") -> None:
     """Refuse, before any work, an output path that cannot be written: a component that is a file,
@@ -149,6 +202,93 @@ def check_can_write(target: str | os.PathLike, what: str = "output folder") -> N
         probe.unlink()
     except OSError as exc:
         raise InputError(f"{target}: cannot write the {what} ({exc.strerror or exc})") from None
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one existing file or folder (through links and bind mounts alike)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def folders_to_make(folder: Path) -> list[Path]:
+    """The folders that ``mkdir(parents=True)`` would create for ``folder``, innermost first."""
+    return [f for f in [folder, *folder.parents] if not f.exists()]
+
+
+def remove_made(folders: list[Path]) -> None:
+    """Remove folders made for output that was never written, innermost first; one that something
+    else was put in meanwhile stays (and so do the ones above it)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+class StagedFolder:
+    """Files meant for ``folder``, written first into a hidden staging folder inside it
+    (``.staging.tmp<PID>``) and moved into place together by :meth:`commit`.
+
+    A run that fails, or is stopped, before it commits leaves ``folder`` exactly as it was: the
+    staging folder goes, and so do any folders made for it. A killed run's staging folder is removed
+    by the next run in that folder. Each move is an atomic rename: a file already there is replaced
+    whole, never half-written, and a link there is replaced, not followed.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.made = folders_to_make(self.folder)
+        self.path = self.folder / f".staging.tmp{os.getpid()}"
+
+    def __enter__(self) -> "StagedFolder":
+        try:
+            self.path.mkdir(parents=True)
+        except OSError as exc:
+            remove_made(self.made)
+            raise InputError(f"{self.folder}: cannot write the results folder ({exc.strerror or exc})") from None
+        remove_stale_temporaries(self.folder)
+        return self
+
+    def commit(self) -> list[Path]:
+        """Move every staged file into ``folder``; returns where they went."""
+        placed = []
+        for staged in sorted(self.path.iterdir()):
+            target = self.folder / staged.name
+            if target.is_dir() and not target.is_symlink():
+                raise InputError(f"{target}: is a folder; cannot put the result {staged.name} there")
+            os.replace(staged, target)
+            placed.append(target)
+        self.path.rmdir()
+        fsync_folder(self.folder)
+        return placed
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.path.exists():
+            return
+        written = sum(1 for _ in self.path.iterdir())
+        shutil.rmtree(self.path, ignore_errors=True)
+        made = [f for f in self.made if f.exists()]
+        remove_made(self.made)
+        if isinstance(exc, Interrupted):
+            what = f"the {written} unfinished result file(s) written so far" if written else "the empty staging folder"
+            exc.cleaned.append(what + (f" and the folder {made[-1]} made for them" if made else
+                                       f" ({self.folder} is as it was)"))
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make renames inside ``folder`` durable (where the file system allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def free_bytes(path: str | os.PathLike) -> int | None:

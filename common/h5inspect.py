@@ -152,7 +152,11 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
     for name in missing:
         hint = ("; a file of one side must be merged with a file of the other (gdata/merge_h5.py) before "
                 "training" if len(missing) == 1 and patch_datasets_in(report) else "")
-        problems.append(f"no '{name}' dataset (has: {', '.join(ds) or 'nothing'}){hint}")
+        group = f"{name}/ (group)"
+        if group in report.others:
+            problems.append(f"'{name}' is a group (a folder inside the file), not a dataset of patches")
+        else:
+            problems.append(f"no '{name}' dataset (has: {', '.join(ds) or 'nothing'}){hint}")
     for name in ("data", "label"):
         info = ds.get(name)
         if info is None:

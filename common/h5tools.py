@@ -28,10 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import (LAYOUT_CHOICES, LAYOUTS, H5PatchWriter, _check_values, check_declared_size,
-                   cut_patches)
+                   cut_patches, open_h5_file, patch_dataset)
 from .degrade import DEGRADATIONS, degradation_scale
 from .errors import InputError, note, printable
-from .files import check_can_write
+from .files import check_can_write, same_file
 from .images import list_images, read_image
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
@@ -56,14 +56,7 @@ def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
 
 
 # ----------------------------------------------------------------------------- small helpers
-def open_h5(path: str | Path) -> h5py.File:
-    """Open an HDF5 file for reading; anything unreadable is an :class:`InputError` naming it."""
-    if not Path(path).is_file():
-        raise InputError(f"{path}: " + ("a folder, not an .h5 file" if Path(path).is_dir() else "no such file"))
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+open_h5 = open_h5_file  # the one way every gdata/ script opens a file it reads
 
 
 def stored_layout(f: h5py.File) -> str | None:
@@ -101,8 +94,14 @@ def output_dtype(dtypes: Iterable[np.dtype], requested: str | None) -> str:
     return "uint8" if all(np.dtype(d) == np.uint8 for d in dtypes) else "float32"
 
 
-def check_out_path(out: str | Path) -> Path:
+def check_out_path(out: str | Path, sources: Iterable[str | Path] = ()) -> Path:
+    """The output file of a gdata/ script, refused now if it cannot be written or is one of the files
+    the script reads (it would replace the user's file with one made from it)."""
     out = Path(out)
+    for source in sources:
+        if same_file(out, source):
+            raise InputError(f"{out}: is also a file this command reads ({source}); write the result to another "
+                             "file (replacing the source with it would lose the original)")
     if out.suffix != ".h5":
         raise InputError(f"{out}: the output must end in .h5 (training reads the *.h5 files of a folder)")
     if out.is_dir():
@@ -262,6 +261,10 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
         raise InputError(f"--patch {patch} and --stride {stride} must be multiples of the scale {s}, so that "
                          "degraded and clean patch grids align")
     fraction = parse_split(split)
+    if degraded_dir is not None and degradation is None and same_file(degraded_dir, input_dir):
+        raise InputError(f"--degraded-input {degraded_dir} is the --input folder: 'data' and 'label' would hold "
+                         "the same clean patches, with nothing to learn; give the degraded photographs' folder, "
+                         "or --degrade to degrade these")
 
     images = folder_images(input_dir)
     degraded_images = folder_images(degraded_dir) if degraded_dir is not None else images
@@ -327,8 +330,7 @@ class PatchSet:
         try:
             for path, name in self.parts:
                 f = self._stack.enter_context(open_h5(path))
-                if name not in f or not isinstance(f[name], h5py.Dataset) or f[name].ndim != 4:
-                    raise InputError(f"{path}: no 4-D dataset '{name}' (has: {', '.join(f.keys()) or 'nothing'})")
+                patch_dataset(path, f, name)
                 check_patch_dtype(path, name, f[name].dtype)
                 check_declared_size(path, name, f[name])
                 self.datasets.append(f[name])
@@ -455,7 +457,7 @@ def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: s
     reordered by one permutation drawn from ``seed``: ``data[i]`` and ``label[i]`` are the
     sources' patches ``perm[i]``. Written in batches; the output is in our layout.
     """
-    out = check_out_path(out)
+    out = check_out_path(out, [*data_files, *label_files])
     data_parts = [(f, pick_dataset(f, "data")) for f in data_files]
     label_parts = [(f, pick_dataset(f, "label")) for f in label_files]
     with PatchSet(data_parts, layout) as data, PatchSet(label_parts, layout) as label:
@@ -484,7 +486,7 @@ def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: s
 def concat_h5(files: list[str | Path], out: str | Path, *, dtype: str | None = None, layout: str = "auto",
               batch: int = DEFAULT_BATCH, progress: bool = False) -> dict[str, int]:
     """One file with every patch dataset of ``files``, each concatenated in the order given."""
-    out = check_out_path(out)
+    out = check_out_path(out, files)
     present: dict[str, list[str]] = {}
     for path in files:
         with open_h5(path) as f:
@@ -516,7 +518,7 @@ def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dt
     ``layout`` says how ``src`` is stored; ``auto`` reads its ``layout`` attribute and refuses a file
     without one (MATLAB's files carry none: say ``matlab``).
     """
-    out = check_out_path(out)
+    out = check_out_path(out, [src])
     with open_h5(src) as f:
         stored = stored_layout(f)
         if layout == "auto" and stored is None:

@@ -1,9 +1,9 @@
 """Reading and writing images, and moving them between NumPy (H x W x 3, RGB) and torch (1 x 3 x H x W)."""
 from __future__ import annotations
 
-import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -11,63 +11,58 @@ import numpy as np
 import torch
 
 from .errors import InputError, note
+from .files import available_memory, check_readable_file, human_bytes, unreadable_reason
+
+# OpenCV's own warnings ("PNG input buffer is incomplete") would come before our one-line error
+try:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+except AttributeError:  # pragma: no cover - builds without the logging module
+    pass
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
+def check_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path, or an error that says what it is instead (missing, a file, a link loop)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        reason = unreadable_reason(folder, "a folder") or "a file"
+        raise InputError(f"{folder}: not a folder" + (f" ({reason})" if reason != "no such file" else ""))
+    return folder
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as float32 RGB in [0, 1], H x W x 3.
-
-    Grayscale is replicated to three channels, an alpha channel is dropped and 16-bit images are
-    scaled by 1/65535, each with a note on stderr; anything unreadable is an :class:`InputError`.
-    """
-    path = Path(path)
-    # Read as bytes and decode in memory: no path reaches OpenCV's file functions, which crash on
-    # names that are not valid UTF-8.
-    try:
-        buffer = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the image ({exc.strerror or exc})") from None
-    _check_decoded_size(path, buffer)
-    try:
-        raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
-    except cv2.error as exc:
-        reason = "larger than OpenCV decodes" if "MAX_IMAGE_PIXELS" in str(exc) else "OpenCV cannot decode it"
-        raise InputError(f"{path}: not a readable image ({reason})") from None
-    if raw is None:
-        raise InputError(f"{path}: not a readable image" + (" (an empty file)" if not buffer.size else ""))
-    if raw.dtype == np.uint8:
-        img = raw.astype(np.float32) / 255.0
-    elif raw.dtype == np.uint16:
-        note(f"{path}: 16-bit image, scaled to [0, 1] by 1/65535")
-        img = raw.astype(np.float32) / 65535.0
-    elif raw.dtype == np.float32 and np.isfinite(raw).all():
-        img = np.clip(raw, 0.0, 1.0)
-    else:
-        raise InputError(f"{path}: unsupported pixel type {raw.dtype}")
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
-        note(f"{path}: grayscale image, converted to RGB")
-        return np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise InputError(f"{path}: expected 1, 3 or 4 channels, got shape {raw.shape}")
-    if img.shape[2] == 4:
-        note(f"{path}: RGBA image, alpha channel dropped")
-        img = img[:, :, :3]
-    return np.ascontiguousarray(img[:, :, ::-1])  # OpenCV reads BGR
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    folder = check_folder(folder)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    for p in images:  # a broken link or a link loop named like an image is an error, not skipped
+        reason = unreadable_reason(p, "an image")
+        if reason:
+            raise InputError(f"{p}: {reason}")
+    return images
 
 
-def _header_size(buffer: np.ndarray) -> tuple[int, int] | None:
-    """Width and height as the file's header declares them (Pillow reads only the header), or None."""
+@dataclass(frozen=True)
+class Header:
+    """What an image file's header says, read without decoding its pixels."""
+    width: int            # as the decoder gives the pixels
+    height: int
+    orientation: int = 1  # EXIF orientation still to apply (1: none; 2-8: mirrored and/or turned)
+
+    @property
+    def shown_size(self) -> tuple[int, int]:
+        """(width, height) as image viewers show the image: 5-8 turn it by a quarter."""
+        return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
+
+
+ORIENTATIONS = {2: "mirrored left to right", 3: "turned 180 degrees", 4: "mirrored top to bottom",
+                5: "mirrored along its diagonal", 6: "turned 90 degrees clockwise",
+                7: "mirrored along its other diagonal", 8: "turned 90 degrees anticlockwise"}
+
+
+def read_header(path: str | os.PathLike) -> Header | None:
+    """The size and EXIF orientation an image's header declares (Pillow reads only the header and,
+    for EXIF, the metadata before the pixels), or None for a format Pillow does not know."""
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - Pillow comes with torchvision
@@ -77,12 +72,115 @@ def _header_size(buffer: np.ndarray) -> tuple[int, int] | None:
         Image.MAX_IMAGE_PIXELS = None  # the size is what we want to know; nothing is decoded here
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(buffer.tobytes())) as im:
-                return im.size
+            # Python's open, not Pillow's: it takes any file name (see read_image)
+            with open(path, "rb") as f, Image.open(f) as im:
+                width, height = im.size
+                # OpenCV applies a TIFF's orientation tag itself (and Pillow reports its size turned)
+                orientation = 1 if im.format == "TIFF" else _orientation(im)
+                return Header(int(width), int(height), orientation)
     except Exception:  # not a format Pillow knows: OpenCV has the last word
         return None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+def _orientation(im) -> int:
+    """The EXIF orientation tag (274) of an opened Pillow image, 1 when absent or not in 1-8."""
+    from PIL import Image
+
+    try:
+        if isinstance(im.info.get("exif"), bytes):
+            # Image.getexif() would decode a PNG's pixels to look for a late eXIf chunk; the
+            # metadata read with the header is enough (phones write it first)
+            exif = Image.Exif()
+            exif.load(im.info["exif"])
+            value = exif.get(274, 1)
+        else:
+            value = 1
+    except Exception:  # damaged metadata: show the pixels as stored
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """An H x W x C array as a viewer shows it under EXIF ``orientation`` (1-8)."""
+    if orientation in (5, 6, 7, 8):
+        # 5: transpose; 6: 90 degrees clockwise; 7: transverse; 8: 90 degrees anticlockwise
+        img = {5: img.transpose(1, 0, 2), 6: img[::-1].transpose(1, 0, 2),
+               7: img[::-1, ::-1].transpose(1, 0, 2), 8: img[:, ::-1].transpose(1, 0, 2)}[orientation]
+    elif orientation == 2:
+        img = img[:, ::-1]
+    elif orientation == 3:
+        img = img[::-1, ::-1]
+    elif orientation == 4:
+        img = img[::-1]
+    return np.ascontiguousarray(img)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image as viewers show it (EXIF orientation applied): from the header
+    alone where Pillow reads it, else by decoding the image. Refuses, as :func:`read_image` would, a
+    file that is not there or whose header declares more than memory holds."""
+    size = check_readable_file(path, "an image")
+    header = read_header(path)
+    _check_memory(Path(path), size, header)
+    if header is not None:
+        return header.shown_size
+    h, w = read_image(path, notes=False).shape[:2]
+    return w, h
+
+
+def read_image(path: str | os.PathLike, notes: bool = True) -> np.ndarray:
+    """Read an image as float32 RGB in [0, 1], H x W x 3, as image viewers show it.
+
+    An EXIF orientation (phones store photographs sideways and say so) is applied, grayscale is
+    replicated to three channels, an alpha channel is dropped and 16-bit images are scaled by
+    1/65535, each with a note on stderr (``notes=False``: silently); anything unreadable is an
+    :class:`InputError`. Nothing is read before the file's size and the pixels its header declares
+    are known to fit in memory.
+    """
+    path = Path(path)
+    size = check_readable_file(path, "an image")  # a FIFO would block, a link loop read as missing
+    header = read_header(path)
+    _check_memory(path, size, header)
+    # Read as bytes and decode in memory: no path reaches OpenCV's file functions, which crash on
+    # names that are not valid UTF-8.
+    try:
+        buffer = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the image ({exc.strerror or exc})") from None
+    try:
+        raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    except cv2.error as exc:
+        reason = "larger than OpenCV decodes" if "MAX_IMAGE_PIXELS" in str(exc) else "OpenCV cannot decode it"
+        raise InputError(f"{path}: not a readable image ({reason})") from None
+    if raw is None:
+        raise InputError(f"{path}: not a readable image" + (" (an empty file)" if not buffer.size else ""))
+    say = note if notes else (lambda message: None)
+    if raw.dtype == np.uint8:
+        img = raw.astype(np.float32) / 255.0
+    elif raw.dtype == np.uint16:
+        say(f"{path}: 16-bit image, scaled to [0, 1] by 1/65535")
+        img = raw.astype(np.float32) / 65535.0
+    elif raw.dtype == np.float32 and np.isfinite(raw).all():
+        img = np.clip(raw, 0.0, 1.0)
+    else:
+        raise InputError(f"{path}: unsupported pixel type {raw.dtype}")
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        say(f"{path}: grayscale image, converted to RGB")
+        img = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
+    elif img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise InputError(f"{path}: expected 1, 3 or 4 channels, got shape {raw.shape}")
+    elif img.shape[2] == 4:
+        say(f"{path}: RGBA image, alpha channel dropped")
+        img = img[:, :, 2::-1]  # OpenCV reads BGR(A)
+    else:
+        img = img[:, :, ::-1]
+    if header is not None and header.orientation != 1:
+        say(f"{path}: EXIF orientation {header.orientation} applied (the stored pixels are "
+            f"{ORIENTATIONS[header.orientation]} from how viewers show them)")
+        return orient(img, header.orientation)
+    return np.ascontiguousarray(img)
 
 
 # Bytes per pixel while an image is read: the decoded pixels (up to 16-bit RGBA), the float32 copy
@@ -90,19 +188,20 @@ def _header_size(buffer: np.ndarray) -> tuple[int, int] | None:
 READ_BYTES_PER_PIXEL = 8 + 12 + 12
 
 
-def _check_decoded_size(path: Path, buffer: np.ndarray) -> None:
-    """Refuse an image whose header declares more pixels than memory holds, before decoding it."""
-    from .files import available_memory, human_bytes
-
-    size = _header_size(buffer)
+def _check_memory(path: Path, size: int, header: Header | None) -> None:
+    """Refuse, before reading a byte, a file larger than memory (a sparse 1 TB file named a.png) or
+    one whose header declares more pixels than memory holds."""
     available = available_memory()
-    if size is None or available is None:
+    if available is None:
         return
-    w, h = size
-    needed = w * h * READ_BYTES_PER_PIXEL
-    if needed > available:
-        raise InputError(f"{path}: a {w}x{h} image needs about {human_bytes(needed)} of memory to read; "
-                         f"{human_bytes(available)} is available")
+    if size > available:
+        raise InputError(f"{path}: the file is {human_bytes(size)}, more than the {human_bytes(available)} of "
+                         "memory available to read it; is it an image?")
+    if header is not None:
+        needed = size + header.width * header.height * READ_BYTES_PER_PIXEL
+        if needed > available:
+            raise InputError(f"{path}: a {header.width}x{header.height} image needs about {human_bytes(needed)} "
+                             f"of memory to read; {human_bytes(available)} is available")
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

@@ -61,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_guarded(main, sys.argv[1:])
+    run_guarded(main, sys.argv[1:], writes_files=True)
