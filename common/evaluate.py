@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import InputError
+from .errors import InputError, check_interrupted
 from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
 from .inference import check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
@@ -44,19 +44,59 @@ def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel
     return row
 
 
-def match_gt(gt: np.ndarray, shape: tuple[int, int], pair: Pair, scale: int, slack: int = 0) -> np.ndarray:
-    """The ground truth at the restored image's size. A ground truth larger by less than the SR scale
-    (LR sides are floor(HR / scale)), or than ``slack`` (inputs cropped to a multiple of it), is
-    cropped at the bottom/right; any other difference is an error."""
-    h, w = shape
-    gh, gw = gt.shape[:2]
-    if (gh, gw) == (h, w):
-        return gt
-    allowed = max(scale, slack)
+def check_gt_size(gt_shape: tuple[int, int], shape: tuple[int, int], pair: Pair, scale: int, slack: int = 0) -> None:
+    """A ground truth (``gt_shape`` = h, w) fits a restored image of ``shape`` when it is as large, or
+    larger by less than the SR scale (LR sides are floor(HR / scale)) or than ``slack`` (inputs
+    cropped to a multiple of it): it is then cropped at the bottom/right. Anything else is an error."""
+    (gh, gw), (h, w) = gt_shape, shape
+    allowed = max(scale, slack, 1)
     if 0 <= gh - h < allowed and 0 <= gw - w < allowed:
-        return gt[:h, :w]
+        return
+    hint = ""
+    if (gw, gh) == (h, w) and gw != gh:
+        hint = ("; it is the restored image turned by a quarter: is one of the two a photograph whose EXIF "
+                "orientation says it is stored sideways? (images are read as viewers show them)")
     raise InputError(f"{pair.gt}: ground truth is {gw}x{gh} but the restored {pair.input.name} is {w}x{h}"
-                     + (f" (input x{scale})" if scale > 1 else ""))
+                     + (f" (input x{scale})" if scale > 1 else "") + hint)
+
+
+def match_gt(gt: np.ndarray, shape: tuple[int, int], pair: Pair, scale: int, slack: int = 0) -> np.ndarray:
+    """The ground truth at the restored image's size (see :func:`check_gt_size`)."""
+    check_gt_size(gt.shape[:2], shape, pair, scale, slack)
+    return gt[:shape[0], :shape[1]]
+
+
+def restored_size(input_size: tuple[int, int], task: Task, prescaled: bool = False,
+                  reference_metrics: bool = False) -> tuple[int, int]:
+    """(h, w) of the restored image of an input of ``input_size`` (h, w): upsampled by the task's
+    scale unless ``prescaled``, then cropped to a multiple of ``task.reference_crop`` if
+    ``reference_metrics``."""
+    factor = 1 if prescaled else task.scale
+    h, w = input_size[0] * factor, input_size[1] * factor
+    if reference_metrics:
+        h, w = h - h % task.reference_crop, w - w % task.reference_crop
+    return h, w
+
+
+def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: torch.device, *,
+                         prescaled: bool = False, reference_metrics: bool = False, tile_overlap: int = 32) -> None:
+    """Every check :func:`evaluate` would meet on its way, from the images' headers alone (no pixel
+    is decoded where Pillow reads the format): an input too small for the reference's crop or too
+    large for memory, a ground truth of the wrong size. So a run that would stop at its 400th
+    image stops before its first, having written nothing."""
+    from .images import image_size
+
+    factor = 1 if prescaled else task.scale
+    for pair in tqdm(pairs, desc="checking", unit="img", leave=False, disable=len(pairs) < 50):
+        w, h = image_size(pair.input)
+        if device.type == "cpu":  # as evaluate() checks it, at the upsampled size before any crop
+            check_cpu_memory(generator, pair.input, h * factor, w * factor, tile_overlap)
+        if reference_metrics:
+            check_croppable(h * factor, w * factor, task.reference_crop, pair)
+        shape = restored_size((h, w), task, prescaled, reference_metrics)
+        if pair.gt is not None:
+            gw, gh = image_size(pair.gt)
+            check_gt_size((gh, gw), shape, pair, task.scale, task.reference_crop if reference_metrics else 0)
 
 
 def upsampled_input(img: np.ndarray, task: Task, device: torch.device, align_corners: bool = False,
@@ -72,12 +112,16 @@ def upsampled_input(img: np.ndarray, task: Task, device: torch.device, align_cor
     return model_input(task, image_to_tensor(img).to(device), align_corners)
 
 
-def crop_to_multiple(x: torch.Tensor, multiple: int, pair: Pair) -> torch.Tensor:
-    """Crop a 1 x C x H x W input at the bottom/right to sides that are multiples of ``multiple``."""
-    h, w = x.shape[-2:]
+def check_croppable(h: int, w: int, multiple: int, pair: Pair) -> None:
     if h < multiple or w < multiple:
         raise InputError(f"{pair.input}: {w}x{h} is smaller than the {multiple}-pixel multiple the reference's "
                          "metrics crop to; drop --reference-metrics for this image")
+
+
+def crop_to_multiple(x: torch.Tensor, multiple: int, pair: Pair) -> torch.Tensor:
+    """Crop a 1 x C x H x W input at the bottom/right to sides that are multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    check_croppable(h, w, multiple, pair)
     return x[..., : h - h % multiple, : w - w % multiple]
 
 
@@ -120,6 +164,7 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
     result = Evaluation()
     save_dir = Path(save_dir) if save_dir is not None else None
     for pair in tqdm(pairs, desc="restoring", unit="img", disable=not progress, leave=False):
+        check_interrupted()  # test.py: a stop signal whose exception was lost stops here
         img = read_image(pair.input)
         if device.type == "cpu":  # an image too large for memory is refused before it is upsampled
             factor = 1 if prescaled else task.scale

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, note
-from .images import list_images
+from .images import check_folder, list_images
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,25 @@ def _match(inputs: list[Path], gts: list[Path], layout: Layout) -> list[Pair] | 
     return pairs
 
 
+def check_unique_names(files: list[Path], role: str) -> None:
+    """Two files whose names differ only by extension (a.png, a.jpg) cannot be told apart by name:
+    two inputs would be restored into one a.png, two ground truths would match one input."""
+    by_stem: dict[str, Path] = {}
+    for f in files:
+        if f.stem in by_stem:
+            first = by_stem[f.stem]
+            consequence = (f"their restored images would both be written as {f.stem}.png" if role == "input"
+                           else "either could be the ground truth of the input of that name")
+            raise InputError(f"{first.parent}: two {role}s share the name '{f.stem}' ({first.name} and {f.name}): "
+                             f"{consequence}; rename or remove one")
+        by_stem[f.stem] = f
+
+
 def pair_files(inputs: list[Path], gts: list[Path], where: str) -> tuple[list[Pair], Layout]:
     """Pair two lists of images by the first layout that pairs every input and uses every ground
     truth. If none does, the error lists the names that equal-name pairing leaves unmatched."""
+    check_unique_names(inputs, "input")
+    check_unique_names(gts, "ground truth")
     for layout in LAYOUTS:
         pairs = _match(inputs, gts, layout)
         if pairs is not None:
@@ -89,7 +105,8 @@ def pair_files(inputs: list[Path], gts: list[Path], where: str) -> tuple[list[Pa
     if extra:
         parts.append(f"no input for {len(extra)} ground truth(s): {', '.join(extra[:10])}")
     known = "; ".join(f"{l.name}: {l.description}" for l in LAYOUTS)
-    raise InputError(f"{where}: cannot pair the images ({'; '.join(parts)}). Known name layouts: {known}")
+    why = "; ".join(parts) or "no name layout maps every input to exactly one ground truth"
+    raise InputError(f"{where}: cannot pair the images ({why}). Known name layouts: {known}")
 
 
 def _subfolder(root: Path, name: str) -> Path | None:
@@ -109,9 +126,7 @@ def find_pairs(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = 
     (Dense-Haze), or one folder holding both sides (``rain-*``/``norain-*``, ``*_hazy``/``*_GT``).
     Otherwise every image in it is an input to restore, without metrics.
     """
-    root = Path(input_dir)
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
+    root = check_folder(input_dir)
     if gt_dir is not None:
         pairs, layout = pair_files(list_images(root), list_images(gt_dir), f"{root} with {gt_dir}")
     else:
@@ -130,7 +145,9 @@ def find_pairs(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = 
                     pairs, layout = pair_files(ins, gts, str(root))
                     break
         if pairs is None:
-            pairs = [Pair(p.stem, p, None) for p in list_images(root)]
+            files = list_images(root)
+            check_unique_names(files, "input")
+            pairs = [Pair(p.stem, p, None) for p in files]
     if not pairs:
         raise InputError(f"{root}: no images in the input folder")
     if verbose and layout is not None and layout.name != "plain":

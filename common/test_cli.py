@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .cli import OneLineParser, common_flags, non_negative_int, positive_int, run_guarded
-from .errors import InputError
+from .errors import InputError, note
 from .tasks import TASKS, UPSCALERS, Task
 
 
@@ -26,7 +27,14 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--gt", default=None, metavar="DIR",
                    help="ground-truth folder with the same file names; without it only restored images are written")
     p.add_argument("--save", default=None, metavar="DIR",
-                   help="where restored PNGs and metrics.csv go (default: results/<task>/<checkpoint>)")
+                   help="where restored PNGs and metrics.csv go (default: results/<task>/<checkpoint>, or "
+                        "<that>-2, -3, ... where earlier results are); never the --input or --gt folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace earlier results in the results folder that have the names this run writes "
+                        "(default: refused with --save; without it, a new numbered folder is used)")
+    p.add_argument("--any-task", action="store_true",
+                   help=f"test a checkpoint trained for another task with {task.name}'s conventions (default: "
+                        "refused, naming the checkpoint's task)")
     if task.scale > 1:
         p.add_argument("--prescaled", action="store_true",
                        help="inputs are already upsampled to the output size (the authors' test setup)")
@@ -76,12 +84,122 @@ def default_save_dir(task: Task, checkpoint: Path) -> Path:
     return Path("results") / task.name / name
 
 
+def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None:
+    """A checkpoint records the task it was trained for; another task's test.py would feed it inputs
+    prepared another way (an SR model expects bicubic-upsampled inputs) and score it misleadingly."""
+    trained = ckpt.get("task") or (ckpt.get("config") or {}).get("task")
+    if not isinstance(trained, str) or trained == task.name:
+        return
+    what = f"trained for {TASKS[trained].title if trained in TASKS else repr(trained)}"
+    if not any_task:
+        hint = f"test it with python {trained}/test.py, or " if trained in TASKS else ""
+        raise InputError(f"{checkpoint}: {what}, not for {task.title}; {hint}give --any-task to test it "
+                         f"here with {task.name}'s conventions anyway")
+    note(f"{checkpoint}: {what}; tested as {task.title} as --any-task asks")
+
+
+def check_roles(args, pairs: list, save_dir: Path) -> None:
+    """--input, --gt and --save must each name a place of their own: restored images written into the
+    input or ground-truth folder would replace the user's images (or be scored against themselves)."""
+    from .files import same_file
+
+    if args.gt and same_file(args.input, args.gt):
+        raise InputError(f"--gt {args.gt} is the --input folder: every image would be scored against itself; "
+                         "give the ground truth's own folder (a folder holding both sides in a known layout, "
+                         "such as rain-*/norain-*, goes to --input alone)")
+    folders: dict[Path, str] = {}
+    for pair in pairs:
+        if pair.gt is not None and same_file(pair.input, pair.gt):
+            raise InputError(f"{pair.input}: is its own ground truth ({pair.gt}); give the ground truth's own folder")
+        folders.setdefault(pair.input.parent, "input images")
+        if pair.gt is not None:
+            folders.setdefault(pair.gt.parent, "ground-truth images")
+    for folder, role in folders.items():
+        if same_file(save_dir, folder):
+            raise InputError(f"--save {save_dir} is the folder of the {role} ({folder}): the restored images would be "
+                             "written among them, and over those of the same names; give a results folder of its own")
+
+
+def planned_outputs(pairs: list, side_by_side: bool) -> dict[str, str]:
+    """The files a run writes into its results folder, each with what it is; two results may never
+    share a name (on a file system that ignores case, not even names that differ only by case)."""
+    outputs = {"metrics.csv": "the metrics"} if any(p.gt is not None for p in pairs) else {}
+    if side_by_side:
+        outputs["side_by_side.png"] = "the side-by-side picture"
+    for pair in pairs:
+        name = f"{pair.name}.png"
+        if name in outputs:
+            raise InputError(f"{pair.input}: its restored image would be written as {name}, the name of "
+                             f"{outputs[name]}; rename the image"
+                             + (" or leave out --side-by-side" if name == "side_by_side.png" else ""))
+        outputs[name] = f"the restored {pair.input}"
+    return outputs
+
+
+def _case_clashes(outputs: dict[str, str], folder: Path) -> None:
+    """Two results whose names differ only by case land on one file where the file system ignores case."""
+    by_fold: dict[str, str] = {}
+    clashes = []
+    for name in outputs:
+        if name.casefold() in by_fold:
+            clashes.append((by_fold[name.casefold()], name))
+        by_fold.setdefault(name.casefold(), name)
+    if not clashes:
+        return
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    probe = existing / f".Case-Test.tmp{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        folds = (existing / probe.name.lower()).exists()
+    except OSError:
+        folds = True  # cannot tell: assume the worst
+    finally:
+        probe.unlink(missing_ok=True)
+    if folds:
+        a, b = clashes[0]
+        raise InputError(f"{folder}: its file system ignores case, so {outputs[a]} and {outputs[b]} would both be "
+                         f"written as {a}; rename one of them")
+
+
+def earlier_results(folder: Path, outputs: dict[str, str]) -> list[str]:
+    """The files of ``outputs`` that ``folder`` already holds (links included)."""
+    return [name for name in outputs if os.path.lexists(folder / name)] if folder.is_dir() else []
+
+
+def choose_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[str, str]) -> Path:
+    """The results folder: ``base`` given as --save (``explicit``; refused where it holds files this
+    run would replace, unless ``overwrite``), or the default one, numbered -2, -3, ... past folders
+    that hold earlier results. Nothing is created here."""
+    _case_clashes(outputs, base)
+    earlier = earlier_results(base, outputs)
+    folders = [name for name in earlier if (base / name).is_dir() and not (base / name).is_symlink()]
+    if folders:
+        raise InputError(f"{base / folders[0]}: is a folder, where this run would write {outputs[folders[0]]}")
+    shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+    if not earlier:
+        return base
+    if overwrite:
+        note(f"{base}: replacing {len(earlier)} earlier result(s) ({shown}) as --overwrite asks")
+        return base
+    if explicit:
+        raise InputError(f"{base}: holds earlier results that this run would replace ({shown}); give another "
+                         "--save, or --overwrite to replace them")
+    k = 2
+    while earlier_results(base.with_name(f"{base.name}-{k}"), outputs):
+        k += 1
+    chosen = base.with_name(f"{base.name}-{k}")
+    note(f"{base} holds earlier results; writing to {chosen} (--overwrite replaces them instead)")
+    return chosen
+
+
 def _test(task: Task, argv: list[str]) -> None:
     from .checkpoint import build_generator, read_checkpoint
     from .demo import demo_paths
-    from .files import check_can_write
-    from .evaluate import evaluate, format_row
+    from .evaluate import check_before_writing, evaluate, format_row
     from .figures import side_by_side
+    from .files import StagedFolder, check_can_write
     from .metrics import LPIPS
     from .pairs import find_pairs
     from .devices import resolve_device, resolve_precision
@@ -94,27 +212,45 @@ def _test(task: Task, argv: list[str]) -> None:
     if not args.checkpoint or not args.input:
         raise InputError("give --checkpoint and --input (or --demo)")
     if args.gpus:
-        import os
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     checkpoint = Path(args.checkpoint)
     ckpt = read_checkpoint(checkpoint)
+    check_task(ckpt, task, checkpoint, args.any_task)
     generator = build_generator(ckpt, checkpoint).to(device).eval()
     trained = (ckpt.get("config") or {})
     align_corners = getattr(args, "align_corners", None)
     if align_corners is None:
         align_corners = bool(trained.get("align_corners", False))
     pairs = find_pairs(args.input, args.gt, verbose=True)
+    keep = len(pairs) if args.demo else args.side_by_side
+    outputs = planned_outputs(pairs, side_by_side=keep > 0)
     save_dir = Path(args.save) if args.save else default_save_dir(task, checkpoint)
+    check_roles(args, pairs, save_dir)
+    save_dir = choose_save_dir(save_dir, args.save is not None, args.overwrite, outputs)
     check_can_write(save_dir, "results folder")  # a file there or a read-only mount: refused before any work
+    prescaled = getattr(args, "prescaled", False)
+    # Everything that could stop the run part-way is checked now; the results are then written into a
+    # staging folder and moved into place only once every image is done: a run that fails or is
+    # stopped leaves the results folder as it was.
+    check_before_writing(generator, pairs, task, device, prescaled=prescaled,
+                         reference_metrics=args.reference_metrics, tile_overlap=args.tile_overlap)
     lpips = None if args.no_lpips or all(p.gt is None for p in pairs) else LPIPS(str(device))
     print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
-    ev = evaluate(generator, pairs, task, device, align_corners=align_corners,
-                  prescaled=getattr(args, "prescaled", False), save_dir=save_dir, lpips=lpips,
-                  y_channel=args.y_channel, precision=precision, transpose=args.transpose,
-                  tile=args.tile, tile_overlap=args.tile_overlap, upscale=getattr(args, "upscale", "pytorch"),
-                  reference_metrics=args.reference_metrics, keep=len(pairs) if args.demo else args.side_by_side)
+    with StagedFolder(save_dir) as staged:
+        ev = evaluate(generator, pairs, task, device, align_corners=align_corners, prescaled=prescaled,
+                      save_dir=staged.path, lpips=lpips, y_channel=args.y_channel, precision=precision,
+                      transpose=args.transpose, tile=args.tile, tile_overlap=args.tile_overlap,
+                      upscale=getattr(args, "upscale", "pytorch"), reference_metrics=args.reference_metrics,
+                      keep=keep)
+        if ev.examples:
+            side_by_side(staged.path / "side_by_side.png", [
+                [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
+                 ("restored" + (f" {row['psnr']:.2f} dB" if row.get("psnr") else ""), restored)]
+                + ([("clean", gt)] if gt is not None else [])
+                for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
+        staged.commit()
     for row in ev.rows:
         print(format_row(row, task.input_label))
     if any(p.gt is not None for p in pairs):
@@ -123,13 +259,8 @@ def _test(task: Task, argv: list[str]) -> None:
     else:
         print(f"restored images in {save_dir}")
     if ev.examples:
-        picture = side_by_side(save_dir / "side_by_side.png", [
-            [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
-             ("restored" + (f" {row['psnr']:.2f} dB" if row.get("psnr") else ""), restored)]
-            + ([("clean", gt)] if gt is not None else [])
-            for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
-        print(f"side by side (input | restored | clean): {picture}")
+        print(f"side by side (input | restored | clean): {save_dir / 'side_by_side.png'}")
 
 
 def test_main(task_name: str, argv: list[str] | None = None) -> None:
-    run_guarded(lambda a: _test(TASKS[task_name], a), argv)
+    run_guarded(lambda a: _test(TASKS[task_name], a), argv, writes_files=True)
