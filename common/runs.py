@@ -31,7 +31,7 @@ from .data import UnpairedH5Dataset, UnpairedSampler
 from .devices import (make_deterministic, resolve_device, resolve_precision, resolve_threads, rng_state,
                       seed_everything, set_rng_state, to_device)
 from .distributed import Local
-from .errors import InputError, TrainingStopped, note
+from .errors import InputError, TrainingStopped, note, on_stop_signals, restore_signal_handlers
 from .evaluate import evaluate
 from .files import RunLock, check_can_write, remove_stale_temporaries, write_failure
 from .networks import Critic, Generator, start_as_identity
@@ -55,6 +55,8 @@ class RunResult:
     epoch: int
     best_psnr: float | None
     last_val: dict = field(default_factory=dict)
+    steps_run: int = 0      # steps taken by this process now (a resume counts from where it started)
+    skipped_run: int = 0    # of those, skipped as non-finite
 
 
 class StopRequest:
@@ -66,11 +68,7 @@ class StopRequest:
         self._previous: dict = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
+        self._previous = on_stop_signals(self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -81,8 +79,7 @@ class StopRequest:
         tqdm.write(f"{name} received: finishing this step and saving (Ctrl-C again to stop at once)")
 
     def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        restore_signal_handlers(self._previous)
 
 
 # ----------------------------------------------------------------------------- one sigma
@@ -107,6 +104,7 @@ class SigmaRun:
         self.average = WeightAverage(self.generator, args.ema) if args.ema else None
         self.epoch, self.batch_in_epoch, self.step, self.best = 1, 0, 0, None
         self.skipped, self.nonfinite_streak, self.last_good = 0, 0, None
+        self.steps_run, self.skipped_run = 0, 0  # this session's, for the check that something trained
         self.last_val: dict = {}
         if resume_from is not None:
             self._resume(resume_from)
@@ -155,12 +153,7 @@ class SigmaRun:
         return sampler
 
     def _resume(self, path: Path) -> None:
-        ckpt = read_checkpoint(path, map_location=self.device)
-        if ckpt.get("format") == "authors":
-            raise InputError(f"{path}: the authors' checkpoints hold no optimiser state; "
-                             "use --pretrained to start from their weights")
-        if "optim_g" not in ckpt or "rng" not in ckpt:
-            raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
+        ckpt = read_resume_checkpoint(self.task, path, self.device)
         try:
             load_weights(self.generator, ckpt["generator"], path, "generator")
             if self.average is not None:
@@ -182,7 +175,7 @@ class SigmaRun:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = (str(exc).splitlines() or [""])[0]
             raise InputError(f"{path}: cannot resume from this checkpoint, it is damaged "
-                             f"({type(exc).__name__}: {reason})") from None
+                             f"({type(exc).__name__}: {reason}){intact_alternative(self.task, path)}") from None
         self.last_good = path
         if self.main:
             print(f"sigma {self.sigma:g}: resuming from {path} (epoch {self.epoch}, step {self.step})")
@@ -234,7 +227,8 @@ class SigmaRun:
             finished = self._epoch()
         if self.log is not None:
             self.log.close()
-        return RunResult(self.sigma, self.run_dir, self.step, self.epoch - 1, self.best, self.last_val)
+        return RunResult(self.sigma, self.run_dir, self.step, self.epoch - 1, self.best, self.last_val,
+                         self.steps_run, self.skipped_run)
 
     def _epoch(self) -> bool:
         """Train the rest of the current epoch; returns whether the run is finished."""
@@ -280,6 +274,7 @@ class SigmaRun:
         self.batch = (x, fake, clean)
         self.step += 1
         self.batch_in_epoch += 1
+        self.steps_run += 1
         self._count_nonfinite(stats)
         finished = bool(args.max_steps and self.step >= args.max_steps)
         if self.step % args.log_every == 0 or self.step == 1 or finished:
@@ -303,6 +298,8 @@ class SigmaRun:
         if epoch_done:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         finished = finished or self.epoch > args.nEpochs
+        if finished:
+            self._check_something_trained()
         if self.val_pairs and self.main and ((epoch_done and (self.epoch - 1) % args.val_every == 0) or finished):
             self._validate_and_keep_best()
         self.dist.barrier()
@@ -337,11 +334,22 @@ class SigmaRun:
             self.save("best.pt")
         self.last_val = val
 
+    def _check_something_trained(self) -> None:
+        """A run whose every step was skipped trained nothing: it must not end like one that did (its
+        last.pt would hold the starting weights, marked finished)."""
+        if not self.steps_run or self.skipped_run < self.steps_run:
+            return
+        raise TrainingStopped(f"sigma {self.sigma:g}: every one of the {self.steps_run} steps was skipped (a non-finite "
+                              "loss or gradient each time), so nothing was trained and the run is not marked "
+                              "finished. Check the training data and lower --sigma, --lr or --dc-weight. Last good "
+                              f"checkpoint: {self.last_good or 'none'}", 3)
+
     def _count_nonfinite(self, stats: dict) -> None:
         if not stats["skipped"]:
             self.nonfinite_streak = 0
             return
         self.skipped += 1
+        self.skipped_run += 1
         self.nonfinite_streak += 1
         if self.main:
             self.log.write({"kind": "skipped", "step": self.step, "epoch": self.epoch,
@@ -369,6 +377,36 @@ def _done(args, step: int, next_epoch: int) -> bool:
     """Whether a run at ``step``, about to start ``next_epoch``, has nothing left to do (a resume may
     have raised --max-steps or --nEpochs since it finished)."""
     return bool(args.max_steps and step >= args.max_steps) or next_epoch > args.nEpochs
+
+def read_resume_checkpoint(task: Task, path: Path, map_location="cpu") -> dict:
+    """A checkpoint that can resume a run (weights, optimisers and RNG states), or an error that
+    names, for a damaged one, the newest intact checkpoint beside it and how to resume from that."""
+    try:
+        ckpt = read_checkpoint(path, map_location=map_location)
+    except InputError as exc:
+        raise InputError(f"{exc}{intact_alternative(task, path)}") from None
+    if ckpt.get("format") == "authors":
+        raise InputError(f"{path}: the authors' checkpoints hold no optimiser state; "
+                         "use --pretrained to start from their weights")
+    if "optim_g" not in ckpt or "rng" not in ckpt:
+        raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
+    return ckpt
+
+
+def intact_alternative(task: Task, damaged: Path) -> str:
+    """For the error about a damaged checkpoint: the newest other checkpoint of its folder that can
+    resume the run, and the command that resumes from it (empty when there is none)."""
+    candidates = [p for p in damaged.parent.glob("*.pt") if p.name != "best.pt" and p != damaged]
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            ckpt = read_checkpoint(path)
+        except InputError:
+            continue
+        if "optim_g" in ckpt and isinstance(ckpt.get("step"), int):
+            return (f". {path.name} (step {ckpt['step']}) is intact: resume from it with python {task.name}/train.py "
+                    f"--resume {path}")
+    return ". No other checkpoint of this sigma is intact"
+
 
 def resume_command(task: Task, args, dist=None) -> str:
     launcher = f"torchrun --nproc_per_node={dist.world}" if dist is not None and dist.world > 1 else "python"
@@ -446,12 +484,38 @@ def check_validation_images(task: Task, pairs: list[Pair]) -> None:
         match_gt(read_image(pair.gt), (h * task.scale, w * task.scale), pair, task.scale)
 
 
+def check_network_sizes(task: Task, args, device: torch.device) -> None:
+    """Refuse network widths whose weights alone cannot be held (a --gen-width of 200000 would ask the
+    allocator for terabytes and die with its traceback): counted on the meta device, nothing allocated."""
+    from .files import available_memory, human_bytes
+
+    with torch.device("meta"):
+        networks = {"generator": Generator(width=args.gen_width, increment=args.gen_increment)}
+        if not args.supervised:
+            networks["critic"] = Critic(hidden=task.critic_hidden, input_size=task.patch, width=args.critic_width)
+    # float32 weights, their gradients and RMSprop's running average, and a copy (--ema, checkpoints)
+    needed = sum(4 * 4 * sum(p.numel() for p in net.parameters()) for net in networks.values())
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[1]
+    else:
+        available = available_memory()
+    if available is not None and needed > available:
+        counts = ", ".join(f"{name} {sum(p.numel() for p in net.parameters()):,} parameters"
+                           for name, net in networks.items())
+        raise InputError(f"--gen-width {args.gen_width} --gen-increment {args.gen_increment} --critic-width "
+                         f"{args.critic_width}: the networks ({counts}) need about {human_bytes(needed)} for their "
+                         f"weights and optimiser state alone; {human_bytes(available)} is available on {device}")
+
+
 def check_pretrained(task: Task, args) -> dict:
     """Read the --pretrained checkpoint once and make sure its weights fit these networks."""
     from .checkpoint import build_generator
 
     ckpt = read_checkpoint(args.pretrained)
     build_generator(ckpt, args.pretrained)  # a damaged or crafted checkpoint is refused as test.py refuses it
+    trained = ckpt.get("task")
+    if isinstance(trained, str) and trained != task.name:
+        note(f"{args.pretrained}: trained for {trained}; fine-tuning it for {task.title}")
     load_weights(Generator(width=args.gen_width, increment=args.gen_increment), ckpt["generator"],
                  args.pretrained, "generator")
     if ckpt.get("critic") and not args.supervised:
@@ -483,6 +547,10 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
     device = dist.device if hasattr(dist, "device") else resolve_device(args.device)
     args.precision = resolve_precision(args.precision, device)
     args.threads = resolve_threads(args.threads, device)
+    most = 4 * (os.cpu_count() or 1)
+    if args.threads > max(16, most):
+        raise InputError(f"--threads {args.threads}: more data-loader processes than this machine's "
+                         f"{os.cpu_count()} cores can use; give at most {max(16, most)}")
     if device.type == "cuda" and not args.deterministic:
         torch.backends.cudnn.benchmark = True
     dataset = UnpairedH5Dataset(args.trainset, scale=task.scale, layout=args.layout, raw_uint8=True)
@@ -513,6 +581,7 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
             raise InputError(f"{args.val_input}: validation needs ground truth; give --val-gt or a test set's "
                              f"folder in a known layout (no ground truth for {', '.join(unpaired[:5])})")
         check_validation_images(task, val_pairs)
+    check_network_sizes(task, args, device)
     pretrained = check_pretrained(task, args) if args.pretrained else None
     if resume_from is not None:
         check_resumed_data(args, dataset)
@@ -523,6 +592,9 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
             if any(run_dir.glob("*.pt")):
                 raise InputError(f"{run_dir}: holds an earlier run's checkpoints; continue it with --resume auto "
                                  f"--name {args.name}, or give another --name")
+    for _, _, _, start, done in plan:  # a damaged checkpoint is refused before run.json is rewritten
+        if start is not None and not done:
+            read_resume_checkpoint(task, start)
     if args.seed is None:
         args.seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
     lock = None
@@ -573,5 +645,9 @@ def _train_sigmas(task: Task, args, dist, plan: list[tuple], device, dataset, va
             r = results[-1]
             if dist.is_main:
                 val = f", validation PSNR {r.last_val['psnr']:.2f} dB" if r.last_val else ""
-                print(f"sigma {sigma:g}: {r.step} steps, {r.epoch} epoch(s){val}; checkpoints in {r.run_dir}")
+                skipped = f" ({r.skipped_run} of this run's {r.steps_run} skipped as non-finite)" if r.skipped_run else ""
+                print(f"sigma {sigma:g}: {r.step} steps{skipped}, {r.epoch} epoch(s){val}; checkpoints in {r.run_dir}")
+                if r.skipped_run * 2 > r.steps_run:
+                    note(f"sigma {sigma:g}: most steps were skipped as non-finite; the model trained on fewer than "
+                         "half of them (see 'skipped' in metrics.jsonl)")
     return results
