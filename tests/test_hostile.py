@@ -10,12 +10,14 @@ process matters: a crash in C code, a lock held by another process).
 from __future__ import annotations
 
 import errno
+import hashlib
 import importlib.util
 import json
 import os
 import pathlib
 import pickle
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -61,13 +63,22 @@ ENTRY = {
 
 # ----------------------------------------------------------------------------- the assertion
 def snapshot(root) -> dict:
-    """Every file and folder under ``root`` with its size and modification time."""
+    """Every file, folder and link under ``root``: a file's size, modification time and content hash
+    (a rewrite with the same bytes still changes the time), a link's target."""
     out = {}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
             path = os.path.join(folder, name)
             st = os.lstat(path)
-            out[path] = (st.st_size, st.st_mtime_ns) if name in files else "dir"
+            if stat.S_ISLNK(st.st_mode):
+                out[path] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):  # its own time changes when a staging folder comes and goes
+                out[path] = "dir"
+            elif stat.S_ISREG(st.st_mode) and st.st_size < 1 << 30:  # not the sparse 1 TB file
+                with open(path, "rb") as f:
+                    out[path] = (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read()).hexdigest())
+            else:
+                out[path] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
     return out
 
 
@@ -590,9 +601,11 @@ def test_file_names_that_are_not_utf8_work_end_to_end(tmp_path):
     folder.mkdir()
     ok, encoded = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
     (folder / f"{NON_UTF8}.png").write_bytes(encoded.tobytes())
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / f"{NON_UTF8}.png").write_bytes(encoded.tobytes())
     checkpoint(tmp_path / "g.pt")
     result = subprocess.run([sys.executable, "deraining/test.py", "--checkpoint", str(tmp_path / "g.pt"), "--input",
-                             str(folder), "--gt", str(folder), "--no-lpips", "--save", str(tmp_path / "res"),
+                             str(folder), "--gt", str(tmp_path / "gt"), "--no-lpips", "--save", str(tmp_path / "res"),
                              "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "\\xff\\xfe: PSNR" in result.stdout
@@ -640,3 +653,379 @@ def test_images_smaller_than_the_metrics_windows_are_measured_without_them(tmp_p
         run_test_script("deraining", ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "in"), "--gt",
                                 str(tmp_path / "gt"), "--device", "cpu", "--no-lpips", "--save", str(tmp_path / "r")])
     assert "SSIM n/a" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- test.py never destroys or misleads
+def photos(folder, names=("a.png", "b.png", "c.png"), side=16, seed=0):
+    """Small random photographs (a user's own files: every test below checks that they survive)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        ok, encoded = cv2.imencode(pathlib.Path(name).suffix, rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        (folder / name).write_bytes(encoded.tobytes())
+    return folder
+
+
+def task_checkpoint(path, task):
+    return checkpoint(path, task=task, config={"task": task})
+
+
+def user_files_case(case: str, d) -> tuple[str, list[str], str]:
+    """One careless test.py run in ``d``: (entry, argv, a fragment of its one error line). The user's
+    photographs are ``d/photos``, their ground truth ``d/gt``, earlier results ``d/res``."""
+    photos(d / "photos")
+    photos(d / "gt")
+    ckpt = task_checkpoint(d / "g.pt", "deraining")
+    run = lambda *extra, save="new-results": ("test deraining", [
+        "--checkpoint", str(ckpt), "--input", str(d / "photos"), "--gt", str(d / "gt"), "--device", "cpu",
+        "--no-lpips", *(["--save", str(d / save)] if save else []), *extra])
+    # flags that point two roles at one place
+    if case == "--save is the --input folder":
+        return run(save="photos")[0], run(save="photos")[1], "is the folder of the input images"
+    if case == "--save is the --gt folder":
+        return (*run(save="gt"), "is the folder of the ground-truth images")
+    if case == "--save is a link to the --input folder":
+        (d / "link").symlink_to(d / "photos")
+        return (*run(save="link"), "is the folder of the input images")
+    if case == "--gt is the --input folder":
+        entry, argv = run()
+        argv[argv.index("--gt") + 1] = str(d / "photos")
+        return entry, argv, "is the --input folder: every image would be scored against itself"
+    if case == "--gt is a link to the --input folder":
+        entry, argv = run()
+        (d / "gt-link").symlink_to(d / "photos")
+        argv[argv.index("--gt") + 1] = str(d / "gt-link")
+        return entry, argv, "is the --input folder"
+    # earlier results
+    if case == "--save holds another model's results":
+        photos(d / "res", ("a.png", "b.png"), seed=5)
+        (d / "res" / "metrics.csv").write_text("name,psnr\nmean,30.0\n")
+        return (*run(save="res"), "holds earlier results that this run would replace (metrics.csv, a.png, b.png)")
+    if case == "a folder where a result goes, with --overwrite":
+        (d / "res" / "b.png").mkdir(parents=True)
+        return (*run("--overwrite", save="res"), "b.png: is a folder, where this run would write")
+    # found only part-way, yet nothing may be written
+    if case == "the last ground truth has the wrong size":
+        photos(d / "gt", ("c.png",), side=20)
+        return (*run(), "c.png: ground truth is 20x20 but the restored c.png is 16x16")
+    if case == "the last input is cut short":
+        encoded = (d / "photos" / "c.png").read_bytes()
+        (d / "photos" / "c.png").write_bytes(encoded[: len(encoded) // 2])  # a header that reads, pixels that do not
+        return (*run(), "c.png: not a readable image")
+    if case == "the last input is cut short, into earlier results with --overwrite":
+        photos(d / "res", ("a.png", "b.png"), seed=5)
+        encoded = (d / "photos" / "c.png").read_bytes()
+        (d / "photos" / "c.png").write_bytes(encoded[: len(encoded) // 2])
+        return (*run("--overwrite", save="res"), "c.png: not a readable image")
+    if case == "an input too small for --reference-metrics":
+        photos(d / "photos", ("c.png",), side=8)
+        photos(d / "gt", ("c.png",), side=8)
+        return (*run("--reference-metrics"), "c.png: 8x8 is smaller than the 16-pixel multiple")
+    # two results on one name
+    if case == "two inputs with one name":
+        photos(d / "photos", ("a.jpg",))
+        return (*run(), "two inputs share the name 'a' (a.jpg and a.png): their restored images would both be "
+                        "written as a.png")
+    if case == "two ground truths with one name":
+        photos(d / "gt", ("b.bmp",))
+        return (*run(), "two ground truths share the name 'b'")
+    if case == "an input named like test.py's own picture":
+        photos(d / "photos", ("side_by_side.png",))
+        photos(d / "gt", ("side_by_side.png",))
+        return (*run("--side-by-side", "1"), "would be written as side_by_side.png, the name of the side-by-side")
+    # a checkpoint of another task
+    if case == "a dehazing checkpoint through deraining/test.py":
+        task_checkpoint(ckpt, "dehazing")
+        return (*run(), "g.pt: trained for dehazing, not for deraining; test it with python dehazing/test.py, "
+                        "or give --any-task")
+    if case == "a deraining checkpoint through sr/test.py":
+        entry, argv = run()
+        return "test", argv, "trained for deraining, not for x4 super-resolution"
+    # inputs that are not what their names say
+    if case == "a link loop named like an image":
+        os.symlink("loop.png", d / "photos" / "loop.png")
+        return (*run(save="res"), "loop.png: a symbolic-link loop")
+    if case == "a broken link named like an image":
+        os.symlink("gone.png", d / "photos" / "d.png")
+        return (*run(), "d.png: a broken symbolic link (to gone.png")
+    if case == "a FIFO named like an image":
+        os.mkfifo(d / "photos" / "d.png")
+        return (*run(), "d.png: a FIFO, not a regular file")
+    if case == "a sparse 1 TB file named like an image":
+        with open(d / "photos" / "c.png", "wb") as f:
+            f.truncate(1 << 40)
+        return (*run(), "c.png: the file is 1.0 TiB, more than")
+    if case == "an input folder that is a link loop":
+        entry, argv = run()
+        os.symlink("input-loop", d / "input-loop")
+        argv[argv.index("--input") + 1] = str(d / "input-loop")
+        return entry, argv, "input-loop: not a folder (a symbolic-link loop"
+    raise ValueError(case)
+
+
+USER_FILE_CASES = [
+    "--save is the --input folder", "--save is the --gt folder", "--save is a link to the --input folder",
+    "--gt is the --input folder", "--gt is a link to the --input folder", "--save holds another model's results",
+    "a folder where a result goes, with --overwrite", "the last ground truth has the wrong size",
+    "the last input is cut short", "the last input is cut short, into earlier results with --overwrite",
+    "an input too small for --reference-metrics", "two inputs with one name", "two ground truths with one name",
+    "an input named like test.py's own picture", "a dehazing checkpoint through deraining/test.py",
+    "a deraining checkpoint through sr/test.py", "a link loop named like an image", "a broken link named like an image",
+    "a FIFO named like an image", "a sparse 1 TB file named like an image", "an input folder that is a link loop"]
+
+
+@pytest.mark.parametrize("case", USER_FILE_CASES)
+def test_test_py_refuses_before_changing_any_file(tmp_path, capsys, case):
+    """Every file under the test's folder (input photographs, ground truth, earlier results) is hashed
+    before and after: a refused run changes nothing and leaves no results folder behind."""
+    entry, argv, fragment = user_files_case(case, tmp_path)
+    refused(capsys, tmp_path, entry, argv, fragment)
+    assert not (tmp_path / "new-results").exists()
+
+
+def test_test_py_writes_results_only_where_asked(tmp_path, capsys, monkeypatch):
+    """Without --save a second run goes to a new numbered folder; --overwrite replaces exactly the files
+    this run writes and says that others stay; --any-task runs another task's checkpoint with a note."""
+    photos(tmp_path / "photos")
+    photos(tmp_path / "gt")
+    ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--checkpoint", str(ckpt), "--input", "photos", "--gt", "gt", "--device", "cpu", "--no-lpips"]
+    with _no_exit():
+        run_test_script("deraining", argv)
+    first = snapshot(tmp_path / "results")
+    assert sorted(os.listdir(tmp_path / "results" / "deraining" / "g")) == ["a.png", "b.png", "c.png", "metrics.csv"]
+    with _no_exit():
+        run_test_script("deraining", argv)
+    assert "holds earlier results; writing to results/deraining/g-2" in capsys.readouterr().err
+    assert {k: v for k, v in snapshot(tmp_path / "results").items() if "g-2" not in k} == first
+    assert sorted(os.listdir(tmp_path / "results" / "deraining" / "g-2")) == ["a.png", "b.png", "c.png", "metrics.csv"]
+    # --overwrite into a folder with another model's results and a file of the user's
+    photos(tmp_path / "res", ("a.png", "z.png"), seed=9)
+    (tmp_path / "res" / "notes.txt").write_text("mine")
+    kept = {k: v for k, v in snapshot(tmp_path / "res").items() if k.endswith(("z.png", "notes.txt"))}
+    with _no_exit():
+        run_test_script("deraining", [*argv, "--save", "res", "--overwrite"])
+    assert "res: replacing 1 earlier result(s) (a.png)" in capsys.readouterr().err
+    assert (tmp_path / "res" / "a.png").read_bytes() == (tmp_path / "results" / "deraining" / "g" / "a.png").read_bytes()
+    assert {k: v for k, v in snapshot(tmp_path / "res").items() if k.endswith(("z.png", "notes.txt"))} == kept
+    assert not [p for p in os.listdir(tmp_path / "res") if p.startswith(".")]  # no staging folder left
+    # another task's checkpoint, asked for
+    task_checkpoint(ckpt, "dehazing")
+    with _no_exit():
+        run_test_script("deraining", [*argv, "--save", "cross", "--any-task"])
+    assert "trained for dehazing; tested as deraining as --any-task asks" in capsys.readouterr().err
+
+
+def stopped_by(sig, argv: list[str], when, then: float = 0.0) -> str:
+    """Run a script, send it ``sig`` once ``when()`` holds (and ``then`` seconds more); the last line
+    it printed. It must exit with 128 + the signal and no traceback."""
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not when() and proc.poll() is None:
+            assert time.monotonic() < deadline, "timed out waiting"
+            time.sleep(0.01)
+        time.sleep(then)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert "Traceback" not in err, err
+    return err.replace("\r", "\n").strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
+    """Stopped while its restored images are half written: the staged ones go, the results folder it
+    made goes, one line says so, and the exit status is 128 + the signal."""
+    photos(tmp_path / "photos", [f"{i:02d}.png" for i in range(60)], side=96)
+    ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
+    before = snapshot(tmp_path)
+    save = tmp_path / "out" / "res"
+    last = stopped_by(sig, ["deraining/test.py", "--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"),
+                            "--save", str(save), "--device", "cpu"],
+                      when=lambda: any(save.glob(".staging.tmp*/*.png")))
+    assert last.startswith(f"stopped by {signal.Signals(sig).name}: removed the ") and "unfinished result file(s)" in last
+    assert snapshot(tmp_path) == before  # no out/, no out/res/, the photographs untouched
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_make_h5_removes_its_temporary_and_folders(tmp_path, sig):
+    photos(tmp_path / "imgs", [f"{i:02d}.png" for i in range(40)], side=256)
+    before = snapshot(tmp_path)
+    out = tmp_path / "new" / "deeper" / "o.h5"
+    last = stopped_by(sig, ["gdata/make_h5.py", "--input", str(tmp_path / "imgs"), "--out", str(out), "--patch", "16",
+                            "--stride", "4", "--degrade", "rain-light", "--batch", "64"],
+                      when=lambda: any(out.parent.glob(".o.h5.tmp*")), then=0.2)  # well inside the writing
+    assert last.startswith(f"stopped by {signal.Signals(sig).name}: removed the unfinished .o.h5.tmp"), last
+    assert f"and the folder {tmp_path / 'new'} made for it" in last
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- gdata: one file, one role
+def test_gdata_never_writes_over_what_it_reads(tmp_path, capsys):
+    good_h5(tmp_path / "d.h5")
+    photos(tmp_path / "imgs")
+    same = str(tmp_path / "d.h5")
+    refused(capsys, tmp_path, "merge_h5", ["--data", same, "--label", same, "--out", same, "--quiet"],
+            "d.h5: is also a file this command reads")
+    refused(capsys, tmp_path, "merge_h5", ["--concat", same, "--out", same, "--quiet"], "is also a file this command")
+    (tmp_path / "alias.h5").symlink_to(tmp_path / "d.h5")
+    refused(capsys, tmp_path, "make_h5", ["--convert", same, "--out", str(tmp_path / "alias.h5"), "--layout", "ours",
+                                          "--quiet"], "alias.h5: is also a file this command reads")
+    refused(capsys, tmp_path, "make_h5", ["--input", str(tmp_path / "imgs"), "--degraded-input", str(tmp_path / "imgs"),
+                                          "--out", str(tmp_path / "o.h5"), "--patch", "8", "--quiet"],
+            "is the --input folder: 'data' and 'label' would hold the same clean patches")
+
+
+# ----------------------------------------------------------------------------- images as viewers show them
+def exif_image(path, pixels: np.ndarray, orientation: int):
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    fmt = {".jpg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".webp": "WEBP"}[path.suffix]
+    extra = {"JPEG": {"quality": 100}, "WEBP": {"lossless": True}}.get(fmt, {})
+    Image.fromarray(pixels).save(path, fmt, exif=exif.tobytes(), **extra)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif", ".webp"])
+def test_images_are_read_as_viewers_show_them(tmp_path, capsys, suffix):
+    """All eight EXIF orientations, against Pillow's own exif_transpose as the oracle."""
+    from PIL import Image, ImageOps
+    from common.images import image_size, read_image
+
+    yy, xx = np.mgrid[0:12, 0:20]
+    pixels = np.stack([xx * 12, yy * 20, (xx * 7 + yy * 5) % 256], -1).astype(np.uint8)  # no symmetry
+    for orientation in range(1, 9):
+        path = exif_image(tmp_path / f"o{orientation}{suffix}", pixels, orientation)
+        with Image.open(path) as im:
+            shown = np.asarray(ImageOps.exif_transpose(im).convert("RGB")).astype(int)
+        ours = np.rint(read_image(path) * 255).astype(int)
+        assert ours.shape == shown.shape, orientation
+        assert np.abs(ours - shown).max() <= (3 if suffix == ".jpg" else 0), orientation
+        assert image_size(path) == (shown.shape[1], shown.shape[0])
+    err = capsys.readouterr().err
+    if suffix != ".tif":  # OpenCV turns TIFFs itself: nothing to say
+        assert "o6" + suffix + ": EXIF orientation 6 applied (the stored pixels are turned 90 degrees clockwise" in err
+
+
+def test_a_phone_photograph_is_restored_upright_in_test_and_make_h5(tmp_path, capsys):
+    """An Orientation=6 JPEG, stored 20x12 and shown 12x20, with its ground truth saved upright."""
+    yy, xx = np.mgrid[0:12, 0:20]
+    stored = np.stack([xx * 12, yy * 20, xx * 3], -1).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    exif_image(tmp_path / "in" / "phone.jpg", stored, 6)
+    photos(tmp_path / "gt", ("phone.png",), side=12)
+    upright = np.rot90(stored, k=-1)
+    cv2.imwrite(str(tmp_path / "gt" / "phone.png"), upright[:, :, ::-1])
+    ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
+    with _no_exit():
+        run_test_script("deraining", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "in"), "--gt",
+                                      str(tmp_path / "gt"), "--device", "cpu", "--no-lpips", "--save",
+                                      str(tmp_path / "res")])
+    assert "phone.jpg: EXIF orientation 6 applied" in capsys.readouterr().err
+    assert cv2.imread(str(tmp_path / "res" / "phone.png")).shape == (20, 12, 3)
+    with _no_exit():
+        ENTRY["make_h5"](["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o.h5"), "--patch", "12",
+                          "--stride", "8", "--quiet"])
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert f["label"].shape == (2, 3, 12, 12)  # 12 wide, 20 high: two patches down, not across
+    # a ground truth stored sideways, beside an upright input: the error says what to suspect
+    exif_image(tmp_path / "gt" / "phone.png", stored, 1)
+    line = refused(capsys, tmp_path, "test deraining", [
+        "--checkpoint", str(ckpt), "--input", str(tmp_path / "in"), "--gt", str(tmp_path / "gt"), "--device", "cpu",
+        "--no-lpips", "--save", str(tmp_path / "res2")], "ground truth is 20x12 but the restored phone.jpg is 12x20")
+    assert "EXIF orientation" in line
+
+
+# ----------------------------------------------------------------------------- training that trained nothing
+def test_a_run_whose_every_step_was_skipped_does_not_end_as_trained(tmp_path, capsys):
+    """sigma 1e29 passes the flag check but overflows every generator update: exit 3, a line that
+    says nothing was trained, and state.json not marked finished."""
+    (tmp_path / "data").mkdir()
+    good_h5(tmp_path / "data" / "a.h5", n=4)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", [*tiny_run(tmp_path, "big", steps=3)[:-len(SMALL) - 2], "--device", "cpu", *SMALL,
+                          "--sigma", "1e29"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3, err
+    assert "every one of the 3 steps was skipped" in err and "nothing was trained" in err
+    state = json.loads((tmp_path / "out" / "sr" / "big" / "sigma-1e+29" / "state.json").read_text())
+    assert state["finished"] is False
+
+
+OVERFLOW_CASES = [(["--sigma", "1e300"], "sigma 1e+300 is too large for float32"),
+                  (["--lr", "1e35"], "too large for float32"), (["--dc-weight", "1e300"], "too large for float32"),
+                  (["--gen-width", "200000"], "need about"), (["--threads", "100000"], "--threads 100000: more")]
+
+
+@pytest.mark.parametrize("extra,fragment", OVERFLOW_CASES, ids=[" ".join(e) for e, _ in OVERFLOW_CASES])
+def test_values_that_overflow_are_refused_before_training(tmp_path, capsys, extra, fragment):
+    refused(capsys, tmp_path, "train", flag_case(tmp_path, "train", extra), fragment)
+
+
+def test_pretrained_from_another_task_is_named(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    good_h5(tmp_path / "data" / "a.h5", n=4)
+    task_checkpoint(tmp_path / "g.pt", "dehazing")
+    with _no_exit():
+        train_main("sr", tiny_run(tmp_path, "p", "--pretrained", str(tmp_path / "g.pt")))
+    assert "g.pt: trained for dehazing; fine-tuning it for x4 super-resolution" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- messages that say what is wrong
+def test_unclear_cases_get_messages_that_say_what_is_wrong(tmp_path, capsys):
+    # an HDF5 'label' that is a group
+    (tmp_path / "grp").mkdir()
+    with h5py.File(tmp_path / "grp" / "a.h5", "w") as f:
+        f["data"] = u8(2, 3, 32, 32)
+        f.create_group("label").create_dataset("x", data=u8(2, 3, 128, 128))
+    argv = ["--trainset", str(tmp_path / "grp"), "--out", str(tmp_path / "out"), "--max-steps", "1", "--batchSize", "2",
+            "--device", "cpu", *SMALL]
+    refused(capsys, tmp_path, "train", argv, "'label' is a group (a folder inside the file, holding: x)")
+    refused(capsys, tmp_path, "inspect_h5", [str(tmp_path / "grp"), "--check", "--quiet"], "'label' is a group")
+    # a link loop where a training file or a checkpoint should be
+    os.symlink("loop.h5", tmp_path / "loop.h5")
+    refused(capsys, tmp_path, "inspect_h5", [str(tmp_path / "loop.h5"), "--check", "--quiet"], "a symbolic-link loop")
+    os.symlink("loop.pt", tmp_path / "loop.pt")
+    photos(tmp_path / "imgs")
+    refused(capsys, tmp_path, "test", ["--checkpoint", str(tmp_path / "loop.pt"), "--input", str(tmp_path / "imgs"),
+                                       "--device", "cpu"], "loop.pt: a symbolic-link loop")
+
+
+def test_a_training_file_held_by_a_writer_says_so(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    good_h5(tmp_path / "data" / "a.h5")
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, time, h5py; f = h5py.File(sys.argv[1], 'a'); "
+                               "print('open', flush=True); time.sleep(120)", str(tmp_path / "data" / "a.h5")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        argv = ["--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--max-steps", "1",
+                "--batchSize", "2", "--device", "cpu", *SMALL]
+        line = refused(capsys, tmp_path, "train", argv, f"another process (PID {writer.pid}) has the file open for "
+                                                         "writing")
+        assert "a.h5" in line
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_damaged_newest_checkpoint_names_the_intact_one_and_how_to_resume(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    good_h5(tmp_path / "data" / "a.h5", n=4)
+    with _no_exit():
+        train_main("sr", tiny_run(tmp_path, "d", steps=3))
+    folder = tmp_path / "out" / "sr" / "d" / "sigma-10"
+    last = folder / "last.pt"
+    last.write_bytes(last.read_bytes()[:3000])
+    line = refused(capsys, tmp_path, "train", ["--resume", "auto", "--name", "d", "--out", str(tmp_path / "out"),
+                                               "--max-steps", "5"], "last.pt: not a checkpoint, or a damaged one")
+    assert "step-00000002.pt (step 2) is intact: resume from it with python sr/train.py --resume " in line
+    with _no_exit():
+        train_main("sr", ["--resume", str(folder / "step-00000002.pt"), "--max-steps", "5"])
+    assert json.loads((folder / "state.json").read_text())["step"] == 5
