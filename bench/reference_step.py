@@ -1,6 +1,6 @@
 """The reference's training iteration, written plainly, as the yardstick for the fast step.
 
-It keeps the authors' structure (METHOD 5): critic loss on real and fake in two critic passes and
+It keeps the authors' structure (docs/METHOD.md, "One iteration"): critic loss on real and fake in two critic passes and
 one optimiser step; a separate gradient-penalty pass and step; then a second generator forward for
 the generator step. Same math as ``common.sot.train_step``, which a test checks; the benchmark
 times the two side by side.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from common.losses import GP_WEIGHT, transport_cost
+from common.sot import GP_WEIGHT, transport_cost
 
 
 def reference_step(generator, critic, opt_g, opt_d, x: torch.Tensor, clean: torch.Tensor, sigma: float,

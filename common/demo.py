@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .data import H5PatchWriter, cut_patches
+from .h5format import H5PatchWriter, cut_patches
 from .degrade import DEGRADATIONS, degradation_scale
 from .images import write_image
 from .tasks import Task

@@ -1,11 +1,23 @@
-"""Where and how a run computes, and its random state: the device, precision, loader workers, seeds."""
+"""Where and how a run computes: the device, precision, loader workers, random state, and the
+other processes of a ``torchrun`` launch.
+
+:class:`Local` is the single-process case: every collective is the identity. :class:`Distributed` is a
+``torchrun`` launch: one process per GPU (NCCL), or per CPU process with ``--device cpu`` (gloo).
+``--batchSize`` is global: each of N processes trains on batchSize / N patches per step, and
+gradients are averaged, so the optimiser sees what one process with the whole batch would see.
+The generator is wrapped in DistributedDataParallel. The critic is not: its gradient-penalty step
+back-propagates through a gradient (a double backward), which DDP's gradient hooks do not support.
+Its gradients are averaged by hand instead, in one flat all-reduce after each critic backward.
+"""
 from __future__ import annotations
 
 import os
 import random
+from datetime import timedelta
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 
 from .data import as_float
 from .errors import InputError, note
@@ -69,3 +81,146 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# ----------------------------------------------------------------------------- other processes
+class Local:
+    """One process: every collective is the identity."""
+
+    rank, world, is_main = 0, 1, True
+
+    def wrap_generator(self, generator: torch.nn.Module) -> torch.nn.Module:
+        return generator
+
+    def average_grads(self, module: torch.nn.Module) -> None:
+        """Average a module's gradients over processes (here: nothing to do)."""
+
+    def all_true(self, flag: torch.Tensor | bool) -> bool:
+        """Whether ``flag`` holds on every process."""
+        return bool(flag)
+
+    def any_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on some process."""
+        return bool(flag)
+
+    def global_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a per-process batch mean over all processes (differentiable)."""
+        return value
+
+    def uniform(self, n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """One U(0, 1) draw per sample of this process's share of the batch, shape n x 1 x 1 x 1."""
+        return torch.rand(n, 1, 1, 1, device=device, dtype=dtype)
+
+    def average(self, value: float) -> float:
+        """A logged number averaged over processes."""
+        return value
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Give every process rank 0's weights."""
+
+    def broadcast_object(self, obj):
+        """Rank 0's value of a picklable object (a run name, a drawn seed), on every process."""
+        return obj
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+
+    def close(self) -> None:
+        """Leave the process group."""
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """All-reduce (sum) that back-propagates: the gradient of a sum over processes is the sum of
+    every process's gradient."""
+
+    @staticmethod
+    def forward(ctx, value):
+        total = value.clone()
+        torch_dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        total = grad.clone()
+        torch_dist.all_reduce(total)
+        return total
+
+
+class Distributed(Local):
+    """A process of a torchrun launch (RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous come from it)."""
+
+    def __init__(self, device: str):
+        self.rank = int(os.environ["RANK"])
+        self.world = int(os.environ["WORLD_SIZE"])
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.is_main = self.rank == 0
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        torch_dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+
+    @classmethod
+    def from_environment(cls, device: str) -> Local:
+        """A Distributed under torchrun with several processes, else Local."""
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return cls(device)
+        return Local()
+
+    def wrap_generator(self, generator: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(generator, device_ids=ids)
+
+    def average_grads(self, module: torch.nn.Module) -> None:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch._utils._flatten_dense_tensors(grads)
+        torch_dist.all_reduce(flat)
+        flat /= self.world
+        for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(reduced)
+
+    def all_true(self, flag: torch.Tensor | bool) -> bool:
+        t = torch.as_tensor(flag, device=self.device).to(torch.int32).reshape(1)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def any_true(self, flag: bool) -> bool:
+        t = torch.tensor([int(flag)], device=self.device, dtype=torch.int32)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def global_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return _SumOverProcesses.apply(value) / self.world
+
+    def uniform(self, n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        # Every process draws the whole global batch's values from the same RNG state and keeps the
+        # ones of its own samples (it holds every world-th one), so that the draws, and the RNG
+        # states after them, are those of a single process training on the whole batch.
+        return torch.rand(n * self.world, 1, 1, 1, device=device, dtype=dtype)[self.rank::self.world]
+
+    def average(self, value: float) -> float:
+        t = torch.tensor([float(value)], device=self.device, dtype=torch.float64)
+        torch_dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            torch_dist.broadcast(tensor.data, src=0)
+
+    def broadcast_object(self, obj):
+        box = [obj]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        torch_dist.barrier()
+
+    def close(self) -> None:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()

@@ -21,7 +21,7 @@ from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, writ
 from .inference import check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
 from .pairs import Pair
-from .resize import imresize
+from .degrade import imresize
 from .tasks import UPSCALERS, Task, model_input
 
 

@@ -1,11 +1,12 @@
 """Build, convert and merge HDF5 training files: the functions behind ``gdata/make_h5.py`` and
-``gdata/merge_h5.py`` (inspecting and checking are in ``common.h5inspect``).
+``gdata/merge_h5.py`` (what ``gdata/inspect_h5.py`` shows and checks is ``common.h5report``; the
+format's rules are ``common.h5format``).
 
 Everything streams: images are read one at a time and cut into patches row by row, patches reach the
 file in batches of at most ``batch``, and merging, converting and scanning read a batch of patches at
 a time. Memory stays bounded by one image plus one batch, whatever the size of the folder or file.
 
-Files are written with :class:`common.data.H5PatchWriter` (``N x C x H x W``, uint8 or float32,
+Files are written with :class:`common.h5format.H5PatchWriter` (``N x C x H x W``, uint8 or float32,
 chunked, written under a temporary name and renamed on success, ``layout`` attribute ``"NCHW"``).
 Files written by MATLAB hold patches transposed (``N x C x W x H``, ``layout`` ``"NCWH"`` or no
 attribute at all); they are read through ``layout`` (``"auto"``, ``"ours"`` or ``"matlab"``).
@@ -27,8 +28,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .data import (LAYOUT_CHOICES, LAYOUTS, H5PatchWriter, _check_values, check_declared_size,
-                   cut_patches, open_h5_file, patch_dataset)
+from .h5format import (DTYPES, LAYOUT_CHOICES, H5PatchWriter, as_stored_in_ours, check_declared_size,
+                       check_patch_dtype, check_values, cut_patches, is_transposed, open_h5_file, patch_dataset,
+                       patch_datasets, patch_shape, stored_layout)
 from .degrade import DEGRADATIONS, degradation_scale
 from .errors import InputError, note, printable
 from .files import check_can_write, same_file
@@ -36,7 +38,6 @@ from .images import list_images, read_image
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
 BATCH_BYTES = 64 << 20       # at most this many bytes of float32 patches read at a time when merging
-DTYPES = ("uint8", "float32")
 
 
 # ----------------------------------------------------------------------------- the scripts' shared flags
@@ -56,37 +57,6 @@ def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
 
 
 # ----------------------------------------------------------------------------- small helpers
-open_h5 = open_h5_file  # the one way every gdata/ script opens a file it reads
-
-
-def stored_layout(f: h5py.File) -> str | None:
-    """The file's ``layout`` attribute as a string, or None when it has none."""
-    value = f.attrs.get("layout")
-    if value is None:
-        return None
-    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
-
-
-def is_transposed(path, f: h5py.File, layout: str = "auto") -> bool:
-    """Whether the file's patches are stored C x W x H (MATLAB): ``layout`` overrides the attribute."""
-    if layout not in LAYOUT_CHOICES:
-        raise ValueError(f"layout must be one of {LAYOUT_CHOICES}")
-    if layout != "auto":
-        return layout == "matlab"
-    stored = stored_layout(f)
-    if stored is None:
-        return False
-    if stored not in LAYOUTS:
-        raise InputError(f"{path}: unknown layout attribute '{stored}'; expected one of {', '.join(LAYOUTS)}")
-    return LAYOUTS[stored]
-
-
-def patch_datasets(f: h5py.File) -> list[str]:
-    """Names of the file's top-level 4-D datasets (``data`` and ``label`` first)."""
-    names = [n for n, obj in f.items() if isinstance(obj, h5py.Dataset) and obj.ndim == 4]
-    return sorted(names, key=lambda n: (n not in ("data", "label"), n != "data", n))
-
-
 def output_dtype(dtypes: Iterable[np.dtype], requested: str | None) -> str:
     """``requested``, or uint8 when every source is uint8 and float32 otherwise."""
     if requested:
@@ -108,14 +78,6 @@ def check_out_path(out: str | Path, sources: Iterable[str | Path] = ()) -> Path:
         raise InputError(f"{out}: is a folder; give a file name ending in .h5")
     check_can_write(out.parent)  # before any image is read: a read-only mount fails now, not at the end
     return out
-
-
-def check_patch_dtype(path, name: str, dtype: np.dtype) -> None:
-    """Patches are uint8 in [0, 255] or float in [0, 1]. Other integers (int16, uint16, bool) are
-    refused rather than guessed at: their scale (255? 65535? 1?) is not in the file."""
-    if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
-        raise InputError(f"{path}: dataset '{name}' has dtype {dtype}; expected uint8 [0, 255] or float [0, 1] "
-                         "(the scale of other types is unknown: convert the values to one of these first)")
 
 
 def text_attr(values: Iterable) -> str:
@@ -329,7 +291,7 @@ class PatchSet:
     def __enter__(self) -> "PatchSet":
         try:
             for path, name in self.parts:
-                f = self._stack.enter_context(open_h5(path))
+                f = self._stack.enter_context(open_h5_file(path))
                 patch_dataset(path, f, name)
                 check_patch_dtype(path, name, f[name].dtype)
                 check_declared_size(path, name, f[name])
@@ -352,8 +314,7 @@ class PatchSet:
         self._stack.close()
 
     def _chw(self, k: int) -> tuple[int, int, int]:
-        c, a, b = self.datasets[k].shape[1:]
-        return (c, b, a) if self.transposed[k] else (c, a, b)
+        return patch_shape(self.datasets[k].shape, self.transposed[k])
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -374,7 +335,7 @@ class PatchSet:
     def _ours(self, k: int, values: np.ndarray) -> np.ndarray:
         if self.mixed:
             values = values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values.astype(np.float32)
-        return values.transpose(0, 1, 3, 2) if self.transposed[k] else values
+        return as_stored_in_ours(values, self.transposed[k])
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """Patches at the given global indices, in the order given (each file read in increasing order)."""
@@ -407,7 +368,7 @@ class PatchSet:
             raise InputError(f"{self.parts[k][0]}: '{self.parts[k][1]}' cannot be read, the file may be "
                              f"truncated ({exc})") from None
         # NaN or out-of-range floats would be written on (or rounded into garbage uint8): refused
-        _check_values(self.parts[k][0], f"dataset '{self.parts[k][1]}' (rows {int(rows[0])} to {int(rows[-1])})",
+        check_values(self.parts[k][0], f"dataset '{self.parts[k][1]}' (rows {int(rows[0])} to {int(rows[-1])})",
                       values)
         return values
 
@@ -422,7 +383,7 @@ class PatchSet:
 
 def pick_dataset(path: str | Path, preferred: str) -> str:
     """``preferred`` if the file has it, else its only 4-D dataset."""
-    with open_h5(path) as f:
+    with open_h5_file(path) as f:
         if preferred in f:
             return preferred
         names = patch_datasets(f)
@@ -489,7 +450,7 @@ def concat_h5(files: list[str | Path], out: str | Path, *, dtype: str | None = N
     out = check_out_path(out, files)
     present: dict[str, list[str]] = {}
     for path in files:
-        with open_h5(path) as f:
+        with open_h5_file(path) as f:
             for name in patch_datasets(f):
                 present.setdefault(name, []).append(str(path))
     if not present:
@@ -519,7 +480,7 @@ def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dt
     without one (MATLAB's files carry none: say ``matlab``).
     """
     out = check_out_path(out, [src])
-    with open_h5(src) as f:
+    with open_h5_file(src) as f:
         stored = stored_layout(f)
         if layout == "auto" and stored is None:
             raise InputError(f"{src}: no 'layout' attribute, so its layout is unknown; give --layout matlab "

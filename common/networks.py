@@ -295,16 +295,5 @@ class Critic(nn.Module):
         return self.fc2(F.leaky_relu(self.fc1(h), 0.2)).view(-1)
 
 
-def start_as_identity(generator: Generator) -> Generator:
-    """Zero the residual head so that G starts as the identity map (its output is its input).
-
-    Not the reference's initialisation (PyTorch's default, whose random head adds a residual of about
-    0.15 RMS); a steadier start for short runs, offered as ``--init identity``.
-    """
-    with torch.no_grad():
-        generator.sam12.conv2.weight.zero_()
-    return generator
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

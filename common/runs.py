@@ -28,16 +28,17 @@ from tqdm import tqdm
 
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint, state_bytes
 from .data import UnpairedH5Dataset, UnpairedSampler
-from .devices import (make_deterministic, resolve_device, resolve_precision, resolve_threads, rng_state,
+from .h5format import rgb_problem
+from .devices import (Local, make_deterministic, resolve_device, resolve_precision, resolve_threads, rng_state,
                       seed_everything, set_rng_state, to_device)
-from .distributed import Local
 from .errors import InputError, TrainingStopped, note, on_stop_signals, restore_signal_handlers
 from .evaluate import evaluate
 from .files import RunLock, check_can_write, remove_stale_temporaries, write_failure
-from .networks import Critic, Generator, start_as_identity
+from .networks import Critic, Generator
 from .pairs import Pair
 from .runlog import MetricsLog, json_ready, read_state, save_samples, sigma_dir_name, write_json
-from .sot import WeightAverage, learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
+from .recipe import WeightAverage, extra_generator_cost, start_as_identity
+from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
 from .tasks import Task, model_input
 
 KEEP_STEP_CHECKPOINTS = 2
@@ -267,7 +268,7 @@ class SigmaRun:
             stats, fake = supervised_step(self.trained_generator, self.opt_g, x, clean, args.precision, self.dist)
         else:
             stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
-                                     self.sigma, args.loss, args.precision, self.dist, args.dc_weight,
+                                     self.sigma, args.loss, args.precision, self.dist, extra_generator_cost(args.dc_weight),
                                      update_generator=update_generator)
         if self.average is not None and update_generator and not stats["skipped"]:
             self.average.update(self.generator)
@@ -554,9 +555,8 @@ def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[
     if device.type == "cuda" and not args.deterministic:
         torch.backends.cudnn.benchmark = True
     dataset = UnpairedH5Dataset(args.trainset, scale=task.scale, layout=args.layout, raw_uint8=True)
-    if dataset.data_shape[0] != 3:
-        raise InputError(f"{dataset.parts[0].path}: patches have {dataset.data_shape[0]} channel(s); the networks "
-                         "take RGB patches (3 channels)")
+    if rgb_problem(dataset.data_shape[0]):
+        raise InputError(f"{dataset.parts[0].path}: {rgb_problem(dataset.data_shape[0])}")
     side = dataset.label_shape[1:]
     if side != (task.patch, task.patch) and not args.supervised:
         raise InputError(f"{dataset.parts[0].path}: clean patches are {side[0]}x{side[1]} but the critic takes "

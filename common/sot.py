@@ -1,26 +1,112 @@
-"""The method: one SOT training iteration and its optimisers (METHOD 2 and 5), beside the paper.
+"""The method of the paper, in one place: its losses, its optimisers and one training iteration.
 
     critic step        L_D = mean D(G(x)) - mean D(y)
     penalty step       GP  = 10 mean_b (||grad D(eps y + (1 - eps) G(x))||_2 - 1)^2
     generator step     L_G = -mean D(G(x)) + sigma R(G(x) - x)
 
-with ``R`` the transport cost of the residual (``common.losses.transport_cost``: l0.5 or l1 of its
-2-D spectrum, or the OT baseline's L2), RMSprop for both networks, G at half the critic's learning
-rate, and the rate divided by 10 every ``step_size`` epochs. The run around it (data, files,
-devices, processes) is ``common.runs``.
+``x`` degraded inputs (already as G takes them), ``y`` unpaired clean patches, ``R`` the transport
+cost of the residual: the l0.5 or l1 norm of its 2-D spectrum (SOT) or its L2 norm (the OT
+baseline). RMSprop for both networks, G at half the critic's learning rate, the rate divided by 10
+every ``step_size`` epochs. docs/METHOD.md derives each term and names the authors' script it
+follows. What this project adds for short runs (all off by default) is in ``common.recipe``; the run
+around the iteration (data, files, devices, processes) is ``common.runs``.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from .distributed import Local
+from .devices import Local
 from .inference import autocast
-from .losses import critic_loss, generator_loss, gradient_penalty, supervised_loss
 from .networks import Critic, Generator
 
+TRANSPORT_COSTS = ("sot-l0.5", "sot-l1", "ot")
+GP_WEIGHT = 10.0
+_POWER_FLOOR = 1e-9  # added to |F|^2 as in the reference, so that the roots have finite gradients at 0
 
+
+def _identity(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors; float64 stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+# ----------------------------------------------------------------------------- the losses
+def transport_cost(residual: torch.Tensor, kind: str, batch_mean=_identity) -> torch.Tensor:
+    """The paper's transport cost R(r) of a batch of residuals ``r = G(x) - x`` (B x C x H x W), a 0-dim tensor.
+
+    With ``F = fft2(r)`` over the two spatial axes of every channel and ``P = |F|^2 + 1e-9``:
+
+    - ``"sot-l0.5"``: ``(mean P^(1/4))^2``, the l0.5 quasi-norm of the spectrum (the reference default);
+    - ``"sot-l1"``: ``mean P^(1/2)``, the l1 norm of the spectrum;
+    - ``"ot"``: ``(mean P)^(1/2)``, the L2 cost of the plain OT baseline, as the reference scripts carry it
+      (their commented-out line). By Parseval ``mean |F|^2 = H W mean r^2``, so it is computed in the
+      pixel domain as ``sqrt(H W) * sqrt(mean r^2)``: the pixel RMSE times sqrt(H W) (x128 on 128x128
+      patches). That scale is what lets one sigma list serve all three costs.
+
+    Means run over batch, channels and frequencies (pixels). Always computed in float32, also under
+    autocast: the FFT of a bf16 residual would lose the small coefficients the cost is about.
+    ``batch_mean`` turns this process's mean into the mean over a batch split across processes,
+    before the outer square or root (which do not commute with averaging).
+    """
+    r = wide(residual)
+    if kind not in TRANSPORT_COSTS:
+        raise ValueError(f"unknown transport cost {kind!r}; choose one of {', '.join(TRANSPORT_COSTS)}")
+    if kind == "ot":
+        # the spectral form without the FFT (Parseval); the floor is the reference's 1e-9 on each |F|^2
+        pixels = r.shape[-2] * r.shape[-1]
+        return (batch_mean(r.square().mean()) * pixels + _POWER_FLOOR).sqrt()
+    spectrum = torch.fft.fft2(r, dim=(-2, -1))
+    power = spectrum.real.square() + spectrum.imag.square() + _POWER_FLOOR
+    if kind == "sot-l1":
+        return batch_mean(power.sqrt().mean())
+    return batch_mean(power.pow(0.25).mean()).square()
+
+
+def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """WGAN critic loss ``mean D(G(x)) - mean D(y)``; its negative estimates the Wasserstein-1 distance."""
+    return wide(fake_scores).mean() - wide(real_scores).mean()
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     eps: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP term ``10 * mean_b (||grad_x D(x_hat_b)||_2 - 1)^2`` at ``x_hat = eps y + (1 - eps) G(x)``.
+
+    ``eps`` is one U(0, 1) draw per sample (drawn here unless given). The norm of each sample's
+    gradient runs over all its C*H*W entries (not per pixel), as in the reference. ``real`` and
+    ``fake`` are unpaired; ``fake`` must come detached. The gradient is taken with
+    ``create_graph=True`` so that the penalty can be back-propagated into the critic; the norm is
+    taken in float32.
+    """
+    if eps is None:
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    norms = wide(grad).flatten(1).norm(dim=1)
+    return GP_WEIGHT * (norms - 1).square().mean()
+
+
+def generator_loss(fake_scores: torch.Tensor, residual: torch.Tensor, sigma: float, kind: str,
+                   batch_mean=_identity, extra_cost=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L_G = -mean D(G(x)) + sigma * R(G(x) - x)``; returns ``(L_G, R)``.
+
+    ``extra_cost(residual, batch_mean)``, if given, is charged beside R under the same sigma
+    (``sigma * (R + extra)``): the hook for ``common.recipe``'s additions, which are not the paper's."""
+    r = wide(residual)  # widened once: both charges back-propagate through one cast
+    cost = transport_cost(r, kind, batch_mean)
+    charged = cost if extra_cost is None else cost + extra_cost(r, batch_mean)
+    return -wide(fake_scores).mean() + sigma * charged, cost
+
+
+def supervised_loss(restored: torch.Tensor, clean: torch.Tensor, batch_mean=_identity) -> torch.Tensor:
+    """Mean absolute error to the true clean image: the supervised upper bound's loss (paired data)."""
+    return batch_mean((wide(restored) - wide(clean)).abs().mean())
+
+
+# ----------------------------------------------------------------------------- the optimisers
 def learning_rate(base_lr: float, epoch: int, step_size: int) -> float:
     """The critic's learning rate in ``epoch`` (1-based): ``base_lr * 0.1^floor((epoch - 1) / step_size)``."""
     return base_lr * 0.1 ** ((epoch - 1) // step_size)
@@ -46,9 +132,10 @@ def finite_update(loss: torch.Tensor, optimizer) -> torch.Tensor:
     return torch.isfinite(loss) & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
 
 
+# ----------------------------------------------------------------------------- one iteration
 def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tensor, clean: torch.Tensor,
                sigma: float, cost: str, precision: str = "fp32", sync=None,
-               dc_weight: float = 0.0, update_generator: bool = True) -> tuple[dict, torch.Tensor]:
+               extra_cost=None, update_generator: bool = True) -> tuple[dict, torch.Tensor]:
     """One SOT iteration on degraded inputs ``x`` (already as G takes them) and unpaired ``clean``.
 
     G(x) is computed once. The reference forwards G again for its generator step, but both critic
@@ -58,8 +145,9 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
 
     Each of the three updates is applied only if its loss and gradients are finite; otherwise the
     rest of the iteration is skipped (``stats["skipped"]`` is True) and the weights stay as they
-    were. ``update_generator=False`` (--critic-warmup) makes it a critic-only iteration. ``sync``
-    shares a batch split across processes (``common.distributed``); None for one.
+    were. ``sync`` shares a batch split across processes (``common.devices.Distributed``); None for
+    one. Not in the paper (``common.recipe``): ``extra_cost`` is charged beside R (``--dc-weight``),
+    and ``update_generator=False`` makes it a critic-only iteration (``--critic-warmup``).
     Returns detached statistics and G(x).
     """
     sync = sync or Local()
@@ -101,7 +189,7 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     opt_g.zero_grad(set_to_none=True)
     with autocast(x.device, precision):
         fake_scores = critic(fake)
-    loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost, sync.global_mean, dc_weight)
+    loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost, sync.global_mean, extra_cost)
     loss_g.backward()
     critic.requires_grad_(True)
     stats.update(loss_g=loss_g.detach(), transport=transport.detach())
@@ -126,20 +214,3 @@ def supervised_step(generator: Generator, opt_g, x: torch.Tensor, clean: torch.T
         opt_g.step()
         stats["skipped"] = False
     return stats, fake.detach()
-
-
-class WeightAverage:
-    """An exponential moving average of a network's weights, ``avg <- decay avg + (1 - decay) w`` after
-    each update. Not in the paper (off by default, ``--ema``): a GAN's weights swing around where the
-    game is heading, most of all in short runs; their average is steadier to validate and to keep."""
-
-    def __init__(self, network: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(network).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, network: torch.nn.Module) -> None:
-        averaged, current = list(self.model.parameters()), list(network.parameters())
-        torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
-        for a, b in zip(self.model.buffers(), network.buffers()):
-            a.copy_(b)

@@ -10,7 +10,7 @@ from .cli import (OneLineParser, common_flags, decay, finite_non_negative_float,
                   positive_int, run_guarded, run_name, seed_int, sigma_list)
 from .demo import demo_defaults, demo_flags_text
 from .errors import InputError
-from .losses import TRANSPORT_COSTS
+from .sot import TRANSPORT_COSTS
 from .networks import CRITIC_INITS
 from .tasks import TASKS, Task
 
@@ -197,7 +197,7 @@ def resume_plan(task: Task, args: argparse.Namespace, argv: list[str]) -> tuple[
 
 
 def _train(task: Task, argv: list[str]) -> None:
-    from .distributed import Distributed
+    from .devices import Distributed
 
     args = parse_train_args(task, argv)
     # Under torchrun with several processes this joins the process group; alone, it is a no-op.

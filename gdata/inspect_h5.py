@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import h5inspect, h5tools  # noqa: E402
+from common import h5report, h5tools  # noqa: E402
 from common.cli import positive_int, run_guarded  # noqa: E402
-from common.data import find_h5_files  # noqa: E402
+from common.h5format import find_h5_files  # noqa: E402
 from common.errors import InputError  # noqa: E402
 
 EXAMPLES = """\
@@ -42,15 +42,15 @@ def main(argv):
     failures = []
     for path in files:
         try:
-            report = h5inspect.scan_h5(path, args.layout, progress=not args.quiet)
+            report = h5report.scan_h5(path, args.layout, progress=not args.quiet)
         except InputError as exc:  # unreadable: report it with the others
             if args.debug:
                 raise
             failures.append(exc)
             continue
-        print(h5inspect.format_report(report, args.layout))
+        print(h5report.format_report(report, args.layout))
         if args.check:
-            problems = h5inspect.h5_problems(report, args.scale)
+            problems = h5report.h5_problems(report, args.scale)
             if problems:
                 failures.append(InputError(f"{path}: {problems[0]}"))
             else:

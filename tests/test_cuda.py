@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.data import UnpairedH5Dataset, UnpairedSampler  # noqa: E402
-from common.distributed import Local  # noqa: E402
+from common.devices import Local  # noqa: E402
 from common.inference import restore  # noqa: E402
 from common.networks import Critic, Generator  # noqa: E402
 from common.devices import to_device  # noqa: E402
@@ -553,7 +553,7 @@ def _nccl_worker(out: str) -> None:
     differ by nothing but the collectives (the bilinear resampling's backward still adds atomically)."""
     import torch.distributed as torch_dist
 
-    from common.distributed import Distributed
+    from common.devices import Distributed
 
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import H5PatchWriter, UnpairedH5Dataset, cut_patches
+from common.data import UnpairedH5Dataset
+from common.h5format import H5PatchWriter, cut_patches
 from common.errors import InputError
 from conftest import write_h5
 

@@ -3,7 +3,8 @@ import h5py
 import numpy as np
 import pytest
 
-from common.data import UnpairedH5Dataset, UnpairedSampler, cut_patches
+from common.data import UnpairedH5Dataset, UnpairedSampler
+from common.h5format import cut_patches
 from common.degrade import bicubic_down
 from common.demo import (DEMO_STRIDE, HELDOUT_PHOTOS, TRAIN_PHOTOS, build_demo_data, centre_crop, demo_verdict,
                          load_photo)

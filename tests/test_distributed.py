@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from common.distributed import Distributed, Local
+from common.devices import Distributed, Local
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
 from conftest import ROOT, write_h5

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from common.data import UnpairedSampler
-from common.losses import transport_cost
+from common.recipe import mean_shift_cost
+from common.sot import transport_cost
 from common.networks import Generator
 from common.sot import make_optimizers, supervised_step
 from conftest import run_script
@@ -18,7 +19,7 @@ def test_dc_weight_charges_a_colour_shift():
     shift = torch.zeros(2, 3, 16, 16)
     shift[:, 0] += 0.1  # the red channel of every image shifted by 0.1
     plain = transport_cost(shift, "sot-l1")
-    charged = transport_cost(shift, "sot-l1", dc_weight=1.0)
+    charged = transport_cost(shift, "sot-l1") + mean_shift_cost(shift, lambda v: v, 1.0)
     assert charged.item() == pytest.approx(plain.item() + np.sqrt((0.1 ** 2) / 3), rel=1e-5)
     # Why the option exists: at equal pixel energy, a spectral cost charges a colour shift (one
     # coefficient) sqrt(H W) times less than a dense residual; the pixel cost charges both alike.

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from common import h5inspect, h5tools
-from common.data import H5PatchWriter, UnpairedH5Dataset, cut_patches
+from common import h5report, h5tools
+from common.data import UnpairedH5Dataset
+from common.h5format import H5PatchWriter, cut_patches
 from common.errors import InputError
 from common.images import read_image, write_image
-from common.resize import imresize
+from common.degrade import imresize
 from conftest import run_script, write_h5
 
 
@@ -209,9 +210,9 @@ def test_matlab_layout_is_read_and_converted(tmp_path):
     torch.testing.assert_close(converted[2][0], as_matlab[2][0])
 
     tagged = write_h5(tmp_path / "t.h5", matlab, matlab, layout="NCWH")
-    report = h5inspect.scan_h5(tagged)
+    report = h5report.scan_h5(tagged)
     assert report.transposed and report.datasets["data"].patch == (3, 8, 12)
-    assert "NCWH (MATLAB" in h5inspect.format_report(report)
+    assert "NCWH (MATLAB" in h5report.format_report(report)
     result = run_script("gdata/make_h5.py", "--convert", str(tagged), "--out", str(tmp_path / "t2.h5"),
                         "--dtype", "float32", "--quiet")
     assert result.returncode == 0, result.stderr
@@ -286,12 +287,12 @@ BAD_FILES = {
 
 @pytest.mark.parametrize("message", list(BAD_FILES))
 def test_check_names_the_file_and_the_problem(tmp_path, monkeypatch, message):
-    monkeypatch.setattr(h5inspect, "SCAN_BYTES", 1000)  # many blocks: the scan streams
+    monkeypatch.setattr(h5report, "SCAN_BYTES", 1000)  # many blocks: the scan streams
     path = tmp_path / "bad.h5"
     with h5py.File(path, "w") as f:
         BAD_FILES[message](f)
     with pytest.raises(InputError, match=message) as err:
-        h5inspect.check_h5(path)
+        h5report.check_h5(path)
     assert str(err.value).startswith(f"{path}: ")
 
 
@@ -310,7 +311,7 @@ def test_inspect_script_prints_and_checks(tmp_path):
     with h5py.File(label_only, "a") as f:
         del f["data"]
     with pytest.raises(InputError, match="merged with a file of the other"):
-        h5inspect.check_h5(label_only)
+        h5report.check_h5(label_only)
 
 
 def test_inspect_shows_each_sides_colour_statistics_and_warns_on_mismatched_sr_sides(tmp_path):
@@ -322,7 +323,7 @@ def test_inspect_shows_each_sides_colour_statistics_and_warns_on_mismatched_sr_s
     mismatched = write_h5(tmp_path / "mismatched.h5", dark, bright, scale=4)
     hazy = write_h5(tmp_path / "hazy.h5", (155 + rng.random((4, 3, 16, 16)) * 100).astype(np.uint8),
                     np.repeat(np.repeat(dark, 4, 2), 4, 3))  # haze brightens: a gap is expected, no warning
-    report = h5inspect.scan_h5(matched)
+    report = h5report.scan_h5(matched)
     expected = dark.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1) / 255
     np.testing.assert_allclose(report.datasets["data"].channel_mean, expected.mean(1), rtol=1e-12)
     np.testing.assert_allclose(report.datasets["data"].channel_std, expected.std(1), rtol=1e-9)

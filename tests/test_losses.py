@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.losses import critic_loss, generator_loss, gradient_penalty, transport_cost
+from common.recipe import mean_shift_cost
+from common.sot import critic_loss, generator_loss, gradient_penalty, transport_cost
 
 
 def numpy_cost(r: np.ndarray, kind: str) -> float:
@@ -114,6 +115,18 @@ def test_critic_and_generator_losses():
 def test_dc_weight_has_a_finite_gradient_at_a_zero_residual():
     """G starts as the identity with --init identity: the residual is exactly zero at step 1."""
     r = torch.zeros(2, 3, 8, 8, requires_grad=True)
+    extra = lambda residual, batch_mean: mean_shift_cost(residual, batch_mean, 1.0)
     for kind in ("sot-l0.5", "sot-l1", "ot"):
-        (g,) = torch.autograd.grad(transport_cost(r, kind, dc_weight=1.0), r)
+        loss, _ = generator_loss(torch.zeros(2), r, 1.0, kind, extra_cost=extra)
+        (g,) = torch.autograd.grad(loss, r)
         assert torch.isfinite(g).all(), kind
+
+
+def test_transport_cost_is_the_papers_r_alone_and_extras_ride_beside_it():
+    """--dc-weight W charges sigma * (R + W * shift); the R that is logged stays the paper's."""
+    r = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) - 0.3
+    extra = lambda residual, batch_mean: mean_shift_cost(residual, batch_mean, 2.0)
+    loss, cost = generator_loss(torch.zeros(2), r, 5.0, "sot-l1", extra_cost=extra)
+    assert cost.item() == pytest.approx(transport_cost(r, "sot-l1").item())
+    shift = float(r.mean(dim=(-2, -1)).square().mean().sqrt())
+    assert loss.item() == pytest.approx(5.0 * (cost.item() + 2.0 * shift), rel=1e-5)

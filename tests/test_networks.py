@@ -132,7 +132,7 @@ def test_sam_side_branches_are_frozen_and_unused():
 def test_im2col_first_critic_layer_matches_the_convolution(channels_last):
     """The critic's first layer as unfold + matmul (what CUDA runs): the same scores, and the same
     gradients through the gradient penalty's double backward, to float64 round-off."""
-    from common.losses import gradient_penalty
+    from common.sot import gradient_penalty
     from common.networks import Im2colConv2d
 
     torch.manual_seed(0)

@@ -147,7 +147,7 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
     import numpy as np
 
     from common.checkpoint import load_generator, read_checkpoint
-    from common.sot import WeightAverage
+    from common.recipe import WeightAverage
     from common.train_cli import train_main
     from conftest import write_h5
 

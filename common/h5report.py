@@ -1,4 +1,4 @@
-"""Inspect and check HDF5 training files: what ``gdata/inspect_h5.py`` shows and ``--check`` refuses.
+"""What ``gdata/inspect_h5.py`` shows of an HDF5 training file, and what its ``--check`` refuses.
 
 Scans stream through each dataset in blocks of at most ``SCAN_BYTES`` (parts of a row where a row is
 larger), so a file of any size, or one declaring absurd sizes, is read in bounded memory. Each side's
@@ -17,9 +17,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .data import RANGE_TOLERANCE, declared_size_problem
 from .errors import InputError
-from .h5tools import is_transposed, open_h5, stored_layout
+from .h5format import (RANGE_TOLERANCE, declared_size_problem, dtype_problem, is_transposed, open_h5_file,
+                       patch_shape, rgb_problem, stored_layout)
 
 SCAN_BYTES = 64 << 20        # bytes read at a time when scanning a dataset's values
 
@@ -117,7 +117,7 @@ def scan_dataset(ds: h5py.Dataset, info: DatasetInfo, progress: bool = False) ->
 
 def scan_h5(path: str | Path, layout: str = "auto", progress: bool = False) -> H5Report:
     """Everything :func:`format_report` shows and :func:`h5_problems` checks, values scanned in full."""
-    with open_h5(path) as f:
+    with open_h5_file(path) as f:
         try:
             transposed, problem = is_transposed(path, f, layout), None
         except InputError as exc:
@@ -130,8 +130,7 @@ def scan_h5(path: str | Path, layout: str = "auto", progress: bool = False) -> H
                 continue
             info = DatasetInfo(name, tuple(obj.shape), str(obj.dtype), obj.chunks, obj.compression)
             if obj.ndim == 4:
-                c, a, b = obj.shape[1:]
-                info.patch = (c, b, a) if transposed else (c, a, b)
+                info.patch = patch_shape(obj.shape, transposed)
             # a file that declares more than it stores would be scanned through fill values for hours
             info.unreadable = declared_size_problem(obj)
             if info.unreadable is None:
@@ -164,8 +163,8 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
         if len(info.shape) != 4:
             problems.append(f"'{name}' must be N x C x H x W, got shape {info.shape}")
             continue
-        if not (info.dtype == "uint8" or np.issubdtype(np.dtype(info.dtype), np.floating)):
-            problems.append(f"dataset '{name}' has dtype {info.dtype}; expected uint8 or float")
+        if dtype_problem(info.dtype):
+            problems.append(f"dataset '{name}' {dtype_problem(info.dtype)}")
         if info.shape[0] == 0:
             problems.append(f"dataset '{name}' is empty")
         if info.unreadable:
@@ -183,8 +182,8 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
         (c, h, w), (lc, lh, lw) = data.patch, label.patch
         if c != lc:
             problems.append(f"'data' has {c} channels but 'label' has {lc}")
-        elif c != 3:
-            problems.append(f"patches have {c} channel(s); training takes RGB patches (3 channels)")
+        elif rgb_problem(c):
+            problems.append(rgb_problem(c))
         if scale is None and "scale" in report.attrs:
             try:
                 scale = int(report.attrs["scale"])

@@ -1,0 +1,371 @@
+"""The HDF5 training-file format and every rule a patch file must follow, in one place: the loader
+(``common.data``), the writers (``common.h5tools``, ``common.demo``) and the inspector
+(``common.h5report``) all open and check files here.
+
+A training file holds two datasets, ``data`` (degraded patches) and ``label`` (clean patches),
+N x C x H x W, uint8 in [0, 255] or float in [0, 1] (the reference's float32); their counts may
+differ. Files written by MATLAB hold every patch transposed, N x C x W x H. A file says which axis
+order it has in its ``layout`` attribute (:data:`AXIS_ORDERS`); files without one are taken as ours
+unless read with ``--layout matlab`` (:data:`LAYOUT_CHOICES`). Files are written here too
+(:class:`H5PatchWriter`): ours, chunked, atomically.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import InputError, Interrupted, check_interrupted, printable
+from .files import folders_to_make, human_bytes, remove_if_stale, remove_made, unreadable_reason, write_failure
+
+AXIS_ORDERS = {"NCHW": False, "NCWH": True}  # the 'layout' attribute -> patches stored transposed (C x W x H)
+LAYOUT_CHOICES = ("auto", "ours", "matlab")  # --layout: the attribute, or either axis order whatever it says
+DTYPES = ("uint8", "float32")                # what the writers store
+RANGE_TOLERANCE = 1e-3  # float files may overshoot [0, 1] by rounding; clipped, not refused
+MAX_PATCH_BYTES = 256 << 20   # one patch above this is no training patch (ours are 3x128x128, 48 KiB)
+CHECK_BYTES = 64 << 20        # at most this much is read to check a file's first values
+
+
+# ----------------------------------------------------------------------------- finding and opening files
+def holders_of(path: str | os.PathLike) -> list[int]:
+    """PIDs of the other processes that have ``path`` open (Linux's /proc; empty elsewhere)."""
+    try:
+        target = os.stat(path)
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()]
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    found.append(pid)
+                    break
+        except OSError:  # gone, or not ours to look at
+            continue
+    return found
+
+
+def open_h5_file(path: str | os.PathLike) -> h5py.File:
+    """Open an HDF5 file for reading; anything unreadable is an :class:`InputError` that says why
+    (missing, a folder, a link loop, not HDF5, damaged, or held by a writer)."""
+    reason = unreadable_reason(path, "an .h5 file")
+    if reason:
+        raise InputError(f"{path}: {reason}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "unable to lock file" in str(exc):
+            holders = holders_of(path)
+            who = f" (PID {', '.join(map(str, holders))})" if holders else ""
+            raise InputError(f"{path}: another process{who} has the file open for writing (HDF5's file lock is "
+                             "held); wait until it has finished writing, then try again") from None
+        raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
+
+
+def find_h5_files(source: str | os.PathLike | list) -> list[Path]:
+    """Every ``*.h5`` in a folder (sorted), or the given list of files."""
+    if isinstance(source, (list, tuple)):
+        files = [Path(f) for f in source]
+    else:
+        folder = Path(source)
+        if folder.is_file():
+            files = [folder]
+        elif not folder.is_dir():
+            reason = unreadable_reason(folder, "a training folder")
+            raise InputError(f"{folder}: " + ("training folder not found" if reason == "no such file" else reason))
+        else:
+            files = sorted(folder.glob("*.h5"))
+            if not files:
+                raise InputError(f"{folder}: no .h5 files in the training folder")
+    for f in files:
+        reason = unreadable_reason(f, "an .h5 file")
+        if reason:
+            raise InputError(f"{f}: {reason}")
+    return files
+
+
+# ----------------------------------------------------------------------------- the axis order
+def stored_layout(f: h5py.File) -> str | None:
+    """The file's ``layout`` attribute as a string, or None when it has none."""
+    value = f.attrs.get("layout")
+    if value is None:
+        return None
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def is_transposed(path, f: h5py.File, layout: str = "auto") -> bool:
+    """Whether the file's patches are stored C x W x H (MATLAB): ``layout`` overrides the attribute."""
+    if layout not in LAYOUT_CHOICES:
+        raise ValueError(f"layout must be one of {LAYOUT_CHOICES}")
+    if layout != "auto":
+        return layout == "matlab"
+    stored = stored_layout(f)
+    if stored is None:
+        return False
+    if stored not in AXIS_ORDERS:
+        raise InputError(f"{path}: unknown layout attribute '{stored}'; expected one of {', '.join(AXIS_ORDERS)}")
+    return AXIS_ORDERS[stored]
+
+
+def patch_shape(shape: tuple[int, ...], transposed: bool) -> tuple[int, int, int]:
+    """A stored 4-D shape's patch as C x H x W (undoing MATLAB's C x W x H)."""
+    c, a, b = (int(n) for n in shape[1:])
+    return (c, b, a) if transposed else (c, a, b)
+
+
+def as_stored_in_ours(values: np.ndarray, transposed: bool) -> np.ndarray:
+    """Patches read from a file (N x C x . x . or C x . x .) in our axis order."""
+    return values.swapaxes(-1, -2) if transposed else values
+
+
+# ----------------------------------------------------------------------------- datasets and their values
+def patch_dataset(path, f: h5py.File, name: str) -> h5py.Dataset:
+    """The 4-D dataset ``name`` of an open file, or an error that says what is there instead."""
+    if name not in f:
+        raise InputError(f"{path}: no '{name}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
+    obj = f[name]
+    if isinstance(obj, h5py.Group):
+        inside = ", ".join(obj.keys()) or "nothing"
+        raise InputError(f"{path}: '{name}' is a group (a folder inside the file, holding: {inside}), not a "
+                         "dataset of patches")
+    if not isinstance(obj, h5py.Dataset) or obj.ndim != 4:
+        raise InputError(f"{path}: '{name}' must be N x C x H x W, got shape {getattr(obj, 'shape', None)}")
+    return obj
+
+
+def patch_datasets(f: h5py.File) -> list[str]:
+    """Names of the file's top-level 4-D datasets (``data`` and ``label`` first)."""
+    names = [n for n, obj in f.items() if isinstance(obj, h5py.Dataset) and obj.ndim == 4]
+    return sorted(names, key=lambda n: (n not in ("data", "label"), n != "data", n))
+
+
+def dtype_problem(dtype) -> str | None:
+    """Patches are uint8 in [0, 255] or float in [0, 1]. Other integers (int16, uint16, bool) are
+    refused rather than guessed at: their scale (255? 65535? 1?) is not in the file."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8 or np.issubdtype(dtype, np.floating):
+        return None
+    return (f"has dtype {dtype}; expected uint8 [0, 255] or float [0, 1] (the scale of other types is unknown: "
+            "convert the values to one of these first)")
+
+
+def check_patch_dtype(path, name: str, dtype) -> None:
+    problem = dtype_problem(dtype)
+    if problem:
+        raise InputError(f"{path}: dataset '{name}' {problem}")
+
+
+def rgb_problem(channels: int) -> str | None:
+    """The networks take RGB patches; merging and converting take any channel count."""
+    return None if channels == 3 else f"patches have {channels} channel(s); training takes RGB patches (3 channels)"
+
+
+def declared_size_problem(ds: h5py.Dataset) -> str | None:
+    """Why a dataset's declared shape cannot be taken at its word, or None: a patch far larger than
+    any training patch, or more data declared than the file stores (a crafted or never-filled file,
+    whose missing values HDF5 would happily return as zeros). Reads metadata only, no values."""
+    shape = tuple(int(n) for n in ds.shape)
+    itemsize = ds.dtype.itemsize
+    if len(shape) >= 2:
+        row = int(np.prod(shape[1:], dtype=np.float64)) * itemsize
+        if row > MAX_PATCH_BYTES:
+            return (f"patches of {'x'.join(map(str, shape[1:]))} ({human_bytes(row)} each) are far larger "
+                    f"than a training patch (at most {human_bytes(MAX_PATCH_BYTES)})")
+    declared = float(np.prod(shape, dtype=np.float64)) * itemsize
+    if declared == 0 or ds.is_virtual or ds.external:
+        return None
+    what = f"declares {shape[0]} rows of {ds.dtype} ({human_bytes(declared)})"
+    try:
+        if ds.chunks is None:
+            stored = ds.id.get_storage_size()
+            file_size = os.path.getsize(ds.file.filename)
+            if stored < declared or declared > file_size:
+                return (f"{what} but the file stores {human_bytes(min(stored, file_size))} of it: it is damaged "
+                        "or was never filled")
+        else:
+            needed = int(np.prod([-(-n // c) for n, c in zip(shape, ds.chunks)], dtype=np.float64))
+            allocated = ds.id.get_num_chunks()
+            if allocated < needed:
+                return (f"{what} but the file stores {allocated} of its {needed} chunks: it is damaged or "
+                        "was never filled")
+    except (AttributeError, OSError, RuntimeError, ValueError):  # an old HDF5 or an odd layout: no verdict
+        return None
+    return None
+
+
+def check_declared_size(path: str, name: str, ds: h5py.Dataset) -> None:
+    problem = declared_size_problem(ds)
+    if problem:
+        raise InputError(f"{path}: dataset '{name}' {problem}")
+
+
+def first_rows(ds: h5py.Dataset, limit: int = 64) -> np.ndarray:
+    """Up to ``limit`` leading rows, but never more than ``CHECK_BYTES``."""
+    row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    return ds[: max(1, min(limit, ds.shape[0], CHECK_BYTES // row))]
+
+
+def check_values(path: str, what: str, values: np.ndarray) -> None:
+    """Refuse non-finite or out-of-range float values; ``what`` names the dataset or patch."""
+    if values.dtype == np.uint8:
+        return
+    if not np.isfinite(values).all():
+        raise InputError(f"{path}: {what} holds NaN or infinite values")
+    lo, hi = float(values.min()), float(values.max())
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise InputError(f"{path}: {what} has values in [{lo:.4g}, {hi:.4g}]; "
+                         "float files must hold [0, 1] (uint8 files [0, 255])")
+
+
+# ----------------------------------------------------------------------------- a training file as a whole
+@dataclass(frozen=True)
+class PatchFile:
+    """What training knows of one file, checked when the data set is built."""
+    path: str
+    n_data: int
+    n_label: int
+    data_shape: tuple[int, int, int]   # C x H x W in our axis order
+    label_shape: tuple[int, int, int]
+    transposed: bool
+    uint8: bool                        # both datasets hold uint8
+
+
+def check_training_file(path: str | os.PathLike, layout: str = "auto") -> PatchFile:
+    """Open one training file and check its datasets' shapes, dtypes, declared sizes, axis order and
+    a first block of values; what training knows of it."""
+    path = str(path)
+    with open_h5_file(path) as f:
+        for name in ("data", "label"):
+            ds = patch_dataset(path, f, name)
+            if ds.shape[0] == 0:
+                raise InputError(f"{path}: dataset '{name}' is empty")
+            check_patch_dtype(path, name, ds.dtype)
+            check_declared_size(path, name, ds)
+        for name in ("data", "label"):  # values only once both shapes are known to be sane
+            try:
+                check_values(path, f"dataset '{name}'", first_rows(f[name]))
+            except OSError as exc:
+                raise InputError(f"{path}: dataset '{name}' cannot be read, the file may be "
+                                 f"truncated ({exc})") from None
+        transposed = is_transposed(path, f, layout)
+        data, label = f["data"], f["label"]
+        part = PatchFile(path, int(data.shape[0]), int(label.shape[0]), patch_shape(data.shape, transposed),
+                         patch_shape(label.shape, transposed), transposed,
+                         data.dtype == np.uint8 and label.dtype == np.uint8)
+    if part.data_shape[0] != part.label_shape[0]:
+        raise InputError(f"{path}: 'data' has {part.data_shape[0]} channels but 'label' has "
+                         f"{part.label_shape[0]}")
+    return part
+
+
+# ----------------------------------------------------------------------------- writing
+def cut_patches(img: np.ndarray, patch: int, stride: int) -> np.ndarray:
+    """Square ``patch`` x ``patch`` patches of an H x W x C image on a ``stride`` grid, as N x C x p x p.
+
+    Positions run from the top-left corner; a remainder narrower than a stride at the right or
+    bottom is not covered (as in the reference's MATLAB scripts). An image smaller than one patch
+    gives none.
+    """
+    h, w = img.shape[:2]
+    if h < patch or w < patch:
+        return np.zeros((0, img.shape[2], patch, patch), dtype=img.dtype)
+    tops = range(0, h - patch + 1, stride)
+    lefts = range(0, w - patch + 1, stride)
+    out = np.stack([img[t:t + patch, l:l + patch] for t in tops for l in lefts])
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+class H5PatchWriter:
+    """Stream patches into a training file: datasets grow in chunks, memory holds one batch at most.
+
+    Patches arrive as N x C x H x W, float in [0, 1] or uint8; they are stored as ``dtype`` (uint8
+    rounds to nearest). The file appears at ``path`` only when :meth:`close` succeeds (it is written
+    under a temporary name and renamed), so an interrupted run leaves no half-written training file.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: str = "uint8", chunk: int = 64,
+                 attrs: dict | None = None):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}")
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.dtype = np.dtype(dtype)
+        self.chunk = chunk
+        # folders made for the file, removed again if it is never written
+        self.made = folders_to_make(self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = h5py.File(self.tmp, "w")
+        except OSError as exc:
+            remove_made(self.made)
+            raise InputError(write_failure(self.path, exc, None, "file")) from None
+        # what an earlier writer of this file left when it was killed
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):
+            remove_if_stale(stale)
+        self.file.attrs["layout"] = "NCHW"
+        for key, value in (attrs or {}).items():
+            # HDF5 stores text as UTF-8: file names that are not are kept with \xff escapes
+            self.file.attrs[key] = printable(value, one_line=False) if isinstance(value, str) else value
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(ds.shape[0]) for name, ds in self.file.items()}
+
+    def append(self, name: str, patches: np.ndarray) -> None:
+        check_interrupted()  # a stop signal whose exception was lost stops the file here
+        if len(patches) == 0:
+            return
+        if patches.ndim != 4:
+            raise ValueError(f"patches must be N x C x H x W, got {patches.shape}")
+        if self.dtype == np.uint8 and patches.dtype != np.uint8:
+            patches = (np.clip(patches, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+        elif self.dtype == np.float32:
+            patches = (patches.astype(np.float32) / 255.0 if patches.dtype == np.uint8
+                       else patches.astype(np.float32))
+        if name not in self.file:
+            self.file.create_dataset(name, shape=(0, *patches.shape[1:]), maxshape=(None, *patches.shape[1:]),
+                                     chunks=(self.chunk, *patches.shape[1:]), dtype=self.dtype)
+        ds = self.file[name]
+        if ds.shape[1:] != patches.shape[1:]:
+            raise ValueError(f"{name}: patch shape {patches.shape[1:]} differs from {ds.shape[1:]}")
+        n = ds.shape[0]
+        try:
+            ds.resize(n + len(patches), axis=0)
+            ds[n:] = patches
+        except OSError as exc:  # a full disk: the temporary goes, the target is untouched
+            raise InputError(write_failure(self.path, exc, patches.nbytes, "file")) from None
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise InputError(write_failure(self.path, exc, None, "file")) from None
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except (OSError, ValueError):  # closing a file whose writes failed may fail as well
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
+            remove_made(self.made)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        made = [f for f in self.made if f.exists()]
+        self.abort()
+        if isinstance(exc, Interrupted):
+            exc.cleaned.append(f"the unfinished {self.tmp.name}" + (f" and the folder {made[-1]} made for it"
+                                                                    if made else "")
+                               + f" ({self.path} was not written)")
