@@ -1,6 +1,7 @@
 """What every script's command line shares: typed flag values, one-line argparse errors, the device
 flags, and ``run_guarded``, which turns bad input into one line and exit status 2. The task scripts'
-own command lines are ``common.train_cli`` and ``common.test_cli``."""
+own command lines are ``common.config`` (train.py, built from the run configuration) and
+``common.test_cli``."""
 from __future__ import annotations
 
 import argparse
@@ -106,12 +107,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {printable(message)} (see {self.prog} --help)\n")
 
 
-def common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                        help="where to run; auto takes CUDA when available (default: %(default)s)")
-    parser.add_argument("--gpus", default=None, metavar="IDS",
+def common_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """``--device``, ``--gpus``, ``--precision`` and ``--debug``; without ``defaults`` a flag not
+    given is absent from the parsed namespace."""
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default=default("auto"),
+                        help="where to run; auto takes CUDA when available (default: auto)")
+    parser.add_argument("--gpus", default=default(None), metavar="IDS",
                         help="GPU ids to expose, as CUDA_VISIBLE_DEVICES (e.g. '0' or '0,1')")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=default("auto"),
                         help="network arithmetic; auto is bf16 autocast on CUDA and fp32 on the CPU "
                              "(the transport cost and gradient-penalty norm are always fp32)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")

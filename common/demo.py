@@ -30,71 +30,21 @@ DEMO_SEED = 2024
 DEMO_DATA_VERSION = 2  # bumped when the demo's data change, so that an older cached set is rebuilt
 LAST_STEP_SLACK = 0.3  # dB the last step may lie below the input before the demo counts as failed
 
-# What --demo trains: two CPU cores finish it in under 10 minutes. The networks are narrower than the
-# paper's (generator 80 -> 16, critic 64 -> 16), so that a CPU can take enough steps for the critic
-# to learn what the degradation looks like and the generator to follow it; real training keeps the
-# paper's sizes. G starts as the identity (its output is its input). In runs this short and at a
-# batch of 4, G's weights swing around where the game is heading (validation PSNR moved by 4 dB
-# within a dozen steps), so the demo validates and keeps a moving average of them (--ema 0.995).
-# The learning rate stays constant: a drop mid-swing freezes whatever phase the swing is in.
-# Deraining also charges the residual's mean (--dc-weight 10): removing bright streaks darkens an
-# image, and the spectral costs barely charge a global shift, so without it G learned to darken every
-# image by the training set's average rain (0.07) instead of removing each image's own streaks.
-# SR starts from a He-initialised critic trained alone for 200 steps (--critic-init kaiming
-# --critic-warmup 200): from the reference's init the critic takes most of the run to learn what blur
-# looks like. Its gradient then also carries an incidental colour and contrast preference, which G
-# followed first; --null-space keeps G to the detail the LR input does not fix, and sigma 0.01 lets
-# it move (at 100 the transport cost held G at the input). It stops at 600 steps: at this size G
-# places only part of the missing detail right (correlation 0.1-0.4 with the true residual), and from
-# about step 650 on it keeps adding detail until its energy matches the clean side's, which costs more
-# PSNR than the right part gains. docs/RESULTS.md has the measurements.
-DEMO_TRAINING = {"max_steps": 1000, "batchSize": 4, "lr": 1e-4, "step": 1000, "init": "identity", "nEpochs": 1000,
-                 "val_every": 1, "val_steps": 50, "gen_width": 16, "gen_increment": 8, "critic_width": 16,
-                 "ema": 0.995, "seed": 0}  # a fixed seed: the README's demo figures are reproducible
-
-
-def demo_settings(task: Task) -> dict:
-    """The demo's training settings with the task's own flags on top."""
-    return {**DEMO_TRAINING, **task.demo_flags}
-
-
-def demo_defaults(task: Task) -> dict:
-    """train.py's defaults under --demo (its --sigma parses to a list of lists)."""
-    flags = demo_settings(task)
-    return {**flags, "sigma": [[flags["sigma"]]]}
-
-
-def _flag_text(name: str, value) -> str:
-    """How a setting reads on the command line: ``--null-space``, ``--dc-weight 10``."""
-    flag = "--" + name.replace("_", "-")
-    if value is True:
-        return flag
-    return f"{flag} {format(value, 'g') if isinstance(value, float) else value}"
-
-
-def demo_flags_text(task: Task) -> str:
-    d = demo_settings(task)
-    own = ", ".join(_flag_text(k, v) for k, v in task.demo_flags.items() if k not in ("sigma", "max_steps"))
-    return (f"{d['max_steps']} steps of {d['batchSize']} patches, sigma {d['sigma']:g}{', ' + own if own else ''}, "
-            f"--lr {d['lr']:g}, --init {d['init']}, --ema {d['ema']:g}, generator width {d['gen_width']} and critic "
-            f"width {d['critic_width']}, validated every {d['val_steps']} steps, seed {d['seed']}")
-
-
-def demo_report(task: Task, args, result, seconds: float) -> str:
+def demo_report(task: Task, config, result, seconds: float) -> str:
     """What the demo prints at the end: what it trained on, its PSNR against the input, a verdict."""
     paper = {"gen_width": 80, "critic_width": 64}
-    narrowed = [f"{k.split('_')[0].replace('gen', 'generator')} width {getattr(args, k)} (the paper's {v})"
-                for k, v in paper.items() if getattr(args, k) != v]
+    narrowed = [f"{k.split('_')[0].replace('gen', 'generator')} width {getattr(config, k)} (the paper's {v})"
+                for k, v in paper.items() if getattr(config, k) != v]
     val = result.last_val
-    lines = [f"demo done in {seconds / 60:.1f} min ({result.step} steps of {args.batchSize} patches"
+    lines = [f"demo done in {seconds / 60:.1f} min ({result.step} steps of {config.batch_size} patches"
              + (f"; {', '.join(narrowed)}, narrowed so that a CPU can train; real training keeps the paper's sizes"
                 if narrowed else "") + ").",
              f"Data: degraded and clean patches of the same {len(TRAIN_PHOTOS)} photographs; each degraded patch "
              "is trained against a clean patch drawn at random, so training is unpaired, and the two sides differ "
              "by the degradation alone, as in the paper's large sets.",
              f"PSNR on {len(HELDOUT_PHOTOS)} held-out photographs: {task.input_label} {val['input_psnr']:.2f} dB; "
-             f"SOT ({args.loss}, sigma {result.sigma:g}"
-             + (", the moving average of G's weights" if args.ema else "")
+             f"SOT ({config.cost}, sigma {result.sigma:g}"
+             + (", the moving average of G's weights" if config.ema_decay else "")
              + f"): best checkpoint {result.best_psnr:.2f} dB (best.pt), last step {val['psnr']:.2f} dB.",
              demo_verdict(task, val["input_psnr"], result.best_psnr, val["psnr"]),
              f"Test it: python {task.name}/test.py --demo"]

@@ -1,4 +1,5 @@
-"""Pictures to look at: labelled images side by side (input | output | clean), drawn with OpenCV."""
+"""Pictures to look at: labelled images side by side (input | output | clean), drawn with OpenCV, and
+the training samples' grid."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from .images import write_image
 
@@ -42,3 +44,18 @@ def centre(img: np.ndarray, side: int) -> np.ndarray:
     h, w = img.shape[:2]
     t, l = max(0, (h - side) // 2), max(0, (w - side) // 2)
     return img[t:t + side, l:l + side]
+
+
+def save_samples(path: Path, x: torch.Tensor, fake: torch.Tensor, clean: torch.Tensor, rows: int = 4) -> torch.Tensor:
+    """A grid with one row per sample: input | output | clean (unpaired) patch, 2 white pixels apart.
+    Returns the grid (C x H x W) for TensorBoard."""
+    k = min(rows, x.shape[0], clean.shape[0])
+    tiles = [t.float().clamp(0, 1).cpu() for i in range(k) for t in (x[i], fake[i], clean[i])]
+    c, h, w = tiles[0].shape
+    gap = 2
+    grid = torch.ones(c, k * (h + gap) + gap, 3 * (w + gap) + gap)
+    for n, tile in enumerate(tiles):
+        top, left = gap + (n // 3) * (h + gap), gap + (n % 3) * (w + gap)
+        grid[:, top:top + h, left:left + w] = tile
+    write_image(path, grid.permute(1, 2, 0).numpy())
+    return grid

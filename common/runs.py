@@ -1,11 +1,11 @@
-"""A training run (METHOD 5): one model per transport weight sigma, each in
-``<out>/<task>/<name>/sigma-<s>/``, around the method of ``common.sot``.
+"""A training run: one model per transport weight sigma, each in ``<out>/<task>/<name>/sigma-<s>/``,
+around the iteration of ``common.sot``.
 
-Each sigma's folder holds ``config.json``, ``last.pt`` (each epoch and at the end), ``step-NNNNNNNN.pt``
-(every ``--save-every`` steps, the newest two kept), ``best.pt`` (best validation PSNR), ``state.json``
-(which checkpoint is newest and whether the run finished), ``metrics.jsonl`` (one JSON object per
-logged step and per validation) and ``samples/epoch-NNNN.png`` (input | output | clean). The sweep's
-own flags and its training files are in ``<out>/<task>/<name>/run.json``.
+Read top to bottom: :func:`train` checks everything that can refuse the run (:func:`preflight`,
+before anything is written), locks the run folder and records the run in ``run.json``, then trains
+each sigma (:class:`SigmaRun`: its networks, its position, and the loop in :meth:`SigmaRun.train`).
+What a run folder holds and how its checkpoints are kept is ``common.run_folder``; the command line
+that starts all this is :func:`train_main`.
 
 Nothing is lost to a crash: checkpoints are written atomically, a run resumes exactly where its
 newest checkpoint left it (weights, optimisers, RNG states, the position inside the epoch), Ctrl-C or
@@ -15,37 +15,35 @@ the ones ``run.json`` recorded. See docs/RELIABILITY.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import load_weights, read_checkpoint, save_checkpoint, state_bytes
+from .checkpoint import load_weights, read_checkpoint
+from .cli import run_guarded
+from .config import Resolved, ResumePlan, RunConfig, flag_of, parse_train_command, plan_resume, run_record
 from .data import UnpairedH5Dataset, UnpairedSampler
-from .h5format import rgb_problem
-from .devices import (Local, make_deterministic, resolve_device, resolve_precision, resolve_threads, rng_state,
-                      seed_everything, set_rng_state, to_device)
+from .devices import (Distributed, Local, make_deterministic, resolve_device, resolve_precision, resolve_threads,
+                      rng_state, seed_everything, set_rng_state, to_device)
 from .errors import InputError, TrainingStopped, note, on_stop_signals, restore_signal_handlers
 from .evaluate import evaluate
-from .files import RunLock, check_can_write, remove_stale_temporaries, write_failure
+from .figures import save_samples
+from .files import RunLock, check_can_write, remove_stale_temporaries
+from .h5format import rgb_problem
 from .networks import Critic, Generator
 from .pairs import Pair
-from .runlog import MetricsLog, json_ready, read_state, save_samples, sigma_dir_name, write_json
-from .recipe import WeightAverage, extra_generator_cost, start_as_identity
+from .recipe import WeightAverage, extra_generator_cost, generator_trains, start_as_identity
+from .run_folder import SigmaFolder, json_ready, sigma_dir_name, write_json
 from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
-from .tasks import Task, model_input
-
-KEEP_STEP_CHECKPOINTS = 2
-
-
-def all_finite(state_dict: dict) -> bool:
-    return all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point())
+from .tasks import TASKS, Task, model_input
 
 
 @dataclass
@@ -83,349 +81,57 @@ class StopRequest:
         restore_signal_handlers(self._previous)
 
 
-# ----------------------------------------------------------------------------- one sigma
-class SigmaRun:
-    """Training of one model (one sigma): builds or resumes its state, runs the loop, saves."""
-
-    def __init__(self, task: Task, args, sigma: float, seed: int, run_dir: Path, device: torch.device,
-                 dataset: UnpairedH5Dataset, val_pairs: list[Pair] | None, stop: StopRequest, dist=None,
-                 resume_from: Path | None = None, pretrained: dict | None = None):
-        self.task, self.args, self.sigma, self.seed = task, args, sigma, seed
-        self.pretrained = pretrained  # the --pretrained checkpoint, read (and checked) once by train()
-        self.run_dir, self.device, self.dataset, self.val_pairs = run_dir, device, dataset, val_pairs
-        self.stop, self.dist = stop, dist or Local()
-        self.main = self.dist.is_main
-        seed_everything(seed)
-        self.generator, self.critic = self._networks()
-        if self.critic is not None:
-            self.dist.broadcast_module(self.critic)  # the generator's DDP wrapper does this for G
-        self.trained_generator = self.dist.wrap_generator(self.generator)
-        self.opt_g, self.opt_d = make_optimizers(self.generator, self.critic, args.lr)
-        # --ema: the generator's weight average is what is validated, kept as best.pt and tested
-        self.average = WeightAverage(self.generator, args.ema) if args.ema else None
-        self.epoch, self.batch_in_epoch, self.step, self.best = 1, 0, 0, None
-        self.skipped, self.nonfinite_streak, self.last_good = 0, 0, None
-        self.steps_run, self.skipped_run = 0, 0  # this session's, for the check that something trained
-        self.last_val: dict = {}
-        if resume_from is not None:
-            self._resume(resume_from)
-        self.config = json_ready({**vars(args), "task": task.name, "sigma": sigma, "seed": seed,
-                                  "device": str(device), "world_size": self.dist.world,
-                                  "torch": str(torch.__version__), "data": dataset.describe()})
-        self.log = self._open_log(resumed=resume_from is not None) if self.main else None
-        self.sampler = self._sampler()
-
-    # -- building
-    def _networks(self) -> tuple[Generator, Critic]:
-        args, device = self.args, self.device
-        generator = Generator(width=args.gen_width, increment=args.gen_increment,
-                              null_space_scale=self.task.scale if args.null_space else 1)
-        if args.init == "identity":
-            start_as_identity(generator)
-        critic = None if args.supervised else Critic(hidden=self.task.critic_hidden, input_size=self.task.patch,
-                                                     width=args.critic_width, init=args.critic_init)
-        if args.pretrained:
-            ckpt = self.pretrained if self.pretrained is not None else read_checkpoint(args.pretrained)
-            load_weights(generator, ckpt["generator"], args.pretrained, "generator")
-            if ckpt.get("critic") and critic is not None:
-                load_weights(critic, ckpt["critic"], args.pretrained, "critic")
-            if self.dist.is_main:
-                print(f"initialised from {args.pretrained}")
-        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        generator = generator.to(device, memory_format=memory_format)
-        return generator, critic.to(device, memory_format=memory_format) if critic is not None else None
-
-    def _open_log(self, resumed: bool) -> MetricsLog:
-        """The run folder's config.json (a new run) and its metrics log, cut back to the step resumed."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not resumed:
-            write_json(self.run_dir / "config.json", {**self.config, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-        # A new run in a folder that held one (with no checkpoints: train() refuses the others) starts
-        # its log afresh (step 0 keeps nothing): old lines would read as this run's.
-        return MetricsLog(self.run_dir / "metrics.jsonl", tensorboard=not self.args.no_tensorboard,
-                          resume_step=self.step if resumed else 0)
-
-    def _sampler(self) -> UnpairedSampler:
-        sampler = UnpairedSampler(len(self.dataset), self.dataset.num_labels, self.args.batchSize, self.seed,
-                                  self.dist.rank, self.dist.world, paired=self.args.supervised)
-        if self.batch_in_epoch > sampler.batches_per_epoch:
-            # resumed on fewer patches (--resume-new-data): the saved position is past the new epoch's end
-            self.batch_in_epoch = sampler.batches_per_epoch
-        return sampler
-
-    def _resume(self, path: Path) -> None:
-        ckpt = read_resume_checkpoint(self.task, path, self.device)
-        try:
-            load_weights(self.generator, ckpt["generator"], path, "generator")
-            if self.average is not None:
-                if not ckpt.get("generator_ema"):
-                    raise InputError(f"{path}: this checkpoint holds no weight average to resume --ema from")
-                load_weights(self.average.model, ckpt["generator_ema"], path, "generator average")
-            self.opt_g.load_state_dict(ckpt["optim_g"])
-            if self.critic is not None:
-                if not ckpt.get("critic") or not ckpt.get("optim_d"):
-                    raise InputError(f"{path}: this checkpoint holds no critic to resume (a --supervised run?)")
-                load_weights(self.critic, ckpt["critic"], path, "critic")
-                self.opt_d.load_state_dict(ckpt["optim_d"])
-            position = [ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]]
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position) or position[0] < 1:
-                raise ValueError(f"epoch, batch and step {position} are not a position in a run")
-            self.epoch, self.batch_in_epoch, self.step = position
-            self.best, self.skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)
-            set_rng_state(ckpt["rng"], self.device)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
-            reason = (str(exc).splitlines() or [""])[0]
-            raise InputError(f"{path}: cannot resume from this checkpoint, it is damaged "
-                             f"({type(exc).__name__}: {reason}){intact_alternative(self.task, path)}") from None
-        self.last_good = path
-        if self.main:
-            print(f"sigma {self.sigma:g}: resuming from {path} (epoch {self.epoch}, step {self.step})")
-
-    # -- saving
-    def _state(self) -> dict:
-        critic = self.critic
-        return {"task": self.task.name,
-                "arch": {"generator": self.generator.arch, "critic": critic.arch if critic is not None else None},
-                "generator": self.generator.state_dict(), "critic": critic.state_dict() if critic is not None else None,
-                "generator_ema": self.average.model.state_dict() if self.average is not None else None,
-                "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict() if critic is not None else None,
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "sigma": float(self.sigma), "loss": self.args.loss, "best_psnr": self.best,
-                "skipped_steps": self.skipped, "rng": rng_state(self.device), "config": self.config}
-
-    def save(self, name: str, finished: bool = False) -> Path:
-        """Write a checkpoint and point state.json at it; never a non-finite one."""
-        path = self.run_dir / name
-        if not self.main:
-            return path
-        state = self._state()
-        if not all(all_finite(state[k] or {}) for k in ("generator", "critic", "generator_ema")):
-            raise TrainingStopped(f"refusing to save non-finite weights at step {self.step}; "
-                                  f"last good checkpoint: {self.last_good}", 3)
-        previous = self.last_good
-        try:
-            save_checkpoint(path, state)
-        except OSError as exc:  # a full disk (torch.save's own error is turned back into this one)
-            kept = (f"; the previous checkpoint {previous} is intact" if previous
-                    else "; no checkpoint of this sigma was saved before")
-            raise InputError(write_failure(path, exc, state_bytes(state), "checkpoint") + kept) from None
-        if name != "best.pt":
-            write_json(self.run_dir / "state.json", {"checkpoint": name, "step": self.step, "epoch": self.epoch,
-                                                     "sigma": self.sigma, "finished": finished})
-            self.last_good = path
-        if name.startswith("step-"):
-            for old in sorted(self.run_dir.glob("step-*.pt"))[:-KEEP_STEP_CHECKPOINTS]:
-                old.unlink(missing_ok=True)
-        return path
-
-    # -- the loop: epochs of iterations
-    def train(self) -> RunResult:
-        self.generator.train()
-        self.started = time.time()
-        self.batch = None  # the latest (input, output, clean), for the epoch's sample picture
-        finished = _done(self.args, self.step, self.epoch)
-        while not finished:
-            finished = self._epoch()
-        if self.log is not None:
-            self.log.close()
-        return RunResult(self.sigma, self.run_dir, self.step, self.epoch - 1, self.best, self.last_val,
-                         self.steps_run, self.skipped_run)
-
-    def _epoch(self) -> bool:
-        """Train the rest of the current epoch; returns whether the run is finished."""
-        lr = learning_rate(self.args.lr, self.epoch, self.args.step)
-        set_learning_rate(self.opt_g, self.opt_d, lr)
-        bar = tqdm(self._loader(), desc=f"sigma {self.sigma:g} epoch {self.epoch}/{self.args.nEpochs}", unit="it",
-                   leave=False, dynamic_ncols=True, disable=not self.main,
-                   initial=self.batch_in_epoch, total=self.sampler.batches_per_epoch)
-        finished = False
-        for degraded, clean in bar:
-            finished = self._iteration(degraded, clean, lr, bar)
-            if finished:
-                break
-            self._check_stop(f"step-{self.step:08d}.pt")
-        bar.close()
-        return self._end_epoch(finished)
-
-    def _loader(self) -> DataLoader:
-        threads = self.args.threads
-        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
-        # The workers' seeds come from this generator, not the global RNG, so that starting a loader
-        # mid-epoch on resume draws nothing the uninterrupted run would not have drawn.
-        return DataLoader(self.dataset, batch_size=self.args.batchSize // self.dist.world, sampler=self.sampler,
-                          num_workers=threads, pin_memory=self.device.type == "cuda", drop_last=True,
-                          prefetch_factor=4 if threads else None,
-                          generator=torch.Generator().manual_seed(self.seed + self.epoch))
-
-    def _iteration(self, degraded: torch.Tensor, clean: torch.Tensor, lr: float, bar) -> bool:
-        """One training step and what is due after it (log, step checkpoint, validation); returns
-        whether --max-steps is reached."""
-        args = self.args
-        x = model_input(self.task, to_device(degraded, self.device), args.align_corners)
-        clean = to_device(clean, self.device)
-        update_generator = args.supervised or self.step >= args.critic_warmup
-        if args.supervised:
-            stats, fake = supervised_step(self.trained_generator, self.opt_g, x, clean, args.precision, self.dist)
-        else:
-            stats, fake = train_step(self.trained_generator, self.critic, self.opt_g, self.opt_d, x, clean,
-                                     self.sigma, args.loss, args.precision, self.dist, extra_generator_cost(args.dc_weight),
-                                     update_generator=update_generator)
-        if self.average is not None and update_generator and not stats["skipped"]:
-            self.average.update(self.generator)
-        self.batch = (x, fake, clean)
-        self.step += 1
-        self.batch_in_epoch += 1
-        self.steps_run += 1
-        self._count_nonfinite(stats)
-        finished = bool(args.max_steps and self.step >= args.max_steps)
-        if self.step % args.log_every == 0 or self.step == 1 or finished:
-            self._log_step(stats, lr, bar)
-        if args.save_every and self.step % args.save_every == 0 and not finished:
-            self.save(f"step-{self.step:08d}.pt")
-        if self.val_pairs and args.val_steps and self.step % args.val_steps == 0 and not finished:
-            if self.main:
-                self._validate_and_keep_best()
-            self.dist.barrier()
-        return finished
-
-    def _end_epoch(self, finished: bool) -> bool:
-        """After an epoch (or the run's last step): the sample picture, the next epoch, validation when
-        due, and last.pt; returns whether the run is finished."""
-        args = self.args
-        epoch_done = self.batch_in_epoch >= self.sampler.batches_per_epoch
-        if (epoch_done or finished) and self.main and self.batch is not None:
-            picture = self.run_dir / "samples" / f"epoch-{self.epoch:04d}.png"
-            self.log.image("samples", save_samples(picture, *self.batch), self.step)
-        if epoch_done:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        finished = finished or self.epoch > args.nEpochs
-        if finished:
-            self._check_something_trained()
-        if self.val_pairs and self.main and ((epoch_done and (self.epoch - 1) % args.val_every == 0) or finished):
-            self._validate_and_keep_best()
-        self.dist.barrier()
-        self.save("last.pt", finished=finished)
-        if not finished:
-            self._check_stop("last.pt")
-        return finished
-
-    def _check_stop(self, ckpt_name: str) -> None:
-        # Every process must stop after the same step, whichever of them got the signal.
-        if not self.dist.any_true(self.stop.signum is not None):
-            return
-        signum = self.stop.signum or signal.SIGTERM
-        path = self.save(ckpt_name)
-        name = signal.Signals(signum).name
-        raise TrainingStopped(f"stopped by {name} at step {self.step} (sigma {self.sigma:g}); saved {path}.\n"
-                              f"Resume with: {resume_command(self.task, self.args, self.dist)}", 128 + signum)
-
-    # -- validation and logs
-    def _validate_and_keep_best(self) -> None:
-        generator = self.average.model if self.average is not None else self.generator
-        ev = evaluate(generator, self.val_pairs, self.task, self.device, align_corners=self.args.align_corners,
-                      precision=self.args.precision, progress=False)
-        self.generator.train()
-        val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}
-        is_best = self.best is None or val["psnr"] > self.best
-        self.best = val["psnr"] if is_best else self.best
-        self.log.write({"kind": "val", "step": self.step, "epoch": self.epoch, **val, "best_psnr": self.best})
-        tqdm.write(f"sigma {self.sigma:g} step {self.step}: validation PSNR {val['psnr']:.2f} dB "
-                   f"(input {val['input_psnr']:.2f} dB, best {self.best:.2f} dB)")
-        if is_best:
-            self.save("best.pt")
-        self.last_val = val
-
-    def _check_something_trained(self) -> None:
-        """A run whose every step was skipped trained nothing: it must not end like one that did (its
-        last.pt would hold the starting weights, marked finished)."""
-        if not self.steps_run or self.skipped_run < self.steps_run:
-            return
-        raise TrainingStopped(f"sigma {self.sigma:g}: every one of the {self.steps_run} steps was skipped (a non-finite "
-                              "loss or gradient each time), so nothing was trained and the run is not marked "
-                              "finished. Check the training data and lower --sigma, --lr or --dc-weight. Last good "
-                              f"checkpoint: {self.last_good or 'none'}", 3)
-
-    def _count_nonfinite(self, stats: dict) -> None:
-        if not stats["skipped"]:
-            self.nonfinite_streak = 0
-            return
-        self.skipped += 1
-        self.skipped_run += 1
-        self.nonfinite_streak += 1
-        if self.main:
-            self.log.write({"kind": "skipped", "step": self.step, "epoch": self.epoch,
-                            "reason": "non-finite loss or gradient", "skipped_total": self.skipped})
-        if self.nonfinite_streak >= self.args.max_nonfinite:
-            raise TrainingStopped(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step} "
-                                  f"(sigma {self.sigma:g}): training diverged. Last good checkpoint: "
-                                  f"{self.last_good or 'none yet'}. Try a lower --lr or a larger --sigma.", 3)
-
-    def _log_step(self, stats: dict, lr: float, bar) -> None:
-        values = {k: self.dist.average(float(v)) for k, v in stats.items() if k != "skipped"}
-        if not self.main:
-            return
-        self.log.write({"kind": "train", "step": self.step, "epoch": self.epoch, "lr": lr,
-                        "time": round(time.time() - self.started, 2), **values, "skipped_total": self.skipped})
-        if "w_distance" in values:  # R only once G trains (not during --critic-warmup)
-            bar.set_postfix(W=f"{values['w_distance']:.3g}",
-                            **({"R": f"{values['transport']:.3g}"} if "transport" in values else {}))
-        elif "l1" in values:
-            bar.set_postfix(L1=f"{values['l1']:.3g}")
+def run_is_over(config: RunConfig, step: int, next_epoch: int) -> bool:
+    """Whether a run at ``step``, about to start ``next_epoch``, has nothing left to do."""
+    return bool(config.max_steps and step >= config.max_steps) or next_epoch > config.epochs
 
 
-# ----------------------------------------------------------------------------- the sweep
-def _done(args, step: int, next_epoch: int) -> bool:
-    """Whether a run at ``step``, about to start ``next_epoch``, has nothing left to do (a resume may
-    have raised --max-steps or --nEpochs since it finished)."""
-    return bool(args.max_steps and step >= args.max_steps) or next_epoch > args.nEpochs
-
-def read_resume_checkpoint(task: Task, path: Path, map_location="cpu") -> dict:
-    """A checkpoint that can resume a run (weights, optimisers and RNG states), or an error that
-    names, for a damaged one, the newest intact checkpoint beside it and how to resume from that."""
-    try:
-        ckpt = read_checkpoint(path, map_location=map_location)
-    except InputError as exc:
-        raise InputError(f"{exc}{intact_alternative(task, path)}") from None
-    if ckpt.get("format") == "authors":
-        raise InputError(f"{path}: the authors' checkpoints hold no optimiser state; "
-                         "use --pretrained to start from their weights")
-    if "optim_g" not in ckpt or "rng" not in ckpt:
-        raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
-    return ckpt
+# ----------------------------------------------------------------------------- before anything is written
+@dataclass
+class Prepared:
+    """What every sigma of a run shares, checked before the run folder is touched."""
+    task: Task
+    config: RunConfig
+    resolved: Resolved
+    device: torch.device
+    dist: object
+    dataset: UnpairedH5Dataset
+    val_pairs: list[Pair] | None
+    pretrained: dict | None       # the --pretrained checkpoint, read and checked once
+    sigmas: list[tuple]           # (index, sigma, SigmaFolder, checkpoint to start from or None, done)
+    run_root: Path
 
 
-def intact_alternative(task: Task, damaged: Path) -> str:
-    """For the error about a damaged checkpoint: the newest other checkpoint of its folder that can
-    resume the run, and the command that resumes from it (empty when there is none)."""
-    candidates = [p for p in damaged.parent.glob("*.pt") if p.name != "best.pt" and p != damaged]
-    for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            ckpt = read_checkpoint(path)
-        except InputError:
-            continue
-        if "optim_g" in ckpt and isinstance(ckpt.get("step"), int):
-            return (f". {path.name} (step {ckpt['step']}) is intact: resume from it with python {task.name}/train.py "
-                    f"--resume {path}")
-    return ". No other checkpoint of this sigma is intact"
+def preflight(task: Task, config: RunConfig, dist, resume: ResumePlan | None) -> Prepared:
+    """Every check that can refuse the run, in the order a user should hear of them. Nothing is
+    written: a refused run leaves no run folder, no run.json, no lock."""
+    if config.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.gpus
+    if config.deterministic:
+        make_deterministic()
+    check_sigma_folders(config.sigma)
+    run_root = Path(config.out) / task.name / config.name
+    if dist.is_main:
+        check_can_write(run_root)  # creates nothing: a bad --out fails before the data are read
+    device = dist.device if hasattr(dist, "device") else resolve_device(config.device)
+    workers = check_loader_workers(resolve_threads(config.loader_workers, device))
+    dataset = check_training_data(task, config, dist)
+    val_pairs = check_validation(task, config)
+    check_network_sizes(task, config, device)
+    pretrained = check_pretrained(task, config) if config.pretrained else None
+    files = data_files(dataset)
+    if resume is not None:
+        check_resumed_data(config, resume, files)
+    sigmas = plan_sigmas(task, config, run_root, resume, dist.is_main)
+    seed = resume.seed if resume is not None and resume.seed is not None else config.seed
+    if seed is None:
+        seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
+    resolved = Resolved(seed=seed, device=str(device), precision=resolve_precision(config.precision, device),
+                        loader_workers=workers, world_size=dist.world, trainset_files=tuple(files))
+    return Prepared(task, config, resolved, device, dist, dataset, val_pairs, pretrained, sigmas, run_root)
 
 
-def resume_command(task: Task, args, dist=None) -> str:
-    launcher = f"torchrun --nproc_per_node={dist.world}" if dist is not None and dist.world > 1 else "python"
-    return f"{launcher} {task.name}/train.py --resume auto --name {args.name} --out {args.out}"
-
-
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"{folder}: cannot write the output folder ({exc.strerror or exc})") from None
-
-
-# ----------------------------------------------------------------------------- checks before a run starts
-def check_sigma_folders(sigmas: list[float]) -> None:
+def check_sigma_folders(sigmas) -> None:
     """Two sigmas that print alike (10 and 10.0000001) would share one folder and mix their files."""
     seen: dict[str, float] = {}
     for sigma in sigmas:
@@ -434,6 +140,95 @@ def check_sigma_folders(sigmas: list[float]) -> None:
             same = "is given twice" if seen[name] == sigma else f"and {seen[name]!r} both map to"
             raise InputError(f"--sigma {sigma!r} {same} the folder {name}; give distinct values")
         seen[name] = sigma
+
+
+def check_loader_workers(workers: int) -> int:
+    most = max(16, 4 * (os.cpu_count() or 1))
+    if workers > most:
+        raise InputError(f"--threads {workers}: more data-loader processes than this machine's "
+                         f"{os.cpu_count()} cores can use; give at most {most}")
+    return workers
+
+
+def check_training_data(task: Task, config: RunConfig, dist) -> UnpairedH5Dataset:
+    """The training files, opened and checked, and the batch they must hold."""
+    dataset = UnpairedH5Dataset(config.trainset, scale=task.scale, layout=config.layout, raw_uint8=True)
+    first = dataset.parts[0].path
+    if rgb_problem(dataset.data_shape[0]):
+        raise InputError(f"{first}: {rgb_problem(dataset.data_shape[0])}")
+    side = dataset.label_shape[1:]
+    if side != (task.patch, task.patch) and not config.supervised:
+        raise InputError(f"{first}: clean patches are {side[0]}x{side[1]} but the critic takes "
+                         f"{task.patch}x{task.patch}")
+    if config.batch_size % dist.world:
+        raise InputError(f"--batchSize {config.batch_size} must divide among {dist.world} processes "
+                         "(it is the global batch)")
+    if config.supervised and len(dataset) != dataset.num_labels:
+        raise InputError(f"{config.trainset}: --supervised needs paired files ('data'[i] degraded from 'label'[i]), "
+                         f"but they hold {len(dataset)} and {dataset.num_labels} patches")
+    if len(dataset) < config.batch_size:
+        raise InputError(f"{config.trainset}: only {len(dataset)} degraded patches, fewer than one batch "
+                         f"(--batchSize {config.batch_size})")
+    return dataset
+
+
+def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
+    """The validation pairs, every image read now: one that is unreadable or of the wrong size stops
+    the run before it writes anything, not at its first validation."""
+    from .evaluate import match_gt
+    from .images import read_image
+    from .pairs import find_pairs
+
+    if config.val_gt and not config.val_input:
+        raise InputError("--val-gt needs --val-input")
+    if not config.val_input:
+        return None
+    pairs = find_pairs(config.val_input, config.val_gt)
+    unpaired = [p.input.name for p in pairs if p.gt is None]
+    if unpaired:
+        raise InputError(f"{config.val_input}: validation needs ground truth; give --val-gt or a test set's "
+                         f"folder in a known layout (no ground truth for {', '.join(unpaired[:5])})")
+    for pair in pairs:
+        h, w = read_image(pair.input).shape[:2]
+        match_gt(read_image(pair.gt), (h * task.scale, w * task.scale), pair, task.scale)
+    return pairs
+
+
+def check_network_sizes(task: Task, config: RunConfig, device: torch.device) -> None:
+    """Refuse network widths whose weights alone cannot be held (a --gen-width of 200000 would ask the
+    allocator for terabytes and die with its traceback): counted on the meta device, nothing allocated."""
+    from .files import available_memory, human_bytes
+
+    with torch.device("meta"):
+        networks = {"generator": Generator(width=config.gen_width, increment=config.gen_increment)}
+        if not config.supervised:
+            networks["critic"] = Critic(hidden=task.critic_hidden, input_size=task.patch, width=config.critic_width)
+    # float32 weights, their gradients and RMSprop's running average, and a copy (--ema, checkpoints)
+    needed = sum(4 * 4 * sum(p.numel() for p in net.parameters()) for net in networks.values())
+    available = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else available_memory()
+    if available is not None and needed > available:
+        counts = ", ".join(f"{name} {sum(p.numel() for p in net.parameters()):,} parameters"
+                           for name, net in networks.items())
+        raise InputError(f"--gen-width {config.gen_width} --gen-increment {config.gen_increment} --critic-width "
+                         f"{config.critic_width}: the networks ({counts}) need about {human_bytes(needed)} for their "
+                         f"weights and optimiser state alone; {human_bytes(available)} is available on {device}")
+
+
+def check_pretrained(task: Task, config: RunConfig) -> dict:
+    """Read the --pretrained checkpoint once and make sure its weights fit these networks."""
+    from .checkpoint import build_generator
+
+    ckpt = read_checkpoint(config.pretrained)
+    build_generator(ckpt, config.pretrained)  # a damaged or crafted checkpoint is refused as test.py refuses it
+    trained = ckpt.get("task")
+    if isinstance(trained, str) and trained != task.name:
+        note(f"{config.pretrained}: trained for {trained}; fine-tuning it for {task.title}")
+    load_weights(Generator(width=config.gen_width, increment=config.gen_increment), ckpt["generator"],
+                 config.pretrained, "generator")
+    if ckpt.get("critic") and not config.supervised:
+        load_weights(Critic(hidden=task.critic_hidden, input_size=task.patch, width=config.critic_width),
+                     ckpt["critic"], config.pretrained, "critic")
+    return ckpt
 
 
 def data_files(dataset: UnpairedH5Dataset) -> list[dict]:
@@ -455,195 +250,86 @@ def data_changes(saved: list[dict], current: list[dict]) -> list[str]:
     return changes
 
 
-def check_resumed_data(args, dataset: UnpairedH5Dataset) -> None:
+def check_resumed_data(config: RunConfig, resume: ResumePlan, files: list[dict]) -> None:
     """A resume continues the epoch's sample order where it stopped: on other files, or the same files
     with other contents, that order means something else. Refused unless --resume-new-data."""
-    saved = getattr(args, "trainset_files", None)
+    saved = resume.trainset_files
     if not isinstance(saved, list) or not all(isinstance(e, dict) for e in saved):
-        note(f"{args.trainset}: the run predates the record of its training files; they cannot be compared")
+        note(f"{config.trainset}: the run predates the record of its training files; they cannot be compared")
         return
-    changes = data_changes(saved, data_files(dataset))
+    changes = data_changes(saved, files)
     if not changes:
         return
     shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
-    if getattr(args, "resume_new_data", False):
-        note(f"{args.trainset}: the training data changed since the run started ({shown}); continuing on the new "
+    if resume.new_data:
+        note(f"{config.trainset}: the training data changed since the run started ({shown}); continuing on the new "
              "data as --resume-new-data asks (this epoch's remaining order is drawn over the new files)")
         return
-    raise InputError(f"{args.trainset}: the training data changed since the run started ({shown}); restore the "
+    raise InputError(f"{config.trainset}: the training data changed since the run started ({shown}); restore the "
                      "files, start a new run (another --name), or give --resume-new-data to continue on them")
 
 
-def check_validation_images(task: Task, pairs: list[Pair]) -> None:
-    """Read every validation image now: one that is unreadable or of the wrong size stops the run
-    before it writes anything, not at its first validation."""
-    from .evaluate import match_gt
-    from .images import read_image
-
-    for pair in pairs:
-        h, w = read_image(pair.input).shape[:2]
-        match_gt(read_image(pair.gt), (h * task.scale, w * task.scale), pair, task.scale)
-
-
-def check_network_sizes(task: Task, args, device: torch.device) -> None:
-    """Refuse network widths whose weights alone cannot be held (a --gen-width of 200000 would ask the
-    allocator for terabytes and die with its traceback): counted on the meta device, nothing allocated."""
-    from .files import available_memory, human_bytes
-
-    with torch.device("meta"):
-        networks = {"generator": Generator(width=args.gen_width, increment=args.gen_increment)}
-        if not args.supervised:
-            networks["critic"] = Critic(hidden=task.critic_hidden, input_size=task.patch, width=args.critic_width)
-    # float32 weights, their gradients and RMSprop's running average, and a copy (--ema, checkpoints)
-    needed = sum(4 * 4 * sum(p.numel() for p in net.parameters()) for net in networks.values())
-    if device.type == "cuda":
-        available = torch.cuda.mem_get_info(device)[1]
-    else:
-        available = available_memory()
-    if available is not None and needed > available:
-        counts = ", ".join(f"{name} {sum(p.numel() for p in net.parameters()):,} parameters"
-                           for name, net in networks.items())
-        raise InputError(f"--gen-width {args.gen_width} --gen-increment {args.gen_increment} --critic-width "
-                         f"{args.critic_width}: the networks ({counts}) need about {human_bytes(needed)} for their "
-                         f"weights and optimiser state alone; {human_bytes(available)} is available on {device}")
+def plan_sigmas(task: Task, config: RunConfig, run_root: Path, resume: ResumePlan | None, main: bool) -> list[tuple]:
+    """Per sigma: (index, sigma, its folder, the checkpoint it starts from or None, whether it is done).
+    The state files and the checkpoints to resume from are read now: a damaged one stops the run here."""
+    plan = []
+    for i, sigma in enumerate(config.sigma):
+        folder = SigmaFolder(run_root / sigma_dir_name(sigma), main)
+        given = resume.checkpoints.get(sigma) if resume is not None else None
+        start, done = folder.start_point(resume is not None, given, lambda s, e: run_is_over(config, s, e))
+        if resume is None and any(folder.path.glob("*.pt")):  # a new run would rotate an earlier one's
+            raise InputError(f"{folder.path}: holds an earlier run's checkpoints; continue it with --resume auto "
+                             f"--name {config.name}, or give another --name")
+        if start is not None and not done:
+            folder.read_for_resume(task.name, start)
+        plan.append((i, sigma, folder, start, done))
+    return plan
 
 
-def check_pretrained(task: Task, args) -> dict:
-    """Read the --pretrained checkpoint once and make sure its weights fit these networks."""
-    from .checkpoint import build_generator
+# ----------------------------------------------------------------------------- the run
+def train(task: Task, config: RunConfig, dist=None, resume: ResumePlan | None = None) -> list[RunResult]:
+    """Train one model per sigma of ``config.sigma``; returns where each went and how it did.
 
-    ckpt = read_checkpoint(args.pretrained)
-    build_generator(ckpt, args.pretrained)  # a damaged or crafted checkpoint is refused as test.py refuses it
-    trained = ckpt.get("task")
-    if isinstance(trained, str) and trained != task.name:
-        note(f"{args.pretrained}: trained for {trained}; fine-tuning it for {task.title}")
-    load_weights(Generator(width=args.gen_width, increment=args.gen_increment), ckpt["generator"],
-                 args.pretrained, "generator")
-    if ckpt.get("critic") and not args.supervised:
-        load_weights(Critic(hidden=task.critic_hidden, input_size=task.patch, width=args.critic_width),
-                     ckpt["critic"], args.pretrained, "critic")
-    return ckpt
-
-
-def train(task: Task, args, dist=None, resume_from: dict | None = None) -> list[RunResult]:
-    """Train one model per sigma of ``args.sigma``; returns where each went and how it did.
-
-    ``resume_from`` maps a sigma to the checkpoint it continues from; sigmas whose runs finished are
-    skipped when resuming.
-
-    Everything that can be checked is checked before the run folder is touched (data, validation
-    images, --pretrained, batch size); the run folder is then locked for the run's life.
+    ``resume`` (``common.config.plan_resume``) continues a run: each sigma from its newest checkpoint
+    (or the one named), finished sigmas skipped. Everything that can be checked is checked before the
+    run folder is touched; the folder is then locked for the run's life.
     """
     dist = dist or Local()
-    if args.gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
-    if args.deterministic:
-        make_deterministic()
-    if args.supervised:
-        args.sigma = [0.0]  # no transport cost: one model
-    check_sigma_folders(args.sigma)
-    run_root = Path(args.out) / task.name / args.name
-    if dist.is_main:
-        check_can_write(run_root)  # creates nothing: a bad --out fails before the data are read
-    device = dist.device if hasattr(dist, "device") else resolve_device(args.device)
-    args.precision = resolve_precision(args.precision, device)
-    args.threads = resolve_threads(args.threads, device)
-    most = 4 * (os.cpu_count() or 1)
-    if args.threads > max(16, most):
-        raise InputError(f"--threads {args.threads}: more data-loader processes than this machine's "
-                         f"{os.cpu_count()} cores can use; give at most {max(16, most)}")
-    if device.type == "cuda" and not args.deterministic:
+    if config.supervised:
+        config = replace(config, sigma=(0.0,))  # no transport cost: one model
+    prepared = preflight(task, config, dist, resume)
+    if prepared.device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
-    dataset = UnpairedH5Dataset(args.trainset, scale=task.scale, layout=args.layout, raw_uint8=True)
-    if rgb_problem(dataset.data_shape[0]):
-        raise InputError(f"{dataset.parts[0].path}: {rgb_problem(dataset.data_shape[0])}")
-    side = dataset.label_shape[1:]
-    if side != (task.patch, task.patch) and not args.supervised:
-        raise InputError(f"{dataset.parts[0].path}: clean patches are {side[0]}x{side[1]} but the critic takes "
-                         f"{task.patch}x{task.patch}")
-    if args.batchSize % dist.world:
-        raise InputError(f"--batchSize {args.batchSize} must divide among {dist.world} processes "
-                         "(it is the global batch)")
-    if args.supervised and len(dataset) != dataset.num_labels:
-        raise InputError(f"{args.trainset}: --supervised needs paired files ('data'[i] degraded from 'label'[i]), "
-                         f"but they hold {len(dataset)} and {dataset.num_labels} patches")
-    if len(dataset) < args.batchSize:
-        raise InputError(f"{args.trainset}: only {len(dataset)} degraded patches, fewer than one batch "
-                         f"(--batchSize {args.batchSize})")
-    val_pairs = None
-    if args.val_gt and not args.val_input:
-        raise InputError("--val-gt needs --val-input")
-    if args.val_input:
-        from .pairs import find_pairs
-        val_pairs = find_pairs(args.val_input, args.val_gt)
-        unpaired = [p.input.name for p in val_pairs if p.gt is None]
-        if unpaired:
-            raise InputError(f"{args.val_input}: validation needs ground truth; give --val-gt or a test set's "
-                             f"folder in a known layout (no ground truth for {', '.join(unpaired[:5])})")
-        check_validation_images(task, val_pairs)
-    check_network_sizes(task, args, device)
-    pretrained = check_pretrained(task, args) if args.pretrained else None
-    if resume_from is not None:
-        check_resumed_data(args, dataset)
-    args.trainset_files = data_files(dataset)
-    plan = sigma_plan(args, run_root, resume_from)  # reads the state files now: a damaged one stops us here
-    if resume_from is None:  # a new run: never over an earlier run's checkpoints (its rotation would mix them)
-        for _, _, run_dir, _, _ in plan:
-            if any(run_dir.glob("*.pt")):
-                raise InputError(f"{run_dir}: holds an earlier run's checkpoints; continue it with --resume auto "
-                                 f"--name {args.name}, or give another --name")
-    for _, _, _, start, done in plan:  # a damaged checkpoint is refused before run.json is rewritten
-        if start is not None and not done:
-            read_resume_checkpoint(task, start)
-    if args.seed is None:
-        args.seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
-    lock = None
-    if dist.is_main:
-        check_writable(run_root)
-        lock = RunLock(run_root).acquire()  # held until the run ends; the OS drops it if the process dies
+    lock = RunLock(prepared.run_root).acquire() if dist.is_main else None  # the OS drops it if we die
     try:
         if dist.is_main:
-            remove_stale_temporaries(run_root, locked=True)
-            # --resume-new-data allows one resume on changed data, not every later one
-            write_json(run_root / "run.json", {k: v for k, v in vars(args).items() if k != "resume_new_data"})
-            method = "supervised L1 (paired)" if args.supervised else f"cost {args.loss}"
-            print(f"{task.title}: {dataset.describe()}; device {device} ({args.precision}"
-                  f"{f', {dist.world} processes' if dist.world > 1 else ''}); {method}; "
-                  f"sigma {', '.join(f'{s:g}' for s in args.sigma)}; writing to {run_root}")
-        return _train_sigmas(task, args, dist, plan, device, dataset, val_pairs, pretrained)
+            remove_stale_temporaries(prepared.run_root, locked=True)
+            write_json(prepared.run_root / "run.json", run_record(config, prepared.resolved))
+            announce(prepared)
+        return train_sigmas(prepared)
     finally:
         if lock is not None:
             lock.release()
 
 
-def sigma_plan(args, run_root: Path, resume_from: dict | None) -> list[tuple]:
-    """Per sigma: (index, sigma, its folder, the checkpoint it resumes from or None, whether it is done)."""
-    plan = []
-    for i, sigma in enumerate(args.sigma):
-        run_dir = run_root / sigma_dir_name(sigma)
-        start, done = (resume_from or {}).get(sigma), False
-        if resume_from is not None and start is None:
-            state = read_state(run_dir)
-            done = bool(state and state.get("finished") and _done(args, state.get("step", 0), state.get("epoch", 0)))
-            start = run_dir / state["checkpoint"] if state else None
-        plan.append((i, sigma, run_dir, start, done))
-    return plan
+def announce(p: Prepared) -> None:
+    method = "supervised L1 (paired)" if p.config.supervised else f"cost {p.config.cost}"
+    world = f", {p.dist.world} processes" if p.dist.world > 1 else ""
+    print(f"{p.task.title}: {p.dataset.describe()}; device {p.device} ({p.resolved.precision}{world}); {method}; "
+          f"sigma {', '.join(f'{s:g}' for s in p.config.sigma)}; writing to {p.run_root}")
 
 
-def _train_sigmas(task: Task, args, dist, plan: list[tuple], device, dataset, val_pairs,
-                  pretrained) -> list[RunResult]:
+def train_sigmas(p: Prepared) -> list[RunResult]:
     results = []
     with StopRequest() as stop:
-        for i, sigma, run_dir, start, done in plan:
+        for i, sigma, folder, start, done in p.sigmas:
             if done:
-                if dist.is_main:
+                if p.dist.is_main:
                     print(f"sigma {sigma:g}: finished earlier, skipped")
                 continue
-            run = SigmaRun(task, args, sigma, args.seed + i, run_dir, device, dataset, val_pairs, stop, dist, start,
-                           pretrained)
-            results.append(run.train())
-            r = results[-1]
-            if dist.is_main:
+            r = SigmaRun(p, i, sigma, folder, start, stop).train()
+            results.append(r)
+            if p.dist.is_main:
                 val = f", validation PSNR {r.last_val['psnr']:.2f} dB" if r.last_val else ""
                 skipped = f" ({r.skipped_run} of this run's {r.steps_run} skipped as non-finite)" if r.skipped_run else ""
                 print(f"sigma {sigma:g}: {r.step} steps{skipped}, {r.epoch} epoch(s){val}; checkpoints in {r.run_dir}")
@@ -651,3 +337,336 @@ def _train_sigmas(task: Task, args, dist, plan: list[tuple], device, dataset, va
                     note(f"sigma {sigma:g}: most steps were skipped as non-finite; the model trained on fewer than "
                          "half of them (see 'skipped' in metrics.jsonl)")
     return results
+
+
+def resume_command(task: Task, config: RunConfig, dist=None) -> str:
+    launcher = f"torchrun --nproc_per_node={dist.world}" if dist is not None and dist.world > 1 else "python"
+    return f"{launcher} {task.name}/train.py --resume auto --name {config.name} --out {config.out}"
+
+
+# ----------------------------------------------------------------------------- one sigma
+@dataclass
+class Position:
+    """Where a sigma's run is: the epoch under way (1-based), the batches of it done, the steps done."""
+    epoch: int = 1
+    batch_in_epoch: int = 0
+    step: int = 0
+
+
+class Networks:
+    """A sigma's networks and what trains them: G (wrapped for several processes), the critic, both
+    optimisers and, with --ema, G's weight average; built from the run's configuration and loaded
+    from a checkpoint's state."""
+
+    def __init__(self, p: Prepared):
+        config, task, dist = p.config, p.task, p.dist
+        generator = Generator(width=config.gen_width, increment=config.gen_increment,
+                              null_space_scale=task.scale if config.null_space else 1)
+        if config.generator_init == "identity":
+            start_as_identity(generator)
+        critic = None if config.supervised else Critic(hidden=task.critic_hidden, input_size=task.patch,
+                                                       width=config.critic_width, init=config.critic_init)
+        if p.pretrained is not None:
+            load_weights(generator, p.pretrained["generator"], config.pretrained, "generator")
+            if p.pretrained.get("critic") and critic is not None:
+                load_weights(critic, p.pretrained["critic"], config.pretrained, "critic")
+            if dist.is_main:
+                print(f"initialised from {config.pretrained}")
+        memory_format = torch.channels_last if p.device.type == "cuda" else torch.contiguous_format
+        self.generator = generator.to(p.device, memory_format=memory_format)
+        self.critic = critic.to(p.device, memory_format=memory_format) if critic is not None else None
+        if self.critic is not None:
+            dist.broadcast_module(self.critic)  # the generator's DDP wrapper does this for G
+        self.trained_generator = dist.wrap_generator(self.generator)
+        self.opt_g, self.opt_d = make_optimizers(self.generator, self.critic, config.lr)
+        # --ema: the generator's weight average is what is validated, kept as best.pt and tested
+        self.average = WeightAverage(self.generator, config.ema_decay) if config.ema_decay else None
+
+    @property
+    def validated(self) -> Generator:
+        """The generator that validation measures and best.pt keeps: the average with --ema."""
+        return self.average.model if self.average is not None else self.generator
+
+    def state(self) -> dict:
+        """What a checkpoint holds of them."""
+        critic = self.critic
+        return {"arch": {"generator": self.generator.arch, "critic": critic.arch if critic is not None else None},
+                "generator": self.generator.state_dict(), "critic": critic.state_dict() if critic is not None else None,
+                "generator_ema": self.average.model.state_dict() if self.average is not None else None,
+                "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict() if critic is not None else None}
+
+    def load(self, ckpt: dict, path: Path) -> None:
+        """Weights and optimiser states from a checkpoint, refused where it lacks what these need."""
+        load_weights(self.generator, ckpt["generator"], path, "generator")
+        if self.average is not None:
+            if not ckpt.get("generator_ema"):
+                raise InputError(f"{path}: this checkpoint holds no weight average to resume --ema from")
+            load_weights(self.average.model, ckpt["generator_ema"], path, "generator average")
+        self.opt_g.load_state_dict(ckpt["optim_g"])
+        if self.critic is not None:
+            if not ckpt.get("critic") or not ckpt.get("optim_d"):
+                raise InputError(f"{path}: this checkpoint holds no critic to resume (a --supervised run?)")
+            load_weights(self.critic, ckpt["critic"], path, "critic")
+            self.opt_d.load_state_dict(ckpt["optim_d"])
+
+
+class SigmaRun:
+    """Training of one model (one sigma): its networks and optimisers, its position, and the loop."""
+
+    def __init__(self, p: Prepared, index: int, sigma: float, folder: SigmaFolder, start: Path | None,
+                 stop: StopRequest):
+        self.p, self.config, self.task, self.dist = p, p.config, p.task, p.dist
+        self.sigma, self.seed, self.folder, self.stop = sigma, p.resolved.seed + index, folder, stop
+        self.main = self.dist.is_main
+        seed_everything(self.seed)
+        self.nets = Networks(p)
+        self.extra_cost = extra_generator_cost(self.config.dc_weight)
+        self.position, self.best, self.last_val = Position(), None, {}
+        self.skipped, self.nonfinite_streak = 0, 0
+        self.steps_run, self.skipped_run = 0, 0  # since this process started, for the check that something trained
+        if start is not None:
+            self._resume(start)
+        self.record = self._record()
+        self.log = folder.open_log(None if start is not None else self.record,
+                                   self.position.step if start is not None else None,
+                                   self.config.tensorboard) if self.main else None
+        self.sampler = UnpairedSampler(len(p.dataset), p.dataset.num_labels, self.config.batch_size, self.seed,
+                                       self.dist.rank, self.dist.world, paired=self.config.supervised)
+        if self.position.batch_in_epoch > self.sampler.batches_per_epoch:
+            # resumed on fewer patches (--resume-new-data): the saved position is past the new epoch's end
+            self.position.batch_in_epoch = self.sampler.batches_per_epoch
+
+    # -- the loop
+    def train(self) -> RunResult:
+        """Epochs of iterations until --max-steps or --nEpochs; after each iteration, what is due."""
+        config, pos = self.config, self.position
+        self.nets.generator.train()
+        self.started, self.batch = time.time(), None  # batch: the latest (input, output, clean), for pictures
+        finished = run_is_over(config, pos.step, pos.epoch)
+        while not finished:
+            lr = learning_rate(config.lr, pos.epoch, config.lr_step_epochs)
+            set_learning_rate(self.nets.opt_g, self.nets.opt_d, lr)
+            bar = tqdm(self._loader(), desc=f"sigma {self.sigma:g} epoch {pos.epoch}/{config.epochs}", unit="it",
+                       leave=False, dynamic_ncols=True, disable=not self.main, initial=pos.batch_in_epoch,
+                       total=self.sampler.batches_per_epoch)
+            for degraded, clean in bar:
+                stats = self._iteration(degraded, clean)
+                finished = bool(config.max_steps and pos.step >= config.max_steps)
+                if self._due(config.log_every_steps) or pos.step == 1 or finished:
+                    self._log_step(stats, lr, bar)
+                if finished:
+                    break
+                if self._due(config.save_every_steps):
+                    self.save(f"step-{pos.step:08d}.pt")
+                if self._due(config.val_every_steps) and self.p.val_pairs:
+                    self._validate_on_main()
+                self._check_stop(f"step-{pos.step:08d}.pt")
+            bar.close()
+            finished = self._end_epoch(finished)
+        if self.log is not None:
+            self.log.close()
+        return RunResult(self.sigma, self.folder.path, pos.step, pos.epoch - 1, self.best, self.last_val,
+                         self.steps_run, self.skipped_run)
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.position.step % every == 0
+
+    def _iteration(self, degraded: torch.Tensor, clean: torch.Tensor) -> dict:
+        """One training step (and the weight average's update); the position moves on by one."""
+        config = self.config
+        x = model_input(self.task, to_device(degraded, self.p.device), config.align_corners)
+        clean = to_device(clean, self.p.device)
+        precision = self.p.resolved.precision
+        update_generator = config.supervised or generator_trains(self.position.step, config.critic_warmup_steps)
+        nets = self.nets
+        if config.supervised:
+            stats, fake = supervised_step(nets.trained_generator, nets.opt_g, x, clean, precision, self.dist)
+        else:
+            stats, fake = train_step(nets.trained_generator, nets.critic, nets.opt_g, nets.opt_d, x, clean, self.sigma,
+                                     config.cost, precision, self.dist, self.extra_cost, update_generator)
+        if nets.average is not None and update_generator and not stats["skipped"]:
+            nets.average.update(nets.generator)
+        self.batch = (x, fake, clean)
+        self.position.step += 1
+        self.position.batch_in_epoch += 1
+        self.steps_run += 1
+        self._count_nonfinite(stats)
+        return stats
+
+    def _end_epoch(self, finished: bool) -> bool:
+        """After an epoch (or the run's last step): the sample picture, the next epoch, validation when
+        due, and last.pt; returns whether the run is finished."""
+        config, pos = self.config, self.position
+        epoch_done = pos.batch_in_epoch >= self.sampler.batches_per_epoch
+        if (epoch_done or finished) and self.main and self.batch is not None:
+            self.log.image("samples", save_samples(self.folder.samples_picture(pos.epoch), *self.batch), pos.step)
+        if epoch_done:
+            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+        finished = finished or pos.epoch > config.epochs
+        if finished:
+            self._check_something_trained()
+        if self.p.val_pairs and ((epoch_done and (pos.epoch - 1) % config.val_every_epochs == 0) or finished):
+            self._validate_on_main()
+        else:
+            self.dist.barrier()
+        self.save("last.pt", finished=finished)
+        if not finished:
+            self._check_stop("last.pt")
+        return finished
+
+    def _loader(self) -> DataLoader:
+        workers = self.p.resolved.loader_workers
+        self.sampler.set_epoch(self.position.epoch, self.position.batch_in_epoch)
+        # The workers' seeds come from this generator, not the global RNG, so that starting a loader
+        # mid-epoch on resume draws nothing the uninterrupted run would not have drawn.
+        return DataLoader(self.p.dataset, batch_size=self.config.batch_size // self.dist.world, sampler=self.sampler,
+                          num_workers=workers, pin_memory=self.p.device.type == "cuda", drop_last=True,
+                          prefetch_factor=4 if workers else None,
+                          generator=torch.Generator().manual_seed(self.seed + self.position.epoch))
+
+    def _check_stop(self, ckpt_name: str) -> None:
+        # Every process must stop after the same step, whichever of them got the signal.
+        if not self.dist.any_true(self.stop.signum is not None):
+            return
+        signum = self.stop.signum or signal.SIGTERM
+        path = self.save(ckpt_name)
+        name = signal.Signals(signum).name
+        raise TrainingStopped(f"stopped by {name} at step {self.position.step} (sigma {self.sigma:g}); saved {path}.\n"
+                              f"Resume with: {resume_command(self.task, self.config, self.dist)}", 128 + signum)
+
+    # -- building, resuming, saving
+    def _resume(self, path: Path) -> None:
+        ckpt = self.folder.read_for_resume(self.task.name, path, self.p.device)
+        try:
+            self.nets.load(ckpt, path)
+            position = [ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position) or position[0] < 1:
+                raise ValueError(f"epoch, batch and step {position} are not a position in a run")
+            self.position = Position(*position)
+            self.best, self.skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)
+            set_rng_state(ckpt["rng"], self.p.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            reason = (str(exc).splitlines() or [""])[0]
+            raise InputError(f"{path}: cannot resume from this checkpoint, it is damaged ({type(exc).__name__}: "
+                             f"{reason}){self.folder.intact_alternative(self.task.name, path)}") from None
+        self.folder.last_good = path
+        if self.main:
+            print(f"sigma {self.sigma:g}: resuming from {path} (epoch {self.position.epoch}, step {self.position.step})")
+
+    def _record(self) -> dict:
+        """config.json and each checkpoint's 'config': what this sigma's model was trained with, the
+        machine's resolved values included."""
+        r = self.p.resolved
+        return json_ready({**dataclasses.asdict(self.config), "task": self.task.name, "sigma": self.sigma,
+                           "seed": self.seed, "device": r.device, "precision": r.precision,
+                           "loader_workers": r.loader_workers, "world_size": r.world_size,
+                           "torch": str(torch.__version__), "data": self.p.dataset.describe(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def _state(self) -> dict:
+        pos = self.position
+        return {"task": self.task.name, **self.nets.state(), "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch, "step": pos.step,
+                "sigma": float(self.sigma), "loss": self.config.cost, "best_psnr": self.best,
+                "skipped_steps": self.skipped, "rng": rng_state(self.p.device), "config": self.record}
+
+    def save(self, name: str, finished: bool = False) -> Path:
+        return self.folder.save(name, self._state(), finished) if self.main else self.folder.path / name
+
+    # -- validation and logs
+    def _validate_on_main(self) -> None:
+        if self.main:
+            self._validate_and_keep_best()
+        self.dist.barrier()
+
+    def _validate_and_keep_best(self) -> None:
+        ev = evaluate(self.nets.validated, self.p.val_pairs, self.task, self.p.device,
+                      align_corners=self.config.align_corners, precision=self.p.resolved.precision, progress=False)
+        self.nets.generator.train()
+        val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}
+        is_best = self.best is None or val["psnr"] > self.best
+        self.best = val["psnr"] if is_best else self.best
+        step = self.position.step
+        self.log.write({"kind": "val", "step": step, "epoch": self.position.epoch, **val, "best_psnr": self.best})
+        tqdm.write(f"sigma {self.sigma:g} step {step}: validation PSNR {val['psnr']:.2f} dB "
+                   f"(input {val['input_psnr']:.2f} dB, best {self.best:.2f} dB)")
+        if is_best:
+            self.save("best.pt")
+        self.last_val = val
+
+    def _check_something_trained(self) -> None:
+        """A run whose every step was skipped trained nothing: it must not end like one that did (its
+        last.pt would hold the starting weights, marked finished)."""
+        if not self.steps_run or self.skipped_run < self.steps_run:
+            return
+        raise TrainingStopped(f"sigma {self.sigma:g}: every one of the {self.steps_run} steps was skipped (a non-finite "
+                              "loss or gradient each time), so nothing was trained and the run is not marked "
+                              "finished. Check the training data and lower --sigma, --lr or --dc-weight. Last good "
+                              f"checkpoint: {self.folder.last_good or 'none'}", 3)
+
+    def _count_nonfinite(self, stats: dict) -> None:
+        if not stats["skipped"]:
+            self.nonfinite_streak = 0
+            return
+        self.skipped += 1
+        self.skipped_run += 1
+        self.nonfinite_streak += 1
+        if self.main:
+            self.log.write({"kind": "skipped", "step": self.position.step, "epoch": self.position.epoch,
+                            "reason": "non-finite loss or gradient", "skipped_total": self.skipped})
+        if self.nonfinite_streak >= self.config.max_nonfinite:
+            raise TrainingStopped(f"{self.nonfinite_streak} non-finite steps in a row at step {self.position.step} "
+                                  f"(sigma {self.sigma:g}): training diverged. Last good checkpoint: "
+                                  f"{self.folder.last_good or 'none yet'}. Try a lower --lr or a larger --sigma.", 3)
+
+    def _log_step(self, stats: dict, lr: float, bar) -> None:
+        values = {k: self.dist.average(float(v)) for k, v in stats.items() if k != "skipped"}
+        if not self.main:
+            return
+        self.log.write({"kind": "train", "step": self.position.step, "epoch": self.position.epoch, "lr": lr,
+                        "time": round(time.time() - self.started, 2), **values, "skipped_total": self.skipped})
+        if "w_distance" in values:  # R only once G trains (not during --critic-warmup)
+            bar.set_postfix(W=f"{values['w_distance']:.3g}",
+                            **({"R": f"{values['transport']:.3g}"} if "transport" in values else {}))
+        elif "l1" in values:
+            bar.set_postfix(L1=f"{values['l1']:.3g}")
+
+
+# ----------------------------------------------------------------------------- train.py
+def train_main(task_name: str, argv: list[str] | None = None) -> None:
+    """Every task's train.py: parse, then start, resume or demo a run."""
+    run_guarded(lambda a: _train_command(TASKS[task_name], a), argv)
+
+
+def _train_command(task: Task, argv: list[str]) -> None:
+    command = parse_train_command(task, argv)
+    # Under torchrun with several processes this joins the process group; alone, it is a no-op.
+    dist = Distributed.from_environment(command.config.device)
+    try:
+        if command.resume:
+            config, plan = plan_resume(task, command.resume, command.given, command.resume_new_data)
+            train(task, config, dist, resume=plan)
+            return
+        config, started = command.config, time.time()
+        stamp = dist.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+        if command.demo:
+            config = demo_config(task, config, stamp, dist)
+        config = replace(config, name=config.name or f"{config.cost}-{stamp}")
+        results = train(task, config, dist)
+        if command.demo and dist.is_main:
+            from .demo import demo_report
+            print("\n" + demo_report(task, config, results[-1], time.time() - started))
+    finally:
+        dist.close()
+
+
+def demo_config(task: Task, config: RunConfig, stamp: str, dist) -> RunConfig:
+    """The demo's run: its built-in data (made once) and a fresh name."""
+    from .demo import build_demo_data, demo_paths
+
+    root = Path(config.out) / task.name / "demo-data"
+    if dist.is_main:
+        build_demo_data(task, root)
+    dist.barrier()
+    paths = demo_paths(root)
+    return replace(config, name=config.name or f"demo-{stamp}", trainset=str(paths["trainset"]),
+                   val_input=str(paths["val_input"]), val_gt=str(paths["val_gt"]))

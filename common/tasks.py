@@ -16,26 +16,26 @@ class Task:
     title: str
     scale: int                 # clean patch side / degraded patch side in the training files
     batch_size: int
-    critic_hidden: int         # width of the critic's hidden linear layer (METHOD 4)
-    sigmas: tuple[float, ...]  # transport weights; one model is trained per value (METHOD 2)
+    critic_hidden: int         # width of the critic's hidden linear layer (docs/METHOD.md, "Critic")
+    sigmas: tuple[float, ...]  # transport weights; one model is trained per value (docs/METHOD.md)
     default_loss: str
     degradation: str           # the synthetic degradation its demo uses (common.degrade)
     input_label: str           # what the degraded input is called next to the result
     patch: int = 128           # clean-side training patch; the critic takes exactly this size
-    # train.py's flags under --demo where this task's demo differs from common.demo.DEMO_TRAINING
+    # the RunConfig fields under --demo where this task's demo differs from common.config.DEMO_TRAINING
     # (common/demo.py says why); "sigma" is always among them
     demo_flags: dict = field(default_factory=dict, hash=False)
     # dB over the degraded input the demo's best checkpoint must reach; SR's 0.01 is "above bicubic" by at
     # least what the printed figures resolve (an identity G scores 1e-4 dB above it by round-off)
     demo_gain: float = 1.0
-    reference_crop: int = 64   # the authors' test scripts crop inputs to multiples of this (METHOD 7)
+    reference_crop: int = 64   # the authors' test scripts crop inputs to multiples of this (docs/METHOD.md)
 
 
 TASKS: dict[str, Task] = {
     "sr": Task("sr", "x4 super-resolution", scale=4, batch_size=32, critic_hidden=640,
                sigmas=(100, 50, 30, 10), default_loss="sot-l0.5", degradation="bicubic-x4",
                input_label="bicubic", demo_gain=0.01,
-               demo_flags={"sigma": 0.01, "critic_init": "kaiming", "critic_warmup": 200, "null_space": True,
+               demo_flags={"sigma": 0.01, "critic_init": "kaiming", "critic_warmup_steps": 200, "null_space": True,
                            "max_steps": 600}),
     "deraining": Task("deraining", "deraining", scale=1, batch_size=48, critic_hidden=64,
                       sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="rain-heavy",
@@ -55,7 +55,7 @@ def model_input(task: Task, degraded: torch.Tensor, align_corners: bool = False)
 
     ``align_corners=False`` keeps pixel centres aligned with the high-resolution grid (as MATLAB's
     ``imresize`` does, which makes the test inputs); the reference trained with ``True``, which
-    stretches the image by up to 1.5 pixels at the borders (METHOD 5). Values are not clamped, as in
+    stretches the image by up to 1.5 pixels at the borders (docs/METHOD.md). Values are not clamped, as in
     the reference.
     """
     if task.scale == 1:

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.checkpoint import load_generator  # noqa: E402
-from common.train_cli import parse_train_args, resume_plan  # noqa: E402
+from common.config import RunConfig, flag_of, plan_resume  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
 from common.evaluate import evaluate  # noqa: E402
 from common.images import list_images, read_image  # noqa: E402
@@ -55,7 +55,7 @@ from common.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from common.devices import resolve_device  # noqa: E402
 from common.runs import train  # noqa: E402
-from common.runlog import read_state, sigma_dir_name  # noqa: E402
+from common.run_folder import read_state, sigma_dir_name  # noqa: E402
 
 COSTS = ("ot", "sot-l1", "sot-l0.5")
 # Per task and cost, the sigmas to choose from on the validation split. The costs charge the same
@@ -70,8 +70,8 @@ DEFAULT_SIGMAS = {
 }
 SIDES = ("same", "disjoint")
 # Besides train.py's resume check: validation a continued or reused run must share with the study.
-VALIDATION_KEYS = ("val_steps", "val_input", "val_gt")
-SMALL_NETWORKS = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "16"]
+VALIDATION_KEYS = ("val_every_steps", "val_input", "val_gt")
+SMALL_NETWORKS = {"gen_width": 16, "gen_increment": 8, "critic_width": 16}
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
                   "immunohistochemistry", "camera", "brick", "grass", "gravel", "moon", "coins", "clock")
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -146,35 +146,34 @@ def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: 
     """Train one method at one sigma and seed; returns its run folder, best validation PSNR and curve."""
     key = run_key(method, sides, dc)
     name = f"{key.replace(' ', '-')}-sigma{sigma:g}-seed{seed}"
-    argv = ["--trainset", str(data["paired" if method == "supervised" else sides]),
-            "--val-input", str(data["val_input"]), "--val-gt", str(data["val_gt"]),
-            "--max-steps", str(args.steps), "--batchSize", str(args.batch), "--seed", str(seed),
-            "--nEpochs", "100000", "--val-every", "100000", "--val-steps", str(args.val_steps),
-            "--out", str(out / "runs"), "--name", name, "--device", args.device, "--save-every", "0",
-            "--no-tensorboard", "--init", args.init, "--lr", str(args.lr), "--log-every", "50", "--ema", str(args.ema)]
-    argv += ["--supervised"] if method == "supervised" else ["--loss", method, "--sigma", f"{sigma:g}",
-                                                             "--dc-weight", str(dc)]
+    asked = dict(trainset=str(data["paired" if method == "supervised" else sides]), val_input=str(data["val_input"]),
+                 val_gt=str(data["val_gt"]), max_steps=args.steps, batch_size=args.batch, seed=seed, epochs=100000,
+                 val_every_epochs=100000, val_every_steps=args.val_steps, out=str(out / "runs"), name=name,
+                 device=args.device, save_every_steps=0, tensorboard=False, generator_init=args.init, lr=args.lr,
+                 log_every_steps=50, ema_decay=args.ema)
+    if method == "supervised":
+        asked["supervised"] = True
+    else:
+        asked.update(cost=method, sigma=(sigma,), dc_weight=dc)
     if args.quick or args.small:
-        argv += SMALL_NETWORKS
+        asked.update(SMALL_NETWORKS)
     run_dir = out / "runs" / task.name / name / sigma_dir_name(sigma)
     state = read_state(run_dir) if run_dir.is_dir() else None
     started = time.time()
     if state:
-        # A study stopped part-way continues where it was: train.py's resume check refuses a run with
-        # other settings; one that finished these steps is reused, one cut short continues.
-        argv += ["--resume", "auto"]
-        args_run, resume_from = resume_plan(task, parse_train_args(task, argv), argv)
-        saved = json.loads((run_dir.parent / "run.json").read_text())
-        differ = [k for k in VALIDATION_KEYS if saved.get(k) != getattr(args_run, k)]
+        # A study stopped part-way continues where it was: a resume refuses a run with other defining
+        # settings; one that finished these steps is reused, one cut short continues.
+        config, plan = plan_resume(task, "auto", asked)
+        differ = [flag_of(k) for k in VALIDATION_KEYS if getattr(plan.saved, k) != asked[k]]
         if differ:  # resuming may change validation; a study's curves may not
             raise SystemExit(f"{run_dir.parent}: a run validated otherwise ({', '.join(differ)}); "
                              f"use another --out or delete it")
         if state.get("finished") and state.get("step") == args.steps:
             print(f"{name}: finished earlier, reused")
         else:
-            train(task, args_run, resume_from=resume_from)
+            train(task, config, resume=plan)
     else:
-        train(task, parse_train_args(task, argv))
+        train(task, RunConfig.for_task(task, **asked))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     curve = [(r["step"], r["psnr"]) for r in records if r["kind"] == "val"]
     trained = max((r.get("time", 0.0) for r in records if r["kind"] == "train"), default=0.0)  # as logged
@@ -445,13 +444,14 @@ def write_results(out: Path, task, args, device, runs, chosen, measured, input_r
                                                   "runs": [{k: (str(v) if isinstance(v, Path) else v)
                                                             for k, v in r.items()} for r in runs]}, indent=1))
     ot = {rec["seed"]: rec["best_psnr"] for rec in measured.get("ot", [])}
+    small = ", ".join(f"{flag_of(k)} {v}" for k, v in SMALL_NETWORKS.items())
     lines = [f"# {task.title}: OT vs SOT vs supervised", "",
              f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}); torch "
              f"{torch.__version__}; {time.strftime('%Y-%m-%d')}; {args.steps} steps of {args.batch} patches per run, "
              f"seeds {' '.join(map(str, args.seeds))}"
              f"{' (supervised: ' + ' '.join(map(str, args.bound_seeds)) + ')' if args.bound_seeds else ''}, lr {args.lr:g}, init {args.init}"
              f"{f', --ema {args.ema:g}' if args.ema else ''}"
-             f"{', small networks (' + ' '.join(SMALL_NETWORKS) + ')' if args.quick or args.small else ''}; "
+             f"{', small networks (' + small + ')' if args.quick or args.small else ''}; "
              f"{n_test} test images; total {(time.time() - started) / 60:.0f} min", "",
              "PSNR, SSIM and LPIPS on the test images: mean ± standard deviation over seeds. \"best\" is each "
              "run's best validated checkpoint, \"last\" its last step. Differences are paired by seed (same "

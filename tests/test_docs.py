@@ -11,7 +11,7 @@ import pytest
 
 from common.tasks import TASKS
 from common import test_cli
-from common.train_cli import parse_train_args
+from common.config import parse_train_args
 from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -34,7 +34,7 @@ import common.checkpoint as checkpoint_module
 from common.checkpoint import FORMAT, save_checkpoint
 from common.cli import run_guarded
 from common.test_cli import test_main as run_test_script
-from common.train_cli import train_main
+from common.runs import train_main
 from common.files import RunLock
 from common.networks import Generator
 from conftest import ROOT
@@ -505,7 +505,7 @@ def test_resume_refuses_changed_training_data_unless_told(tmp_path, capsys):
     good_h5(data / "a.h5", n=4)
     with _no_exit():
         train_main("sr", tiny_run(tmp_path, "r"))
-    saved = json.loads((tmp_path / "out" / "sr" / "r" / "run.json").read_text())["trainset_files"]
+    saved = json.loads((tmp_path / "out" / "sr" / "r" / "run.json").read_text())["resolved"]["trainset_files"]
     assert saved == [{"file": "a.h5", "bytes": os.path.getsize(data / "a.h5"), "data": 4, "label": 4}]
     resume = ["--resume", "auto", "--name", "r", "--out", str(tmp_path / "out"), "--max-steps", "2"]
     good_h5(data / "b.h5", n=2)  # a file added
@@ -519,7 +519,8 @@ def test_resume_refuses_changed_training_data_unless_told(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "continuing on the new data" in err
     run = json.loads((tmp_path / "out" / "sr" / "r" / "run.json").read_text())
-    assert run["trainset_files"][0]["data"] == 2 and "resume_new_data" not in run  # the next resume checks again
+    assert run["resolved"]["trainset_files"][0]["data"] == 2  # the next resume compares with the new files
+    assert "resume_new_data" not in run["config"]  # and checks again
     assert json.loads((tmp_path / "out" / "sr" / "r" / "sigma-10" / "state.json").read_text())["step"] == 2
 
 
@@ -594,6 +595,7 @@ def test_temporaries_of_killed_writers_are_removed_at_start(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- names and sizes
+@pytest.mark.slow
 def test_file_names_that_are_not_utf8_work_end_to_end(tmp_path):
     """OpenCV's file functions crash (SIGSEGV) on such names: no path may reach them. A real process,
     so that a crash is a failed test, not a dead test run."""
@@ -837,6 +839,7 @@ def stopped_by(sig, argv: list[str], when, then: float = 0.0) -> str:
     return err.replace("\r", "\n").strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
     """Stopped while its restored images are half written: the staged ones go, the results folder it
@@ -852,6 +855,7 @@ def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
     assert snapshot(tmp_path) == before  # no out/, no out/res/, the photographs untouched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_make_h5_removes_its_temporary_and_folders(tmp_path, sig):
     photos(tmp_path / "imgs", [f"{i:02d}.png" for i in range(40)], side=256)
@@ -1015,6 +1019,7 @@ def test_a_training_file_held_by_a_writer_says_so(tmp_path, capsys):
         writer.wait()
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_names_the_intact_one_and_how_to_resume(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     good_h5(tmp_path / "data" / "a.h5", n=4)

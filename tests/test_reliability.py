@@ -14,7 +14,7 @@ import torch
 
 from common.checkpoint import load_generator, read_checkpoint, save_checkpoint
 from common.test_cli import test_main as run_test_script
-from common.train_cli import train_main
+from common.runs import train_main
 from common.images import read_image
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
@@ -64,6 +64,7 @@ def wait_for_step(out, name, step, proc, timeout=120):
     raise AssertionError("no step checkpoint in time")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
     data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
     full = run_script(*train_args(data, out, "full", 6))
@@ -91,6 +92,7 @@ def test_sigkill_then_resume_continues_and_matches_an_uninterrupted_run(tmp_path
     assert len(list((out / "sr" / "killed" / "sigma-10").glob("step-*.pt"))) <= 2
 
 
+@pytest.mark.slow
 def test_deterministic_runs_are_bit_identical(tmp_path):
     data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
     for name in ("a", "b"):
@@ -100,6 +102,7 @@ def test_deterministic_runs_are_bit_identical(tmp_path):
     assert all(torch.equal(ga[k], gb[k]) for k in ga) and all(torch.equal(da[k], db[k]) for k in da)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
     data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, *train_args(data, out, "term", 1000, "--save-every", "0")], cwd=ROOT,
@@ -131,6 +134,7 @@ def test_non_finite_steps_are_skipped_and_weights_kept():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_saves_no_nan(tmp_path):
     data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
     result = run_script(*train_args(data, out, "nan", 50, "--lr", "1e30", "--max-nonfinite", "3",
@@ -284,6 +288,7 @@ def test_bad_input_is_one_line_with_exit_status_2(tmp_path, capsys, case):
     assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.slow
 def test_bad_input_through_a_real_process_and_debug_traceback(tmp_path):
     result = run_script("sr/train.py", "--trainset", str(tmp_path / "none"), "--device", "cpu")
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ from common.tasks import TASKS
 from conftest import run_script
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["sr", "deraining", "dehazing"])
 def test_demo_train_then_test(tmp_path, task):
     spec = TASKS[task]
@@ -23,7 +24,7 @@ def test_demo_train_then_test(tmp_path, task):
     for name in ("config.json", "last.pt", "best.pt", "metrics.jsonl", "samples/epoch-0001.png"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["sigma"] == sigma and config["seed"] == 1 and config["loss"] == spec.default_loss
+    assert config["sigma"] == sigma and config["seed"] == 1 and config["cost"] == spec.default_loss
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["train", "train", "val"]
     assert records[-1]["input_psnr"] > 10
@@ -41,6 +42,7 @@ def test_demo_train_then_test(tmp_path, task):
     assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     result = run_script("sr/train.py", "--trainset", str(tmp_path / "nothing"), "--max-steps", "1")
     assert result.returncode == 2
@@ -51,6 +53,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2 and "checkpoint not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_help_explains():
     for script in ("sr/train.py", "sr/test.py", "deraining/train.py", "dehazing/test.py"):
         result = run_script(script, "--help")

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from common.train_cli import parse_train_args
+from common.config import parse_train_args
 from common.networks import Critic, Generator
 from common.tasks import TASKS
 from common.sot import learning_rate, make_optimizers, set_learning_rate, train_step
@@ -55,10 +55,11 @@ def test_two_critic_updates_then_a_generator_step_that_leaves_critic_grads_alone
     assert g.sam12.conv2.weight.grad is not None
 
 
+@pytest.mark.slow
 def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
     import numpy as np
 
-    from common.train_cli import train_main
+    from common.runs import train_main
     from conftest import write_h5
 
     g, d = small_pair(3)
@@ -82,7 +83,7 @@ def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [("loss_g" in r) for r in records if r["kind"] == "train"] == [False, False, True]
     config = json.loads((run / "config.json").read_text())
-    assert config["critic_warmup"] == 2 and config["critic_init"] == "kaiming"
+    assert config["critic_warmup_steps"] == 2 and config["critic_init"] == "kaiming"
     assert config["null_space"] is False
 
 
@@ -92,7 +93,7 @@ def test_null_space_is_part_of_the_saved_model(tmp_path):
     import numpy as np
 
     from common.checkpoint import load_generator
-    from common.train_cli import train_main
+    from common.runs import train_main
     from conftest import write_h5
 
     rng = np.random.default_rng(0)
@@ -129,18 +130,20 @@ def test_learning_rate_schedule_and_half_rate_for_g():
     (["--sigma", "0.1,1", "10"], [0.1, 1, 10]),
 ])
 def test_sigma_spellings(argv, expected):
-    assert parse_train_args(TASKS["sr"], argv).sigma == expected
+    assert parse_train_args(TASKS["sr"], argv).sigma == tuple(expected)
 
 
 def test_reference_defaults_and_demo_defaults():
-    args = parse_train_args(TASKS["sr"], [])
-    assert (args.nEpochs, args.batchSize, args.lr, args.step, args.loss) == (200, 32, 1e-4, 50, "sot-l0.5")
+    config = parse_train_args(TASKS["sr"], [])
+    assert (config.epochs, config.batch_size, config.lr, config.lr_step_epochs, config.cost) == (200, 32, 1e-4, 50,
+                                                                                                "sot-l0.5")
     demo = parse_train_args(TASKS["sr"], ["--demo", "--max-steps", "2"])
-    assert demo.max_steps == 2 and demo.batchSize < 32 and len(demo.sigma) == 1
+    assert demo.max_steps == 2 and demo.batch_size < 32 and len(demo.sigma) == 1
     with pytest.raises(SystemExit):
         parse_train_args(TASKS["sr"], ["--sigma", "abc"])
 
 
+@pytest.mark.slow
 def test_weight_average_follows_the_generator_and_is_what_validation_and_test_use(tmp_path):
     """--ema: avg <- d avg + (1 - d) G after each step; checkpoints hold it, load_generator returns it,
     and a resume continues it."""
@@ -148,7 +151,7 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
 
     from common.checkpoint import load_generator, read_checkpoint
     from common.recipe import WeightAverage
-    from common.train_cli import train_main
+    from common.runs import train_main
     from conftest import write_h5
 
     g, _ = small_pair(2)
@@ -170,7 +173,7 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
     train_main("deraining", argv + ["--max-steps", "2"])
     last = tmp_path / "runs" / "deraining" / "ema" / "sigma-1" / "last.pt"
     ckpt = read_checkpoint(last)
-    assert ckpt["generator_ema"] is not None and ckpt["config"]["ema"] == 0.5
+    assert ckpt["generator_ema"] is not None and ckpt["config"]["ema_decay"] == 0.5
     head = "sam12.conv2.weight"
     assert not torch.equal(ckpt["generator_ema"][head], ckpt["generator"][head])
     assert torch.equal(load_generator(last).state_dict()[head], ckpt["generator_ema"][head])

@@ -1,0 +1,444 @@
+"""A training run's configuration: one frozen, typed :class:`RunConfig`, the command line built from
+it, and what a resume takes back from a run's ``run.json``.
+
+Each field of :class:`RunConfig` carries its flag, its help, its group in ``--help`` and whether it
+*defines* the run: a resume may not change a defining field (the sigmas, the cost, the seed, the
+batch, the networks, the data...), and may change the others (``--max-steps``, the device...).
+The fields hold what the user asked for (``--precision auto``, ``--seed`` not given); what the
+machine made of it (bf16, a drawn seed, four loader workers) is :class:`Resolved`, and ``run.json``
+keeps the two apart, so that a run started on a GPU and resumed on a CPU resolves again there.
+
+The reference's flag spellings are kept (``--nEpochs``, ``--batchSize``, ``--lr``, ``--step``,
+``--sigma``, ``--trainset``, ``--resume``, ``--pretrained``, ``--threads``); the fields have names
+that say what they hold (``epochs``, ``batch_size``, ``lr_step_epochs``, ``loader_workers``).
+Code that trains builds a :class:`RunConfig` (``RunConfig.for_task``) and calls
+``common.runs.train`` with it; argv is only the command line's business.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from .cli import (OneLineParser, common_flags, decay, finite_non_negative_float, finite_positive_float,
+                  non_negative_int, positive_int, run_name, seed_int, sigma_list)
+from .errors import InputError
+from .networks import CRITIC_INITS
+from .sot import TRANSPORT_COSTS
+from .tasks import Task
+
+RUN_FORMAT = "sot-run"
+RUN_VERSION = 2  # run.json: {"config": what was asked, "resolved": what the machine made of it}
+
+GROUPS = {  # --help's groups, in order
+    "data": "training data",
+    "method": "the method",
+    "schedule": "schedule (the reference's --nEpochs, --batchSize, --lr, --step)",
+    "networks": "networks",
+    "recipe": "short-run recipe: not in the paper, each off by default (see common/recipe.py)",
+    "validation": "validation",
+    "output": "checkpoints and logs",
+    "machine": "machine",
+}
+
+
+def option(default, *flags: str, group: str, help: str, defines: bool = False, sr_only: bool = False, **argparse_kw):
+    """A :class:`RunConfig` field: its default, its command-line flags and what argparse needs."""
+    return field(default=default, metadata=dict(flags=flags, group=group, help=help, defines=defines,
+                                                sr_only=sr_only, argparse=argparse_kw))
+
+
+TASK_DEFAULT = None  # for fields whose default is the task's (filled by RunConfig.for_task)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run (a sweep over sigmas) was asked for."""
+
+    # training data
+    trainset: str = option("./data/", "--trainset", group="data", defines=True, metavar="DIR",
+                           help="folder of .h5 files with 'data' (degraded) and 'label' (clean) patches "
+                                "(default: %(default)s)")
+    layout: str = option("auto", "--layout", group="data", defines=True, choices=("auto", "ours", "matlab"),
+                         help="patch layout of the .h5 files: ours (N x C x H x W), matlab (N x C x W x H), or auto "
+                              "(the files' 'layout' attribute, else ours)")
+    align_corners: bool = option(False, "--align-corners", group="data", defines=True, sr_only=True,
+                                 action="store_true",
+                                 help="upsample inputs with align_corners=True, as the reference trained")
+    # the method
+    cost: str = option(TASK_DEFAULT, "--loss", "--cost", group="method", defines=True, choices=TRANSPORT_COSTS,
+                       help="transport cost: l0.5 or l1 of the residual's spectrum, or the plain OT pixel L2 "
+                            "(default: %(default)s)")
+    sigma: tuple = option(TASK_DEFAULT, "--sigma", group="method", defines=True, type=sigma_list, nargs="+",
+                          metavar="S", help="transport weights, one model each: '--sigma {sigmas}' or "
+                                            "'--sigma=[{commas}]' (default: {sigmas})")
+    supervised: bool = option(False, "--supervised", group="method", defines=True, action="store_true",
+                              help="the supervised upper bound: paired files ('data'[i] degraded from 'label'[i]), "
+                                   "an L1 loss to the true clean patch, no critic; --sigma is ignored")
+    seed: int | None = option(None, "--seed", group="method", defines=True, type=seed_int,
+                              help="base random seed; sigma i uses SEED + i (default: a fresh one, recorded in "
+                                   "run.json and config.json)")
+    # schedule
+    epochs: int = option(200, "--nEpochs", "--epochs", group="schedule", type=positive_int,
+                         help="epochs per sigma (default: %(default)s)")
+    batch_size: int = option(TASK_DEFAULT, "--batchSize", "--batch-size", group="schedule", defines=True,
+                             type=positive_int, metavar="N", help="patches per step, over all processes (default: %(default)s)")
+    lr: float = option(1e-4, "--lr", group="schedule", defines=True, type=finite_positive_float,
+                       help="critic learning rate; G gets half (default: %(default)s)")
+    lr_step_epochs: int = option(50, "--step", "--lr-step-epochs", group="schedule", defines=True,
+                                 type=positive_int, metavar="EPOCHS",
+                                 help="divide the learning rate by 10 every EPOCHS epochs (default: %(default)s)")
+    max_steps: int | None = option(None, "--max-steps", group="schedule", type=positive_int, metavar="N",
+                                   help="stop each sigma's run after N steps, whatever --nEpochs says")
+    # networks
+    gen_width: int = option(80, "--gen-width", group="networks", defines=True, type=positive_int, metavar="N",
+                            help="generator width (the paper's: %(default)s); smaller for quick experiments and tests")
+    gen_increment: int = option(48, "--gen-increment", group="networks", defines=True, type=positive_int,
+                                metavar="N", help="generator U-Net width increment per level (the paper's: "
+                                                  "%(default)s)")
+    critic_width: int = option(64, "--critic-width", group="networks", defines=True, type=positive_int,
+                               metavar="N", help="critic base width (the paper's: %(default)s)")
+    pretrained: str = option("", "--pretrained", group="networks", defines=True, metavar="CKPT",
+                             help="start from the weights of a checkpoint (ours or the authors')")
+    # the short-run recipe (common.recipe)
+    generator_init: str = option("reference", "--init", group="recipe", defines=True,
+                                 choices=("reference", "identity"),
+                                 help="generator start: PyTorch's default initialisation as in the reference, or "
+                                      "identity (zeroed residual head: G(x) = x at step 0, steadier for short runs) "
+                                      "(default: %(default)s)")
+    critic_init: str = option("reference", "--critic-init", group="recipe", defines=True, choices=CRITIC_INITS,
+                              help="critic start: reference (N(0, 0.02), as the authors) or kaiming (He "
+                                   "initialisation: the critic tells the sides apart from its first steps instead "
+                                   "of after a few hundred) (default: %(default)s)")
+    critic_warmup_steps: int = option(0, "--critic-warmup", group="recipe", defines=True, type=non_negative_int,
+                                      metavar="N", help="train only the critic for the first N steps, so that G "
+                                                        "starts by following a critic that already tells the sides "
+                                                        "apart (default: %(default)s)")
+    dc_weight: float = option(0.0, "--dc-weight", group="recipe", defines=True, type=finite_non_negative_float,
+                              metavar="W", help="also charge the residual's mean (its zero frequency, which the "
+                                                "spectral costs barely see) with weight W: against colour drift "
+                                                "(default: %(default)s)")
+    ema_decay: float = option(0.0, "--ema", group="recipe", defines=True, type=decay, metavar="DECAY",
+                              help="also keep a moving average of the generator's weights, avg <- DECAY avg + "
+                                   "(1 - DECAY) G after each step (e.g. 0.995), and validate, keep and test that "
+                                   "average: steadier outputs where GAN training swings (default: off)")
+    null_space: bool = option(False, "--null-space", group="recipe", defines=True, sr_only=True,
+                              action=argparse.BooleanOptionalAction,
+                              help="let G add only detail the low-resolution input does not fix: its residual loses "
+                                   "what an x4 bicubic downsampler keeps of it, so colours and shading stay the "
+                                   "input's (the critic cannot pull them away); part of the model, test.py applies "
+                                   "it too (default: off; the demo's: on)")
+    # validation
+    val_input: str | None = option(None, "--val-input", group="validation", metavar="DIR",
+                                   help="validation inputs (degraded images), or a test set's folder in a layout "
+                                        "test.py knows")
+    val_gt: str | None = option(None, "--val-gt", group="validation", metavar="DIR",
+                                help="validation ground truth, paired by file name")
+    val_every_epochs: int = option(10, "--val-every", group="validation", type=positive_int, metavar="EPOCHS",
+                                   help="validate every EPOCHS epochs and at the end; the best PSNR is kept as "
+                                        "best.pt (default: %(default)s)")
+    val_every_steps: int = option(0, "--val-steps", group="validation", type=non_negative_int, metavar="N",
+                                  help="also validate every N steps (0: only every --val-every epochs)")
+    # checkpoints and logs
+    out: str = option("checkpoints", "--out", group="output", metavar="DIR",
+                      help="runs go to DIR/<task>/<name>/sigma-<s>/ (default: %(default)s)")
+    name: str | None = option(None, "--name", group="output", type=run_name,
+                              help="run name (default: <loss>-<date>-<time>)")
+    save_every_steps: int = option(1000, "--save-every", group="output", type=non_negative_int, metavar="N",
+                                   help="also checkpoint every N steps, keeping the newest two (0: only each epoch) "
+                                        "(default: %(default)s)")
+    log_every_steps: int = option(10, "--log-every", group="output", type=positive_int, metavar="N",
+                                  help="log every N steps (default: %(default)s)")
+    tensorboard: bool = option(True, "--no-tensorboard", group="output", action="store_false",
+                               help="do not write TensorBoard logs")
+    max_nonfinite: int = option(5, "--max-nonfinite", group="output", type=positive_int, metavar="N",
+                                help="stop after N steps in a row with a non-finite loss or gradient (each is "
+                                     "skipped) (default: %(default)s)")
+    # machine (--device, --gpus, --precision come from common.cli.common_flags)
+    loader_workers: int | None = option(None, "--threads", group="machine", type=non_negative_int, metavar="N",
+                                        help="data-loader worker processes (default: 4 on CUDA, 0 on the CPU)")
+    deterministic: bool = option(False, "--deterministic", group="machine", action="store_true",
+                                 help="bit-for-bit repeatable runs (deterministic kernels, no cuDNN autotuning; "
+                                      "slower on CUDA)")
+    device: str = "auto"
+    gpus: str | None = None
+    precision: str = "auto"
+
+    @classmethod
+    def for_task(cls, task: Task, **values) -> "RunConfig":
+        """The task's defaults (its sigmas, batch size and cost) with ``values`` on top."""
+        config = cls(**{**task_defaults(task), **values})
+        return config.checked(task)
+
+    def checked(self, task: Task) -> "RunConfig":
+        """This configuration, refused where the task cannot take it (SR-only settings elsewhere)."""
+        if task.scale == 1:
+            for f in fields(self):
+                if f.metadata.get("sr_only") and getattr(self, f.name) != f.default:
+                    raise InputError(f"{flag_of(f.name)}: only super-resolution takes it, not {task.title}")
+        return replace(self, sigma=tuple(float(s) for s in self.sigma))
+
+    def defining(self) -> dict:
+        """The fields that define the run, with their values."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("defines")}
+
+
+def task_defaults(task: Task) -> dict:
+    return {"cost": task.default_loss, "sigma": tuple(float(s) for s in task.sigmas), "batch_size": task.batch_size}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a field (its first spelling)."""
+    for f in fields(RunConfig):
+        if f.name == name:
+            return f.metadata["flags"][0] if f.metadata.get("flags") else f"--{name.replace('_', '-')}"
+    raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the machine made of a :class:`RunConfig`: recorded in run.json beside it, never taken for
+    what was asked. ``seed`` (drawn when none was given) and ``trainset_files`` belong to the run and
+    come back on resume; the others are resolved again on the machine that resumes."""
+    seed: int
+    device: str
+    precision: str
+    loader_workers: int
+    world_size: int = 1
+    trainset_files: tuple = ()
+
+
+# ----------------------------------------------------------------------------- the demo's run
+# What --demo trains: two CPU cores finish it in under 10 minutes. The networks are narrower than the
+# paper's (generator 80 -> 16, critic 64 -> 16), so that a CPU can take enough steps for the critic
+# to learn what the degradation looks like and the generator to follow it; real training keeps the
+# paper's sizes. G starts as the identity (its output is its input). In runs this short and at a
+# batch of 4, G's weights swing around where the game is heading (validation PSNR moved by 4 dB
+# within a dozen steps), so the demo validates and keeps a moving average of them (--ema 0.995).
+# The learning rate stays constant: a drop mid-swing freezes whatever phase the swing is in.
+# Deraining also charges the residual's mean (--dc-weight 10): removing bright streaks darkens an
+# image, and the spectral costs barely charge a global shift, so without it G learned to darken every
+# image by the training set's average rain (0.07) instead of removing each image's own streaks.
+# SR starts from a He-initialised critic trained alone for 200 steps (--critic-init kaiming
+# --critic-warmup 200): from the reference's init the critic takes most of the run to learn what blur
+# looks like. Its gradient then also carries an incidental colour and contrast preference, which G
+# followed first; --null-space keeps G to the detail the LR input does not fix, and sigma 0.01 lets
+# it move (at 100 the transport cost held G at the input). It stops at 600 steps: at this size G
+# places only part of the missing detail right (correlation 0.1-0.4 with the true residual), and from
+# about step 650 on it keeps adding detail until its energy matches the clean side's, which costs more
+# PSNR than the right part gains. docs/RESULTS.md has the measurements.
+DEMO_TRAINING = {"max_steps": 1000, "batch_size": 4, "lr": 1e-4, "lr_step_epochs": 1000, "generator_init": "identity",
+                 "epochs": 1000, "val_every_epochs": 1, "val_every_steps": 50, "gen_width": 16, "gen_increment": 8,
+                 "critic_width": 16, "ema_decay": 0.995, "seed": 0}  # a fixed seed: the demo figures are reproducible
+
+
+def demo_settings(task: Task) -> dict:
+    """The demo's training settings (RunConfig fields) with the task's own on top."""
+    settings = {**DEMO_TRAINING, **task.demo_flags}
+    return {**settings, "sigma": (float(settings["sigma"]),)}
+
+
+def _flag_text(name: str, value) -> str:
+    """How a setting reads on the command line: ``--null-space``, ``--dc-weight 10``."""
+    if value is True:
+        return flag_of(name)
+    return f"{flag_of(name)} {format(value, 'g') if isinstance(value, float) else value}"
+
+
+def demo_flags_text(task: Task) -> str:
+    d = demo_settings(task)
+    own = ", ".join(_flag_text(k, v) for k, v in task.demo_flags.items() if k not in ("sigma", "max_steps"))
+    return (f"{d['max_steps']} steps of {d['batch_size']} patches, sigma {d['sigma'][0]:g}{', ' + own if own else ''}, "
+            f"--lr {d['lr']:g}, --init {d['generator_init']}, --ema {d['ema_decay']:g}, generator width "
+            f"{d['gen_width']} and critic width {d['critic_width']}, validated every {d['val_every_steps']} steps, "
+            f"seed {d['seed']}")
+
+
+# ----------------------------------------------------------------------------- the command line
+@dataclass(frozen=True)
+class TrainCommand:
+    """One ``train.py`` command: the configuration it asks for, which fields it gave explicitly, and
+    what this invocation does with them (start a demo, resume a run)."""
+    config: RunConfig
+    given: dict                 # field -> value, the flags on the command line (not the defaults)
+    resume: str = ""            # "", "auto" or a checkpoint
+    resume_new_data: bool = False
+    demo: bool = False
+
+
+def train_parser(task: Task, defaults: dict | None = None, given_only: bool = False) -> OneLineParser:
+    """train.py's parser, built from :class:`RunConfig`'s fields. ``defaults`` (field -> value)
+    replaces the task's, e.g. the demo's; ``given_only``: no defaults at all, so that the parsed
+    namespace holds just the flags on the command line."""
+    sigmas = " ".join(f"{s:g}" for s in task.sigmas)
+    p = OneLineParser(
+        prog=f"{task.name}/train.py",
+        description=f"Train SOT for {task.title} from unpaired degraded and clean patches (HDF5). One model is "
+                    "trained per value of --sigma, the weight of the transport cost. The reference's flag "
+                    "spellings work as in the authors' scripts.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"examples:\n  python {task.name}/train.py --demo\n"
+               f"  python {task.name}/train.py --trainset data/{task.name}/ --sigma {sigmas} "
+               f"--val-input VAL_IN/ --val-gt VAL_GT/\n"
+               f"  python {task.name}/train.py --trainset data/{task.name}/ --loss ot --sigma=[{task.sigmas[0]:g}]")
+    defaults = {**task_defaults(task), **(defaults or {})}
+    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    for f in fields(RunConfig):
+        meta = f.metadata
+        if not meta.get("flags") or (meta["sr_only"] and task.scale == 1):
+            continue
+        default = defaults.get(f.name, f.default)
+        if f.name == "sigma":
+            default = [list(default)]  # as --sigma parses: a list of lists
+        if given_only:
+            default = argparse.SUPPRESS
+        text = meta["help"].format(sigmas=sigmas, commas=sigmas.replace(" ", ","))
+        groups[meta["group"]].add_argument(*meta["flags"], dest=f.name, default=default, help=text, **meta["argparse"])
+    r = p.add_argument_group("resuming")
+    r.add_argument("--resume", default="", metavar="auto|CKPT",
+                   help="continue a run where it stopped: 'auto' takes the newest run of this task (of --name if "
+                        "given), or name one of our checkpoints; finished sigmas of the sweep are skipped")
+    r.add_argument("--resume-new-data", action="store_true",
+                   help="with --resume: continue although the training files changed since the run started "
+                        "(added, removed, resized or recounted; refused without this flag)")
+    p.add_argument("--demo", action="store_true",
+                   help="build a small unpaired set from scikit-image's photographs and train a short run that two "
+                        f"CPU cores finish in under 10 minutes ({demo_flags_text(task)}); any flag given as well "
+                        "overrides these. See docs/TRAINING.md")
+    common_flags(p, defaults=not given_only)
+    return p
+
+
+def _config_values(namespace: argparse.Namespace) -> dict:
+    """The RunConfig fields of a parsed namespace (--sigma's groups flattened)."""
+    names = {f.name for f in fields(RunConfig)}
+    values = {k: v for k, v in vars(namespace).items() if k in names}
+    if "sigma" in values:
+        values["sigma"] = tuple(s for group in values["sigma"] for s in group)
+    return values
+
+
+def parse_train_command(task: Task, argv: list[str]) -> TrainCommand:
+    """Parse train.py's flags; with --demo, the demo's settings stand in for the task's defaults."""
+    demo = "--demo" in argv
+    args = train_parser(task, demo_settings(task) if demo else None).parse_args(argv)
+    given = _config_values(train_parser(task, given_only=True).parse_args(argv))
+    config = RunConfig.for_task(task, **_config_values(args))
+    return TrainCommand(config, given, args.resume, args.resume_new_data, args.demo)
+
+
+def parse_train_args(task: Task, argv: list[str]) -> RunConfig:
+    """The configuration a train.py command line asks for."""
+    return parse_train_command(task, argv).config
+
+
+# ----------------------------------------------------------------------------- run.json
+# run.json before version 2 was train.py's flat argparse namespace, resolved values and all.
+LEGACY_NAMES = {"nEpochs": "epochs", "batchSize": "batch_size", "step": "lr_step_epochs", "loss": "cost",
+                "init": "generator_init", "critic_warmup": "critic_warmup_steps", "ema": "ema_decay",
+                "val_every": "val_every_epochs", "val_steps": "val_every_steps", "save_every": "save_every_steps",
+                "log_every": "log_every_steps", "threads": "loader_workers"}
+LEGACY_RESOLVED = ("precision", "threads", "device")  # stored resolved in old files: asked for again instead
+
+
+def run_record(config: RunConfig, resolved: Resolved) -> dict:
+    return {"format": RUN_FORMAT, "version": RUN_VERSION, "config": dataclasses.asdict(config),
+            "resolved": dataclasses.asdict(resolved)}
+
+
+def read_run(path: Path, task: Task) -> tuple[RunConfig, dict]:
+    """A run.json as (the configuration asked for, what was resolved); older files converted."""
+    from .run_folder import read_json
+
+    saved = read_json(path)
+    if saved.get("format") == RUN_FORMAT:
+        asked, resolved = saved.get("config"), saved.get("resolved")
+        if not isinstance(asked, dict) or not isinstance(resolved, dict):
+            raise InputError(f"{path}: its 'config' or 'resolved' is not a table; the run folder is damaged")
+    else:
+        asked = {LEGACY_NAMES.get(k, k): v for k, v in saved.items() if k not in LEGACY_RESOLVED}
+        if "no_tensorboard" in asked:
+            asked["tensorboard"] = not asked.pop("no_tensorboard")
+        resolved = {k: saved[k] for k in ("seed", "trainset_files") if k in saved}
+    known = {f.name for f in fields(RunConfig)}
+    try:
+        config = RunConfig.for_task(task, **{k: v for k, v in asked.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: its configuration cannot be read ({exc}); the run folder is damaged") from None
+    return config, resolved
+
+
+# ----------------------------------------------------------------------------- resuming
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where a resumed run continues: its folder, the checkpoint each sigma starts from (empty: each
+    sigma's newest), and what run.json recorded of the run itself."""
+    run_root: Path
+    checkpoints: dict           # sigma -> checkpoint path, for --resume CKPT
+    saved: RunConfig            # the configuration recorded in run.json
+    seed: int | None            # the run's seed as resolved when it started
+    trainset_files: list | None
+    new_data: bool = False      # --resume-new-data: continue on changed training files (this resume only)
+
+
+def newest_run(task_dir: Path) -> Path:
+    runs = [d for d in task_dir.iterdir() if (d / "run.json").is_file()] if task_dir.is_dir() else []
+    if not runs:
+        raise InputError(f"{task_dir}: no run to resume")
+
+    def last_written(run: Path) -> float:
+        return max(p.stat().st_mtime for p in [run / "run.json", *run.glob("sigma-*/state.json")])
+    return max(runs, key=last_written)
+
+
+def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
+    """The folder of the run to resume and, for --resume CKPT, the checkpoint its sigma starts from."""
+    from .checkpoint import read_checkpoint
+
+    if resume == "auto":
+        task_dir = Path(given.get("out", RunConfig.out)) / task.name
+        run_root = task_dir / given["name"] if given.get("name") else newest_run(task_dir)
+        if not (run_root / "run.json").is_file():
+            raise InputError(f"{run_root}: no run to resume (no run.json)")
+        return run_root, {}
+    checkpoint = Path(resume)
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt["format"] == "authors" or "sigma" not in ckpt:
+        raise InputError(f"{checkpoint}: not one of our training checkpoints; use --pretrained to start from it")
+    sigma = ckpt["sigma"]
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise InputError(f"{checkpoint}: the checkpoint's sigma {sigma!r} is not a number; it is damaged")
+    run_root = checkpoint.parent.parent
+    if not (run_root / "run.json").is_file():
+        raise InputError(f"{run_root}: the checkpoint's run folder has no run.json")
+    return run_root, {float(sigma): checkpoint}
+
+
+def plan_resume(task: Task, resume: str, given: dict, new_data: bool = False) -> tuple[RunConfig, ResumePlan]:
+    """The configuration of the run being resumed (its run.json, with ``given`` on top) and where it
+    continues. A defining field that ``given`` changes is refused: the run would not be itself."""
+    run_root, checkpoints = _resumed_root(task, resume, given)
+    saved, resolved = read_run(run_root / "run.json", task)
+    recorded = {**saved.defining(), "seed": resolved.get("seed", saved.seed)}
+    for key, value in given.items():
+        if key in recorded and recorded[key] is not None and not _same(value, recorded[key]):
+            raise InputError(f"{flag_of(key)} {_show(value)} differs from the run being resumed "
+                             f"({_show(recorded[key])}); start a new run (another --name) instead")
+    config = replace(saved, **{k: v for k, v in given.items() if k not in ("out", "name")},
+                     out=str(run_root.parent.parent), name=run_root.name).checked(task)
+    files = resolved.get("trainset_files")
+    return config, ResumePlan(run_root, checkpoints, saved, resolved.get("seed", saved.seed),
+                              files if isinstance(files, list) else None, new_data)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return [float(x) for x in a] == [float(x) for x in b]
+    return a == b
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{v:g}" for v in value)
+    return str(value)

@@ -1,0 +1,112 @@
+"""The run configuration: one frozen, typed RunConfig, the command line built from it, what run.json
+keeps (what was asked apart from what the machine resolved), and the resume check of every field
+that defines a run."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from common.config import RunConfig, flag_of, parse_train_args, parse_train_command, train_parser
+from common.runs import train_main
+from common.tasks import TASKS
+from conftest import write_h5
+
+SMALL = ["--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard", "--device", "cpu"]
+
+
+def test_the_configuration_is_frozen_and_its_parser_is_built_from_its_fields():
+    config = RunConfig.for_task(TASKS["sr"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    help_text = train_parser(TASKS["sr"]).format_help()
+    for f in dataclasses.fields(RunConfig):
+        if f.metadata.get("flags"):
+            assert f.metadata["flags"][0] in help_text, f.name
+            assert flag_of(f.name) == f.metadata["flags"][0]
+    # the reference's spellings and the named ones land in the same fields
+    a = parse_train_args(TASKS["sr"], ["--nEpochs", "3", "--batchSize", "4", "--step", "7", "--threads", "0"])
+    b = parse_train_args(TASKS["sr"], ["--epochs", "3", "--batch-size", "4", "--lr-step-epochs", "7", "--threads", "0"])
+    assert a == b and (a.epochs, a.batch_size, a.lr_step_epochs, a.loader_workers) == (3, 4, 7, 0)
+    assert "--null-space" not in train_parser(TASKS["deraining"]).format_help()  # SR only
+
+
+def test_the_command_knows_which_flags_were_given():
+    command = parse_train_command(TASKS["sr"], ["--max-steps", "5", "--sigma", "10", "--device", "cpu"])
+    assert command.given == {"max_steps": 5, "sigma": (10.0,), "device": "cpu"}
+    assert command.config.max_steps == 5 and command.config.batch_size == 32
+
+
+def small_run(tmp_path, *extra):
+    rng = np.random.default_rng(0)
+    write_h5(tmp_path / "data" / "a.h5", rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8),
+             rng.integers(0, 256, (4, 3, 128, 128), dtype=np.uint8))
+    train_main("sr", ["--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--name", "r", "--sigma",
+                      "10", "--batchSize", "2", "--max-steps", "1", *SMALL, *extra])
+    return tmp_path / "out" / "sr" / "r"
+
+
+@pytest.mark.slow
+def test_run_json_keeps_what_was_asked_apart_from_what_the_machine_made_of_it(tmp_path, capsys):
+    """A run started with --precision auto on a GPU and resumed on a CPU runs fp32 there: run.json
+    records 'auto' as asked and bf16 as resolved, and a resume resolves again."""
+    run = small_run(tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    assert record["config"]["precision"] == "auto" and record["config"]["seed"] is None
+    assert record["resolved"]["precision"] == "fp32" and isinstance(record["resolved"]["seed"], int)
+    record["resolved"].update(precision="bf16", device="cuda", loader_workers=4)  # as a GPU machine resolved it
+    (run / "run.json").write_text(json.dumps(record))
+    train_main("sr", ["--resume", "auto", "--name", "r", "--out", str(tmp_path / "out"), "--max-steps", "2"])
+    resumed = json.loads((run / "run.json").read_text())
+    assert resumed["resolved"]["precision"] == "fp32" and resumed["resolved"]["loader_workers"] == 0
+    assert resumed["resolved"]["seed"] == record["resolved"]["seed"]  # the run's own seed comes back
+
+
+def test_a_run_json_from_before_the_split_resumes(tmp_path):
+    """Older run.json files were train.py's flat namespace with resolved values: converted, with the
+    machine's values asked for again."""
+    run = small_run(tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    legacy = {"trainset": record["config"]["trainset"], "sigma": [10.0], "batchSize": 2, "nEpochs": 200,
+              "loss": "sot-l0.5", "step": 50, "gen_width": 8, "gen_increment": 8, "critic_width": 8,
+              "no_tensorboard": True, "precision": "bf16", "threads": 4, "device": "cuda",
+              "seed": record["resolved"]["seed"], "trainset_files": record["resolved"]["trainset_files"]}
+    (run / "run.json").write_text(json.dumps(legacy))
+    train_main("sr", ["--resume", "auto", "--name", "r", "--out", str(tmp_path / "out"), "--max-steps", "2",
+                      "--device", "cpu"])
+    resumed = json.loads((run / "run.json").read_text())
+    assert resumed["format"] == "sot-run" and resumed["config"]["tensorboard"] is False
+    assert resumed["config"]["precision"] == "auto" and resumed["resolved"]["precision"] == "fp32"
+
+
+CHANGED = {"trainset": None, "layout": "matlab", "align_corners": True, "cost": "ot", "sigma": ["11"],
+           "supervised": True, "seed": "99", "batch_size": "4", "lr": "0.001", "lr_step_epochs": "3",
+           "gen_width": "16", "gen_increment": "16", "critic_width": "16", "pretrained": None,
+           "generator_init": "identity", "critic_init": "kaiming", "critic_warmup_steps": "3", "dc_weight": "1",
+           "ema_decay": "0.9", "null_space": True}
+
+
+def test_every_field_that_defines_a_run_is_listed_here():
+    defining = {f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("defines")}
+    assert defining == set(CHANGED)
+
+
+@pytest.mark.parametrize("name", sorted(CHANGED))
+def test_a_resume_that_changes_a_defining_field_is_refused(tmp_path, capsys, name):
+    run = small_run(tmp_path, "--seed", "1")
+    capsys.readouterr()
+    value = CHANGED[name]
+    if name == "trainset":
+        (tmp_path / "other").mkdir()
+        value = str(tmp_path / "other")
+    if name == "pretrained":
+        value = str(run / "sigma-10" / "last.pt")
+    flag = flag_of(name)
+    extra = [flag] if value is True else [flag, *value] if isinstance(value, list) else [flag, value]
+    before = (run / "run.json").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", ["--resume", "auto", "--name", "r", "--out", str(tmp_path / "out"), "--max-steps", "2",
+                          *extra])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and f"{flag} " in err and "differs from the run being resumed" in err, err
+    assert (run / "run.json").read_text() == before
