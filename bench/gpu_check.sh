@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run of at most 9 minutes on one H100 (issue 13).
+# Everything that needs a GPU, in one run of at most 9 minutes on one H100 or H200.
 #
 # Parts, in order, each under its own time limit; a part that fails or runs out of time is reported
 # as such and the next one runs:
@@ -24,7 +24,7 @@ usage: bench/gpu_check.sh [--dry-run] [--bundle] [--parts LIST] [--budget SECOND
 
   --dry-run          the CPU at tiny sizes (a few minutes at most); without it, CUDA is required
   --bundle           keep only summary.md, summary.json, gpu_check.log and gpu_check.tar.gz in OUT_DIR
-                     (the device tool returns at most 8 files); the parts' folders go in the tarball
+                     (for a remote runner that returns few files); the parts' folders go in the tarball
   --parts LIST       comma-separated subset of env,cuda_tests,speed,inference,profile,quality
   --budget SECONDS   the whole run's time (default 540 on a GPU, 280 for --dry-run)
   --quality-task T   sr, deraining or dehazing (default dehazing)
@@ -37,8 +37,9 @@ environment: PYTHON (default python3), GPU_CHECK_PYTEST=0 (run the CUDA tests wi
 where it is not installed), GPU_CHECK_KEEP=1 (keep the scratch folder: runs, checkpoints, data),
 GPU_CHECK_LIMIT_<part>=SECONDS (that part's own time limit).
 
-On the device machine (photos: python experiments/compare_costs.py --copy-photos data/opencv-doc,
-then carry data/opencv-doc):  bash bench/gpu_check.sh --bundle "$OUT"
+On a GPU machine without the opencv-doc package, copy the study's photographs first
+(python experiments/compare_costs.py --copy-photos data/opencv-doc, then take data/opencv-doc
+along):  bash bench/gpu_check.sh --bundle OUT_DIR
 EOF
 }
 

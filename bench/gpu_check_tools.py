@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PARTS = ("env", "cuda_tests", "speed", "inference", "profile", "quality")
-TARGET_STEP_RATIO = 3.0        # issue 13: the training step at least 3x the reference structure
-TARGET_INFERENCE_MPIX = 120.0  # issue 13: at 2048x2048
+TARGET_STEP_RATIO = 3.0        # the target: the training step at least 3x the reference structure
+TARGET_INFERENCE_MPIX = 120.0  # the target for inference at 2048x2048
 FAST_BF16 = "fast step, bf16 autocast + channels_last"
 REFERENCE = "reference structure, fp32"
 FAST_FP32 = "fast step, fp32"
@@ -388,7 +388,7 @@ def summary(args) -> int:
         table.append(f"| {part} | {status} | {seconds} | {line.replace('|', '/')} |")
         parts_json.append({"part": part, **rec, "status": status, "figures": figures.get(part), "line": line})
     goal = targets(figures, statuses, args.mode)
-    target_md = ["## Targets (issue 13; H100, batch 32, ratios from the same run)", "",
+    target_md = ["## Targets (H100 or H200, batch 32, ratios from the same run)", "",
                  "| target | measured | met |", "|---|---|---|"]
     target_md += [f"| {t['target']} | {t['measured']} | "
                   f"{'n/a' if t['met'] is None else ('yes' if t['met'] else 'NO')} |" for t in goal]
@@ -406,7 +406,7 @@ def summary(args) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "budget_s": args.budget, "elapsed_s": round(elapsed, 1),
               "parts": parts_json, "targets": goal, "env": env_info}
     (work / "summary.json").write_text(json.dumps(result, indent=1, default=str))
-    if args.print:  # the table and the targets; the device tool's reply keeps only an output's tail
+    if args.print:  # the table and the targets, for a console that keeps only an output's tail
         print("\n".join(header + table + [""] + target_md))
         print("\n(details, per part: summary.md; everything measured: gpu_check.tar.gz)")
     return 0

@@ -31,7 +31,7 @@ from .networks import Critic, Generator
 FORMAT = "sot-checkpoint"
 VERSION = 1
 
-# Branches the authors' _NetG creates and never calls (METHOD 3): present in their files, not in ours.
+# Branches the authors' _NetG creates and never calls (docs/METHOD.md): present in their files, not in ours.
 UNUSED_AUTHOR_BRANCHES = ("shallow_feat2.", "shallow_feat3.")
 
 

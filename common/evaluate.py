@@ -1,4 +1,4 @@
-"""Restoring images with a generator and measuring them against ground truth (METHOD 7).
+"""Restoring images with a generator and measuring them against ground truth (docs/METHOD.md, "Testing").
 
 Shared by every task's ``test.py`` and by validation during training. The restored image is
 quantised to 8 bits, written as PNG, and the metrics are taken on exactly what was written.

@@ -1,4 +1,4 @@
-"""Image quality metrics: PSNR, MATLAB-matched SSIM and LPIPS (METHOD 7).
+"""Image quality metrics: PSNR, MATLAB-matched SSIM and LPIPS (docs/METHOD.md, "Testing").
 
 All functions take H x W x 3 RGB arrays. The evaluation measures the 8-bit images it writes, so it
 passes images quantised to 8 bits (``images.to_uint8``); the functions themselves accept any values

@@ -1,7 +1,8 @@
 """The two networks of SOT: the restoring generator and the WGAN critic.
 
 Plain ``nn.Module``s that know nothing of training, devices or losses. Module paths follow the
-authors' checkpoints (METHOD 3 and 4) so that their weights load into these classes by name.
+authors' checkpoints (docs/METHOD.md, "Generator" and "Critic") so that their weights load into these
+classes by name.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 GENERATOR_MULTIPLE = 4  # two bilinear halvings in the encoder
 REFERENCE_CRITIC_WIDTH = 64
-# How the critic's weights start. "reference": N(0, 0.02) as the authors' scripts (METHOD 4); its ten
+# How the critic's weights start. "reference": N(0, 0.02) as the authors' scripts (docs/METHOD.md); its ten
 # layers each shrink the signal, so the gradient of the score with respect to the input starts about
 # 500x below the penalty's target norm of 1 and the critic spends its first few hundred steps growing
 # its gain before it can tell the sides apart: nothing in a 200-epoch run, most of a short one.
@@ -205,7 +206,7 @@ def project_off_low_res(residual: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 class Generator(nn.Module):
-    """Single-stage MPRNet encoder-decoder that predicts a residual on top of its input (METHOD 3).
+    """Single-stage MPRNet encoder-decoder that predicts a residual on top of its input (docs/METHOD.md).
 
     ``forward`` takes any height and width: it pads to a multiple of 4 (reflecting the border) and
     crops back, so callers never need padding code. Output = input + conv(80 -> 3)(decoder features).
@@ -240,7 +241,7 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    """SRGAN-style critic without normalisation layers (METHOD 4).
+    """SRGAN-style critic without normalisation layers (docs/METHOD.md, "Critic").
 
     Ten convolutions, each followed by LeakyReLU(0.2), five of them 4x4 stride 2, then
     Linear(512 * (input_size / 32)^2, hidden) -> LeakyReLU(0.2) -> Linear(hidden, 1). With the

@@ -1,6 +1,6 @@
 """An independent re-creation of the authors' ``srresnet_unet2`` module, for writing files in their format.
 
-Written from METHOD 3 and 4 (class names, module paths, the two unused shallow-feature branches and
+Written from docs/METHOD.md, "Generator" and "Critic" (class names, module paths, the two unused shallow-feature branches and
 the SAM that computes attention features nobody uses), not from our networks, so that loading its
 pickles checks our key mapping against a second reading of the specification. Tests write this source
 to a temporary folder as ``srresnet_unet2.py``, import it, pickle whole modules and forget it again.

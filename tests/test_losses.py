@@ -7,7 +7,7 @@ from common.sot import critic_loss, generator_loss, gradient_penalty, transport_
 
 
 def numpy_cost(r: np.ndarray, kind: str) -> float:
-    """METHOD 2's formulas, written out in float64 NumPy: every cost on the spectrum, as the reference."""
+    """docs/METHOD.md's formulas, written out in float64 NumPy: every cost on the spectrum, as the reference."""
     f = np.fft.fft2(r, axes=(-2, -1))
     p = np.abs(f) ** 2 + 1e-9
     if kind == "ot":
