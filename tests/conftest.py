@@ -17,6 +17,8 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
 def pytest_configure(config):
+    # python -m pytest -q -m "not slow" tests: the edit-test loop's tier, under a minute on two cores
+    config.addinivalue_line("markers", "slow: takes a second or more (processes, training runs, scripts)")
     # tests/test_cuda.py: skipped without CUDA; bench/gpu_check.sh runs them on a GPU
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; "
                                        "SOT_CUDA_TEST_DEVICE=cpu rehearses them on the CPU)")

@@ -7,6 +7,7 @@ from common.errors import InputError
 from common.networks import Critic, Generator
 
 
+@pytest.mark.slow
 def test_round_trip_of_our_format(tmp_path):
     torch.manual_seed(0)
     g = Generator(width=16, increment=8)
@@ -28,6 +29,7 @@ def test_round_trip_of_our_format(tmp_path):
         torch.testing.assert_close(loaded(x), g.eval()(x))
 
 
+@pytest.mark.slow
 def test_authors_format_loads_without_their_code(authors_checkpoint):
     path, net_g, net_d = authors_checkpoint
     g = load_generator(path)
@@ -45,6 +47,7 @@ def test_authors_format_loads_without_their_code(authors_checkpoint):
         torch.testing.assert_close(d(patch), net_d(patch).view(-1))
 
 
+@pytest.mark.slow
 def test_sr_test_script_accepts_authors_file(authors_checkpoint, tmp_path):
     from common.images import write_image
     from conftest import run_script
@@ -106,6 +109,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+@pytest.mark.slow
 def test_dehazing_continues_from_an_authors_checkpoint_with_its_critic(authors_checkpoint, tmp_path):
     """The authors' dehazing/ folder ships sr/'s network file: a critic 640 wide (18,922,305 weights).
     Their checkpoint, critic included, must start our dehazing training at the paper's sizes."""

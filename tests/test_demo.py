@@ -16,6 +16,7 @@ def patch_bytes(patches: np.ndarray) -> set[bytes]:
     return {p.tobytes() for p in patches}
 
 
+@pytest.mark.slow
 def test_sr_demo_has_the_same_photographs_on_both_sides_and_validates_on_others(tmp_path):
     paths = build_demo_data(TASKS["sr"], tmp_path)
     assert not set(TRAIN_PHOTOS) & set(HELDOUT_PHOTOS)
@@ -39,6 +40,7 @@ def test_sr_demo_has_the_same_photographs_on_both_sides_and_validates_on_others(
     assert not heldout & patch_bytes(label)
 
 
+@pytest.mark.slow
 def test_training_on_the_demo_file_is_unpaired(tmp_path):
     """A degraded patch meets its own clean twin only by chance: the loader draws partners at random."""
     paths = build_demo_data(TASKS["dehazing"], tmp_path)
@@ -58,6 +60,7 @@ def test_verdict_needs_the_best_checkpoint_above_target_and_the_last_step_near_t
     assert demo_verdict(TASKS["sr"], 26.0, 26.0001, 26.0).startswith("verdict: does NOT restore")  # round-off
 
 
+@pytest.mark.slow
 def test_an_older_demo_set_is_rebuilt_not_reused(tmp_path):
     """A demo-data folder left by an earlier version (other photographs or degradation) is replaced."""
     paths = build_demo_data(TASKS["dehazing"], tmp_path)

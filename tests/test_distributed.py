@@ -62,6 +62,7 @@ def two_processes(tmp_path, dtype, cost, steps):
     return [torch.load(f"{out}.{r}") for r in range(2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cost", ["sot-l0.5", "ot"])
 def test_two_processes_equal_one_with_the_whole_batch_float64(tmp_path, cost):
     """In float64 the math shows through round-off: same weights to 1e-9, also for the costs whose
@@ -72,6 +73,7 @@ def test_two_processes_equal_one_with_the_whole_batch_float64(tmp_path, cost):
     assert max((rank0[k] - single[k]).abs().max().item() for k in single) < 1e-9
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_the_whole_batch_float32(tmp_path):
     """In float32, within 1e-5 but for a handful of the 376k entries whose first gradients are at
     round-off level, where RMSprop's first step follows the round-off (see tests/test_speed.py)."""
@@ -89,6 +91,7 @@ def torchrun(*args, timeout=300):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_torchrun_trains_writes_once_and_resumes(tmp_path):
     rng = np.random.default_rng(0)
     write_h5(tmp_path / "data" / "a.h5", rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8),
@@ -113,6 +116,7 @@ def test_torchrun_trains_writes_once_and_resumes(tmp_path):
     assert json.loads((run / "state.json").read_text())["step"] == 5
 
 
+@pytest.mark.slow
 def test_batch_must_divide_among_processes(tmp_path):
     rng = np.random.default_rng(0)
     write_h5(tmp_path / "data" / "a.h5", rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8),

@@ -48,6 +48,7 @@ def test_supervised_step_lowers_l1():
     assert not last["skipped"] and last["l1"] < first["l1"]
 
 
+@pytest.mark.slow
 def test_quick_study_runs_end_to_end(tmp_path):
     out = tmp_path / "study"
     result = run_script("experiments/compare_costs.py", "--task", "deraining", "--quick", "--out", str(out),

@@ -134,6 +134,7 @@ def test_bicubic_x4_matches_a_direct_matlab_style_implementation(tmp_path):
         np.testing.assert_allclose(f["data"][:], cut_patches(lr, 4, 2), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_default_puts_every_image_on_both_sides_and_split_half_keeps_them_apart(tmp_path):
     make_folder(tmp_path / "photos", [(40, 40)] * 6)
     names = [f"img{i:03d}.png" for i in range(6)]
@@ -178,6 +179,7 @@ def test_default_puts_every_image_on_both_sides_and_split_half_keeps_them_apart(
         assert f.attrs["degraded_source"] == str(tmp_path / "rainy") and f.attrs["split"] == "0.5 by name"
 
 
+@pytest.mark.slow
 def test_make_refuses_bad_requests(tmp_path):
     make_folder(tmp_path / "in", [(40, 40)])
     with pytest.raises(InputError, match="multiples of the scale 4"):
@@ -195,6 +197,7 @@ def test_make_refuses_bad_requests(tmp_path):
 
 
 # ----------------------------------------------------------------------------- MATLAB layout
+@pytest.mark.slow
 def test_matlab_layout_is_read_and_converted(tmp_path):
     ours = np.arange(4 * 3 * 8 * 12, dtype=np.uint8).reshape(4, 3, 8, 12)  # N x C x H x W
     matlab = ours.transpose(0, 1, 3, 2).copy()                              # N x C x W x H
@@ -241,6 +244,7 @@ def test_merge_trims_and_shuffles_both_sides_with_one_permutation(tmp_path):
         assert first_values(a["data"]) == data and first_values(b["data"]) == list(range(7))
 
 
+@pytest.mark.slow
 def test_concatenate_files_in_order_across_dtypes_and_layouts(tmp_path):
     a = write_h5(tmp_path / "a.h5", indexed(3, 4), indexed(2, 8, 50))
     b = write_h5(tmp_path / "b.h5", indexed(4, 4, 10).astype(np.float32) / 255, indexed(1, 8, 60).astype(np.float32) / 255)
@@ -296,6 +300,7 @@ def test_check_names_the_file_and_the_problem(tmp_path, monkeypatch, message):
     assert str(err.value).startswith(f"{path}: ")
 
 
+@pytest.mark.slow
 def test_inspect_script_prints_and_checks(tmp_path):
     good = write_h5(tmp_path / "ok" / "good.h5", indexed(3, 4), indexed(2, 16, 1), scale=4)
     path = tmp_path / "bad.h5"
@@ -314,6 +319,7 @@ def test_inspect_script_prints_and_checks(tmp_path):
         h5report.check_h5(label_only)
 
 
+@pytest.mark.slow
 def test_inspect_shows_each_sides_colour_statistics_and_warns_on_mismatched_sr_sides(tmp_path):
     """Shrinking keeps the mean colour: an SR file whose sides differ in it holds different scenes."""
     rng = np.random.default_rng(0)
@@ -334,6 +340,7 @@ def test_inspect_shows_each_sides_colour_statistics_and_warns_on_mismatched_sr_s
     assert "warning: the sides' mean colours differ by 0.6" in outputs["mismatched"]
 
 
+@pytest.mark.slow
 def test_every_script_explains_itself():
     for script in ("gdata/make_h5.py", "gdata/merge_h5.py", "gdata/inspect_h5.py"):
         result = run_script(script, "--help")

@@ -4,7 +4,10 @@ import csv
 import json
 import os
 import subprocess
+import sys
 import tarfile
+
+import pytest
 
 from conftest import ROOT
 
@@ -12,10 +15,13 @@ PARTS = ["env", "cuda_tests", "speed", "inference", "profile", "quality"]
 
 
 def gpu_check(*args, env=None, timeout=300):
+    # the interpreter that runs the tests, not whichever python3 is first on PATH (a venv not activated)
     return subprocess.run(["bash", "bench/gpu_check.sh", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+                                                **(env or {})})
 
 
+@pytest.mark.slow
 def test_dry_run_runs_every_part_and_writes_its_outputs(tmp_path):
     out = tmp_path / "check"
     result = gpu_check("--dry-run", str(out))
@@ -58,6 +64,7 @@ def test_dry_run_runs_every_part_and_writes_its_outputs(tmp_path):
     assert not any(n.endswith((".pt", ".h5")) for n in names)
 
 
+@pytest.mark.slow
 def test_without_pytest_a_part_out_of_time_does_not_stop_the_rest(tmp_path):
     """The CUDA tests through bench/run_cuda_tests.py (as where pytest is missing), a part that runs
     out of time reported as such, the part after it still run, and --bundle's four files."""

@@ -47,6 +47,7 @@ def test_y_channel_by_hand():
         20 * np.log10(255 / (0.5 * 219)))
 
 
+@pytest.mark.slow
 def test_lpips_plumbing_with_random_trunk():
     """The real lpips package with a random AlexNet trunk (its ImageNet weights need a download):
     identical images score 0, our [0, 1] -> [-1, 1] mapping equals lpips' own normalize=True."""

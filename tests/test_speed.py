@@ -137,6 +137,7 @@ def test_out_of_memory_falls_back_to_tiles(monkeypatch, capsys):
     assert "out of GPU memory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmark_quick_runs():
     result = run_script("bench/speed.py", "--quick", "--steps", "1", "--warmup", "0")
     assert result.returncode == 0, result.stderr[-2000:]
