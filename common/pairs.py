@@ -1,7 +1,7 @@
 """Which degraded image goes with which ground truth, for validation and testing.
 
 Besides two folders with equal file names, the common layouts of the real test sets are recognised
-by themselves (see :data:`LAYOUTS` and :data:`SUBFOLDERS`): point ``--input`` at the data set's
+by themselves (see :data:`NAME_LAYOUTS` and :data:`SUBFOLDERS`): point ``--input`` at the data set's
 folder and the pairs are found.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Pair:
 
 
 @dataclass(frozen=True)
-class Layout:
+class NameLayout:
     """How input and ground-truth file names (without extension) map to a shared key."""
     name: str
     description: str
@@ -39,23 +39,23 @@ class Layout:
         return m.group(1) if m else None
 
 
-LAYOUTS = (
-    Layout("plain", "equal file names", r"(.+)", r"(.+)"),
-    Layout("Rain100L", "rain-XXX with norain-XXX", r"rain-(.+)", r"norain-(.+)"),
-    Layout("SPA", "NNN with NNNgt", r"(.+)", r"(.+)gt"),
-    Layout("Dense-Haze", "NN_hazy with NN_GT", r"(.+)_hazy", r"(.+)_GT"),
-    Layout("RESIDE SOTS", "ID_A_beta (or ID_k) with ID", r"([^_]+)(?:_[^_]+){1,2}", r"([^_]+)"),
+NAME_LAYOUTS = (
+    NameLayout("plain", "equal file names", r"(.+)", r"(.+)"),
+    NameLayout("Rain100L", "rain-XXX with norain-XXX", r"rain-(.+)", r"norain-(.+)"),
+    NameLayout("SPA", "NNN with NNNgt", r"(.+)", r"(.+)gt"),
+    NameLayout("Dense-Haze", "NN_hazy with NN_GT", r"(.+)_hazy", r"(.+)_GT"),
+    NameLayout("RESIDE SOTS", "ID_A_beta (or ID_k) with ID", r"([^_]+)(?:_[^_]+){1,2}", r"([^_]+)"),
 )
 
 # Layouts recognised with both sides in one folder; the others need two folders, since their
 # patterns would also match a folder of one's own photographs.
-FLAT_LAYOUTS = ("Rain100L", "Dense-Haze")
+FLAT_NAME_LAYOUTS = ("Rain100L", "Dense-Haze")
 
 # (input folder, ground-truth folder) inside a data set's folder, matched without regard to case
 SUBFOLDERS = (("input", "target"), ("rain", "gt"), ("rain", "norain"), ("hazy", "clear"), ("hazy", "gt"))
 
 
-def _match(inputs: list[Path], gts: list[Path], layout: Layout) -> list[Pair] | None:
+def _match(inputs: list[Path], gts: list[Path], layout: NameLayout) -> list[Pair] | None:
     by_key: dict[str, Path] = {}
     for g in gts:
         key = layout.gt_key(g.stem)
@@ -87,12 +87,12 @@ def check_unique_names(files: list[Path], role: str) -> None:
         by_stem[f.stem] = f
 
 
-def pair_files(inputs: list[Path], gts: list[Path], where: str) -> tuple[list[Pair], Layout]:
+def pair_files(inputs: list[Path], gts: list[Path], where: str) -> tuple[list[Pair], NameLayout]:
     """Pair two lists of images by the first layout that pairs every input and uses every ground
     truth. If none does, the error lists the names that equal-name pairing leaves unmatched."""
     check_unique_names(inputs, "input")
     check_unique_names(gts, "ground truth")
-    for layout in LAYOUTS:
+    for layout in NAME_LAYOUTS:
         pairs = _match(inputs, gts, layout)
         if pairs is not None:
             return pairs, layout
@@ -104,7 +104,7 @@ def pair_files(inputs: list[Path], gts: list[Path], where: str) -> tuple[list[Pa
         parts.append(f"no ground truth for {len(missing)} input(s): {', '.join(missing[:10])}")
     if extra:
         parts.append(f"no input for {len(extra)} ground truth(s): {', '.join(extra[:10])}")
-    known = "; ".join(f"{l.name}: {l.description}" for l in LAYOUTS)
+    known = "; ".join(f"{l.name}: {l.description}" for l in NAME_LAYOUTS)
     why = "; ".join(parts) or "no name layout maps every input to exactly one ground truth"
     raise InputError(f"{where}: cannot pair the images ({why}). Known name layouts: {known}")
 
@@ -120,7 +120,7 @@ def find_pairs(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = 
                verbose: bool = False) -> list[Pair]:
     """The (input, ground truth) pairs of a test set.
 
-    With ``gt_dir``, the images of the two folders are paired by name (any of :data:`LAYOUTS`).
+    With ``gt_dir``, the images of the two folders are paired by name (any of :data:`NAME_LAYOUTS`).
     Without it, ``input_dir`` may be a data set's folder: ``input/`` + ``target/`` (Rain100L),
     ``rain/`` + ``gt/`` (SPA), ``hazy/`` + ``clear/`` (RESIDE SOTS), ``hazy/`` + ``GT/``
     (Dense-Haze), or one folder holding both sides (``rain-*``/``norain-*``, ``*_hazy``/``*_GT``).
@@ -138,7 +138,7 @@ def find_pairs(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = 
                 break
         if pairs is None:
             files = list_images(root)
-            for candidate in (l for l in LAYOUTS if l.name in FLAT_LAYOUTS):
+            for candidate in (l for l in NAME_LAYOUTS if l.name in FLAT_NAME_LAYOUTS):
                 gts = [f for f in files if candidate.gt_key(f.stem) is not None and candidate.input_key(f.stem) is None]
                 ins = [f for f in files if f not in gts and candidate.input_key(f.stem) is not None]
                 if gts and ins and len(ins) + len(gts) == len(files):
