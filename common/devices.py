@@ -95,9 +95,10 @@ class Local:
     def average_grads(self, module: torch.nn.Module) -> None:
         """Average a module's gradients over processes (here: nothing to do)."""
 
-    def all_true(self, flag: torch.Tensor | bool) -> bool:
-        """Whether ``flag`` holds on every process."""
-        return bool(flag)
+    def all_true(self, flag: torch.Tensor) -> torch.Tensor:
+        """Whether the 0-dim bool tensor ``flag`` holds on every process, as a tensor on its device
+        (nothing waits for it)."""
+        return flag
 
     def any_true(self, flag: bool) -> bool:
         """Whether ``flag`` holds on some process."""
@@ -185,10 +186,10 @@ class Distributed(Local):
         for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
             g.copy_(reduced)
 
-    def all_true(self, flag: torch.Tensor | bool) -> bool:
-        t = torch.as_tensor(flag, device=self.device).to(torch.int32).reshape(1)
+    def all_true(self, flag: torch.Tensor) -> torch.Tensor:
+        t = flag.to(self.device, torch.int32).reshape(1)
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
-        return bool(t.item())
+        return t.reshape(()).bool()
 
     def any_true(self, flag: bool) -> bool:
         t = torch.tensor([int(flag)], device=self.device, dtype=torch.int32)

@@ -70,8 +70,13 @@ class WeightAverage:
         self.model = copy.deepcopy(network).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, network: torch.nn.Module) -> None:
+    def update(self, network: torch.nn.Module, applied: torch.Tensor | None = None) -> None:
+        """One step of the average; ``applied`` (a 0-dim bool tensor) False leaves it as it was, on the
+        device (the network's update was skipped as non-finite)."""
         averaged, current = list(self.model.parameters()), list(network.parameters())
-        torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
+        weight = 1.0 - self.decay
+        if applied is not None:
+            weight = applied.to(averaged[0].dtype) * weight
+        torch._foreach_lerp_(averaged, current, weight)
         for a, b in zip(self.model.buffers(), network.buffers()):
             a.copy_(b)

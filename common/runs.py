@@ -422,10 +422,15 @@ class SigmaRun:
         self.nets = Networks(p)
         self.extra_cost = extra_generator_cost(self.config.dc_weight)
         self.position, self.best, self.last_val = Position(), None, {}
-        self.skipped, self.nonfinite_streak = 0, 0
         self.steps_run, self.skipped_run = 0, 0  # since this process started, for the check that something trained
+        skipped = 0
         if start is not None:
-            self._resume(start)
+            skipped = self._resume(start)
+        # Non-finite steps are counted on the device (reading a flag each step would wait for the GPU),
+        # and read when the log, a checkpoint or the end of an epoch needs them (_read_nonfinite).
+        counter = lambda value=0: torch.tensor(value, dtype=torch.int64, device=p.device)
+        self.skipped_total, self.streak, self.worst_streak = counter(skipped), counter(), counter()
+        self.skipped_read = skipped
         self.record = self._record()
         self.log = folder.open_log(None if start is not None else self.record,
                                    self.position.step if start is not None else None,
@@ -484,13 +489,13 @@ class SigmaRun:
         else:
             stats, fake = train_step(nets.trained_generator, nets.critic, nets.opt_g, nets.opt_d, x, clean, self.sigma,
                                      config.cost, precision, self.dist, self.extra_cost, update_generator)
-        if nets.average is not None and update_generator and not stats["skipped"]:
-            nets.average.update(nets.generator)
+        if nets.average is not None and update_generator:
+            nets.average.update(nets.generator, applied=~stats["skipped"])
         self.batch = (x, fake, clean)
         self.position.step += 1
         self.position.batch_in_epoch += 1
         self.steps_run += 1
-        self._count_nonfinite(stats)
+        self._count_nonfinite(stats["skipped"])
         return stats
 
     def _end_epoch(self, finished: bool) -> bool:
@@ -503,6 +508,7 @@ class SigmaRun:
         if epoch_done:
             pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
         finished = finished or pos.epoch > config.epochs
+        self._read_nonfinite()
         if finished:
             self._check_something_trained()
         if self.p.val_pairs and ((epoch_done and (pos.epoch - 1) % config.val_every_epochs == 0) or finished):
@@ -535,7 +541,8 @@ class SigmaRun:
                               f"Resume with: {resume_command(self.task, self.config, self.dist)}", 128 + signum)
 
     # -- building, resuming, saving
-    def _resume(self, path: Path) -> None:
+    def _resume(self, path: Path) -> int:
+        """Weights, optimisers, position and RNG states from a checkpoint; its count of skipped steps."""
         ckpt = self.folder.read_for_resume(self.task.name, path, self.p.device)
         try:
             self.nets.load(ckpt, path)
@@ -543,7 +550,7 @@ class SigmaRun:
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position) or position[0] < 1:
                 raise ValueError(f"epoch, batch and step {position} are not a position in a run")
             self.position = Position(*position)
-            self.best, self.skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)
+            self.best, skipped = ckpt.get("best_psnr"), int(ckpt.get("skipped_steps", 0))
             set_rng_state(ckpt["rng"], self.p.device)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = (str(exc).splitlines() or [""])[0]
@@ -552,6 +559,7 @@ class SigmaRun:
         self.folder.last_good = path
         if self.main:
             print(f"sigma {self.sigma:g}: resuming from {path} (epoch {self.position.epoch}, step {self.position.step})")
+        return skipped
 
     def _record(self) -> dict:
         """config.json and each checkpoint's 'config': what this sigma's model was trained with, the
@@ -567,9 +575,10 @@ class SigmaRun:
         pos = self.position
         return {"task": self.task.name, **self.nets.state(), "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch, "step": pos.step,
                 "sigma": float(self.sigma), "loss": self.config.cost, "best_psnr": self.best,
-                "skipped_steps": self.skipped, "rng": rng_state(self.p.device), "config": self.record}
+                "skipped_steps": self.skipped_read, "rng": rng_state(self.p.device), "config": self.record}
 
     def save(self, name: str, finished: bool = False) -> Path:
+        self._read_nonfinite()
         return self.folder.save(name, self._state(), finished) if self.main else self.folder.path / name
 
     # -- validation and logs
@@ -603,27 +612,36 @@ class SigmaRun:
                               "finished. Check the training data and lower --sigma, --lr or --dc-weight. Last good "
                               f"checkpoint: {self.folder.last_good or 'none'}", 3)
 
-    def _count_nonfinite(self, stats: dict) -> None:
-        if not stats["skipped"]:
-            self.nonfinite_streak = 0
-            return
-        self.skipped += 1
-        self.skipped_run += 1
-        self.nonfinite_streak += 1
-        if self.main:
-            self.log.write({"kind": "skipped", "step": self.position.step, "epoch": self.position.epoch,
-                            "reason": "non-finite loss or gradient", "skipped_total": self.skipped})
-        if self.nonfinite_streak >= self.config.max_nonfinite:
-            raise TrainingStopped(f"{self.nonfinite_streak} non-finite steps in a row at step {self.position.step} "
-                                  f"(sigma {self.sigma:g}): training diverged. Last good checkpoint: "
-                                  f"{self.folder.last_good or 'none yet'}. Try a lower --lr or a larger --sigma.", 3)
+    def _count_nonfinite(self, skipped: torch.Tensor) -> None:
+        """Count a skipped step, and the longest streak of them, on the device (nothing waits)."""
+        s = skipped.to(torch.int64)
+        self.skipped_total += s
+        self.streak = (self.streak + 1) * s
+        torch.maximum(self.worst_streak, self.streak, out=self.worst_streak)
+
+    def _read_nonfinite(self) -> None:
+        """Read the device's counts: log the steps skipped since the last read, and stop a run with
+        --max-nonfinite of them in a row (the weights were kept, so the last checkpoint is good)."""
+        total, worst = int(self.skipped_total), int(self.worst_streak)
+        self.worst_streak.copy_(self.streak)
+        new, self.skipped_read = total - self.skipped_read, total
+        self.skipped_run += new
+        step = self.position.step
+        if new and self.main:
+            self.log.write({"kind": "skipped", "step": step, "epoch": self.position.epoch,
+                            "reason": "non-finite loss or gradient", "skipped": new, "skipped_total": total})
+        if worst >= self.config.max_nonfinite:
+            raise TrainingStopped(f"{worst} non-finite steps in a row by step {step} (sigma {self.sigma:g}): training "
+                                  f"diverged. Last good checkpoint: {self.folder.last_good or 'none yet'}. Try a lower "
+                                  "--lr or a larger --sigma.", 3)
 
     def _log_step(self, stats: dict, lr: float, bar) -> None:
+        self._read_nonfinite()
         values = {k: self.dist.average(float(v)) for k, v in stats.items() if k != "skipped"}
         if not self.main:
             return
         self.log.write({"kind": "train", "step": self.position.step, "epoch": self.position.epoch, "lr": lr,
-                        "time": round(time.time() - self.started, 2), **values, "skipped_total": self.skipped})
+                        "time": round(time.time() - self.started, 2), **values, "skipped_total": self.skipped_read})
         if "w_distance" in values:  # R only once G trains (not during --critic-warmup)
             bar.set_postfix(W=f"{values['w_distance']:.3g}",
                             **({"R": f"{values['transport']:.3g}"} if "transport" in values else {}))

@@ -112,10 +112,87 @@ def learning_rate(base_lr: float, epoch: int, step_size: int) -> float:
     return base_lr * 0.1 ** ((epoch - 1) // step_size)
 
 
+class GuardedRMSprop(torch.optim.RMSprop):
+    """``torch.optim.RMSprop`` (its update, to the bit) whose :meth:`guarded_step` applies the update
+    only where a device-side flag holds, without the host ever reading the flag.
+
+    A non-finite loss or gradient must leave the weights and the optimiser's state exactly as they
+    were. Deciding that on the host (``if loss.isfinite():``) waits for the GPU three times an
+    iteration; here the update always runs and is undone on the device when the flag is false. For
+    that the parameters and their running averages live in one flat buffer each (the parameters and
+    the state tensors are views into them, in their own memory format), so the snapshot and the
+    selection are two kernels per buffer whatever the number of tensors. On CUDA the step counters
+    live on the device too (``capturable``), as a captured CUDA graph needs them.
+    """
+
+    def __init__(self, params, lr: float):
+        params = list(params)
+        capturable = bool(params) and params[0].is_cuda
+        super().__init__(params, lr=lr, capturable=capturable)  # foreach as torch chooses: on CUDA
+        self._flatten()
+
+    ALIGN_BYTES = 256  # each tensor starts as aligned as a fresh allocation: kernels pick their path by alignment
+
+    def _flatten(self) -> None:
+        params = [p for group in self.param_groups for p in group["params"]]
+        like = params[0]
+        align = self.ALIGN_BYTES // like.element_size()
+        starts, n = [], 0
+        for p in params:
+            starts.append(n)
+            n += -(-p.numel() // align) * align
+        self._params = torch.zeros(n, dtype=like.dtype, device=like.device)
+        self._averages = torch.zeros(n, dtype=like.dtype, device=like.device)
+        self._views = []  # (param, its average's view)
+        for p, offset in zip(params, starts):
+            if not (p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last)):
+                raise ValueError("GuardedRMSprop takes dense parameters (contiguous or channels_last)")
+            view = self._params.as_strided(p.shape, p.stride(), offset)
+            view.copy_(p.detach())
+            p.data = view
+            self._views.append((p, self._averages.as_strided(p.shape, p.stride(), offset)))
+        self._attach_state()
+        self._snapshot = (torch.empty_like(self._params), torch.empty_like(self._averages))
+
+    def _attach_state(self) -> None:
+        """Point every parameter's state at the flat buffers (after a load, with the loaded values)."""
+        capturable = self.defaults["capturable"]
+        for p, average in self._views:
+            state = self.state[p]
+            if "square_avg" in state:
+                average.copy_(state["square_avg"])
+            else:
+                average.zero_()
+            step = state.get("step", 0.0)
+            state["step"] = torch.as_tensor(step, dtype=torch.float32,
+                                            device=p.device if capturable else "cpu").clone().reshape(())
+            state["square_avg"] = average
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        capturable = self.defaults["capturable"]
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a checkpoint saved elsewhere carries that machine's settings
+            group.update(capturable=capturable, foreach=None)
+        self._attach_state()
+
+    def guarded_step(self, ok: torch.Tensor) -> None:
+        """``step()`` where ``ok`` (a 0-dim bool tensor, on the parameters' device) holds; elsewhere
+        the parameters, running averages and step counters stay bit for bit as they were."""
+        params, averages = self._params, self._averages
+        self._snapshot[0].copy_(params)
+        self._snapshot[1].copy_(averages)
+        self.step()
+        torch.where(ok, params, self._snapshot[0], out=params)
+        torch.where(ok, averages, self._snapshot[1], out=averages)
+        steps = [self.state[p]["step"] for p, _ in self._views if p.grad is not None]
+        if steps:  # the counters step() advanced go back by one where nothing was applied
+            torch._foreach_sub_(steps, (~ok).to(steps[0].dtype).to(steps[0].device))
+
+
 def make_optimizers(generator: Generator, critic: Critic | None, lr: float):
     """RMSprop for both; the generator at half the critic's learning rate (as the reference)."""
-    opt_g = torch.optim.RMSprop([p for p in generator.parameters() if p.requires_grad], lr=lr / 2)
-    opt_d = torch.optim.RMSprop(critic.parameters(), lr=lr) if critic is not None else None
+    opt_g = GuardedRMSprop([p for p in generator.parameters() if p.requires_grad], lr=lr / 2)
+    opt_d = GuardedRMSprop(critic.parameters(), lr=lr) if critic is not None else None
     return opt_g, opt_d
 
 
@@ -143,16 +220,17 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     patches go through the critic in one batch: it has no normalisation layers, so each sample's
     score is the same as in two passes.
 
-    Each of the three updates is applied only if its loss and gradients are finite; otherwise the
-    rest of the iteration is skipped (``stats["skipped"]`` is True) and the weights stay as they
-    were. ``sync`` shares a batch split across processes (``common.devices.Distributed``); None for
-    one. Not in the paper (``common.recipe``): ``extra_cost`` is charged beside R (``--dc-weight``),
-    and ``update_generator=False`` makes it a critic-only iteration (``--critic-warmup``).
+    Each of the three updates is applied only if its loss and gradients, and those of the updates
+    before it, are finite; otherwise it leaves the weights and optimiser states as they were
+    (``stats["skipped"]``, a device tensor, is True). The decision stays on the device
+    (:class:`GuardedRMSprop`): nothing in the iteration waits for the GPU. ``sync`` shares a batch
+    split across processes (``common.devices.Distributed``); None for one. Not in the paper
+    (``common.recipe``): ``extra_cost`` is charged beside R (``--dc-weight``), and
+    ``update_generator=False`` makes it a critic-only iteration (``--critic-warmup``).
     Returns detached statistics and G(x).
     """
     sync = sync or Local()
     n = clean.shape[0]
-    stats: dict = {"skipped": True}
     with autocast(x.device, precision), torch.set_grad_enabled(update_generator):
         fake = generator(x)
     with autocast(x.device, precision):
@@ -165,10 +243,8 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
         loss_d = critic_loss(scores[:n], scores[n:])
     loss_d.backward()
     sync.average_grads(critic)
-    stats.update(loss_d=loss_d.detach(), w_distance=-loss_d.detach())
-    if not sync.all_true(finite_update(loss_d, opt_d)):
-        return stats, fake.detach()
-    opt_d.step()
+    ok = sync.all_true(finite_update(loss_d, opt_d))
+    opt_d.guarded_step(ok)
 
     # 2. gradient-penalty step, a second critic update
     opt_d.zero_grad(set_to_none=False)
@@ -176,27 +252,22 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
         gp = gradient_penalty(critic, clean, fake.detach(), sync.uniform(n, x.device, clean.dtype))
     gp.backward()
     sync.average_grads(critic)
-    stats["gp"] = gp.detach()
-    if not sync.all_true(finite_update(gp, opt_d)):
-        return stats, fake.detach()
-    opt_d.step()
-    if not update_generator:
-        stats["skipped"] = False
-        return stats, fake.detach()
-
-    # 3. generator step: L_G = -mean D(G(x)) + sigma R(G(x) - x); the critic's weights need no grads
-    critic.requires_grad_(False)
-    opt_g.zero_grad(set_to_none=True)
-    with autocast(x.device, precision):
-        fake_scores = critic(fake)
-    loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost, sync.global_mean, extra_cost)
-    loss_g.backward()
-    critic.requires_grad_(True)
-    stats.update(loss_g=loss_g.detach(), transport=transport.detach())
-    if not sync.all_true(finite_update(loss_g, opt_g)):
-        return stats, fake.detach()
-    opt_g.step()
-    stats["skipped"] = False
+    ok = ok & sync.all_true(finite_update(gp, opt_d))
+    opt_d.guarded_step(ok)
+    stats = {"loss_d": loss_d.detach(), "w_distance": -loss_d.detach(), "gp": gp.detach()}
+    if update_generator:
+        # 3. generator step: L_G = -mean D(G(x)) + sigma R(G(x) - x); the critic's weights need no grads
+        critic.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        with autocast(x.device, precision):
+            fake_scores = critic(fake)
+        loss_g, transport = generator_loss(fake_scores, fake - x, sigma, cost, sync.global_mean, extra_cost)
+        loss_g.backward()
+        critic.requires_grad_(True)
+        ok = ok & sync.all_true(finite_update(loss_g, opt_g))
+        opt_g.guarded_step(ok)
+        stats.update(loss_g=loss_g.detach(), transport=transport.detach())
+    stats["skipped"] = ~ok
     return stats, fake.detach()
 
 
@@ -209,8 +280,6 @@ def supervised_step(generator: Generator, opt_g, x: torch.Tensor, clean: torch.T
         fake = generator(x)
     loss = supervised_loss(fake, clean, sync.global_mean)
     loss.backward()
-    stats = {"l1": loss.detach(), "skipped": True}
-    if sync.all_true(finite_update(loss, opt_g)):
-        opt_g.step()
-        stats["skipped"] = False
-    return stats, fake.detach()
+    ok = sync.all_true(finite_update(loss, opt_g))
+    opt_g.guarded_step(ok)
+    return {"l1": loss.detach(), "skipped": ~ok}, fake.detach()

@@ -197,6 +197,10 @@ class GradientRecorder(torch.optim.SGD):
                                     for p in group["params"] if p.grad is not None]))
         return super().step(closure)
 
+    def guarded_step(self, ok: torch.Tensor) -> None:  # train_step's interface; reading ok here is fine
+        if bool(ok):
+            self.step()
+
 
 UPDATES = ("critic", "penalty", "generator")
 
@@ -218,7 +222,7 @@ def run_step(dev, dtype=torch.float32, precision="fp32", channels_last=False, st
     draws, stats = FixedDraws(), []
     for _ in range(steps):
         s, fake = train_step(g, d, opt_g, opt_d, x, clean, SIGMA, COST, precision, draws)
-        stats.append({k: (v if k == "skipped" else float(v)) for k, v in s.items()})
+        stats.append({k: (bool(v) if k == "skipped" else float(v)) for k, v in s.items()})
     out = {"stats": stats, "fake": fake.double().cpu(), "delta_g": flat(g) - start_g, "delta_d": flat(d) - start_d,
            "weights_finite": bool(all(torch.isfinite(p).all() for p in [*g.parameters(), *d.parameters()]))}
     if optimizer == "record":
@@ -574,8 +578,8 @@ def _nccl_worker(out: str) -> None:
                 stats, _ = train_step(model_g, d, opt_g, opt_d, x, clean, SIGMA, COST, "fp32",
                                       dist if ddp else Local())
             runs[name] = {"critic": opt_d.seen[0], "penalty": opt_d.seen[1], "generator": opt_g.seen[0],
-                          "skipped": stats["skipped"]}
-    collectives = (dist.all_true(torch.tensor(True, device=dist.device)) and not dist.any_true(False)
+                          "skipped": bool(stats["skipped"])}
+    collectives = (bool(dist.all_true(torch.tensor(True, device=dist.device))) and not dist.any_true(False)
                    and abs(dist.average(2.5) - 2.5) < 1e-12 and dist.broadcast_object("x") == "x")
     dist.barrier()
     a, b = runs["distributed"], runs["local"]

@@ -121,17 +121,107 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
     assert read_checkpoint(out / "sr" / "term" / "sigma-10" / saved["checkpoint"])["step"] == saved["step"]
 
 
-def test_non_finite_steps_are_skipped_and_weights_kept():
-    torch.manual_seed(0)
-    g, d = Generator(width=16, increment=8), Critic(hidden=16, input_size=32, width=8)
-    opt_g, opt_d = make_optimizers(g, d, 1e-4)
-    before = {k: v.clone() for k, v in [*g.state_dict().items(), *d.state_dict().items()]}
-    x = torch.rand(2, 3, 32, 32)
-    x[0, 0, 0, 0] = float("nan")
-    stats, _ = train_step(g, d, opt_g, opt_d, x, torch.rand(2, 3, 32, 32), 10.0, "sot-l1")
-    assert stats["skipped"] is True
-    after = {**g.state_dict(), **d.state_dict()}
-    assert all(torch.equal(before[k], after[k]) for k in before)
+def _nets64(seed=0):
+    torch.manual_seed(seed)
+    g = Generator(width=8, increment=8).double()
+    d = Critic(hidden=16, input_size=32, width=8).double()
+    return g, d
+
+
+def _states(*modules_and_optimisers) -> list:
+    """Every tensor of modules and optimisers (weights, running averages, step counters), in order."""
+    out = []
+    for m in modules_and_optimisers:
+        if isinstance(m, torch.nn.Module):
+            out += [v.clone() for v in m.state_dict().values()]
+        else:
+            out += [v.clone() for st in m.state_dict()["state"].values() for v in st.values()]
+    return out
+
+
+def _reference_step(g, d, opt_g, opt_d, x, clean, sigma, cost, eps):
+    """Yesterday's iteration: each update applied after a host-side check that it is finite, with
+    plain torch.optim.RMSprop; the yardstick for the guarded step."""
+    from common.sot import critic_loss, generator_loss, gradient_penalty
+
+    n = clean.shape[0]
+    fake = g(x)
+    opt_d.zero_grad(set_to_none=False)
+    scores = d(torch.cat([clean, fake.detach()]))
+    loss_d = critic_loss(scores[:n], scores[n:])
+    loss_d.backward()
+    opt_d.step()
+    opt_d.zero_grad(set_to_none=False)
+    gradient_penalty(d, clean, fake.detach(), eps).backward()
+    opt_d.step()
+    d.requires_grad_(False)
+    opt_g.zero_grad(set_to_none=True)
+    loss_g, _ = generator_loss(d(fake), fake - x, sigma, cost)
+    loss_g.backward()
+    d.requires_grad_(True)
+    opt_g.step()
+
+
+@pytest.mark.parametrize("cost", ["sot-l0.5", "ot"])
+def test_a_finite_guarded_step_equals_the_plain_one_bit_for_bit(cost):
+    """float64: the device-side guard changes nothing when every update is finite."""
+    g, d = _nets64()
+    ref_g, ref_d = _nets64()
+    opt_g, opt_d = make_optimizers(g, d, 1e-3)
+    ref_opt_g = torch.optim.RMSprop([p for p in ref_g.parameters() if p.requires_grad], lr=5e-4)
+    ref_opt_d = torch.optim.RMSprop(ref_d.parameters(), lr=1e-3)
+    rng = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        x, clean = torch.rand(2, 3, 32, 32, generator=rng, dtype=torch.float64), torch.rand(2, 3, 32, 32, generator=rng, dtype=torch.float64)
+        state = torch.get_rng_state()
+        stats, _ = train_step(g, d, opt_g, opt_d, x, clean, 3.0, cost)
+        torch.set_rng_state(state)
+        eps = torch.rand(2, 1, 1, 1, dtype=torch.float64)
+        _reference_step(ref_g, ref_d, ref_opt_g, ref_opt_d, x, clean, 3.0, cost, eps)
+        assert not bool(stats["skipped"])
+    for a, b in zip(_states(g, d, opt_g, opt_d), _states(ref_g, ref_d, ref_opt_g, ref_opt_d)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("where", ["input", "generator loss"])
+def test_a_non_finite_step_leaves_weights_and_optimisers_bit_identical(where):
+    """float64, a NaN injected: in the input every update is skipped; in the generator's loss alone
+    (an infinite sigma) the critic's two updates apply and G's does not. What is skipped is left
+    exactly as it was: weights, RMSprop's running averages and its step counters."""
+    g, d = _nets64()
+    opt_g, opt_d = make_optimizers(g, d, 1e-3)
+    rng = torch.Generator().manual_seed(2)
+    x, clean = torch.rand(2, 3, 32, 32, generator=rng, dtype=torch.float64), torch.rand(2, 3, 32, 32, generator=rng, dtype=torch.float64)
+    train_step(g, d, opt_g, opt_d, x, clean, 3.0, "sot-l1")  # optimiser state to keep, not just zeros
+    before_g, before_d = _states(g, opt_g), _states(d, opt_d)
+    sigma = 3.0
+    if where == "input":
+        x = x.clone()
+        x[0, 0, 0, 0] = float("nan")
+    else:
+        sigma = float("inf")
+    stats, _ = train_step(g, d, opt_g, opt_d, x, clean, sigma, "sot-l1")
+    assert bool(stats["skipped"])
+    assert all(torch.equal(a, b) for a, b in zip(before_g, _states(g, opt_g)))
+    kept_d = all(torch.equal(a, b) for a, b in zip(before_d, _states(d, opt_d)))
+    assert kept_d == (where == "input")
+    assert all(torch.isfinite(v).all() for v in _states(g, d, opt_g, opt_d) if v.is_floating_point())
+
+
+def test_the_guarded_step_reads_nothing_back_from_the_device(monkeypatch):
+    """No host synchronisation inside the step: turning a tensor into a Python bool or number there
+    would raise."""
+    g, d = _nets64()
+    opt_g, opt_d = make_optimizers(g, d, 1e-3)
+    x, clean = torch.rand(2, 3, 32, 32, dtype=torch.float64), torch.rand(2, 3, 32, 32, dtype=torch.float64)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the step read a value back from the device")
+    for name in ("__bool__", "__float__", "__int__", "__index__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    stats, _ = train_step(g, d, opt_g, opt_d, x, clean, 3.0, "sot-l1")
+    monkeypatch.undo()
+    assert not bool(stats["skipped"])
 
 
 @pytest.mark.slow

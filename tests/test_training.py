@@ -23,7 +23,7 @@ def test_one_iteration_changes_both_networks_and_stays_finite(cost):
     x, clean = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
     stats, fake = train_step(g, d, opt_g, opt_d, x, clean, sigma=10.0, cost=cost)
     assert fake.shape == x.shape and not fake.requires_grad
-    assert stats.pop("skipped") is False
+    assert not bool(stats.pop("skipped"))
     assert all(torch.isfinite(v).all() for v in stats.values())
     assert stats["w_distance"].item() == pytest.approx(-stats["loss_d"].item())
     after_g, after_d = g.state_dict(), d.state_dict()
@@ -68,7 +68,7 @@ def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
     before_d = {k: v.clone() for k, v in d.state_dict().items()}
     stats, fake = train_step(g, d, opt_g, opt_d, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), 1.0, "sot-l1",
                              update_generator=False)
-    assert stats["skipped"] is False and "loss_g" not in stats and not fake.requires_grad
+    assert not bool(stats["skipped"]) and "loss_g" not in stats and not fake.requires_grad
     assert all(torch.equal(before_g[k], v) for k, v in g.state_dict().items())
     assert not torch.equal(before_d["features.0.weight"], d.state_dict()["features.0.weight"])
 
