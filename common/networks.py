@@ -27,6 +27,13 @@ def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
 
 
+def _autocast_dtype() -> torch.dtype:
+    """CUDA autocast's dtype (bf16 here); ``get_autocast_dtype`` is torch >= 2.4's spelling."""
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype("cuda")
+    return torch.get_autocast_gpu_dtype()  # pragma: no cover - torch < 2.4
+
+
 class Im2colConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same result) computed on CUDA as unfold + matrix product.
 
@@ -35,7 +42,9 @@ class Im2colConv2d(nn.Conv2d):
     another convolution whose kernel is the whole feature map; for 3 input channels cuDNN runs that
     with a generic kernel that took 7.5 ms of a 56 ms training step on an H200 (docs/PERFORMANCE.md).
     As unfold + matmul, every derivative is a matmul or a fold: the bf16 step went from 59.1 to 56.7
-    ms. In fp32 the plain convolution (TF32) stayed faster (94.7 against 98.9 ms), so
+    ms. The input is cast to bf16 before it is unfolded, and the product is one batched matmul whose
+    operands are strided views, so the forward copies nothing but the unfold itself. In fp32 the plain
+    convolution (TF32) stayed faster (94.7 against 98.9 ms), so
     ``use_im2col=None`` (default) means on CUDA under autocast only; True or False force it (tests;
     the reference structure in bench/speed.py).
     """
@@ -49,17 +58,26 @@ class Im2colConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # no argument: CUDA's autocast (the form torch 2.1 has too)
-        on = (x.is_cuda and torch.is_autocast_enabled()) if self.use_im2col is None else self.use_im2col
+        autocast_on = torch.is_autocast_enabled()
+        on = (x.is_cuda and autocast_on) if self.use_im2col is None else self.use_im2col
         if not on:
             return super().forward(x)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if autocast_on and x.is_cuda:  # cast before unfolding: the unfolded copy is k*k times the input
+            x = x.to(_autocast_dtype())
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        # (N, L, C*k*k) @ (C*k*k, out): F.linear so that autocast gives the conv's dtype, bias included
-        out = F.linear(cols.transpose(1, 2), self.weight.flatten(1), self.bias)
+        # (N, L, C*k*k) @ (N, C*k*k, out) as one batched product: the transposed operand and the expanded
+        # weight are strides to the matrix kernel, not copies (F.linear would copy the transpose to fold
+        # N into rows); the bias rides along in baddbmm.
+        weight = self.weight.flatten(1).t().expand(n, -1, -1)
+        if self.bias is None:
+            out = torch.bmm(cols.transpose(1, 2), weight)
+        else:
+            out = torch.baddbmm(self.bias.view(1, 1, -1), cols.transpose(1, 2), weight)
         out = out.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # channels_last strides, no copy
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 

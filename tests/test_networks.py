@@ -152,6 +152,22 @@ def test_im2col_first_critic_layer_matches_the_convolution(channels_last):
         results.append((first, loss.detach(), [p.grad.clone() for p in d.parameters()]))
     (conv_out, conv_loss, conv_grads), (col_out, col_loss, col_grads) = results
     assert col_out.is_contiguous(memory_format=fmt)
+    # and the forward copies no activation besides the unfold itself (a contiguous output also pays the
+    # layout change at the end; the weight's 600 values may be reordered)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            self.seen.append((func.__name__.split(".")[0], source.numel() if source is not None else 0))
+            return func(*args, **(kwargs or {}))
+    with Ops() as ops:
+        d.features[0](real.requires_grad_(True))
+    weight = d.features[0].weight.numel()
+    copies = [op for op, size in ops.seen if op in ("clone", "copy_", "contiguous", "_to_copy") and size > weight]
+    assert copies == ([] if channels_last else ["clone"]), ops.seen
     assert torch.allclose(col_out, conv_out, rtol=0, atol=1e-13)
     assert torch.allclose(col_loss, conv_loss, rtol=1e-12, atol=0)
     for a, b in zip(conv_grads, col_grads):
