@@ -19,16 +19,18 @@ set -u -o pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/gpu_check.sh [--dry-run] [--bundle] [--parts LIST] [--budget SECONDS] [--quality-task TASK]
+usage: bench/gpu_check.sh [--dry-run] [--bundle] [--parts LIST] [--budget SECONDS] [--quality-tasks LIST]
                           [--quality-steps N] [--quality-sigma S] [--tests-filter A,B] OUT_DIR
 
   --dry-run          the CPU at tiny sizes (a few minutes at most); without it, CUDA is required
   --bundle           keep only summary.md, summary.json, gpu_check.log and gpu_check.tar.gz in OUT_DIR
                      (for a remote runner that returns few files); the parts' folders go in the tarball
-  --parts LIST       comma-separated subset of env,cuda_tests,speed,inference,profile,quality
+  --parts LIST       comma-separated subset of env,cuda_tests,speed,compile,inference,profile,quality
   --budget SECONDS   the whole run's time (default 540 on a GPU, 280 for --dry-run)
-  --quality-task T   sr, deraining or dehazing (default dehazing)
-  --quality-steps N  at most N steps per method (default 1000; fewer if the time left is short)
+  --quality-tasks L  comma-separated tasks of the quality part, at the paper's network sizes: SOT (the
+                     task's default cost) against OT and the degraded input, SR also with --null-space
+                     (default sr,deraining; a dry run takes the first only)
+  --quality-steps N  at most N steps per run (default 1000; fewer if the time left is short)
   --quality-sigma S  one sigma for every cost, or 'ot=S1 sot-l1=S2 sot-l0.5=S3' (default: compare_costs.py's
                      per-task sigmas, which charge the true degradation alike under every cost)
   --tests-filter A,B only the CUDA tests whose names contain A or B
@@ -89,6 +91,20 @@ part_speed() {
     cat "$dir/speed.md"
 }
 
+part_compile() {  # the generator's attention blocks compiled (regional torch.compile), beside the plain step
+    local dir="$W/compile"
+    if [ "$DRY" = 1 ]; then
+        # the plumbing only: compiling on two CPU cores takes minutes, so dynamo passes the code through
+        TORCHDYNAMO_DISABLE=1 "$PY" bench/speed.py --device cpu --quick --batch 2 --steps 1 --warmup 0 \
+            --compile-blocks --only compile-blocks --sizes 64 --skip loader \
+            --json "$dir/compile.json" > "$dir/compile.md" || return 1
+    else
+        "$PY" bench/speed.py --device cuda --batch 32 --steps 10 --warmup 3 --compile-blocks --only compile-blocks \
+            --sizes 2048 --skip loader --json "$dir/compile.json" > "$dir/compile.md" || return 1
+    fi
+    cat "$dir/compile.md"
+}
+
 part_inference() {
     local dir="$W/inference"
     if [ "$DRY" = 1 ]; then
@@ -101,17 +117,30 @@ part_inference() {
     cat "$dir/inference.md"
 }
 
-part_profile() {
+part_profile() {  # one bf16 step, and inference at 2048x2048 (the reference's profile is in docs/results)
     if [ "$DRY" = 1 ]; then
-        "$PY" bench/profile_step.py --device cpu --quick --out "$W/profile"
+        "$PY" bench/profile_step.py --device cpu --quick --variants fast-bf16 inference --out "$W/profile"
     else
-        "$PY" bench/profile_step.py --device cuda --batch 32 --out "$W/profile"
+        "$PY" bench/profile_step.py --device cuda --batch 32 --variants fast-bf16 inference --size 2048 --out "$W/profile"
     fi
 }
 
+# the quality part's runs per task: SOT (the default cost) against OT, SR with and without --null-space
+quality_methods() {
+    case "$1" in
+        sr) echo "ot sot-l0.5" ;;
+        deraining|dehazing) echo "ot sot-l1" ;;
+    esac
+}
+quality_runs() {  # how many training runs a task takes
+    case "$1" in sr) echo 3 ;; *) echo 2 ;; esac
+}
+
 part_quality() {
-    local dir="$W/quality" work="$SCRATCH/quality" steps batch sigma photos described left args
-    rm -rf "$work"
+    local dir="$W/quality" steps batch sigma photos described left args task tasks runs=0 extra
+    IFS=, read -r -a tasks <<< "$QTASKS"
+    [ "$DRY" = 1 ] && tasks=("${tasks[0]}")
+    for task in "${tasks[@]}"; do runs=$((runs + $(quality_runs "$task"))); done
     if [ -z "$QSIGMA" ]; then
         sigma=()  # compare_costs.py's per-task sigmas, set so that each cost charges the true degradation alike
     elif [[ "$QSIGMA" == *=* ]]; then
@@ -132,28 +161,43 @@ part_quality() {
     else
         left=$((DEADLINE - $(date +%s) - 10))
         steps=$("$PY" bench/gpu_check_tools.py quality-steps --requested "$QSTEPS" --seconds "$left" \
-                --speed "$W/speed/speed.json" --methods 3) || return 1
+                --speed "$W/speed/speed.json" --methods "$runs" --tasks "${#tasks[@]}") || return 1
         [ "$steps" -gt 0 ] || { echo "no time left for a quality run ($left s)"; return 1; }
         batch=32
         args=(--steps "$steps" --batch 32 --val-steps $((steps / 8)) --device cuda "${photos[@]}")
     fi
-    printf '{"task": "%s", "steps": %s, "batch": %s, "sigma": "%s", "methods": ["ot", "sot-l1", "sot-l0.5"], "photos": "%s", "seeds": [0]}\n' \
-        "$QTASK" "$steps" "$batch" "${sigma[*]:-the study defaults}" "$described" > "$dir/quality_meta.json"
-    "$PY" experiments/compare_costs.py --task "$QTASK" --methods ot sot-l1 sot-l0.5 ${sigma[@]+--sigma "${sigma[@]}"} \
-        --seeds 0 --out "$work" "${args[@]}"
+    for task in "${tasks[@]}"; do
+        mkdir -p "$dir/$task"
+        extra=()
+        [ "$task" = sr ] && extra=(--null-space)
+        printf '{"task": "%s", "steps": %s, "batch": %s, "sigma": "%s", "methods": "%s", "null_space": %s, "photos": "%s", "seeds": [0], "networks": "the paper'"'"'s (generator 80/48, critic 64)"}\n' \
+            "$task" "$steps" "$batch" "${sigma[*]:-the study defaults}" "$(quality_methods "$task")" \
+            "$([ "$task" = sr ] && echo true || echo false)" "$described" > "$dir/$task/quality_meta.json"
+        # shellcheck disable=SC2046
+        "$PY" experiments/compare_costs.py --task "$task" --methods $(quality_methods "$task") ${extra[@]+"${extra[@]}"} \
+            ${sigma[@]+--sigma "${sigma[@]}"} --seeds 0 --out "$SCRATCH/quality/$task" "${args[@]}" || return 1
+        collect_quality "$task"
+    done
 }
 
-# What the quality part made, into OUT (also after a timeout): tables, figures, each run's log.
+# What the quality part made for a task, into OUT (also after a timeout): tables, figures, each run's log.
 collect_quality() {
-    local work="$SCRATCH/quality" dir="$W/quality" m name
-    for f in results.md results.csv results.json crops.png curves.png; do
-        [ -f "$work/$f" ] && cp "$work/$f" "$dir/"
-    done
-    [ -f "$work/data/split.json" ] && cp "$work/data/split.json" "$dir/"
-    for m in "$work"/runs/*/*/sigma-*/metrics.jsonl; do
-        [ -f "$m" ] || continue
-        name=$(basename "$(dirname "$(dirname "$m")")")
-        cp "$m" "$dir/metrics-$name.jsonl"
+    local task work dir m name tasks=("$@")
+    # shellcheck disable=SC2207
+    [ ${#tasks[@]} -gt 0 ] || tasks=($(ls "$SCRATCH/quality" 2>/dev/null))
+    for task in ${tasks[@]+"${tasks[@]}"}; do
+        work="$SCRATCH/quality/$task" dir="$W/quality/$task"
+        [ -d "$work" ] || continue
+        mkdir -p "$dir"
+        for f in results.md results.csv results.json crops.png curves.png; do
+            [ -f "$work/$f" ] && cp "$work/$f" "$dir/"
+        done
+        [ -f "$work/data/split.json" ] && cp "$work/data/split.json" "$dir/"
+        for m in "$work"/runs/*/*/sigma-*/metrics.jsonl; do
+            [ -f "$m" ] || continue
+            name=$(basename "$(dirname "$(dirname "$m")")")
+            cp "$m" "$dir/metrics-$name.jsonl"
+        done
     done
 }
 
@@ -163,7 +207,7 @@ if [ "${1:-}" = "--run-part" ]; then   # internal: one part, in the environment 
     exit $?
 fi
 
-DRY=0 BUNDLE=0 PARTS="env,cuda_tests,speed,inference,profile,quality" BUDGET="" QTASK=dehazing QSTEPS=1000
+DRY=0 BUNDLE=0 PARTS="env,cuda_tests,speed,compile,inference,profile,quality" BUDGET="" QTASKS=sr,deraining QSTEPS=1000
 QSIGMA="" TFILTER="" OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -171,7 +215,7 @@ while [ $# -gt 0 ]; do
         --bundle) BUNDLE=1 ;;
         --parts) PARTS="$2"; shift ;;
         --budget) BUDGET="$2"; shift ;;
-        --quality-task) QTASK="$2"; shift ;;
+        --quality-tasks) QTASKS="$2"; shift ;;
         --quality-steps) QSTEPS="$2"; shift ;;
         --quality-sigma) QSIGMA="$2"; shift ;;
         --tests-filter) TFILTER="$2"; shift ;;
@@ -183,7 +227,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$OUT" ] || { usage >&2; exit 2; }
 for p in ${PARTS//,/ }; do
-    case "$p" in env|cuda_tests|speed|inference|profile|quality) ;; *) echo "unknown part $p" >&2; exit 2 ;; esac
+    case "$p" in env|cuda_tests|speed|compile|inference|profile|quality) ;; *) echo "unknown part $p" >&2; exit 2 ;; esac
 done
 if [ "$DRY" = 1 ]; then MODE=dry; BUDGET=${BUDGET:-280}; else MODE=gpu; BUDGET=${BUDGET:-540}; fi
 
@@ -196,7 +240,7 @@ LOG="$W/gpu_check.log"
 : > "$W/status.jsonl"
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
-export PY DRY W SCRATCH DEADLINE QTASK QSTEPS QSIGMA TFILTER PYTHONUNBUFFERED=1
+export PY DRY W SCRATCH DEADLINE QTASKS QSTEPS QSIGMA TFILTER PYTHONUNBUFFERED=1
 
 say() { echo "[gpu_check $(date +%H:%M:%S) +$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
 selected() { [[ ",$PARTS," == *",$1,"* ]]; }
@@ -273,10 +317,11 @@ run_part() {  # name budget_seconds
 
 say "mode $MODE, budget ${BUDGET} s, parts $PARTS, out $OUT$([ "$BUNDLE" = 1 ] && echo " (bundle; work in $W)"), python $PY"
 if [ "$DRY" = 1 ]; then
-    run_part env 30; run_part cuda_tests 120; run_part speed 60; run_part inference 30; run_part profile 30
-    run_part quality 90
-else
-    run_part env 45; run_part cuda_tests 150; run_part speed 120; run_part inference 60; run_part profile 50
+    run_part env 30; run_part cuda_tests 120; run_part speed 60; run_part compile 40; run_part inference 30
+    run_part profile 30; run_part quality 90
+else  # about 5 minutes for the measurements, the rest (about 4) for the quality runs
+    run_part env 20; run_part cuda_tests 115; run_part speed 60; run_part compile 60; run_part inference 30
+    run_part profile 30
     run_part quality $((DEADLINE - $(date +%s) - 15))  # the rest; a SIGTERMed run saves before it stops
 fi
 publish

@@ -24,12 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PARTS = ("env", "cuda_tests", "speed", "inference", "profile", "quality")
+PARTS = ("env", "cuda_tests", "speed", "compile", "inference", "profile", "quality")
 TARGET_STEP_RATIO = 3.0        # the target: the training step at least 3x the reference structure
 TARGET_INFERENCE_MPIX = 120.0  # the target for inference at 2048x2048
 FAST_BF16 = "fast step, bf16 autocast + channels_last"
 REFERENCE = "reference structure, fp32"
 FAST_FP32 = "fast step, fp32"
+GRAPH = "the same, captured as a CUDA graph"
+HOST_CHECKS = "the same, the non-finite checks on the host (as before the device-side guard)"
+COMPILED_BLOCKS = "fast bf16 + each attention block compiled"
 
 
 # ----------------------------------------------------------------------------- env
@@ -118,17 +121,18 @@ def env(args) -> int:
 
 # ----------------------------------------------------------------------------- quality steps
 def quality_steps(args) -> int:
-    """Steps per method that fit ``seconds``: per-step time from the speed part's bf16 step (x1.3 for
-    the training loop's loader, host syncs and logging), less fixed costs (data, test evaluation) and
-    each run's own (workers, cuDNN autotuning, validations, ~190 MB checkpoints): on an H200 a run of 550
-    steps took 70 s where 550 bf16 steps of the speed part take 33 s, so about 30 s of each run is its own."""
+    """Steps per run that fit ``seconds``: per-step time from the speed part's bf16 step (x1.3 for
+    the training loop's loader, logging and validation), less each task's fixed cost (its proxy data,
+    the test evaluation) and each run's own (workers, cuDNN autotuning, validations, ~190 MB
+    checkpoints): on an H200 a run of 550 steps took 70 s where 550 bf16 steps of the speed part take
+    33 s, so about 30 s of each run is its own."""
     ms = None
     speed = Path(args.speed)
     if speed.is_file():
         rows = json.loads(speed.read_text()).get("training", [])
         ms = next((r["ms_per_step"] for r in rows if r["variant"] == FAST_BF16 and r["batch"] == args.batch), None)
     per_step = (ms * 1.3 if ms else 80.0) / 1000 + 0.004
-    usable = 0.9 * args.seconds - 30 - 30 * args.methods
+    usable = 0.9 * args.seconds - 30 * args.tasks - 30 * args.methods
     steps = int(usable / (args.methods * per_step)) // 50 * 50
     steps = min(args.requested, steps)
     print(steps if steps >= 50 else 0)
@@ -176,24 +180,25 @@ def cuda_test_results(work: Path) -> dict | None:
     return report
 
 
-def quality_results(work: Path) -> dict | None:
-    folder = work / "quality"
-    meta = read_json(folder / "quality_meta.json") or {}
-    rows = []
-    if (folder / "results.csv").is_file():
-        with open(folder / "results.csv", newline="") as f:
-            for r in csv.DictReader(f):
-                rows.append(r)
-    runs = {}
-    for path in sorted(folder.glob("metrics-*.jsonl")):
-        vals = [r for r in read_jsonl(path) if r.get("kind") == "val"]
-        train = [r for r in read_jsonl(path) if r.get("kind") == "train"]
-        runs[path.stem[len("metrics-"):]] = {"best_val_psnr": max((r["psnr"] for r in vals), default=None),
-                                             "last_step": max((r["step"] for r in train), default=0),
-                                             "val_curve": [(r["step"], round(r["psnr"], 3)) for r in vals]}
-    if not rows and not runs and not meta:
-        return None
-    return {"meta": meta, "rows": rows, "runs": runs}
+def quality_results(work: Path) -> dict:
+    """Per task of the quality part (quality/<task>/): its meta, results table and each run's curve."""
+    out = {}
+    for folder in sorted(p for p in (work / "quality").glob("*") if p.is_dir()):
+        meta = read_json(folder / "quality_meta.json") or {}
+        rows = []
+        if (folder / "results.csv").is_file():
+            with open(folder / "results.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+        runs = {}
+        for path in sorted(folder.glob("metrics-*.jsonl")):
+            vals = [r for r in read_jsonl(path) if r.get("kind") == "val"]
+            train = [r for r in read_jsonl(path) if r.get("kind") == "train"]
+            runs[path.stem[len("metrics-"):]] = {"best_val_psnr": max((r["psnr"] for r in vals), default=None),
+                                                 "last_step": max((r["step"] for r in train), default=0),
+                                                 "val_curve": [(r["step"], round(r["psnr"], 3)) for r in vals]}
+        if rows or runs or meta:
+            out[folder.name] = {"meta": meta, "rows": rows, "runs": runs}
+    return out
 
 
 def speed_figure(path: Path, rows: list[dict], title: str) -> None:
@@ -270,17 +275,36 @@ def part_figures(work: Path, mode: str) -> tuple[dict, dict, dict]:
              # the target is at the reference's batch; the double batch's ratio is against its own reference
              "best_x_reference": max(r["x_reference"] for r in rows if r["batch"] == batch),
              "loader_patches_per_s": (speed.get("loader") or {}).get("patches_per_s")}
+        graph, host = by_name.get((GRAPH, batch)), by_name.get((HOST_CHECKS, batch))
+        f.update(graph_ms=graph and graph["ms_per_step"], graph_x_reference=graph and graph["x_reference"],
+                 host_checks_ms=host and host["ms_per_step"])
         figures["speed"] = f
         peak = f" , peak {fmt(f['fast_bf16_peak_gib'])} GiB" if f["fast_bf16_peak_gib"] is not None else ""
         lines["speed"] = (f"batch {batch}: reference {fmt(f['reference_ms'])} ms; fast bf16+CL "
                           f"{fmt(f['fast_bf16_ms'])} ms = {fmt(f['fast_bf16_x_reference'], 2)}x, "
                           f"{fmt(f['fast_bf16_patches_per_s'], 0)} patches/s{peak}; fast fp32 "
-                          f"{fmt(f['fast_fp32_x_reference'], 2)}x").replace(" ,", ",")
+                          f"{fmt(f['fast_fp32_x_reference'], 2)}x; host-side checks {fmt(f['host_checks_ms'])} ms; "
+                          f"CUDA graph {fmt(f['graph_ms'])} ms = {fmt(f['graph_x_reference'], 2)}x").replace(" ,", ",")
         details["speed"] = (work / "speed" / "speed.md").read_text() if (work / "speed" / "speed.md").is_file() else ""
         try:
             speed_figure(work / "speed" / "speed.png", rows, f"training step, ms (lower is better): {speed['device']}")
         except Exception as exc:  # noqa: BLE001 - a figure must not cost the summary
             details["speed"] += f"\n\n(figure not drawn: {exc})"
+
+    compiled = read_json(work / "compile" / "compile.json")
+    if compiled:
+        train = next((r for r in compiled.get("training", []) if r["variant"] == COMPILED_BLOCKS), None)
+        infer = {r["precision"]: r for r in compiled.get("inference", [])}
+        blocks = next((r for k, r in infer.items() if k.endswith("blocks compiled")), None)
+        plain = next((r for k, r in infer.items() if k.startswith("bf16") and not k.endswith("compiled")), None)
+        figures["compile"] = {"step_ms": train and train["ms_per_step"], "step_x_reference": train and train["x_reference"],
+                              "inference_mpix_per_s": blocks and blocks["mpix_per_s"],
+                              "plain_inference_mpix_per_s": plain and plain["mpix_per_s"]}
+        c = figures["compile"]
+        lines["compile"] = (f"step with compiled blocks {fmt(c['step_ms'])} ms = {fmt(c['step_x_reference'], 2)}x; "
+                            f"inference {fmt(c['inference_mpix_per_s'], 2)} MPix/s against "
+                            f"{fmt(c['plain_inference_mpix_per_s'], 2)} uncompiled")
+        details["compile"] = (work / "compile" / "compile.md").read_text() if (work / "compile" / "compile.md").is_file() else ""
 
     inference = read_json(work / "inference" / "inference.json")
     if inference and inference.get("inference"):
@@ -312,23 +336,31 @@ def part_figures(work: Path, mode: str) -> tuple[dict, dict, dict]:
 
     quality = quality_results(work)
     if quality:
-        meta, rows = quality["meta"], quality["rows"]
-        figures["quality"] = {"meta": meta, "rows": rows, "runs": quality["runs"]}
-        head = f"{meta.get('task', '?')}, {meta.get('steps', '?')} steps x {meta.get('batch', '?')} per method"
-        if rows:
-            cells = [f"{r['method']} {r['psnr']}" + (f" (sigma {r['sigma']})" if r.get("sigma") else "") for r in rows]
-            lines["quality"] = f"{head}; test PSNR (dB, best validated checkpoint): " + "; ".join(cells)
-        else:
-            lines["quality"] = f"{head}; no results table (cut short); best validation PSNR so far: " + "; ".join(
-                f"{k} {fmt(v['best_val_psnr'], 2)} at step {v['last_step']}" for k, v in quality["runs"].items())
-        md = (f"Task {meta.get('task')}, methods {', '.join(meta.get('methods', []))}, {meta.get('steps')} steps of "
-              f"{meta.get('batch')} patches each, sigma {meta.get('sigma')}, seeds {meta.get('seeds')}; photographs: "
-              f"{meta.get('photos')}. Figures: quality/crops.png, quality/curves.png.\n\n")
-        md += (work / "quality" / "results.md").read_text() if (work / "quality" / "results.md").is_file() else ""
-        if quality["runs"]:
-            md += "\n\nValidation PSNR per run (step, dB):\n\n" + "\n".join(
-                f"- {k}: {v['val_curve']}" for k, v in quality["runs"].items())
-        details["quality"] = md
+        figures["quality"], texts, md = {}, [], []
+        for task, q in quality.items():
+            meta, rows = q["meta"], q["rows"]
+            figures["quality"][task] = q
+            head = f"{task}, {meta.get('steps', '?')} steps x {meta.get('batch', '?')} per run"
+            if rows:
+                cells = [f"{r['method']} {r['psnr']}" + (f" (sigma {r['sigma']})" if r.get("sigma") else "")
+                         for r in rows]
+                texts.append(f"{head}; test PSNR (dB, best validated checkpoint): " + "; ".join(cells))
+            else:
+                texts.append(f"{head}; no results table (cut short); best validation PSNR so far: " + "; ".join(
+                    f"{k} {fmt(v['best_val_psnr'], 2)} at step {v['last_step']}" for k, v in q["runs"].items()))
+            md += [f"### {task}", "", f"Methods {meta.get('methods')}"
+                   + (", SOT also with --null-space" if meta.get("null_space") else "")
+                   + f", {meta.get('steps')} steps of {meta.get('batch')} patches each, sigma {meta.get('sigma')}, "
+                   f"seeds {meta.get('seeds')}, networks {meta.get('networks', '?')}; photographs: {meta.get('photos')}. "
+                   f"Figures: quality/{task}/crops.png, quality/{task}/curves.png.", ""]
+            if (work / "quality" / task / "results.md").is_file():
+                md.append((work / "quality" / task / "results.md").read_text())
+            if q["runs"]:
+                md += ["", "Validation PSNR per run (step, dB):", ""]
+                md += [f"- {k}: {v['val_curve']}" for k, v in q["runs"].items()]
+            md.append("")
+        lines["quality"] = " || ".join(texts)
+        details["quality"] = "\n".join(md)
     return figures, lines, details
 
 
@@ -337,6 +369,9 @@ def targets(figures: dict, statuses: dict, mode: str) -> list[dict]:
     tests = figures.get("cuda_tests") or {}
     largest = inference.get("largest")
     mpix = inference.get(f"bf16_{largest}_mpix_per_s") if largest else None
+    compiled = (figures.get("compile") or {}).get("inference_mpix_per_s")
+    if mpix is not None and compiled is not None and largest == 2048:  # the compile part restores 2048x2048
+        mpix = max(mpix, compiled)
     rows = [
         {"target": f"training step >= {TARGET_STEP_RATIO:g}x the reference structure (batch {speed.get('batch', '?')})",
          "measured": f"{fmt(speed.get('best_x_reference'), 2)}x (bf16 + channels_last: "
@@ -394,8 +429,9 @@ def summary(args) -> int:
                   f"{'n/a' if t['met'] is None else ('yes' if t['met'] else 'NO')} |" for t in goal]
     titles = {"env": "Machine", "cuda_tests": "CUDA tests (tests/test_cuda.py)",
               "speed": "Training step (bench/speed.py, same batch and run)",
+              "compile": "Attention blocks compiled (bench/speed.py --compile-blocks)",
               "inference": "Inference (bench/speed.py, no grad)", "profile": "Profile of one step (bench/profile_step.py)",
-              "quality": "Quality at a fixed budget (experiments/compare_costs.py)"}
+              "quality": "Quality at the paper's sizes, a fixed budget (experiments/compare_costs.py)"}
     body = []
     for part in selected:
         if details.get(part):
@@ -422,7 +458,8 @@ def main(argv=None) -> int:
     q.add_argument("--requested", type=int, required=True)
     q.add_argument("--seconds", type=float, required=True)
     q.add_argument("--speed", required=True, help="the speed part's JSON")
-    q.add_argument("--methods", type=int, default=3)
+    q.add_argument("--methods", type=int, default=3, help="training runs in all")
+    q.add_argument("--tasks", type=int, default=1, help="tasks they belong to (each builds its data)")
     q.add_argument("--batch", type=int, default=32)
     s = sub.add_parser("summary")
     s.add_argument("--work", required=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Profile one training iteration with torch.profiler: where the step's time goes.
 
-For each variant (default: our step in bf16 + channels_last, and the reference structure in fp32) it
+For each variant (default: our step in bf16 + channels_last, and the reference structure in fp32;
+``inference`` profiles restoring one --size x --size image, as test.py does) it
 runs a few untimed steps, times a few more without the profiler, then profiles one. It writes
 profile.md (per variant: wall time, the kernels launched and their summed time, how busy that keeps
 the GPU, and the top operators by self CUDA time; by self CPU time on the CPU), profile.json, and
@@ -29,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from bench.reference_step import reference_step  # noqa: E402
 from bench.speed import batch_for, networks, sync  # noqa: E402
+from common.inference import restore  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from common.devices import resolve_device  # noqa: E402
 from common.sot import make_optimizers, train_step  # noqa: E402
@@ -37,6 +39,7 @@ VARIANTS = {
     "fast-bf16": ("our step, bf16 autocast + channels_last", "fast", "bf16"),
     "fast-fp32": ("our step, fp32", "fast", "fp32"),
     "reference": ("reference structure, fp32", "reference", "fp32"),
+    "inference": ("inference, bf16 autocast + channels_last, no grad", "inference", "bf16"),
 }
 
 
@@ -66,15 +69,21 @@ def kernel_totals(prof) -> tuple[int, float]:
 def profile_variant(key: str, task, device, args, out: Path) -> dict:
     label, kind, precision = VARIANTS[key]
     cuda = device.type == "cuda"
-    channels_last = cuda and kind == "fast" and precision == "bf16"
+    channels_last = cuda and kind in ("fast", "inference") and precision == "bf16"
     g, d = networks(task, device, args.quick, channels_last, reference=kind == "reference")
     opt_g, opt_d = make_optimizers(g, d, 1e-4)
     x, clean = batch_for(task, args.batch, 32 if args.quick else task.patch, device, channels_last)
     sigma, cost = float(task.sigmas[0]), task.default_loss
+    if kind == "inference":  # one image of --size x --size, as test.py restores it
+        label = f"{label}, {args.size}x{args.size}"
+        g.eval()
+        image = torch.rand(1, 3, args.size, args.size, device=device)
 
     def step():
         if kind == "reference":
             reference_step(g, d, opt_g, opt_d, x, clean, sigma, cost)
+        elif kind == "inference":
+            restore(g, image, precision)
         else:
             train_step(g, d, opt_g, opt_d, x, clean, sigma, cost, precision)
 
@@ -99,7 +108,7 @@ def profile_variant(key: str, task, device, args, out: Path) -> dict:
             "share": self_time(e, cuda) / total, "self_cpu_ms": float(e.self_cpu_time_total) / 1000}
            for e in averages[:args.rows]]
     wall_ms = statistics.median(times)
-    result = {"variant": key, "label": label, "batch": args.batch, "precision": precision,
+    result = {"variant": key, "label": label, "batch": 1 if kind == "inference" else args.batch, "precision": precision,
               "channels_last": channels_last, "wall_ms": wall_ms, "timed_steps": len(times),
               "time_basis": "self CUDA time" if cuda else "self CPU time", "top": top}
     if cuda:
@@ -123,7 +132,7 @@ def markdown(result: dict) -> str:
              f"{'quick (small networks, 32x32 patches)' if result['quick'] else 'real sizes, 128x128 patches'}; "
              f"{result['date']}"]
     for v in result["variants"]:
-        lines += ["", f"### {v['label']}, batch {v['batch']}", ""]
+        lines += ["", f"### {v['label']}" + (f", batch {v['batch']}" if v["variant"] != "inference" else ""), ""]
         line = f"wall time {v['wall_ms']:.1f} ms/step (median of {v['timed_steps']}, without the profiler)"
         if "kernels" in v:
             line += (f"; {v['kernels']} kernels and copies in one step, together {v['kernel_ms']:.1f} ms "
@@ -149,9 +158,12 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3, quick: 1)")
     p.add_argument("--steps", type=int, default=None, help="timed steps without the profiler (default: 5, quick: 1)")
     p.add_argument("--rows", type=int, default=25, help="operators in each table (default: %(default)s)")
+    p.add_argument("--size", type=int, default=None, metavar="N",
+                   help="the image side of the inference variant (default: 2048, quick: 128)")
     p.add_argument("--quick", action="store_true", help="small networks and patches: a smoke run on a CPU")
     p.add_argument("--out", required=True, metavar="DIR", help="where profile.md, profile.json and the traces go")
     args = p.parse_args(argv)
+    args.size = args.size or (128 if args.quick else 2048)
     args.batch = args.batch or (2 if args.quick else 32)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.steps = args.steps or (1 if args.quick else 5)

@@ -3,8 +3,10 @@
 
 For the same networks and batch it times: the reference structure in fp32 (critic step, separate
 gradient-penalty step, generator forwarded twice), the fast step in fp32 (one generator forward,
-real and fake in one critic pass), the fast step in bf16 autocast with channels_last, the same at
-twice the batch, and optionally with torch.compile; then inference in fp32 and bf16 at two sizes,
+real and fake in one critic pass), the fast step in bf16 autocast with channels_last, the same with
+the non-finite checks on the host (as before they moved onto the device), captured as a CUDA graph
+(on CUDA), at twice the batch, and optionally with torch.compile of the generator or of each of its
+attention blocks; then inference in fp32 and bf16 at two sizes (optionally with compiled blocks),
 and the data loader alone. It prints a Markdown table (and writes JSON with --json).
 
 examples:
@@ -15,6 +17,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -34,9 +37,9 @@ from bench.reference_step import reference_step  # noqa: E402
 from common.data import UnpairedH5Dataset  # noqa: E402
 from common.h5format import H5PatchWriter  # noqa: E402
 from common.inference import restore  # noqa: E402
-from common.networks import Critic, Generator  # noqa: E402
+from common.networks import Critic, Generator, compile_blocks  # noqa: E402
 from common.tasks import TASKS, model_input  # noqa: E402
-from common.devices import resolve_device, resolve_threads  # noqa: E402
+from common.devices import CapturedStep, Local, resolve_device, resolve_threads  # noqa: E402
 from common.sot import make_optimizers, train_step  # noqa: E402
 
 
@@ -111,6 +114,29 @@ def count_flops(fn) -> int:
     return counter.total
 
 
+class HostChecks(Local):
+    """One process whose "all true" reads the flag back to the host, as the step did before its guard
+    moved onto the device: the step then waits for the GPU three times."""
+
+    def all_true(self, flag: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(bool(flag), device=flag.device)
+
+
+def make_step(kind: str, g, d, opt_g, opt_d, x, clean, sigma: float, cost: str, precision: str):
+    """The iteration a variant times, as a function of nothing."""
+    if kind == "reference":
+        return lambda: reference_step(g, d, opt_g, opt_d, x, clean, sigma, cost)
+    if kind == "graph":
+        captured = CapturedStep(lambda key, a, b: train_step(g, d, opt_g, opt_d, a, b, sigma, cost, precision))
+        return lambda: captured((True,), x, clean)
+    if kind == "compile":
+        g = torch.compile(g)
+    elif kind == "compile-blocks":
+        compile_blocks(g)
+    sync_ = HostChecks() if kind == "host-checks" else None
+    return lambda: train_step(g, d, opt_g, opt_d, x, clean, sigma, cost, precision, sync_)
+
+
 def training_rows(task, device, args) -> list[dict]:
     patch = 32 if args.quick else task.patch
     cuda = device.type == "cuda"
@@ -118,22 +144,25 @@ def training_rows(task, device, args) -> list[dict]:
     variants = [("reference structure, fp32", "reference", args.batch, "fp32", False),
                 ("fast step, fp32", "fast", args.batch, "fp32", False),
                 ("fast step, bf16 autocast + channels_last", "fast", args.batch, "bf16", cuda),
+                ("the same, the non-finite checks on the host (as before the device-side guard)", "host-checks",
+                 args.batch, "bf16", cuda),
                 (f"the same at batch {2 * args.batch}", "fast", 2 * args.batch, "bf16", cuda)]
+    if cuda:
+        variants.insert(4, ("the same, captured as a CUDA graph", "graph", args.batch, "bf16", cuda))
+    else:
+        print("  (no CUDA: the CUDA-graph variant is not timed)", file=sys.stderr)
     if args.compile:
         variants.append(("fast bf16 + torch.compile(G)", "compile", args.batch, "bf16", cuda))
-    rows, reference_ms = [], {}
+    if args.compile_blocks:
+        variants.append(("fast bf16 + each attention block compiled", "compile-blocks", args.batch, "bf16", cuda))
+    if args.only:
+        variants = [v for v in variants if v[1] in args.only]
+    rows, reference_ms, fast_flops = [], {}, {}
     for name, kind, size, precision, channels_last in variants:
         g, d = networks(task, device, args.quick, channels_last, reference=kind == "reference")
         opt_g, opt_d = make_optimizers(g, d, 1e-4)
         x, clean = batch_for(task, size, patch, device, channels_last)
-        if kind == "reference":
-            def step():
-                reference_step(g, d, opt_g, opt_d, x, clean, sigma, cost)
-        else:
-            net = torch.compile(g) if kind == "compile" else g
-
-            def step():
-                train_step(net, d, opt_g, opt_d, x, clean, sigma, cost, precision)
+        step = make_step(kind, g, d, opt_g, opt_d, x, clean, sigma, cost, precision)
         if size not in reference_ms and kind != "reference":
             # the reference at this batch, for the ratio
             rg, rd = networks(task, device, args.quick, False, reference=True)
@@ -145,7 +174,13 @@ def training_rows(task, device, args) -> list[dict]:
         ms, peak = time_it(step, device, args.steps, args.warmup)
         if kind == "reference":
             reference_ms[size] = ms
-        flops = count_flops(step) if kind != "compile" else rows[-1]["tflop_per_step"] * 1e12
+        if kind in ("reference", "fast", "host-checks"):
+            flops = count_flops(step)
+            if kind == "fast":
+                fast_flops.setdefault(size, flops)
+        else:  # a graph or compiled code hides its operators: the same iteration's, counted eagerly
+            flops = fast_flops.get(size) or count_flops(make_step("fast", g, d, opt_g, opt_d, x, clean, sigma,
+                                                                  cost, precision))
         rows.append({"variant": name, "batch": size, "ms_per_step": ms, "patches_per_s": 1000 * size / ms,
                      "x_reference": reference_ms[size] / ms, "peak_gib": peak,
                      "tflop_per_step": flops / 1e12, "tflops": flops / 1e12 / (ms / 1000)})
@@ -160,15 +195,22 @@ def inference_rows(task, device, args) -> list[dict]:
     rows = []
     g, _ = networks(task, device, args.quick, False)
     g.eval()
+    if args.compile_blocks:  # measured beside the plain generator: a fresh copy with its blocks compiled
+        precisions.append(("bf16 blocks compiled", device.type == "cuda"))
     for size in sizes:
         x = torch.rand(1, 3, size, size, device=device)
         for precision, channels_last in precisions:
+            net = g
+            if precision.endswith("compiled"):
+                net, precision = compile_blocks(copy.deepcopy(g)), "bf16"
             if channels_last:
-                g = g.to(memory_format=torch.channels_last)
-            ms, peak = time_it(lambda: restore(g, x, precision), device, max(1, args.steps // 4), 1)
-            rows.append({"size": size, "precision": precision + (" + channels_last" if channels_last else ""),
-                         "ms": ms, "mpix_per_s": size * size / 1e6 / (ms / 1000), "peak_gib": peak})
-            print(f"  inference {size}^2 {precision}: {ms:.1f} ms", file=sys.stderr)
+                net = net.to(memory_format=torch.channels_last)
+            ms, peak = time_it(lambda: restore(net, x, precision), device, max(1, args.steps // 4), 1)
+            label = precision + (" + channels_last" if channels_last else "") + (" + blocks compiled" if net is not g
+                                                                                  else "")
+            rows.append({"size": size, "precision": label, "ms": ms, "mpix_per_s": size * size / 1e6 / (ms / 1000),
+                         "peak_gib": peak})
+            print(f"  inference {size}^2 {label}: {ms:.1f} ms", file=sys.stderr)
             g = g.to(memory_format=torch.contiguous_format)
     return rows
 
@@ -236,6 +278,11 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5, quick: 1)")
     p.add_argument("--quick", action="store_true", help="small networks and patches: a smoke run on a CPU")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the generator")
+    p.add_argument("--compile-blocks", action="store_true",
+                   help="also time the generator with each attention block compiled (regional torch.compile)")
+    p.add_argument("--only", nargs="+", default=None, metavar="KIND",
+                   choices=("reference", "fast", "host-checks", "graph", "compile", "compile-blocks"),
+                   help="time only these training variants (the reference at their batch is timed anyway)")
     p.add_argument("--skip", nargs="*", default=[], choices=("training", "inference", "loader"))
     p.add_argument("--sizes", type=int, nargs="+", default=None, metavar="N",
                    help="inference image sides (default: 1024 2048, quick: 128 256)")

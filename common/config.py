@@ -158,6 +158,10 @@ class RunConfig:
     # machine (--device, --gpus, --precision come from common.cli.common_flags)
     loader_workers: int | None = option(None, "--threads", group="machine", type=non_negative_int, metavar="N",
                                         help="data-loader worker processes (default: 4 on CUDA, 0 on the CPU)")
+    cuda_graphs: str = option("auto", "--cuda-graphs", group="machine", choices=("auto", "on", "off"),
+                              help="capture the training iteration as a CUDA graph and replay it (one process on "
+                                   "CUDA; not for --supervised); auto is off until a GPU measurement shows it faster "
+                                   "and equal (default: %(default)s)")
     deterministic: bool = option(False, "--deterministic", group="machine", action="store_true",
                                  help="bit-for-bit repeatable runs (deterministic kernels, no cuDNN autotuning; "
                                       "slower on CUDA)")
@@ -207,6 +211,7 @@ class Resolved:
     loader_workers: int
     world_size: int = 1
     trainset_files: tuple = ()
+    cuda_graphs: bool = False
 
 
 # ----------------------------------------------------------------------------- the demo's run

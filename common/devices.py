@@ -225,3 +225,49 @@ class Distributed(Local):
     def close(self) -> None:
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- a captured iteration
+class CapturedStep:
+    """A training iteration captured once as a CUDA graph and replayed for every later batch
+    (``--cuda-graphs on``): its couple of thousand kernels start with one call, with no Python and no
+    launch gaps between them.
+
+    ``step(key, x, clean)`` is the iteration (``common.sot.train_step`` with the rest bound). Its
+    first ``warmup`` calls run as they are, on a side stream, so that lazy initialisations (cuBLAS
+    handles, autograd's buffers, the optimisers' state) happen outside the graph; the next call is
+    captured and then replayed, so that it trains like every other. Inputs are copied into static
+    buffers; the outputs (the statistics and G(x)) are static tensors that the next replay
+    overwrites. Each ``key`` (whether G trains, the learning rate: anything Python decides) gets a
+    graph of its own; a new key drops the old graphs.
+
+    It needs what ``train_step`` provides: capturable optimisers, and nothing read back from the
+    device inside the iteration (the non-finite guard decides on the device).
+    """
+
+    def __init__(self, step, warmup: int = 3):
+        self.step, self.warmup = step, warmup
+        self.graphs: dict = {}
+        self.calls = 0
+
+    def __call__(self, key, x: torch.Tensor, clean: torch.Tensor):
+        self.calls += 1
+        if self.calls <= self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.step(key, x, clean)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if key not in self.graphs:
+            self.graphs.clear()  # the learning rate or the warm-up moved on: the old graphs are done
+            static_x, static_clean = x.clone(), clean.clone()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = self.step(key, static_x, static_clean)
+            self.graphs[key] = (graph, static_x, static_clean, outputs)
+        graph, static_x, static_clean, outputs = self.graphs[key]
+        static_x.copy_(x, non_blocking=True)
+        static_clean.copy_(clean, non_blocking=True)
+        graph.replay()
+        return outputs

@@ -29,9 +29,12 @@ MEMORY_SHARE = 0.8        # of the available memory, what one image may take
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the networks where asked; fp32 runs as written."""
+    """bf16 autocast for the networks where asked; fp32 runs as written. While a CUDA graph is being
+    captured, without autocast's cache of cast weights: a cast cached then would be served stale to
+    code that runs outside the graph."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=not capturing)
     return nullcontext()
 
 

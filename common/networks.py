@@ -314,5 +314,19 @@ class Critic(nn.Module):
         return self.fc2(F.leaky_relu(self.fc1(h), 0.2)).view(-1)
 
 
+def compile_blocks(generator: nn.Module) -> nn.Module:
+    """Regional compilation: each channel-attention block of the generator through ``torch.compile``
+    (its PReLU, attention and residual chain fused), the rest as it is. Compiling the whole generator
+    was measured slower; this is the block-wise alternative ``bench/speed.py --compile-blocks``
+    measures against the plain step. In place; returns the generator."""
+    for module in generator.modules():
+        if isinstance(module, CAB):
+            if hasattr(module, "compile"):  # nn.Module.compile: torch >= 2.2
+                module.compile(dynamic=False)
+            else:  # pragma: no cover - torch 2.1
+                module.forward = torch.compile(module.forward, dynamic=False)
+    return generator
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

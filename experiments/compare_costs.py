@@ -11,7 +11,7 @@ validated and the last step) are then measured on the held-out test split.
 Writes results.md (mean and standard deviation over seeds, differences to the input and to OT paired
 by seed), results.csv (one row per method and seed), results.json, crops.png (test crops side by
 side: input | each method | clean, seed 0, each with the image's PSNR) and curves.png (validation PSNR
-against step: each seed thin, the mean thick).
+against step, matplotlib: the mean over seeds as a line, their range as a band, each seed faint).
 
 Data: without folders of your own, a proxy set is built from photographs available offline
 (scikit-image's, and those of Debian's opencv-doc package when installed, plus any --photos DIR)
@@ -49,6 +49,7 @@ from common.checkpoint import load_generator  # noqa: E402
 from common.config import RunConfig, flag_of, plan_resume  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
 from common.evaluate import evaluate  # noqa: E402
+from common.figures import study_curves  # noqa: E402
 from common.images import list_images, read_image  # noqa: E402
 from common.metrics import LPIPS  # noqa: E402
 from common.pairs import find_pairs  # noqa: E402
@@ -136,15 +137,17 @@ def build_proxy_data(task, root: Path, photos: dict, groups: dict, seed: int, st
 
 
 # ----------------------------------------------------------------------------- training
-def run_key(method: str, sides: str, dc: float) -> str:
-    """What a row of the table is: the method, and its data and --dc-weight where they are not the default."""
-    return method + (f" dc{dc:g}" if dc else "") + (" disjoint" if sides == "disjoint" else "")
+def run_key(method: str, sides: str, dc: float, null_space: bool = False) -> str:
+    """What a row of the table is: the method, and its data, --dc-weight and --null-space where they are
+    not the default."""
+    return (method + (f" dc{dc:g}" if dc else "") + (" null-space" if null_space else "")
+            + (" disjoint" if sides == "disjoint" else ""))
 
 
 def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: float, data: dict,
-              out: Path) -> dict:
+              out: Path, null_space: bool = False) -> dict:
     """Train one method at one sigma and seed; returns its run folder, best validation PSNR and curve."""
-    key = run_key(method, sides, dc)
+    key = run_key(method, sides, dc, null_space)
     name = f"{key.replace(' ', '-')}-sigma{sigma:g}-seed{seed}"
     asked = dict(trainset=str(data["paired" if method == "supervised" else sides]), val_input=str(data["val_input"]),
                  val_gt=str(data["val_gt"]), max_steps=args.steps, batch_size=args.batch, seed=seed, epochs=100000,
@@ -155,6 +158,8 @@ def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: 
         asked["supervised"] = True
     else:
         asked.update(cost=method, sigma=(sigma,), dc_weight=dc)
+    if null_space:
+        asked["null_space"] = True
     if args.quick or args.small:
         asked.update(SMALL_NETWORKS)
     run_dir = out / "runs" / task.name / name / sigma_dir_name(sigma)
@@ -178,7 +183,8 @@ def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: 
     curve = [(r["step"], r["psnr"]) for r in records if r["kind"] == "val"]
     trained = max((r.get("time", 0.0) for r in records if r["kind"] == "train"), default=0.0)  # as logged
     best = max((v for _, v in curve), default=None)
-    return {"method": method, "key": key, "sides": sides, "dc": dc, "sigma": sigma, "seed": seed,
+    return {"method": method, "key": key, "sides": sides, "dc": dc, "null_space": null_space, "sigma": sigma,
+            "seed": seed,
             "run_dir": run_dir, "best_val": best, "curve": curve, "seconds": max(trained, time.time() - started)}
 
 
@@ -211,47 +217,6 @@ def pm(values: list[float], digits: int = 2) -> str:
 
 
 # ----------------------------------------------------------------------------- figures
-COLOURS = [(200, 60, 40), (40, 140, 40), (40, 60, 200), (160, 60, 160), (0, 140, 200), (90, 90, 90),
-           (0, 0, 0), (120, 80, 0)]
-
-
-def plot_curves(path: Path, curves: dict[str, list[list]], title: str) -> None:
-    """Validation PSNR against step, one colour per method: each seed's curve thin, their mean thick."""
-    w, h, margin = 900, 520, 70
-    img = np.full((h, w, 3), 255, np.uint8)
-    points = [p for seeds in curves.values() for c in seeds for p in c]
-    if not points:
-        return
-    steps, values = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = 0, max(steps)
-    y0, y1 = min(values) - 0.5, max(values) + 0.5
-    sx = lambda s: int(margin + (s - x0) / max(x1 - x0, 1) * (w - 2 * margin))
-    sy = lambda v: int(h - margin - (v - y0) / max(y1 - y0, 1e-6) * (h - 2 * margin))
-    cv2.rectangle(img, (margin, margin), (w - margin, h - margin), (0, 0, 0), 1)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for k in range(5):
-        v = y0 + k * (y1 - y0) / 4
-        cv2.putText(img, f"{v:.1f}", (5, sy(v) + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        s = x0 + k * (x1 - x0) / 4
-        cv2.putText(img, f"{s:.0f}", (sx(s) - 15, h - margin + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "step", (w // 2 - 20, h - 20), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, f"{title}: validation PSNR (dB); thin: seeds, thick: mean", (margin, margin - 25), font, 0.6,
-                (0, 0, 0), 1, cv2.LINE_AA)
-    for i, (label, seeds) in enumerate(curves.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        for curve in seeds:
-            pts = np.array([(sx(s), sy(v)) for s, v in curve], np.int32)
-            if len(pts) > 1:
-                cv2.polylines(img, [pts], False, colour, 1, cv2.LINE_AA)
-        common = sorted(set.intersection(*(set(s for s, _ in c) for c in seeds))) if seeds else []
-        mean = [(s, np.mean([dict(c)[s] for c in seeds])) for s in common]
-        pts = np.array([(sx(s), sy(v)) for s, v in mean], np.int32)
-        if len(pts) > 1:
-            cv2.polylines(img, [pts], False, colour, 3, cv2.LINE_AA)
-        cv2.putText(img, label, (margin + 10, margin + 20 + 20 * i), font, 0.5, colour, 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
-
-
 def crops_figure(path: Path, names: list[str], columns: list[tuple[str, Path | None]], gt_dir: Path,
                  psnrs: dict, side: int = 160) -> None:
     """One row per test image: a centre crop of each column's image, labelled with the image's PSNR."""
@@ -315,6 +280,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dc-weight", type=float, nargs="*", default=[0.0],
                    help="train the SOT costs with each of these --dc-weight values (0: the paper's cost)")
     p.add_argument("--methods", nargs="*", default=[*COSTS, "supervised"])
+    p.add_argument("--null-space", action="store_true",
+                   help="SR: also train each SOT cost with --null-space (its residual off what the downsampler "
+                        "keeps; not in the paper), as rows of their own")
     p.add_argument("--sides", nargs="+", choices=SIDES, default=["same"],
                    help="unpaired training data: both sides from the same photographs (same), and/or from "
                         "disjoint halves of them (disjoint) (default: same)")
@@ -337,18 +305,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def plan_runs(args, sigmas: dict) -> list[tuple[str, float, str, float]]:
-    """(method, sigma, sides, dc weight) of every configuration, each to be trained once per seed."""
+def plan_runs(args, sigmas: dict) -> list[tuple[str, float, str, float, bool]]:
+    """(method, sigma, sides, dc weight, null space) of every configuration, each trained once per seed."""
     plan = []
     for sides in args.sides:
         methods = args.methods if sides == "same" else args.disjoint_methods
         for method in methods:
             if method == "supervised":
                 if sides == "same":
-                    plan.append((method, 0.0, sides, 0.0))
+                    plan.append((method, 0.0, sides, 0.0, False))
                 continue
             for dc in (args.dc_weight if method != "ot" else [0.0]):  # the pixel cost charges the mean already
-                plan += [(method, sigma, sides, dc) for sigma in sigmas[method]]
+                plan += [(method, sigma, sides, dc, False) for sigma in sigmas[method]]
+                if args.null_space and method != "ot" and sides == "same":
+                    plan += [(method, sigma, sides, dc, True) for sigma in sigmas[method]]
     return plan
 
 
@@ -362,6 +332,8 @@ def main(argv=None):
         print(f"copied {len(copied)} photographs to {args.copy_photos}")
         return
     task = TASKS[args.task]
+    if args.null_space and task.scale == 1:
+        raise SystemExit("--null-space is for SR only")
     args.steps = args.steps or (4 if args.quick else 1000)
     args.batch = args.batch or (2 if args.quick else 32)
     args.val_steps = args.val_steps or max(1, args.steps // 10)
@@ -388,9 +360,10 @@ def main(argv=None):
 
     def seeds_of(method: str) -> list[int]:
         return args.bound_seeds if method == "supervised" and args.bound_seeds else args.seeds
-    jobs = [(method, sigma, sides, dc, seed) for method, sigma, sides, dc in plan for seed in seeds_of(method)]
+    jobs = [(method, sigma, sides, dc, ns, seed) for method, sigma, sides, dc, ns in plan for seed in seeds_of(method)]
     print(f"{len(plan)} configurations, {len(jobs)} runs of {args.steps} steps")
-    runs = [train_one(task, args, method, sigma, seed, sides, dc, data, out) for method, sigma, sides, dc, seed in jobs]
+    runs = [train_one(task, args, method, sigma, seed, sides, dc, data, out, ns)
+            for method, sigma, sides, dc, ns, seed in jobs]
     chosen = choose_sigmas(runs)
 
     pairs = find_pairs(data["test_input"], data["test_gt"])
@@ -416,8 +389,8 @@ def main(argv=None):
             measured.setdefault(key, []).append(record)
     columns.append(("clean", None))
     write_results(out, task, args, device, runs, chosen, measured, input_row, groups, len(pairs), started)
-    plot_curves(out / "curves.png", {label_of(key): [r["curve"] for r in runs if r["key"] == key and
-                                                     r["sigma"] == chosen[key]] for key in chosen}, task.title)
+    study_curves(out / "curves.png", {label_of(key): [r["curve"] for r in runs if r["key"] == key and
+                                                      r["sigma"] == chosen[key]] for key in chosen}, task.title)
     crops_figure(out / "crops.png", [p.name for p in pairs[:3]], columns, data["test_gt"], psnrs)
     print((out / "results.md").read_text())
     print(f"written: {out / 'results.md'}, results.csv, results.json, crops.png, curves.png")

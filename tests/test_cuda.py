@@ -533,6 +533,68 @@ def test_train_with_workers_resume_and_test_on_the_device(tmp_path):
     assert np.isfinite(float(mean["psnr"])) and float(mean["psnr"]) > 0
 
 
+def cuda_graphs_device() -> torch.device:
+    dev = device()
+    if dev.type != "cuda":
+        skip("CUDA graphs need CUDA: the CPU rehearsal cannot capture")
+    return dev
+
+
+def test_captured_step_matches_eager_over_several_steps():
+    """--cuda-graphs on: the iteration captured once and replayed against the same iterations run eagerly,
+    over steps that cross the warm-up, a critic-only key and the generator's updates; weights and losses
+    to the bf16 tolerance (the same kernels; only launch order and workspace may differ)."""
+    from common.devices import CapturedStep
+
+    dev = cuda_graphs_device()
+    runs = {}
+    for name in ("eager", "captured"):
+        g, d = networks()
+        g, d = (m.to(dev, memory_format=torch.channels_last) for m in (g, d))
+        opt_g, opt_d = make_optimizers(g, d, 1e-4)
+        torch.manual_seed(5)
+
+        def step(key, x, clean):
+            return train_step(g, d, opt_g, opt_d, x, clean, SIGMA, COST, "bf16", Local(), None, key[0])
+        run = CapturedStep(step, warmup=2) if name == "captured" else step
+        losses = []
+        for i in range(8):
+            x, clean = (t.to(dev).contiguous(memory_format=torch.channels_last) for t in batch(seed=10 + i))
+            stats, fake = run((i >= 3, 1e-4), x, clean)
+            losses.append(float(stats["loss_d"]))
+            assert not bool(stats["skipped"])
+        runs[name] = {"g": flat(g), "d": flat(d), "losses": losses, "fake": fake.double().cpu()}
+    a, b = runs["captured"], runs["eager"]
+    diff = {k: float((a[k] - b[k]).norm() / b[k].norm()) for k in ("g", "d")}
+    diff["losses"] = max(abs(x - y) / max(abs(y), 1e-6) for x, y in zip(a["losses"], b["losses"]))
+    diff["fake"] = float((a["fake"] - b["fake"]).abs().max())
+    record("cuda_graphs_vs_eager", **diff)
+    assert diff["g"] < 1e-2 and diff["d"] < 1e-2 and diff["fake"] < BF16_TOLERANCE[1], diff
+    assert diff["losses"] < BF16_TOLERANCE[2], diff
+
+
+def test_a_captured_run_trains_resumes_and_tests(tmp_path):
+    """sr/train.py --cuda-graphs on: trains, saves, resumes to a later step (the graph captured again
+    over the loaded state) and its checkpoint tests."""
+    dev = cuda_graphs_device()
+    trainset = write_training_set(tmp_path / "data", 48, 4, 128)
+    out = tmp_path / "runs"
+    common = ["--device", dev.type, "--cuda-graphs", "on", "--threads", "2"]
+    first = run_command([sys.executable, "sr/train.py", "--trainset", str(trainset), "--out", str(out), "--name", "g",
+                         "--batchSize", "4", "--sigma", "10", "--seed", "1", "--max-steps", "8", "--save-every", "4",
+                         "--log-every", "1", "--no-tensorboard", *common])
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = out / "sr" / "g" / "sigma-10"
+    resumed = run_command([sys.executable, "sr/train.py", "--resume", "auto", "--name", "g", "--out", str(out),
+                           "--max-steps", "12", *common])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metrics_steps(run, "train") == list(range(1, 13))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_d"]) for r in records if r["kind"] == "train")
+    assert json.loads((run / "config.json").read_text())["cuda_graphs"] == "on"
+    record("cuda_graphs_run", w=[r.get("w_distance") for r in records if r["kind"] == "train"])
+
+
 def test_torchrun_with_nccl_matches_one_process(tmp_path):
     """torchrun with NCCL on one GPU (gloo where the CPU rehearses): the process group, DDP around the
     generator, the critic's hand-made all-reduce and the loop's collectives give the gradients one
