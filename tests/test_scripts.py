@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from common.demo import WIDER_PHOTOS, photo_name
 from common.images import read_image
 from common.tasks import TASKS
 from conftest import run_script
@@ -16,7 +17,8 @@ def test_demo_train_then_test(tmp_path, task):
     train = run_script(f"{task}/train.py", "--demo", "--max-steps", "2", "--batchSize", "2", "--out", str(out),
                        "--seed", "1", "--no-tensorboard")
     assert train.returncode == 0, train.stderr[-3000:]
-    assert f"held-out photographs: {spec.input_label}" in train.stdout
+    assert f"validation photographs (which chose best.pt): {spec.input_label}" in train.stdout
+    assert "more held-out photographs (never trained on, never used to choose)" in train.stdout
     sigma = spec.demo_flags["sigma"]
     runs = list((out / task).glob(f"demo-*/sigma-{sigma:g}"))
     assert len(runs) == 1
@@ -34,9 +36,10 @@ def test_demo_train_then_test(tmp_path, task):
     assert test.returncode == 0, test.stderr[-3000:]
     assert "mean: PSNR" in test.stdout and f"({spec.input_label}: PSNR" in test.stdout
     pngs = sorted(p.name for p in save.glob("*.png"))
-    assert pngs == ["brick.png", "camera.png", "chelsea.png", "side_by_side.png"]
+    assert pngs == sorted([f"{photo_name(n)}.png" for n in WIDER_PHOTOS] + ["side_by_side.png"])
     picture = read_image(save / "side_by_side.png")  # input | restored | clean, one row per photograph
-    assert picture.shape[0] > 3 * 256 and picture.shape[1] > 3 * 256
+    assert picture.shape[0] > len(WIDER_PHOTOS) * 160 and picture.shape[1] > 3 * 160
+    assert "image(s), worse on" in test.stdout  # how many improved, how many got worse, the worst
     assert "side by side (input | restored | clean)" in test.stdout
     csv_lines = (save / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
