@@ -1,5 +1,5 @@
-"""Pictures to look at: labelled images side by side (input | output | clean), drawn with OpenCV, and
-the training samples' grid."""
+"""Pictures to look at: labelled images side by side (input | output | clean) and the training
+samples' grid, drawn with OpenCV; curves, drawn with matplotlib (its Agg canvas: no display needed)."""
 from __future__ import annotations
 
 import os
@@ -59,3 +59,85 @@ def save_samples(path: Path, x: torch.Tensor, fake: torch.Tensor, clean: torch.T
         grid[:, top:top + h, left:left + w] = tile
     write_image(path, grid.permute(1, 2, 0).numpy())
     return grid
+
+
+# ----------------------------------------------------------------------------- curves (matplotlib)
+def _figure(rows: int, cols: int, size: tuple[float, float]):
+    """A matplotlib figure on the Agg canvas, without pyplot's global state (safe beside training)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _save(fig, path: Path) -> Path:
+    from .checkpoint import atomic_write
+
+    def write(f):
+        fig.savefig(f, format="png")
+    atomic_write(path, write)
+    return path
+
+
+TRAINING_PANELS = (("val", "psnr", "validation PSNR (dB)"), ("val", "ssim", "validation SSIM"),
+                   ("train", "w_distance", "critic's Wasserstein estimate"),
+                   ("train", "transport", "transport cost R"), ("train", "gp", "gradient penalty"),
+                   ("train", "l1", "L1 to the clean patch (supervised)"))
+
+
+def training_curves(path: Path, logs: dict[str, list[dict]]) -> Path:
+    """One panel per quantity over steps, one colour per sigma (``logs``: folder name -> the records of
+    its metrics.jsonl); validation PSNR with the degraded input's as a dashed line of the same colour."""
+    panels = [p for p in TRAINING_PANELS if any(r.get("kind") == p[0] and p[1] in r for rs in logs.values() for r in rs)]
+    panels = panels or TRAINING_PANELS[:1]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = _figure(rows, cols, (4.2 * cols, 2.9 * rows))
+    for ax, (kind, key, title) in zip(axes.flat, panels):
+        for i, (name, records) in enumerate(sorted(logs.items())):
+            points = [(r["step"], r[key]) for r in records if r.get("kind") == kind and r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), color=f"C{i % 10}", lw=1.4 if kind == "val" else 0.9,
+                        marker="o" if kind == "val" and len(points) < 40 else None, ms=3, label=name)
+        if key == "psnr":  # every sigma validates on the same images: one line for their degraded input
+            inputs = {r["step"]: r["input_psnr"] for records in logs.values() for r in records
+                      if r.get("kind") == "val" and r.get("input_psnr") is not None}
+            if inputs:
+                steps = sorted(inputs)
+                ax.plot(steps, [inputs[s] for s in steps], color="0.3", ls="--", lw=1.2, label="degraded input")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return _save(fig, path)
+
+
+def study_curves(path: Path, curves: dict[str, list[list]], title: str) -> Path:
+    """Validation PSNR against step, one colour per method: the mean over seeds as a line, the seeds'
+    spread (their lowest to their highest) as a band, each seed faint."""
+    fig, axes = _figure(1, 1, (9, 5.2))
+    ax = axes[0, 0]
+    for i, (label, seeds) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        seeds = [c for c in seeds if c]
+        for curve in seeds:
+            ax.plot(*zip(*curve), color=colour, lw=0.7, alpha=0.35)
+        common = sorted(set.intersection(*(set(s for s, _ in c) for c in seeds))) if seeds else []
+        if not common:
+            continue
+        values = np.array([[dict(c)[s] for s in common] for c in seeds])
+        ax.plot(common, values.mean(axis=0), color=colour, lw=2.2, label=f"{label} (mean of {len(seeds)})")
+        if len(seeds) > 1:
+            ax.fill_between(common, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15, lw=0)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.set_title(f"{title}: validation PSNR; line: mean over seeds, band: their range")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _save(fig, path)

@@ -257,7 +257,9 @@ class StagedFolder:
         for staged in sorted(self.path.iterdir()):
             target = self.folder / staged.name
             if target.is_dir() and not target.is_symlink():
-                raise InputError(f"{target}: is a folder; cannot put the result {staged.name} there")
+                if not staged.is_dir():
+                    raise InputError(f"{target}: is a folder; cannot put the result {staged.name} there")
+                shutil.rmtree(target)  # a folder of results (a report's pictures) that this run replaces
             os.replace(staged, target)
             placed.append(target)
         self.path.rmdir()

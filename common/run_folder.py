@@ -72,6 +72,21 @@ class MetricsLog:
             self.writer.close()
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl (a line cut short by a crash is left out)."""
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return records
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def sigma_dir_name(sigma: float) -> str:
     return f"sigma-{sigma:g}"
 

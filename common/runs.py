@@ -31,7 +31,7 @@ from .checkpoint import load_weights, read_checkpoint
 from .cli import run_guarded
 from .config import Resolved, ResumePlan, RunConfig, flag_of, parse_train_command, plan_resume, run_record
 from .data import UnpairedH5Dataset, UnpairedSampler
-from .devices import (Distributed, Local, make_deterministic, resolve_device, resolve_precision, resolve_threads,
+from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision, resolve_threads,
                       rng_state, seed_everything, set_rng_state, to_device)
 from .errors import InputError, TrainingStopped, note, on_stop_signals, restore_signal_handlers
 from .evaluate import evaluate
@@ -41,6 +41,7 @@ from .h5format import rgb_problem
 from .networks import Critic, Generator
 from .pairs import Pair
 from .recipe import WeightAverage, extra_generator_cost, generator_trains, start_as_identity
+from .report import ReportRefresher
 from .run_folder import SigmaFolder, json_ready, sigma_dir_name, write_json
 from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
 from .tasks import TASKS, Task, model_input
@@ -79,6 +80,30 @@ class StopRequest:
 
     def __exit__(self, *exc):
         restore_signal_handlers(self._previous)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def time_estimate(sigma: float, per_step: float, left: int, later: int, steps_each: int, device: str) -> str:
+    """One line: how long this sigma's ``left`` steps and the ``later`` sigmas of the sweep (each
+    ``steps_each``) take at ``per_step`` seconds a step; where that is days on a CPU, what to do."""
+    seconds = per_step * (left + later * steps_each)
+    text = (f"sigma {sigma:g}: {per_step:.2f} s a step on {device}; this sigma's {left} remaining steps take about "
+            f"{_duration(per_step * left)}"
+            + (f", the sweep's {later} other sigma(s) {_duration(per_step * later * steps_each)} more" if later else "")
+            + f": about {_duration(seconds)} in all")
+    if seconds > 86400 and device == "cpu":
+        text += (". That is days on a CPU: --demo trains a small run in minutes, and a GPU trains the paper's sizes "
+                 "some hundred times faster")
+    return text
 
 
 def run_is_over(config: RunConfig, step: int, next_epoch: int) -> bool:
@@ -127,8 +152,23 @@ def preflight(task: Task, config: RunConfig, dist, resume: ResumePlan | None) ->
     if seed is None:
         seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
     resolved = Resolved(seed=seed, device=str(device), precision=resolve_precision(config.precision, device),
-                        loader_workers=workers, world_size=dist.world, trainset_files=tuple(files))
+                        loader_workers=workers, world_size=dist.world, trainset_files=tuple(files),
+                        cuda_graphs=resolve_cuda_graphs(config, device, dist))
     return Prepared(task, config, resolved, device, dist, dataset, val_pairs, pretrained, sigmas, run_root)
+
+
+def resolve_cuda_graphs(config: RunConfig, device: torch.device, dist) -> bool:
+    """--cuda-graphs: ``auto`` stays off until a GPU measurement shows the captured step faster and
+    equal; ``on`` needs one process on CUDA and the SOT iteration."""
+    if config.cuda_graphs != "on":
+        return False
+    why = ("there is no CUDA device" if device.type != "cuda" else
+           "several processes share the batch (DDP's hooks are not captured)" if dist.world > 1 else
+           "--supervised has no critic iteration to capture" if config.supervised else None)
+    if why:
+        note(f"--cuda-graphs on: not used, {why}")
+        return False
+    return True
 
 
 def check_sigma_folders(sigmas) -> None:
@@ -417,10 +457,12 @@ class SigmaRun:
                  stop: StopRequest):
         self.p, self.config, self.task, self.dist = p, p.config, p.task, p.dist
         self.sigma, self.seed, self.folder, self.stop = sigma, p.resolved.seed + index, folder, stop
+        self._index, self._timed_from = index, time.time()
         self.main = self.dist.is_main
         seed_everything(self.seed)
         self.nets = Networks(p)
         self.extra_cost = extra_generator_cost(self.config.dc_weight)
+        self.captured = CapturedStep(self._sot_step) if p.resolved.cuda_graphs else None
         self.position, self.best, self.last_val = Position(), None, {}
         self.steps_run, self.skipped_run = 0, 0  # since this process started, for the check that something trained
         skipped = 0
@@ -435,6 +477,7 @@ class SigmaRun:
         self.log = folder.open_log(None if start is not None else self.record,
                                    self.position.step if start is not None else None,
                                    self.config.tensorboard) if self.main else None
+        self.report = self._report()
         self.sampler = UnpairedSampler(len(p.dataset), p.dataset.num_labels, self.config.batch_size, self.seed,
                                        self.dist.rank, self.dist.world, paired=self.config.supervised)
         if self.position.batch_in_epoch > self.sampler.batches_per_epoch:
@@ -448,14 +491,17 @@ class SigmaRun:
         self.nets.generator.train()
         self.started, self.batch = time.time(), None  # batch: the latest (input, output, clean), for pictures
         finished = run_is_over(config, pos.step, pos.epoch)
+        # one bar for the whole run, against its real end: --max-steps where that comes before --nEpochs
+        bar = tqdm(desc=f"sigma {self.sigma:g}", unit="step", total=self.total_steps(), initial=pos.step, leave=False,
+                   dynamic_ncols=True, disable=not self.main)
         while not finished:
             lr = learning_rate(config.lr, pos.epoch, config.lr_step_epochs)
             set_learning_rate(self.nets.opt_g, self.nets.opt_d, lr)
-            bar = tqdm(self._loader(), desc=f"sigma {self.sigma:g} epoch {pos.epoch}/{config.epochs}", unit="it",
-                       leave=False, dynamic_ncols=True, disable=not self.main, initial=pos.batch_in_epoch,
-                       total=self.sampler.batches_per_epoch)
-            for degraded, clean in bar:
+            bar.set_postfix_str(f"epoch {pos.epoch}/{config.epochs}")
+            for degraded, clean in self._loader():
                 stats = self._iteration(degraded, clean)
+                bar.update(1)
+                self._estimate_time()
                 finished = bool(config.max_steps and pos.step >= config.max_steps)
                 if self._due(config.log_every_steps) or pos.step == 1 or finished:
                     self._log_step(stats, lr, bar)
@@ -466,12 +512,34 @@ class SigmaRun:
                 if self._due(config.val_every_steps) and self.p.val_pairs:
                     self._validate_on_main()
                 self._check_stop(f"step-{pos.step:08d}.pt")
-            bar.close()
             finished = self._end_epoch(finished)
+        bar.close()
         if self.log is not None:
             self.log.close()
+        if self.main:
+            self.report.final()
         return RunResult(self.sigma, self.folder.path, pos.step, pos.epoch - 1, self.best, self.last_val,
                          self.steps_run, self.skipped_run)
+
+    def total_steps(self) -> int:
+        """The steps of this sigma's whole run: --nEpochs of full batches, or --max-steps if fewer."""
+        total = self.config.epochs * self.sampler.batches_per_epoch
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    ESTIMATE_AFTER = 10  # steps of this session before the run's remaining time is estimated, once
+
+    def _estimate_time(self) -> None:
+        """After the first steps: how long this sigma and the rest of the sweep will take, on this
+        machine; where that is days on a CPU, say so (and what to do instead)."""
+        if not self.main or self.steps_run not in (2, self.ESTIMATE_AFTER):
+            return
+        if self.steps_run == 2:  # the first step pays for warm-ups: time from the second on
+            self._timed_from = time.time()
+            return
+        per_step = (time.time() - self._timed_from) / (self.ESTIMATE_AFTER - 2)
+        later = sum(1 for i, _, _, _, done in self.p.sigmas if i > self._index and not done)
+        tqdm.write(time_estimate(self.sigma, per_step, self.total_steps() - self.position.step, later,
+                                 self.total_steps(), self.p.device.type))
 
     def _due(self, every: int) -> bool:
         return bool(every) and self.position.step % every == 0
@@ -486,9 +554,9 @@ class SigmaRun:
         nets = self.nets
         if config.supervised:
             stats, fake = supervised_step(nets.trained_generator, nets.opt_g, x, clean, precision, self.dist)
-        else:
-            stats, fake = train_step(nets.trained_generator, nets.critic, nets.opt_g, nets.opt_d, x, clean, self.sigma,
-                                     config.cost, precision, self.dist, self.extra_cost, update_generator)
+        else:  # captured: a graph per (whether G trains, the learning rate), the values Python decides
+            key = (update_generator, nets.opt_d.param_groups[0]["lr"])
+            stats, fake = (self.captured or self._sot_step)(key, x, clean)
         if nets.average is not None and update_generator:
             nets.average.update(nets.generator, applied=~stats["skipped"])
         self.batch = (x, fake, clean)
@@ -497,6 +565,11 @@ class SigmaRun:
         self.steps_run += 1
         self._count_nonfinite(stats["skipped"])
         return stats
+
+    def _sot_step(self, key: tuple, x: torch.Tensor, clean: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        nets, update_generator = self.nets, key[0]
+        return train_step(nets.trained_generator, nets.critic, nets.opt_g, nets.opt_d, x, clean, self.sigma,
+                          self.config.cost, self.p.resolved.precision, self.dist, self.extra_cost, update_generator)
 
     def _end_epoch(self, finished: bool) -> bool:
         """After an epoch (or the run's last step): the sample picture, the next epoch, validation when
@@ -601,6 +674,19 @@ class SigmaRun:
         if is_best:
             self.save("best.pt")
         self.last_val = val
+        self.report.request()
+
+    def _report(self) -> ReportRefresher:
+        """The run folder's report.html, redrawn from every sigma's metrics beside the training."""
+        config, r = self.config, self.p.resolved
+        facts = [("task", self.task.title), ("run", str(self.folder.path.parent)),
+                 ("method", "supervised L1" if config.supervised else f"cost {config.cost}, sigma "
+                  + " ".join(f"{s:g}" for s in config.sigma)),
+                 ("schedule", f"batch {config.batch_size}, lr {config.lr:g}, {config.epochs} epochs"
+                  + (f", at most {config.max_steps} steps" if config.max_steps else "")),
+                 ("networks", f"generator {config.gen_width}/{config.gen_increment}, critic {config.critic_width}"),
+                 ("data", self.p.dataset.describe()), ("device", f"{r.device} ({r.precision})")]
+        return ReportRefresher(self.folder.path.parent, f"{self.task.title} training: {config.name}", facts)
 
     def _check_something_trained(self) -> None:
         """A run whose every step was skipped trained nothing: it must not end like one that did (its
@@ -642,11 +728,12 @@ class SigmaRun:
             return
         self.log.write({"kind": "train", "step": self.position.step, "epoch": self.position.epoch, "lr": lr,
                         "time": round(time.time() - self.started, 2), **values, "skipped_total": self.skipped_read})
+        epoch = f"epoch {self.position.epoch}/{self.config.epochs}"
         if "w_distance" in values:  # R only once G trains (not during --critic-warmup)
-            bar.set_postfix(W=f"{values['w_distance']:.3g}",
-                            **({"R": f"{values['transport']:.3g}"} if "transport" in values else {}))
+            bar.set_postfix_str(f"{epoch}, W={values['w_distance']:.3g}"
+                                + (f", R={values['transport']:.3g}" if "transport" in values else ""))
         elif "l1" in values:
-            bar.set_postfix(L1=f"{values['l1']:.3g}")
+            bar.set_postfix_str(f"{epoch}, L1={values['l1']:.3g}")
 
 
 # ----------------------------------------------------------------------------- train.py
@@ -671,8 +758,11 @@ def _train_command(task: Task, argv: list[str]) -> None:
         config = replace(config, name=config.name or f"{config.cost}-{stamp}")
         results = train(task, config, dist)
         if command.demo and dist.is_main:
-            from .demo import demo_report
-            print("\n" + demo_report(task, config, results[-1], time.time() - started))
+            from .demo import demo_report, score_wider
+            result = results[-1]
+            best = result.run_dir / ("best.pt" if (result.run_dir / "best.pt").is_file() else "last.pt")
+            wider = score_wider(task, best, Path(config.out) / task.name / "demo-data", resolve_device(config.device))
+            print("\n" + demo_report(task, config, result, time.time() - started, wider))
     finally:
         dist.close()
 

@@ -62,9 +62,14 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
                    help="also write side_by_side.png: input | restored | ground truth for the first N images "
                         "(--demo: all of them)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write report.html (a page to open in a browser, offline: the metrics per image, "
+                        "sortable, and a slider between input, restored and ground truth; its pictures in "
+                        "report_files/)")
     p.add_argument("--out", default="checkpoints", metavar="DIR", help="with --demo: where the demo runs are")
     p.add_argument("--demo", action="store_true",
-                   help="test the newest demo checkpoint on the demo's held-out photographs")
+                   help="test the newest demo checkpoint on the demo's held-out photographs (not its "
+                        "validation ones, which chose the checkpoint)")
     common_flags(p)
     return p
 
@@ -120,12 +125,17 @@ def check_roles(args, pairs: list, save_dir: Path) -> None:
                              "written among them, and over those of the same names; give a results folder of its own")
 
 
-def planned_outputs(pairs: list, side_by_side: bool) -> dict[str, str]:
+REPORT_FOLDER = "report_files"  # common.report.ASSETS: a folder of the report's pictures
+
+
+def planned_outputs(pairs: list, side_by_side: bool, report: bool = False) -> dict[str, str]:
     """The files a run writes into its results folder, each with what it is; two results may never
     share a name (on a file system that ignores case, not even names that differ only by case)."""
     outputs = {"metrics.csv": "the metrics"} if any(p.gt is not None for p in pairs) else {}
     if side_by_side:
         outputs["side_by_side.png"] = "the side-by-side picture"
+    if report:
+        outputs.update({"report.html": "the report", REPORT_FOLDER: "the report's pictures"})
     for pair in pairs:
         name = f"{pair.name}.png"
         if name in outputs:
@@ -174,7 +184,8 @@ def choose_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[s
     that hold earlier results. Nothing is created here."""
     _case_clashes(outputs, base)
     earlier = earlier_results(base, outputs)
-    folders = [name for name in earlier if (base / name).is_dir() and not (base / name).is_symlink()]
+    folders = [name for name in earlier if (base / name).is_dir() and not (base / name).is_symlink()
+               and name != REPORT_FOLDER]
     if folders:
         raise InputError(f"{base / folders[0]}: is a folder, where this run would write {outputs[folders[0]]}")
     shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
@@ -194,21 +205,42 @@ def choose_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[s
     return chosen
 
 
+def report_facts(task: Task, checkpoint: Path, ckpt: dict, args, device, precision: str, n: int) -> list:
+    """The report's header: what was tested, on what, where and when."""
+    import time
+
+    config = ckpt.get("config") or {}
+    arch = (ckpt.get("arch") or {}).get("generator") or {}
+    if ckpt.get("format") == "authors":
+        model = f"the authors' checkpoint (epoch {ckpt.get('epoch')})"
+    else:
+        model = (f"{ckpt.get('task', '?')}, cost {ckpt.get('loss', '?')}, sigma {ckpt.get('sigma', '?')}, "
+                 f"step {ckpt.get('step', '?')}" + (", the weights' moving average" if ckpt.get("generator_ema") else ""))
+    widths = (f"generator {arch.get('width', '?')}/{arch.get('increment', '?')}, critic {config.get('critic_width', '?')}"
+              if arch else "as in its weights")
+    data = f"{n} image(s) from {args.input}" + (f", ground truth {args.gt}" if args.gt else "")
+    return [("checkpoint", str(checkpoint)), ("model", model), ("network widths", widths), ("data", data),
+            ("device", f"{device} ({precision})"), ("metrics", "RGB" if not args.y_channel else "BT.601 Y"),
+            ("date", time.strftime("%Y-%m-%d %H:%M:%S"))]
+
+
 def _test(task: Task, argv: list[str]) -> None:
     from .checkpoint import build_generator, read_checkpoint
     from .demo import demo_paths
-    from .evaluate import check_before_writing, evaluate, format_row
+    from .evaluate import check_before_writing, evaluate, format_row, gain_summary
     from .figures import side_by_side
     from .files import StagedFolder, check_can_write
     from .metrics import LPIPS
     from .pairs import find_pairs
     from .devices import resolve_device, resolve_precision
+    from .report import ResultsReport
 
     args = test_parser(task).parse_args(argv)
     if args.demo:
         args.checkpoint = args.checkpoint or str(newest_demo_checkpoint(Path(args.out), task))
         paths = demo_paths(Path(args.out) / task.name / "demo-data")
-        args.input, args.gt = args.input or str(paths["val_input"]), args.gt or str(paths["val_gt"])
+        # the wider held-out photographs: never trained on, never used to choose best.pt
+        args.input, args.gt = args.input or str(paths["wider_input"]), args.gt or str(paths["wider_gt"])
     if not args.checkpoint or not args.input:
         raise InputError("give --checkpoint and --input (or --demo)")
     if args.gpus:
@@ -225,7 +257,7 @@ def _test(task: Task, argv: list[str]) -> None:
         align_corners = bool(trained.get("align_corners", False))
     pairs = find_pairs(args.input, args.gt, verbose=True)
     keep = len(pairs) if args.demo else args.side_by_side
-    outputs = planned_outputs(pairs, side_by_side=keep > 0)
+    outputs = planned_outputs(pairs, side_by_side=keep > 0, report=not args.no_report)
     save_dir = Path(args.save) if args.save else default_save_dir(task, checkpoint)
     check_roles(args, pairs, save_dir)
     save_dir = choose_save_dir(save_dir, args.save is not None, args.overwrite, outputs)
@@ -239,11 +271,14 @@ def _test(task: Task, argv: list[str]) -> None:
     lpips = None if args.no_lpips or all(p.gt is None for p in pairs) else LPIPS(str(device))
     print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
     with StagedFolder(save_dir) as staged:
+        report = None if args.no_report else ResultsReport(staged.path, f"{task.title}: {checkpoint}")
         ev = evaluate(generator, pairs, task, device, align_corners=align_corners, prescaled=prescaled,
                       save_dir=staged.path, lpips=lpips, y_channel=args.y_channel, precision=precision,
                       transpose=args.transpose, tile=args.tile, tile_overlap=args.tile_overlap,
                       upscale=getattr(args, "upscale", "pytorch"), reference_metrics=args.reference_metrics,
-                      keep=keep)
+                      keep=keep, on_image=report.add if report is not None else None)
+        if report is not None:
+            report.write(report_facts(task, checkpoint, ckpt, args, device, precision, len(pairs)), ev.means)
         if ev.examples:
             side_by_side(staged.path / "side_by_side.png", [
                 [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
@@ -255,11 +290,14 @@ def _test(task: Task, argv: list[str]) -> None:
         print(format_row(row, task.input_label))
     if any(p.gt is not None for p in pairs):
         print(format_row({"name": "mean", **ev.means}, task.input_label))
+        print(gain_summary(ev, task.input_label))
         print(f"restored images and metrics.csv in {save_dir}")
     else:
         print(f"restored images in {save_dir}")
     if ev.examples:
         print(f"side by side (input | restored | clean): {save_dir / 'side_by_side.png'}")
+    if not args.no_report:
+        print(f"report (open it in a browser): {save_dir / 'report.html'}")
 
 
 def test_main(task_name: str, argv: list[str] | None = None) -> None:

@@ -28,6 +28,8 @@ def command_lines(text: str) -> list[str]:
         line = line.split("  #")[0].split(" # ")[0].strip()
         for part in re.split(r"&&|\|\||\|(?!\|)", line):
             part = part.strip()
+            if part.startswith(".venv/bin/python "):  # the README's install-and-run lines
+                part = part[len(".venv/bin/"):]
             if part.startswith(("python ", "torchrun ")):
                 commands.append(part)
     return commands
@@ -107,3 +109,10 @@ def test_every_doc_page_is_linked_from_the_readme_and_links_resolve():
 
 def test_readme_is_a_front_page():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 150
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    test_command = next(b.strip() for b in blocks if "pytest" in b)
+    assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == test_command

@@ -796,12 +796,17 @@ def test_test_py_writes_results_only_where_asked(tmp_path, capsys, monkeypatch):
     with _no_exit():
         run_test_script("deraining", argv)
     first = snapshot(tmp_path / "results")
-    assert sorted(os.listdir(tmp_path / "results" / "deraining" / "g")) == ["a.png", "b.png", "c.png", "metrics.csv"]
+    written = ["a.png", "b.png", "c.png", "metrics.csv", "report.html", "report_files"]
+    assert sorted(os.listdir(tmp_path / "results" / "deraining" / "g")) == written
     with _no_exit():
         run_test_script("deraining", argv)
     assert "holds earlier results; writing to results/deraining/g-2" in capsys.readouterr().err
     assert {k: v for k, v in snapshot(tmp_path / "results").items() if "g-2" not in k} == first
-    assert sorted(os.listdir(tmp_path / "results" / "deraining" / "g-2")) == ["a.png", "b.png", "c.png", "metrics.csv"]
+    assert sorted(os.listdir(tmp_path / "results" / "deraining" / "g-2")) == written
+    # without the report: the images and the metrics alone
+    with _no_exit():
+        run_test_script("deraining", [*argv, "--save", "plain", "--no-report"])
+    assert sorted(os.listdir(tmp_path / "plain")) == written[:4]
     # --overwrite into a folder with another model's results and a file of the user's
     photos(tmp_path / "res", ("a.png", "z.png"), seed=9)
     (tmp_path / "res" / "notes.txt").write_text("mine")

@@ -184,3 +184,33 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
     with pytest.raises(SystemExit) as exc:
         train_main("deraining", argv + ["--max-steps", "1"])
     assert exc.value.code == 2 and read_checkpoint(last)["step"] == 3
+
+
+def test_the_run_says_how_long_it_will_take_and_warns_of_days_on_a_cpu():
+    from common.runs import time_estimate
+
+    # deraining at the paper's sizes on two CPU cores: ~75 s a step, 6 sigmas x 200 epochs x 12 steps
+    line = time_estimate(0.1, 75.0, 2400 - 10, 5, 2400, "cpu")
+    assert "75.00 s a step on cpu" in line and "about 12.5 days in all" in line
+    assert "That is days on a CPU: --demo" in line
+    short = time_estimate(10.0, 0.5, 990, 0, 1000, "cpu")
+    assert short.endswith("about 8 min in all") and "days" not in short
+
+
+def test_progress_is_counted_against_the_runs_real_end(tmp_path, capsys):
+    """--max-steps before --nEpochs: the bar counts steps out of --max-steps, not batches of one epoch;
+    after its first steps the run says how long the rest will take."""
+    import numpy as np
+
+    from common.runs import train_main
+    from conftest import write_h5
+
+    rng = np.random.default_rng(0)
+    patches = (rng.random((4, 3, 128, 128)) * 255).astype(np.uint8)
+    write_h5(tmp_path / "train" / "t.h5", patches, patches)
+    train_main("deraining", ["--trainset", str(tmp_path / "train"), "--batchSize", "2", "--sigma", "1", "--seed", "1",
+                             "--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--max-steps", "12",
+                             "--out", str(tmp_path / "runs"), "--name", "p", "--device", "cpu", "--no-tensorboard"])
+    captured = capsys.readouterr()
+    assert "/12 [" in captured.err and "epoch 6/200" in captured.err  # 12 steps, 2 batches an epoch: one bar
+    assert "s a step on cpu; this sigma's 2 remaining steps take about" in captured.out
