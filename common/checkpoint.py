@@ -246,9 +246,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "srresnet_unet2" not in str(exc):
-            if "Weights only load failed" in str(exc) and "GLOBAL" in str(exc):
-                raise InputError(f"{path}: not an SOT checkpoint (it pickles code that is not ours)") from None
-            raise InputError(f"{path}: not a checkpoint ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{path}: {_refusal(str(exc), path)}") from None
         try:
             return _load_authors(path, map_location)
         except pickle.UnpicklingError as exc2:
@@ -274,6 +272,22 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
             raise InputError(f"{path}: the checkpoint's '{key}' is {type(ckpt[key]).__name__}, not a table")
     return ckpt
+
+
+def _refusal(message: str, path) -> str:
+    """What torch's safe loader refused, in a line: code named in the pickle, another pickle it cannot
+    read (an unsupported instruction), or a file that is no pickle at all; nothing in it was run."""
+    if "Weights only load failed" not in message:
+        return f"not a checkpoint ({message.splitlines()[0]})"
+    if "GLOBAL" in message or "Unsupported global" in message:
+        return "not an SOT checkpoint (it pickles code that is not ours; nothing in it was run)"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] != b"\x80" and head != b"PK\x03\x04":  # neither a pickle nor torch's zip of one
+        return "not a checkpoint (neither a PyTorch file nor a pickle)"
+    detail = message.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+    reason = detail[0].strip() if detail and "WeightsUnpickler error" in message else "an unsafe pickle"
+    return f"not an SOT checkpoint (torch's safe loader refuses its pickle: {reason}; nothing in it was run)"
 
 
 def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:

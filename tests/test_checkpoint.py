@@ -65,16 +65,24 @@ def test_sr_test_script_accepts_authors_file(authors_checkpoint, tmp_path):
 
 
 class Exploit:
+    """Unpickled, it would run a shell command that leaves a file behind: whether it ran can be seen."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
         import os
-        return (os.system, ("echo pwned > /dev/null",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_a_pickle_that_runs_code_is_refused(tmp_path, authors_module):
-    path = tmp_path / "evil.pth"
-    torch.save({"epoch": 1, "model": authors_module._NetG(), "discr": Exploit()}, path)
-    with pytest.raises(InputError, match="posix.system|os.system|not an SOT checkpoint|refused"):
+    """An authors'-format file (their module's classes are admitted) that also names os.system: the
+    restricted unpickler refuses that one name, and the command never runs."""
+    path, marker = tmp_path / "evil.pth", tmp_path / "payload-ran"
+    torch.save({"epoch": 1, "model": authors_module._NetG(), "discr": Exploit(marker)}, path)
+    with pytest.raises(InputError, match=r"evil\.pth: refused to load posix\.system: not part of an SOT checkpoint"):
         read_checkpoint(path)
+    assert not marker.exists()
 
 
 def test_not_a_checkpoint_and_other_architecture(tmp_path):
