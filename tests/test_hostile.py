@@ -185,6 +185,7 @@ H5_CASES = {
     # case: (train, inspect_h5 --check, merge_h5, make_h5 --convert)
     "1 channel": ("1 channel(s)", "1 channel(s)", None, None),
     "4 channels": ("4 channel(s)", "4 channel(s)", None, None),
+    # refused from its header: a scan of its 3 TB (of fill values) would not end, so no clock is needed
     "declares 10^9 patches": ("declares 1000000000 rows",) * 4,
     "declares 60000x60000 patches": ("far larger than a training patch",) * 4,
     "never filled": ("never filled",) * 4,
@@ -201,7 +202,6 @@ H5_ENTRIES = ("train", "inspect_h5", "merge_h5", "convert")
 
 @pytest.mark.parametrize("case", H5_CASES)
 def test_bad_h5_files_at_every_entry_point(tmp_path, capsys, case):
-    started = time.time()
     path = bad_h5(case, tmp_path / "x.h5")
     out = tmp_path / "out"
     # train and inspect get the folder, as users give them: its *.h5 files are x.h5
@@ -215,7 +215,6 @@ def test_bad_h5_files_at_every_entry_point(tmp_path, capsys, case):
             continue
         line = refused(capsys, tmp_path, "make_h5" if entry == "convert" else entry, argvs[entry], fragment)
         assert "x.h5" in line, line
-    assert time.time() - started < 30  # a file that declares 10^9 patches is refused, not scanned
 
 
 # ----------------------------------------------------------------------------- flag values
@@ -341,21 +340,24 @@ def bad_checkpoint(case: str, path):
     if case == "a folder":
         path.mkdir()
         return "a folder, not a checkpoint file"
-    if case == "code in the pickle":
+    if case in ("code in the pickle", "code in a protocol-2 pickle"):
         marker = path.parent / "payload-ran"
 
         class Payload:
             def __reduce__(self):
                 return (os.system, (f"touch {marker}",))
-        path.write_bytes(pickle.dumps({"format": FORMAT, "generator": Payload()}))
-        return ("not an SOT checkpoint", "not a checkpoint")
+        protocol = 2 if "protocol-2" in case else pickle.DEFAULT_PROTOCOL
+        path.write_bytes(pickle.dumps({"format": FORMAT, "generator": Payload()}, protocol=protocol))
+        # protocol 2 shows the code's name to torch's safe loader; later protocols stop it earlier
+        return ("it pickles code that is not ours; nothing in it was run" if protocol == 2 else
+                "torch's safe loader refuses its pickle: Unsupported operand")
     raise ValueError(case)
 
 
 CHECKPOINT_CASES = ["no generator key", "unknown architecture setting", "negative architecture value",
                     "architecture value as text", "architecture against its weights", "string version", "truncated",
                     "NaN weights", "a list", "config of the wrong type", "even kernel", "a folder",
-                    "code in the pickle"]
+                    "code in the pickle", "code in a protocol-2 pickle"]
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
@@ -569,15 +571,23 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path,
     assert json.loads((folder / "state.json").read_text())["checkpoint"] == "step-00000001.pt"
 
 
+def pid_no_process_can_have() -> int:
+    """A killed writer's PID that the system cannot give to another process while the test runs: one
+    above the kernel's limit (a real dead process's PID may be reused by the time it is checked)."""
+    try:
+        return int(pathlib.Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    except (OSError, ValueError):
+        return 4_194_305  # above Linux's largest limit (2^22); macOS's is 99,998
+
+
 def test_temporaries_of_killed_writers_are_removed_at_start(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     good_h5(tmp_path / "data" / "a.h5", n=4)
     with _no_exit():
         train_main("sr", tiny_run(tmp_path, "t"))
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    dead = pid_no_process_can_have()
     folder = tmp_path / "out" / "sr" / "t" / "sigma-10"
-    stale = [folder / f".step-00000002.pt.tmp{dead.pid}", folder / f".state.json.tmp{dead.pid}"]
+    stale = [folder / f".step-00000002.pt.tmp{dead}", folder / f".state.json.tmp{dead}"]
     for path in stale:
         path.write_bytes(b"half a checkpoint")
     with _no_exit():
@@ -585,7 +595,7 @@ def test_temporaries_of_killed_writers_are_removed_at_start(tmp_path, capsys):
     assert not any(p.exists() for p in stale)
     assert "removed 2 temporary file(s)" in capsys.readouterr().err
     # and the same for a training file whose writer was killed
-    orphan = tmp_path / f".o.h5.tmp{dead.pid}"
+    orphan = tmp_path / f".o.h5.tmp{dead}"
     orphan.write_bytes(b"half a file")
     (tmp_path / "imgs").mkdir()
     cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(16, 16, 3))
@@ -620,27 +630,56 @@ def test_file_names_that_are_not_utf8_work_end_to_end(tmp_path):
         assert f.attrs["label_files"] == "\\xff\\xfe.png" and f["label"].shape[0] == 25
 
 
+class _EachTileAlone:
+    """SharedPooling's stand-in for the fault it prevents: every tile pools only its own features."""
+
+    def __init__(self, network):
+        self.mode, self.region = "record", None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
 def test_an_image_too_large_for_cpu_memory_is_tiled_or_refused(tmp_path, capsys, monkeypatch):
+    """Tiled inference must not show its tiles: on an image whose colours change across it, with a
+    generator whose channel attention matters (its weights x10), the tiles share the image-wide
+    statistics and land within one level of the whole image, where tiles that each pool only
+    themselves are several levels off (the same run with the sharing taken out shows it)."""
     import common.inference as inference
+    from common.networks import ChannelAttention
 
     (tmp_path / "imgs").mkdir()
-    cv2.imwrite(str(tmp_path / "imgs" / "big.png"), np.random.default_rng(0).integers(0, 256, (320, 288, 3),
-                                                                                       dtype=np.uint8))
-    checkpoint(tmp_path / "g.pt")
+    rows, cols = np.mgrid[0:320, 0:288]
+    ramp = np.stack([cols / 288, rows / 320, 1 - cols / 288], axis=-1) * 204
+    noise = np.random.default_rng(0).integers(0, 52, (320, 288, 3))
+    cv2.imwrite(str(tmp_path / "imgs" / "big.png"), (ramp + noise).astype(np.uint8))
+    g = tiny_generator()
+    with torch.no_grad():
+        for attention in (m for m in g.modules() if isinstance(m, ChannelAttention)):
+            for p in attention.conv_du.parameters():
+                p.mul_(10)
+    save_checkpoint(tmp_path / "g.pt", {"arch": {"generator": g.arch}, "generator": g.state_dict()})
     argv = ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "imgs"), "--device", "cpu",
-            "--no-lpips", "--tile-overlap", "8"]
+            "--no-lpips", "--no-report", "--tile-overlap", "32"]
     with _no_exit():
         run_test_script("deraining", [*argv, "--save", str(tmp_path / "whole")])
-    g = tiny_generator()
     whole_needs = inference.forward_bytes(g, 320, 288) + inference.IMAGE_COPIES * 3 * 320 * 288 * 4
     # memory for the image's copies and a 128-pixel tile, not for the whole forward pass
     monkeypatch.setattr(inference, "available_memory", lambda: int(whole_needs * 0.9))
     with _no_exit():
         run_test_script("deraining", [*argv, "--save", str(tmp_path / "tiled")])
     assert "restoring it in 128x128 tiles" in capsys.readouterr().err
-    whole = cv2.imread(str(tmp_path / "whole" / "big.png")).astype(int)
-    tiled = cv2.imread(str(tmp_path / "tiled" / "big.png")).astype(int)
-    assert np.abs(whole - tiled).max() <= 2  # shared attention statistics: no seams
+    monkeypatch.setattr(inference, "SharedPooling", _EachTileAlone)
+    with _no_exit():
+        run_test_script("deraining", [*argv, "--save", str(tmp_path / "alone")])
+    monkeypatch.undo()
+    whole, tiled, alone = (cv2.imread(str(tmp_path / name / "big.png")).astype(int)
+                           for name in ("whole", "tiled", "alone"))
+    assert np.abs(whole - tiled).max() <= 1 and np.abs(whole - tiled).mean() < 0.1
+    assert np.abs(whole - alone).max() >= 5 and np.abs(whole - alone).mean() > 0.5
     monkeypatch.setattr(inference, "available_memory", lambda: 1 << 20)
     refused(capsys, tmp_path, "test deraining", [*argv, "--save", str(tmp_path / "none")],
             "big.png: a 288x320 image needs about")

@@ -75,7 +75,8 @@ def test_bf16_stays_finite_and_close_to_fp32():
     assert all(torch.isfinite(v).all() for v in [*g16.state_dict().values(), *d16.state_dict().values()])
     moved = sum((g32.state_dict()[k] - start[k]).abs().sum() for k in start)
     apart = sum((g32.state_dict()[k] - g16.state_dict()[k]).abs().sum() for k in start)
-    assert moved > 0 and apart < 0.5 * moved
+    # measured: apart = 0.077 x moved (bf16 really runs: apart > 0, and stays a small part of the movement)
+    assert moved > 0 and 0 < apart < 0.15 * moved
 
 
 def test_tiled_inference_matches_untiled():
@@ -85,7 +86,7 @@ def test_tiled_inference_matches_untiled():
     full = restore(g, x)
     tiled = restore(g, x, tile=32, overlap=16)
     assert tiled.shape == full.shape
-    assert (tiled - full).abs().max() < 1e-3
+    assert (tiled - full).abs().max() < 3e-4  # measured 1.6e-4: float32 sums in another order
 
     # Without shared channel-attention statistics every tile pools only itself: visible seams.
     naive = torch.empty_like(full)
