@@ -293,6 +293,10 @@ class Critic(nn.Module):
         # same per-layer signal gain, std 0.02 * sqrt(64 / width): with 0.02 its ten layers would shrink
         # the input's signal about 1000x more at width 16, leaving a critic that cannot see its input.
         std = 0.02 * math.sqrt(REFERENCE_CRITIC_WIDTH / width)
+        if self.fc1.weight.is_meta:
+            # sizes only (the run's preflight): meta tensors hold no values, and drawing them would
+            # import torch's compiler (about 2 s of every train.py start)
+            return
         for m in self.features:
             if isinstance(m, nn.Conv2d):
                 if init == "kaiming":
