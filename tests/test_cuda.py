@@ -37,7 +37,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import unittest
@@ -259,12 +258,6 @@ def run_command(args: list[str], timeout: int = 240, env: dict | None = None) ->
         out, err = proc.communicate()
         err += f"\n[killed after {timeout} s]"
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- the training step
@@ -602,8 +595,8 @@ def test_torchrun_with_nccl_matches_one_process(tmp_path):
     this worker builds one, as two or more processes would.)"""
     device()
     result = tmp_path / "nccl.json"
-    proc = run_command([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
-                        f"--master_port={free_port()}", str(Path(__file__).resolve()), "--nccl-worker", str(result)],
+    proc = run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                        str(Path(__file__).resolve()), "--nccl-worker", str(result)],
                        timeout=180)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     measured = json.loads(result.read_text())

@@ -1,14 +1,12 @@
 """Training under torchrun on the CPU with gloo: two processes behave as one with the whole batch."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from common.devices import Distributed, Local
 from common.networks import Critic, Generator
@@ -16,12 +14,6 @@ from common.sot import make_optimizers, train_step
 from conftest import ROOT, write_h5
 
 SMALL = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def networks(dtype):
@@ -45,20 +37,28 @@ def run_steps(dist, dtype, cost, steps, shard):
     return {**{f"g.{k}": v for k, v in g.state_dict().items()}, **{f"d.{k}": v for k, v in d.state_dict().items()}}
 
 
-def _worker(rank, world, port, dtype, cost, steps, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _worker(dtype: str, cost: str, steps: str, out: str) -> None:
+    """Runs under torchrun: this rank's share of the global batch through Distributed."""
     torch.set_num_threads(1)
     dist = Distributed("cpu")
     # rank r holds every world-th sample of the global batch, as UnpairedSampler deals them
-    state = run_steps(dist, dtype, cost, steps, slice(rank, None, world))
-    torch.save(state, f"{out}.{rank}")
+    state = run_steps(dist, getattr(torch, dtype), cost, int(steps), slice(dist.rank, None, dist.world))
+    torch.save(state, f"{out}.{dist.rank}")
     dist.close()
+
+
+def torchrun(*args, timeout=300):
+    """Two processes under torchrun; --standalone lets its rendezvous take a free port itself (a port
+    found free beforehand can be taken by another program before torchrun binds it)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def two_processes(tmp_path, dtype, cost, steps):
     out = str(tmp_path / "state")
-    mp.start_processes(_worker, args=(2, free_port(), dtype, cost, steps, out), nprocs=2, start_method="spawn")
+    result = torchrun(__file__, "--worker", str(dtype).removeprefix("torch."), cost, str(steps), out)
+    assert result.returncode == 0, result.stderr[-3000:]
     return [torch.load(f"{out}.{r}") for r in range(2)]
 
 
@@ -82,13 +82,6 @@ def test_two_processes_equal_one_with_the_whole_batch_float32(tmp_path):
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     diff = torch.cat([(rank0[k] - single[k]).abs().flatten() for k in single])
     assert (diff > 1e-5).sum() <= 10 and diff.max() < 1e-4
-
-
-def torchrun(*args, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.slow
@@ -124,3 +117,7 @@ def test_batch_must_divide_among_processes(tmp_path):
     result = torchrun("sr/train.py", "--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
                       "--batchSize", "3", "--max-steps", "1", "--device", "cpu", *SMALL)
     assert result.returncode != 0 and "must divide among 2 processes" in result.stderr
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    _worker(*sys.argv[sys.argv.index("--worker") + 1:])

@@ -49,7 +49,7 @@ def test_supervised_step_lowers_l1():
 
 
 @pytest.mark.slow
-def test_quick_study_runs_end_to_end(tmp_path):
+def test_quick_study_runs_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     result = run_script("experiments/compare_costs.py", "--task", "deraining", "--quick", "--out", str(out),
                         "--device", "cpu", "--seeds", "0", "1", "--sides", "same", "disjoint")
@@ -70,34 +70,46 @@ def test_quick_study_runs_end_to_end(tmp_path):
         assert f.attrs["data_photos"] == f.attrs["label_photos"] == ",".join(split["train"])
     with h5py.File(out / "data" / "disjoint" / "train.h5") as f:
         assert not set(f.attrs["data_photos"].split(",")) & set(f.attrs["label_photos"].split(","))
-    # A rerun of the same study reuses every finished run instead of training it again.
+    # A rerun of the same study reuses every finished run instead of training it again (in this
+    # process: the script's own start from the shell was checked above).
+    study = experiment("compare_costs", monkeypatch)
     first = json.loads((out / "results.json").read_text())
-    again = run_script("experiments/compare_costs.py", "--task", "deraining", "--quick", "--out", str(out),
-                       "--device", "cpu", "--seeds", "0", "1", "--sides", "same", "disjoint")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("finished earlier, reused") == 10
+    capsys.readouterr()
+    study.main(["--task", "deraining", "--quick", "--out", str(out), "--device", "cpu", "--seeds", "0", "1",
+                "--sides", "same", "disjoint"])
+    assert capsys.readouterr().out.count("finished earlier, reused") == 10
     second = json.loads((out / "results.json").read_text())
     assert [r["best_val"] for r in second["runs"]] == [r["best_val"] for r in first["runs"]]
     # One with more steps continues a run from its last checkpoint rather than starting it again;
     # --bound-seeds trains the supervised bound for fewer seeds than the methods compared.
-    more = run_script("experiments/compare_costs.py", "--task", "deraining", "--quick", "--out", str(out),
-                      "--device", "cpu", "--seeds", "0", "1", "--bound-seeds", "1", "--methods", "ot", "supervised",
-                      "--steps", "6")
-    assert more.returncode == 0, more.stderr[-3000:]
-    assert more.stdout.count("resuming from") == 3
+    study.main(["--task", "deraining", "--quick", "--out", str(out), "--device", "cpu", "--seeds", "0", "1",
+                "--bound-seeds", "1", "--methods", "ot", "supervised", "--steps", "6"])
+    assert capsys.readouterr().out.count("resuming from") == 3
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["method"], r["seed"]) for r in rows[1:]] == [("OT", "0"), ("OT", "1"), ("supervised", "1")]
     curve = json.loads((out / "results.json").read_text())["runs"][0]["curve"]
     assert [step for step, _ in curve] == [1, 2, 3, 4, 5, 6]
 
 
-def test_critic_probe_measures_rank_w_cosine_and_colour(tmp_path):
+def experiment(name: str, monkeypatch):
+    """An experiments/ script as a module; sys.path is put back afterwards (the script adds the
+    repository root to it, as it must when run from the shell)."""
+    import importlib.util
     import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    import critic_probe
+    from conftest import ROOT
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_critic_probe_measures_rank_w_cosine_and_colour(tmp_path, monkeypatch):
     from conftest import write_h5
+
+    critic_probe = experiment("critic_probe", monkeypatch)
 
     class Linear(torch.nn.Module):  # D(x) = <w, x>: its input gradient is w everywhere
         def __init__(self, w):
