@@ -47,9 +47,13 @@ def final_weights(out, name):
     return ckpt["generator"], ckpt["critic"], ckpt["step"]
 
 
-def state(out, name):
-    path = out / "sr" / name / "sigma-10" / "state.json"
+def state_of(folder):
+    path = folder / "state.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def state(out, name):
+    return state_of(out / "sr" / name / "sigma-10")
 
 
 def wait_for_step(out, name, step, proc, timeout=120):
@@ -66,30 +70,118 @@ def wait_for_step(out, name, step, proc, timeout=120):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_and_matches_an_uninterrupted_run(tmp_path):
-    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
-    full = run_script(*train_args(data, out, "full", 6))
-    assert full.returncode == 0, full.stderr[-2000:]
-
-    proc = subprocess.Popen([sys.executable, *train_args(data, out, "killed", 6)], cwd=ROOT,
+    """Killed at any step, a resume continues to the end the uninterrupted run reaches, bit for bit:
+    with 2 batches an epoch and the learning rate dropped every epoch (--step 1), the resumed steps
+    run at a dropped rate, which the resume must restore. The metrics log may end in a line cut short
+    by the kill (one is put there): the resume drops it, and every step is logged once."""
+    data, out = sr_data(tmp_path / "data", n=4), tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, *train_args(data, out, "killed", 1000, "--step", "1")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_step(out, "killed", 3, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert state(out, "killed")["step"] < 6
-    resumed = run_script("sr/train.py", "--resume", "auto", "--name", "killed", "--out", str(out))
+    end = state(out, "killed")["step"] + 2  # wherever the kill landed, two more steps after it
+    log = out / "sr" / "killed" / "sigma-10" / "metrics.jsonl"
+    with log.open("a") as f:
+        f.write('{"kind": "train", "step": 2, "epoch": 1, "lr": 0.0')  # the line a kill cuts short
+    resumed = run_script("sr/train.py", "--resume", "auto", "--name", "killed", "--out", str(out),
+                         "--max-steps", str(end))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
+    full = run_script(*train_args(data, out, "full", end, "--step", "1"))
+    assert full.returncode == 0, full.stderr[-2000:]
 
     g_full, d_full, step_full = final_weights(out, "full")
     g_res, d_res, step_res = final_weights(out, "killed")
-    assert step_full == step_res == 6
+    assert step_full == step_res == end
     assert all(torch.equal(g_full[k], g_res[k]) for k in g_full)
     assert all(torch.equal(d_full[k], d_res[k]) for k in d_full)
-    steps = [r["step"] for r in map(json.loads, (out / "sr" / "killed" / "sigma-10" / "metrics.jsonl").open())
-             if r["kind"] == "train"]
-    assert steps == [1, 2, 3, 4, 5, 6]  # appended, continued, nothing repeated
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # every line whole again
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, end + 1))  # appended, continued, nothing repeated
+    assert train[0]["lr"] == 1e-4 and train[-1]["lr"] == pytest.approx(1e-4 * 0.1 ** (train[-1]["epoch"] - 1))
+    assert train[-1]["epoch"] >= 3  # the steps after the kill ran at a dropped rate
     assert state(out, "killed")["finished"] is True
     assert len(list((out / "sr" / "killed" / "sigma-10").glob("step-*.pt"))) <= 2
+
+
+def signals_during_step(monkeypatch, step: int, *signums: int) -> None:
+    """Deliver ``signums`` to this process in the middle of training iteration ``step`` (counted over
+    every sigma of the run), each one handled before the next is sent, as a person pressing Ctrl-C
+    twice would."""
+    import common.runs as runs
+
+    real, calls = runs.train_step, [0]
+
+    def step_with_signals(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            for signum in signums:
+                os.kill(os.getpid(), signum)  # its handler runs before os.kill returns to this frame
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "train_step", step_with_signals)
+
+
+def run_in_process(data, out, name, steps, *extra):
+    return ["--trainset", str(data), "--out", str(out), "--name", name, "--sigma", "10", "--batchSize", "2",
+            "--max-steps", str(steps), "--seed", "7", "--save-every", "0", "--device", "cpu", *SMALL, *extra]
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, monkeypatch, capsys):
+    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
+    signals_during_step(monkeypatch, 2, signal.SIGINT)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", run_in_process(data, out, "c", 5))
+    captured = capsys.readouterr()
+    err = captured.err
+    assert exit_info.value.code == 130
+    assert "SIGINT received: finishing this step and saving (Ctrl-C again to stop at once)" in captured.out
+    assert "stopped by SIGINT at step 2 (sigma 10); saved" in err and "--resume auto --name c" in err
+    saved = state(out, "c")
+    assert saved["step"] == 2 and not saved["finished"]
+    assert read_checkpoint(out / "sr" / "c" / "sigma-10" / saved["checkpoint"])["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own handler is back
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, capsys):
+    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
+    signals_during_step(monkeypatch, 3, signal.SIGINT, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train_main("sr", run_in_process(data, out, "cc", 5, "--save-every", "1"))
+    captured = capsys.readouterr()
+    assert "Ctrl-C again to stop at once" in captured.out
+    assert "stopped by" not in captured.out + captured.err  # not the first one's save
+    assert state(out, "cc")["step"] == 2  # step 3 was abandoned, not finished and saved
+    monkeypatch.undo()
+    train_main("sr", ["--resume", "auto", "--name", "cc", "--out", str(out)])  # the lock is free, the run intact
+    assert state(out, "cc")["step"] == 5 and state(out, "cc")["finished"]
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_one_model_per_sigma_and_a_resume_skips_the_finished_ones(tmp_path, monkeypatch, capsys):
+    data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
+    signals_during_step(monkeypatch, 3, signal.SIGTERM)  # sigma 1's two steps, then sigma 10's first
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", [*run_in_process(data, out, "sweep", 2), "--sigma", "1", "10"])
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    run = out / "sr" / "sweep"
+    first = (run / "sigma-1" / "last.pt").read_bytes()
+    assert read_checkpoint(run / "sigma-1" / "last.pt")["step"] == 2 and state_of(run / "sigma-1")["finished"]
+    assert state_of(run / "sigma-10")["step"] == 1 and not state_of(run / "sigma-10")["finished"]
+    monkeypatch.undo()
+    capsys.readouterr()
+    train_main("sr", ["--resume", "auto", "--name", "sweep", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "sigma 1: finished earlier, skipped" in printed and "sigma 10: resuming from" in printed
+    assert (run / "sigma-1" / "last.pt").read_bytes() == first  # not trained again
+    for sigma in (1, 10):
+        ckpt = read_checkpoint(run / f"sigma-{sigma}" / "last.pt")
+        assert ckpt["sigma"] == sigma and ckpt["step"] == 2 and state_of(run / f"sigma-{sigma}")["finished"]
+    g1, g10 = (read_checkpoint(run / f"sigma-{s}" / "last.pt")["generator"] for s in (1, 10))
+    assert any(not torch.equal(g1[k], g10[k]) for k in g1)  # two models, not one saved twice
 
 
 @pytest.mark.slow
