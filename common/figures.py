@@ -89,7 +89,7 @@ TRAINING_PANELS = (("val", "psnr", "validation PSNR (dB)"), ("val", "ssim", "val
 
 def training_curves(path: Path, logs: dict[str, list[dict]]) -> Path:
     """One panel per quantity over steps, one colour per sigma (``logs``: folder name -> the records of
-    its metrics.jsonl); validation PSNR with the degraded input's as a dashed line of the same colour."""
+    its metrics.jsonl); validation PSNR and SSIM with the degraded input's as a dashed grey line."""
     panels = [p for p in TRAINING_PANELS if any(r.get("kind") == p[0] and p[1] in r for rs in logs.values() for r in rs)]
     panels = panels or TRAINING_PANELS[:1]
     cols = min(3, len(panels))
@@ -101,9 +101,9 @@ def training_curves(path: Path, logs: dict[str, list[dict]]) -> Path:
             if points:
                 ax.plot(*zip(*points), color=f"C{i % 10}", lw=1.4 if kind == "val" else 0.9,
                         marker="o" if kind == "val" and len(points) < 40 else None, ms=3, label=name)
-        if key == "psnr":  # every sigma validates on the same images: one line for their degraded input
-            inputs = {r["step"]: r["input_psnr"] for records in logs.values() for r in records
-                      if r.get("kind") == "val" and r.get("input_psnr") is not None}
+        if kind == "val":  # every sigma validates on the same images: one line for their degraded input
+            inputs = {r["step"]: r[f"input_{key}"] for records in logs.values() for r in records
+                      if r.get("kind") == "val" and r.get(f"input_{key}") is not None}
             if inputs:
                 steps = sorted(inputs)
                 ax.plot(steps, [inputs[s] for s in steps], color="0.3", ls="--", lw=1.2, label="degraded input")

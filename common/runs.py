@@ -664,7 +664,8 @@ class SigmaRun:
         ev = evaluate(self.nets.validated, self.p.val_pairs, self.task, self.p.device,
                       align_corners=self.config.align_corners, precision=self.p.resolved.precision, progress=False)
         self.nets.generator.train()
-        val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr")}
+        val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr"),
+               "input_ssim": ev.mean("input_ssim")}
         is_best = self.best is None or val["psnr"] > self.best
         self.best = val["psnr"] if is_best else self.best
         step = self.position.step
