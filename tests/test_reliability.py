@@ -133,7 +133,10 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, monkeypatch, cap
     data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
     signals_during_step(monkeypatch, 2, signal.SIGINT)
     with pytest.raises(SystemExit) as exit_info:
-        train_main("sr", run_in_process(data, out, "c", 5))
+        try:
+            train_main("sr", run_in_process(data, out, "c", 5))
+        except KeyboardInterrupt:  # without our handler Python's own stops the step (and would stop pytest)
+            pytest.fail("SIGINT was not handled: it broke off the step instead of asking the loop to stop")
     captured = capsys.readouterr()
     err = captured.err
     assert exit_info.value.code == 130
