@@ -138,3 +138,48 @@ def test_critic_probe_measures_rank_w_cosine_and_colour(tmp_path, monkeypatch):
     reports = critic_probe.main(["--task", "deraining", "--trainset", str(tmp_path / "t.h5"), "--critic-width", "8",
                                  "--critic-init", "kaiming", "--steps", "2", "--every", "1", "--pairs", "3"])
     assert [r["step"] for r in reports] == [1, 2] and all(np.isfinite(r["W"]) for r in reports)
+
+
+def test_error_anatomy_splits_the_added_error_by_band_region_and_colour(tmp_path, monkeypatch, capsys):
+    anatomy = experiment("error_anatomy", monkeypatch)
+    rng = np.random.default_rng(0)
+    gt = np.repeat(np.linspace(40, 200, 64)[None, :, None], 64, axis=0).repeat(3, axis=2)  # a smooth ramp
+    shift = np.array([6.0, 0.0, -6.0])  # a colour shift: all of it at frequency 0
+    checker = 5.0 * (-1.0) ** np.add.outer(np.arange(64), np.arange(64))  # all of it at 1/2 cycle per pixel
+    parts = anatomy.anatomy(gt + checker[..., None], gt + shift, gt)
+    shift_mse, checker_mse = float((shift ** 2).mean()) / 255 ** 2, 25.0 / 255 ** 2
+    assert parts["input_mse"] == pytest.approx(shift_mse)
+    assert parts["high"] == pytest.approx(checker_mse) and parts["low"] == pytest.approx(-shift_mse)
+    assert abs(parts["mid"]) < 1e-12
+    assert parts["colour"] == pytest.approx(-shift_mse)  # the input's error was a colour shift, the output's is not
+    assert parts["low"] + parts["mid"] + parts["high"] == pytest.approx(checker_mse - shift_mse)  # Parseval
+    assert parts["flat"] + parts["between"] + parts["edges"] == pytest.approx(checker_mse - shift_mse)
+    # noise added to the flat half of a half-flat, half-textured image: the added error is the flat areas'
+    # (all but the column beside the texture, whose gradient sees it)
+    gt2 = np.full((64, 64, 3), 100.0)
+    gt2[:, 32:] = 128 + 40 * rng.standard_normal((64, 32, 3))
+    noisy = gt2.copy()
+    noisy[:, :32] += 4 * rng.standard_normal((64, 32, 3))
+    parts = anatomy.anatomy(noisy, gt2, gt2)
+    added = parts["flat"] + parts["between"] + parts["edges"]
+    assert added == pytest.approx(parts["low"] + parts["mid"] + parts["high"]) and added > 0
+    assert parts["flat"] > 0.9 * added and parts["edges"] < 0.1 * added
+
+    # the script end to end: G the identity restores nothing, so every change is zero and the gain 0 dB
+    from common.checkpoint import save_checkpoint
+    from common.images import write_image
+    from common.recipe import start_as_identity
+
+    g = start_as_identity(Generator(width=8, increment=8))
+    save_checkpoint(tmp_path / "g.pt", {"task": "dehazing", "arch": {"generator": g.arch}, "generator": g.state_dict()})
+    for side, offset in (("in", 30), ("gt", 0)):
+        (tmp_path / side).mkdir()
+        for name in ("a", "b"):
+            write_image(tmp_path / side / f"{name}.png", np.clip(gt2 + offset, 0, 255).astype(np.uint8))
+    result = anatomy.main(["--task", "dehazing", "--input", str(tmp_path / "in"), "--gt", str(tmp_path / "gt"),
+                           "--checkpoint", str(tmp_path / "g.pt"), "--json", str(tmp_path / "a.json")])
+    rows = result[str(tmp_path / "g.pt")]
+    assert [r["name"] for r in rows] == ["a", "b"] and all(abs(r["gain_db"]) < 1e-6 for r in rows)
+    assert all(abs(r[k]) < 1e-9 for r in rows for k in ("low", "mid", "high", "flat", "colour"))
+    assert "better than the input on 0 of 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads(json.dumps(result))
