@@ -36,7 +36,7 @@ TASKS: dict[str, Task] = {
                sigmas=(100, 50, 30, 10), default_loss="sot-l0.5", degradation="bicubic-x4",
                input_label="bicubic", demo_gain=0.01,
                demo_flags={"sigma": 0.01, "critic_init": "kaiming", "critic_warmup_steps": 200, "null_space": True,
-                           "max_steps": 600}),
+                           "max_steps": 300}),
     "deraining": Task("deraining", "deraining", scale=1, batch_size=48, critic_hidden=64,
                       sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="rain-heavy",
                       input_label="rainy input", reference_crop=16, demo_flags={"sigma": 10.0, "dc_weight": 10.0}),

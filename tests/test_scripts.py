@@ -19,6 +19,9 @@ def test_demo_train_then_test(tmp_path, task):
     assert train.returncode == 0, train.stderr[-3000:]
     assert f"validation photographs (which chose best.pt): {spec.input_label}" in train.stdout
     assert "more held-out photographs (never trained on, never used to choose)" in train.stdout
+    # two steps restore nothing: the verdict says so, and SR's adds what was measured of it
+    assert "verdict: does NOT restore" in train.stdout
+    assert ("unsupervised x4 SR does not beat bicubic" in train.stdout) == (task == "sr")
     sigma = spec.demo_flags["sigma"]
     runs = list((out / task).glob(f"demo-*/sigma-{sigma:g}"))
     assert len(runs) == 1
