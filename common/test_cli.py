@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .cli import OneLineParser, common_flags, non_negative_int, positive_int, run_guarded
 from .errors import InputError, note
+from .report import ASSETS as REPORT_FOLDER
 from .tasks import TASKS, UPSCALERS, Task
 
 
@@ -125,7 +126,7 @@ def check_roles(args, pairs: list, save_dir: Path) -> None:
                              "written among them, and over those of the same names; give a results folder of its own")
 
 
-REPORT_FOLDER = "report_files"  # common.report.ASSETS: a folder of the report's pictures
+FOLDER_OUTPUTS = {REPORT_FOLDER}  # the results that are folders; every other one is a file
 
 
 def planned_outputs(pairs: list, side_by_side: bool, report: bool = False) -> dict[str, str]:
@@ -135,7 +136,7 @@ def planned_outputs(pairs: list, side_by_side: bool, report: bool = False) -> di
     if side_by_side:
         outputs["side_by_side.png"] = "the side-by-side picture"
     if report:
-        outputs.update({"report.html": "the report", REPORT_FOLDER: "the report's pictures"})
+        outputs.update({"report.html": "the report", REPORT_FOLDER: "the report's pictures (a folder)"})
     for pair in pairs:
         name = f"{pair.name}.png"
         if name in outputs:
@@ -184,10 +185,11 @@ def choose_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[s
     that hold earlier results. Nothing is created here."""
     _case_clashes(outputs, base)
     earlier = earlier_results(base, outputs)
-    folders = [name for name in earlier if (base / name).is_dir() and not (base / name).is_symlink()
-               and name != REPORT_FOLDER]
-    if folders:
-        raise InputError(f"{base / folders[0]}: is a folder, where this run would write {outputs[folders[0]]}")
+    for name in earlier:  # each result replaces an entry of its own kind only: a file a file, a folder a folder
+        is_folder = (base / name).is_dir() and not (base / name).is_symlink()
+        if is_folder != (name in FOLDER_OUTPUTS):
+            raise InputError(f"{base / name}: is a {'folder' if is_folder else 'file'}, where this run would write "
+                             f"{outputs[name]}")
     shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
     if not earlier:
         return base

@@ -745,6 +745,11 @@ def user_files_case(case: str, d) -> tuple[str, list[str], str]:
     if case == "a folder where a result goes, with --overwrite":
         (d / "res" / "b.png").mkdir(parents=True)
         return (*run("--overwrite", save="res"), "b.png: is a folder, where this run would write")
+    if case == "a file where the report's folder goes, with --overwrite":
+        (d / "res").mkdir()
+        (d / "res" / "report_files").write_text("not a folder")
+        return (*run("--overwrite", save="res"), "report_files: is a file, where this run would write the report's "
+                                                 "pictures (a folder)")
     # found only part-way, yet nothing may be written
     if case == "the last ground truth has the wrong size":
         photos(d / "gt", ("c.png",), side=20)
@@ -807,8 +812,8 @@ def user_files_case(case: str, d) -> tuple[str, list[str], str]:
 USER_FILE_CASES = [
     "--save is the --input folder", "--save is the --gt folder", "--save is a link to the --input folder",
     "--gt is the --input folder", "--gt is a link to the --input folder", "--save holds another model's results",
-    "a folder where a result goes, with --overwrite", "the last ground truth has the wrong size",
-    "the last input is cut short", "the last input is cut short, into earlier results with --overwrite",
+    "a folder where a result goes, with --overwrite", "a file where the report's folder goes, with --overwrite",
+    "the last ground truth has the wrong size", "the last input is cut short", "the last input is cut short, into earlier results with --overwrite",
     "an input too small for --reference-metrics", "two inputs with one name", "two ground truths with one name",
     "an input named like test.py's own picture", "a dehazing checkpoint through deraining/test.py",
     "a deraining checkpoint through sr/test.py", "a link loop named like an image", "a broken link named like an image",
