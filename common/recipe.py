@@ -76,7 +76,9 @@ class WeightAverage:
         averaged, current = list(self.model.parameters()), list(network.parameters())
         weight = 1.0 - self.decay
         if applied is not None:
-            weight = applied.to(averaged[0].dtype) * weight
+            # one weight tensor per parameter: given a single tensor, foreach_lerp_ would read it on the
+            # host (its Scalar overload), waiting for the GPU at every step
+            weight = [applied.to(averaged[0].dtype) * weight] * len(averaged)
         torch._foreach_lerp_(averaged, current, weight)
         for a, b in zip(self.model.buffers(), network.buffers()):
             a.copy_(b)

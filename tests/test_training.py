@@ -312,3 +312,34 @@ def test_best_pt_holds_the_best_validation_and_keeps_it_across_a_resume(tmp_path
     restored = (restored.clamp(0, 1) * 255).round().numpy() / 255  # as validation reads the PNGs it would write
     mse = ((restored - held_out / 255.0) ** 2).mean(axis=(1, 2, 3))
     assert np.mean(-10 * np.log10(mse)) == pytest.approx(psnr[best_step], abs=1e-3)  # its weights, not only its figure
+
+
+def test_the_weight_average_updates_without_reading_the_device():
+    """With the skip flag on the device, the average's update must not read it on the host (a read is
+    a wait for the GPU at every step): no ``.item()`` among its operators, and the flag is honoured."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from common.recipe import WeightAverage
+
+    class Operators(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    g = Generator(width=8, increment=8)
+    average = WeightAverage(g, 0.9)
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in average.model.parameters()]
+    with Operators() as seen:
+        average.update(g, applied=torch.tensor(False))
+    assert not [n for n in seen.names if "_local_scalar_dense" in n], seen.names
+    assert all(torch.equal(a, b) for a, b in zip(average.model.parameters(), before))  # skipped: unchanged
+    average.update(g, applied=torch.tensor(True))
+    expected = [b + 0.1 * (p - b) for b, p in zip(before, g.parameters())]
+    assert all(torch.allclose(a, e) for a, e in zip(average.model.parameters(), expected))
