@@ -59,7 +59,7 @@ def score_wider(task: Task, checkpoint: Path, root: Path, device) -> WiderScore:
     paths = demo_paths(root)
     pairs = find_pairs(paths["wider_input"], paths["wider_gt"])
     ev = evaluate(load_generator(checkpoint, device), pairs, task, device, progress=False)
-    gains = [(row["name"], row["psnr"] - row["input_psnr"]) for row in ev.rows]
+    gains = ev.gains()
     return WiderScore(ev.mean("input_psnr"), ev.mean("psnr"), sum(g > 0 for _, g in gains), len(gains),
                       min(gains, key=lambda item: item[1]))
 
@@ -85,19 +85,9 @@ def demo_report(task: Task, config, result, seconds: float, wider: WiderScore) -
              f"{task.input_label} {wider.input_psnr:.2f} dB, best checkpoint {wider.psnr:.2f} dB ({wider.gain:+.2f} dB; "
              f"better on {wider.better} of {wider.count}, worst {wider.worst[0]} {wider.worst[1]:+.2f} dB).",
              demo_verdict(task, val["input_psnr"], result.best_psnr, val["psnr"], wider),
-             *([KNOWN_SHORTFALL[task.name]] if task.name in KNOWN_SHORTFALL and wider.gain < task.demo_gain else []),
+             *([task.demo_shortfall] if task.demo_shortfall and wider.gain < task.demo_gain else []),
              f"Test it: python {task.name}/test.py --demo (on the {wider.count} held-out photographs)"]
     return "\n".join(lines)
-
-
-# What is known where a demo falls short as measured (docs/RESULTS.md), so that the verdict is not
-# read as one unlucky run.
-KNOWN_SHORTFALL = {
-    "sr": "As measured (docs/RESULTS.md, \"The demos beyond their own photographs\"): at the demo's scale "
-          "unsupervised x4 SR does not beat bicubic, with any seed, sigma or stopping point tried: at best it is "
-          "level with it (300 steps); its added detail helps textured photographs a little and costs smooth ones, "
-          "and longer runs lose dB. The paper's sizes need a GPU.",
-}
 
 
 def demo_verdict(task: Task, input_psnr: float, best: float, last: float, wider: WiderScore) -> str:

@@ -135,6 +135,11 @@ class Evaluation:
         values = [r[key] for r in self.rows if r.get(key) is not None]
         return float(np.mean(values)) if values else None
 
+    def gains(self) -> list[tuple[str, float]]:
+        """(name, PSNR of the restored image minus the degraded input's), for each image with both."""
+        return [(row["name"], row["psnr"] - row["input_psnr"]) for row in self.rows
+                if row.get("psnr") is not None and row.get("input_psnr") is not None]
+
     @property
     def means(self) -> dict:
         keys = [k for k in (self.rows[0] if self.rows else {}) if k != "name"]
@@ -224,8 +229,7 @@ def write_metrics_csv(path: Path, result: Evaluation) -> None:
 def gain_summary(ev: Evaluation, input_label: str = "input") -> str | None:
     """``better than the bicubic on 9 of 12 images, worse on 3; the worst: moon (-1.20 dB)``: what the
     means hide. None without ground truth."""
-    gains = [(row["name"], row["psnr"] - row["input_psnr"]) for row in ev.rows
-             if row.get("psnr") is not None and row.get("input_psnr") is not None]
+    gains = ev.gains()
     if not gains:
         return None
     better, worse = sum(g > 0 for _, g in gains), sum(g < 0 for _, g in gains)

@@ -56,13 +56,17 @@ def _json_for_script(data) -> str:
     return json.dumps(data, ensure_ascii=True).replace("</", "<\\/")
 
 
+def _facts_rows(facts: list[tuple[str, str]]) -> str:
+    """A report header's (label, text) lines as table rows."""
+    return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(printable(v))}</td></tr>" for k, v in facts)
+
+
 # ----------------------------------------------------------------------------- test.py's report
 class ResultsReport:
     """``test.py``'s report.html in ``folder`` (the staging folder while the test runs)."""
 
     def __init__(self, folder: Path, title: str):
         self.folder, self.title = Path(folder), title
-        self.assets = self.folder / ASSETS
         self.items: list[dict] = []
 
     def add(self, row: dict, baseline: np.ndarray, restored: np.ndarray, gt: np.ndarray | None) -> None:
@@ -84,16 +88,15 @@ class ResultsReport:
             metrics.get("input_psnr") is not None else None
         self.items.append({"name": printable(row["name"]), "full": _href(f"{row['name']}.png"),
                            "size": [int(restored.shape[1]), int(restored.shape[0])], "files": files,
-                           "metrics": metrics, "gain": gain, "exact": exact})
+                           "metrics": metrics, "gain": gain})
 
     def write(self, facts: list[tuple[str, str]], means: dict) -> Path:
         """report.html, from what :meth:`add` collected; ``facts``: (label, text) lines of the header."""
-        data = {"title": self.title, "items": self.items, "means": means,
+        data = {"items": self.items, "means": means,
                 "metrics": [m for m in ("psnr", "ssim", "lpips") if any(it["metrics"].get(m) is not None
                                                                          for it in self.items)],
                 "has_gt": any("gt" in it["files"] for it in self.items)}
-        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(printable(v))}</td></tr>" for k, v in facts)
-        page = (_PAGE.replace("{{TITLE}}", html.escape(printable(self.title))).replace("{{FACTS}}", rows)
+        page = (_PAGE.replace("{{TITLE}}", html.escape(printable(self.title))).replace("{{FACTS}}", _facts_rows(facts))
                 .replace("{{STYLE}}", _STYLE).replace("{{DATA}}", _json_for_script(data)).replace("{{SCRIPT}}", _SCRIPT))
         path = self.folder / "report.html"
         atomic_write(path, lambda f: f.write(page.encode("utf-8")))
@@ -317,7 +320,7 @@ def write_training_report(run_root: Path, title: str, facts: list[tuple[str, str
         cells = "".join(f'<figure><img loading="lazy" src="{_href(f"{name}/samples/{p.name}")}" alt="{p.stem}">'
                         f"<figcaption>{p.stem}</figcaption></figure>" for p in pictures)
         strips.append(f"<h3>{html.escape(name)}</h3><div class=\"strip\">{cells or 'no samples yet'}</div>")
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(printable(v))}</td></tr>" for k, v in facts)
+    rows = _facts_rows(facts)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,"><title>{html.escape(title)}</title>

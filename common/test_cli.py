@@ -207,7 +207,7 @@ def choose_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[s
     return chosen
 
 
-def report_facts(task: Task, checkpoint: Path, ckpt: dict, args, device, precision: str, n: int) -> list:
+def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: int) -> list:
     """The report's header: what was tested, on what, where and when."""
     import time
 
@@ -280,7 +280,7 @@ def _test(task: Task, argv: list[str]) -> None:
                       upscale=getattr(args, "upscale", "pytorch"), reference_metrics=args.reference_metrics,
                       keep=keep, on_image=report.add if report is not None else None)
         if report is not None:
-            report.write(report_facts(task, checkpoint, ckpt, args, device, precision, len(pairs)), ev.means)
+            report.write(report_facts(checkpoint, ckpt, args, device, precision, len(pairs)), ev.means)
         if ev.examples:
             side_by_side(staged.path / "side_by_side.png", [
                 [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),

@@ -56,7 +56,7 @@ from common.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from common.devices import resolve_device  # noqa: E402
 from common.runs import train  # noqa: E402
-from common.run_folder import read_state, sigma_dir_name  # noqa: E402
+from common.run_folder import read_metrics, read_state, sigma_dir_name  # noqa: E402
 
 COSTS = ("ot", "sot-l1", "sot-l0.5")
 # Per task and cost, the sigmas to choose from on the validation split. The costs charge the same
@@ -179,7 +179,7 @@ def train_one(task, args, method: str, sigma: float, seed: int, sides: str, dc: 
             train(task, config, resume=plan)
     else:
         train(task, RunConfig.for_task(task, **asked))
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     curve = [(r["step"], r["psnr"]) for r in records if r["kind"] == "val"]
     trained = max((r.get("time", 0.0) for r in records if r["kind"] == "train"), default=0.0)  # as logged
     best = max((v for _, v in curve), default=None)
