@@ -71,8 +71,11 @@ def profile_variant(key: str, task, device, args, out: Path) -> dict:
     cuda = device.type == "cuda"
     channels_last = cuda and kind in ("fast", "inference") and precision == "bf16"
     g, d = networks(task, device, args.quick, channels_last, reference=kind == "reference")
-    opt_g, opt_d = make_optimizers(g, d, 1e-4)
-    x, clean = batch_for(task, args.batch, 32 if args.quick else task.patch, device, channels_last)
+    if kind == "inference":  # G alone: a critic, optimisers and a batch held beside it would count in its peak
+        d = opt_g = opt_d = x = clean = None
+    else:
+        opt_g, opt_d = make_optimizers(g, d, 1e-4)
+        x, clean = batch_for(task, args.batch, 32 if args.quick else task.patch, device, channels_last)
     sigma, cost = float(task.sigmas[0]), task.default_loss
     if kind == "inference":  # one image of --size x --size, as test.py restores it
         label = f"{label}, {args.size}x{args.size}"

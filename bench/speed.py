@@ -174,11 +174,11 @@ def training_rows(task, device, args) -> list[dict]:
         ms, peak = time_it(step, device, args.steps, args.warmup)
         if kind == "reference":
             reference_ms[size] = ms
-        if kind in ("reference", "fast", "host-checks"):
+        if kind in ("reference", "fast"):
             flops = count_flops(step)
             if kind == "fast":
                 fast_flops.setdefault(size, flops)
-        else:  # a graph or compiled code hides its operators: the same iteration's, counted eagerly
+        else:  # the fast iteration's operators (host checks add none; a graph or compiled code hides them)
             flops = fast_flops.get(size) or count_flops(make_step("fast", g, d, opt_g, opt_d, x, clean, sigma,
                                                                   cost, precision))
         rows.append({"variant": name, "batch": size, "ms_per_step": ms, "patches_per_s": 1000 * size / ms,
