@@ -119,10 +119,16 @@ def test_the_test_report_sorts_slides_zooms_and_resolves(tmp_path, browser):
     after = browser.execute_script("return [document.getElementById('left-img').style.clipPath, "
                                    "document.getElementById('divider').style.left];")
     assert before[0] != after[0] and before[1] != after[1] and "80%" in after[0]
-    # zoom: both images in one transformed layer, so they stay on the same pixels
+    # zoom: both images in one transformed layer, so they stay on the same pixels; + doubles its scale
+    def scale():
+        transform = browser.execute_script("return document.getElementById('layer').style.transform;")
+        return float(transform.split("scale(")[1].rstrip(")"))
+
+    fitted = scale()
+    assert browser.find_element(By.ID, "zoom-level").text == "fit"
     browser.find_element(By.ID, "zoom-in").click()
     assert browser.find_element(By.ID, "zoom-level").text.endswith("%")
-    assert "scale(" in browser.find_element(By.ID, "layer").get_attribute("style")
+    assert scale() == pytest.approx(2 * fitted)
     # another row, and the ground-truth pair
     browser.find_elements(By.CSS_SELECTOR, "#images tbody tr")[1].click()
     browser.execute_script("const p = document.getElementById('pair'); p.value = 'restored|gt'; "

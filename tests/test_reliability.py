@@ -274,7 +274,7 @@ def test_a_finite_guarded_step_equals_the_plain_one_bit_for_bit(cost):
         eps = torch.rand(2, 1, 1, 1, dtype=torch.float64)
         _reference_step(ref_g, ref_d, ref_opt_g, ref_opt_d, x, clean, 3.0, cost, eps)
         assert not bool(stats["skipped"])
-    for a, b in zip(_states(g, d, opt_g, opt_d), _states(ref_g, ref_d, ref_opt_g, ref_opt_d)):
+    for a, b in zip(_states(g, d, opt_g, opt_d), _states(ref_g, ref_d, ref_opt_g, ref_opt_d), strict=True):
         assert torch.equal(a, b)
 
 
@@ -297,8 +297,8 @@ def test_a_non_finite_step_leaves_weights_and_optimisers_bit_identical(where):
         sigma = float("inf")
     stats, _ = train_step(g, d, opt_g, opt_d, x, clean, sigma, "sot-l1")
     assert bool(stats["skipped"])
-    assert all(torch.equal(a, b) for a, b in zip(before_g, _states(g, opt_g)))
-    kept_d = all(torch.equal(a, b) for a, b in zip(before_d, _states(d, opt_d)))
+    assert all(torch.equal(a, b) for a, b in zip(before_g, _states(g, opt_g), strict=True))
+    kept_d = all(torch.equal(a, b) for a, b in zip(before_d, _states(d, opt_d), strict=True))
     assert kept_d == (where == "input")
     assert all(torch.isfinite(v).all() for v in _states(g, d, opt_g, opt_d) if v.is_floating_point())
 

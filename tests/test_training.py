@@ -275,7 +275,7 @@ def test_training_restores_an_easy_degradation(tmp_path, monkeypatch, method):
     from common.checkpoint import load_generator
 
     held_out = brightened_set(tmp_path, monkeypatch, paired=method == "supervised")
-    folder = train_brightened(tmp_path, "--max-steps", "150", "--val-steps", "150", supervised=method == "supervised")
+    folder = train_brightened(tmp_path, "--max-steps", "150", supervised=method == "supervised")
     g = load_generator(folder / "last.pt")
     with torch.no_grad():
         restored = g(torch.from_numpy(held_out + 51).float() / 255).clamp(0, 1).numpy()
