@@ -91,13 +91,20 @@ def test_every_field_that_defines_a_run_is_listed_here():
     assert defining == set(CHANGED)
 
 
+@pytest.fixture(scope="module")
+def seeded_run(tmp_path_factory):
+    """One run for every field's case: a refused resume writes nothing (asserted), so they can share it."""
+    root = tmp_path_factory.mktemp("seeded")
+    return root, small_run(root, "--seed", "1")
+
+
 @pytest.mark.parametrize("name", sorted(CHANGED))
-def test_a_resume_that_changes_a_defining_field_is_refused(tmp_path, capsys, name):
-    run = small_run(tmp_path, "--seed", "1")
+def test_a_resume_that_changes_a_defining_field_is_refused(seeded_run, capsys, name):
+    tmp_path, run = seeded_run
     capsys.readouterr()
     value = CHANGED[name]
     if name == "trainset":
-        (tmp_path / "other").mkdir()
+        (tmp_path / "other").mkdir(exist_ok=True)
         value = str(tmp_path / "other")
     if name == "pretrained":
         value = str(run / "sigma-10" / "last.pt")
