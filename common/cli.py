@@ -107,15 +107,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {printable(message)} (see {self.prog} --help)\n")
 
 
-def common_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """``--device``, ``--gpus``, ``--precision`` and ``--debug``; without ``defaults`` a flag not
-    given is absent from the parsed namespace."""
-    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default=default("auto"),
-                        help="where to run; auto takes CUDA when available (default: auto)")
-    parser.add_argument("--gpus", default=default(None), metavar="IDS",
+def common_flags(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--gpus``, ``--precision`` and ``--debug``."""
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="where to run; auto takes CUDA when available (default: %(default)s)")
+    parser.add_argument("--gpus", default=None, metavar="IDS",
                         help="GPU ids to expose, as CUDA_VISIBLE_DEVICES (e.g. '0' or '0,1')")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=default("auto"),
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="network arithmetic; auto is bf16 autocast on CUDA and fp32 on the CPU "
                              "(the transport cost and gradient-penalty norm are always fp32)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")

@@ -297,8 +297,6 @@ def train_parser(task: Task, defaults: dict | None = None, given_only: bool = Fa
         default = defaults.get(f.name, f.default)
         if f.name == "sigma":
             default = [list(default)]  # as --sigma parses: a list of lists
-        if given_only:
-            default = argparse.SUPPRESS
         text = meta["help"].format(sigmas=sigmas, commas=sigmas.replace(" ", ","))
         groups[meta["group"]].add_argument(*meta["flags"], dest=f.name, default=default, help=text, **meta["argparse"])
     r = p.add_argument_group("resuming")
@@ -312,7 +310,10 @@ def train_parser(task: Task, defaults: dict | None = None, given_only: bool = Fa
                    help="build a small unpaired set from scikit-image's photographs and train a short run that two "
                         f"CPU cores finish in under 10 minutes ({demo_flags_text(task)}); any flag given as well "
                         "overrides these. See docs/TRAINING.md")
-    common_flags(p, defaults=not given_only)
+    common_flags(p)
+    if given_only:  # every flag, ours and the shared ones: absent from the namespace unless given
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
     return p
 
 
