@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_weights, read_checkpoint
 from .cli import run_guarded
-from .config import Resolved, ResumePlan, RunConfig, flag_of, parse_train_command, plan_resume, run_record
+from .config import Resolved, ResumePlan, RunConfig, parse_train_command, plan_resume, run_record
 from .data import UnpairedH5Dataset, UnpairedSampler
 from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision, resolve_threads,
                       rng_state, seed_everything, set_rng_state, to_device)

@@ -9,15 +9,12 @@ import time
 import urllib.parse
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-import torch
 
-from common.checkpoint import save_checkpoint
-from common.networks import Generator
 from common.report import ResultsReport
 from common.test_cli import test_main as run_test_script
+from conftest import generator_checkpoint, small_nets, sr_trainset, write_photos
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -81,20 +78,11 @@ def check_every_image_and_link_resolves(driver, page: Path) -> None:
             assert target.is_file(), href
 
 
-def photos(folder: Path, names, side=48, seed=0, wider=8):
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for name in names:
-        cv2.imwrite(str(folder / f"{name}.png"), rng.integers(0, 256, (side, side + wider, 3), dtype=np.uint8))
-
-
 def test_the_test_report_sorts_slides_zooms_and_resolves(tmp_path, browser):
-    torch.manual_seed(0)
-    g = Generator(width=8, increment=8)
-    save_checkpoint(tmp_path / "g.pt", {"task": "deraining", "arch": {"generator": g.arch}, "generator": g.state_dict()})
+    generator_checkpoint(tmp_path / "g.pt", task="deraining")
     names = ["a", "b", "c", "d"]
-    photos(tmp_path / "in", names)
-    photos(tmp_path / "gt", names, seed=1)
+    write_photos(tmp_path / "in", [f"{n}.png" for n in names], side=48, wider=8)  # not square
+    write_photos(tmp_path / "gt", [f"{n}.png" for n in names], side=48, seed=1, wider=8)
     run_test_script("deraining", ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "in"), "--gt",
                                   str(tmp_path / "gt"), "--save", str(tmp_path / "res"), "--device", "cpu",
                                   "--no-lpips"])
@@ -158,18 +146,14 @@ def test_a_report_of_500_images_opens_in_about_a_second(tmp_path, browser):
 
 def test_the_training_report_shows_curves_and_samples(tmp_path, browser):
     from common.runs import train_main
-    from conftest import write_h5
 
-    rng = np.random.default_rng(0)
-    write_h5(tmp_path / "data" / "a.h5", rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8),
-             rng.integers(0, 256, (4, 3, 128, 128), dtype=np.uint8))
-    photos(tmp_path / "val" / "in", ["a"], side=16, wider=0)
-    photos(tmp_path / "val" / "gt", ["a"], side=64, wider=0)
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
+    write_photos(tmp_path / "val" / "in", ["a.png"], side=16)
+    write_photos(tmp_path / "val" / "gt", ["a.png"], side=64)
     train_main("sr", ["--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--name", "r",
                       "--sigma", "10", "1", "--batchSize", "2", "--max-steps", "4", "--val-input",
                       str(tmp_path / "val" / "in"), "--val-gt", str(tmp_path / "val" / "gt"), "--val-steps", "2",
-                      "--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard",
-                      "--device", "cpu"])
+                      *small_nets(), "--device", "cpu"])
     page = tmp_path / "out" / "sr" / "r" / "report.html"
     open_page(browser, page)
     text = browser.find_element(By.TAG_NAME, "body").text

@@ -5,6 +5,7 @@ import torch
 from common.checkpoint import (atomic_write, load_generator, read_checkpoint, save_checkpoint)
 from common.errors import InputError
 from common.networks import Critic, Generator
+from conftest import ShellPayload
 
 
 @pytest.mark.slow
@@ -64,22 +65,11 @@ def test_sr_test_script_accepts_authors_file(authors_checkpoint, tmp_path):
     assert (tmp_path / "res" / "a.png").is_file() and (tmp_path / "res" / "metrics.csv").is_file()
 
 
-class Exploit:
-    """Unpickled, it would run a shell command that leaves a file behind: whether it ran can be seen."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_pickle_that_runs_code_is_refused(tmp_path, authors_module):
     """An authors'-format file (their module's classes are admitted) that also names os.system: the
     restricted unpickler refuses that one name, and the command never runs."""
     path, marker = tmp_path / "evil.pth", tmp_path / "payload-ran"
-    torch.save({"epoch": 1, "model": authors_module._NetG(), "discr": Exploit(marker)}, path)
+    torch.save({"epoch": 1, "model": authors_module._NetG(), "discr": ShellPayload(marker)}, path)
     with pytest.raises(InputError, match=r"evil\.pth: refused to load posix\.system: not part of an SOT checkpoint"):
         read_checkpoint(path)
     assert not marker.exists()

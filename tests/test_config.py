@@ -4,15 +4,14 @@ that defines a run."""
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 from common.config import RunConfig, flag_of, parse_train_args, parse_train_command, train_parser
 from common.runs import train_main
 from common.tasks import TASKS
-from conftest import write_h5
+from conftest import small_nets, sr_trainset
 
-SMALL = ["--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard", "--device", "cpu"]
+SMALL = [*small_nets(), "--device", "cpu"]
 
 
 def test_the_configuration_is_frozen_and_its_parser_is_built_from_its_fields():
@@ -38,9 +37,7 @@ def test_the_command_knows_which_flags_were_given():
 
 
 def small_run(tmp_path, *extra):
-    rng = np.random.default_rng(0)
-    write_h5(tmp_path / "data" / "a.h5", rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8),
-             rng.integers(0, 256, (4, 3, 128, 128), dtype=np.uint8))
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
     train_main("sr", ["--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--name", "r", "--sigma",
                       "10", "--batchSize", "2", "--max-steps", "1", *SMALL, *extra])
     return tmp_path / "out" / "sr" / "r"

@@ -4,16 +4,15 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from common.devices import Distributed, Local
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
-from conftest import ROOT, write_h5
+from conftest import ROOT, small_nets, sr_trainset
 
-SMALL = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard"]
+SMALL = small_nets(16)
 
 
 def networks(dtype):
@@ -86,9 +85,7 @@ def test_two_processes_equal_one_with_the_whole_batch_float32(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_trains_writes_once_and_resumes(tmp_path):
-    rng = np.random.default_rng(0)
-    write_h5(tmp_path / "data" / "a.h5", rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8),
-             rng.integers(0, 256, (24, 3, 128, 128), dtype=np.uint8))
+    sr_trainset(tmp_path / "data" / "a.h5", n=24)
     out = tmp_path / "runs"
     common = ["sr/train.py", "--trainset", str(tmp_path / "data"), "--out", str(out), "--name", "ddp",
               "--sigma", "10", "--batchSize", "4", "--seed", "3", "--log-every", "1", "--save-every", "1",
@@ -111,9 +108,7 @@ def test_torchrun_trains_writes_once_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_batch_must_divide_among_processes(tmp_path):
-    rng = np.random.default_rng(0)
-    write_h5(tmp_path / "data" / "a.h5", rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8),
-             rng.integers(0, 256, (8, 3, 128, 128), dtype=np.uint8))
+    sr_trainset(tmp_path / "data" / "a.h5", n=8)
     result = torchrun("sr/train.py", "--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
                       "--batchSize", "3", "--max-steps", "1", "--device", "cpu", *SMALL)
     assert result.returncode != 0 and "must divide among 2 processes" in result.stderr

@@ -4,7 +4,6 @@ import argparse
 import importlib.util
 import re
 import shlex
-from pathlib import Path
 from unittest import mock
 
 import pytest

@@ -166,12 +166,11 @@ def test_error_anatomy_splits_the_added_error_by_band_region_and_colour(tmp_path
     assert parts["flat"] > 0.9 * added and parts["edges"] < 0.1 * added
 
     # the script end to end: G the identity restores nothing, so every change is zero and the gain 0 dB
-    from common.checkpoint import save_checkpoint
     from common.images import write_image
     from common.recipe import start_as_identity
+    from conftest import generator_checkpoint
 
-    g = start_as_identity(Generator(width=8, increment=8))
-    save_checkpoint(tmp_path / "g.pt", {"task": "dehazing", "arch": {"generator": g.arch}, "generator": g.state_dict()})
+    generator_checkpoint(tmp_path / "g.pt", start_as_identity(Generator(width=8, increment=8)), task="dehazing")
     for side, offset in (("in", 30), ("gt", 0)):
         (tmp_path / side).mkdir()
         for name in ("a", "b"):

@@ -37,9 +37,11 @@ from common.test_cli import test_main as run_test_script
 from common.runs import train_main
 from common.files import RunLock
 from common.networks import Generator
-from conftest import ROOT
+from conftest import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
+                      write_photos)
 
-SMALL = ["--gen-width", "8", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard"]
+SMALL = small_nets()
+
 NON_UTF8 = os.fsdecode(b"\xff\xfe")  # a file name that is not valid UTF-8, as Python holds it
 
 
@@ -118,29 +120,12 @@ def h5_file(path, **datasets):
     return path
 
 
-def good_h5(path, n=2):
-    rng = np.random.default_rng(0)
-    return h5_file(path, data=rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
-                   label=rng.integers(0, 256, (n, 3, 128, 128), dtype=np.uint8))
-
-
 def png(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height pixels, with (almost) no pixel data behind it."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
-
-
-def tiny_generator():
-    torch.manual_seed(0)
-    return Generator(width=8, increment=8)
-
-
-def checkpoint(path, **fields):
-    g = tiny_generator()
-    save_checkpoint(path, {"arch": {"generator": g.arch}, "generator": g.state_dict(), **fields})
-    return path
 
 
 # Bad training files, and what each entry point that reads .h5 files says of them. None: not an
@@ -221,8 +206,8 @@ def test_bad_h5_files_at_every_entry_point(tmp_path, capsys, case):
 def flag_case(tmp_path, entry: str, extra: list[str]) -> list[str]:
     data = tmp_path / "d.h5"
     if not data.exists():
-        good_h5(data)
-        checkpoint(tmp_path / "g.pt")
+        sr_trainset(data)
+        generator_checkpoint(tmp_path / "g.pt")
         (tmp_path / "imgs").mkdir()
         cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(8, 8, 3))
     base = {"train": ["--trainset", str(data), "--out", str(tmp_path / "out"), "--max-steps", "1", "--batchSize",
@@ -289,7 +274,7 @@ IMAGE_CASES = ["undecodable name, corrupt content", "empty file", "header declar
 @pytest.mark.parametrize("case", IMAGE_CASES)
 def test_bad_images_in_test_and_make_h5(tmp_path, capsys, case):
     fragment = bad_image(case, tmp_path / "imgs")
-    checkpoint(tmp_path / "g.pt")
+    generator_checkpoint(tmp_path / "g.pt")
     refused(capsys, tmp_path, "test", ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "imgs"),
                                        "--device", "cpu", "--no-lpips", "--save", str(tmp_path / "res")], fragment)
     refused(capsys, tmp_path, "make_h5", ["--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "o.h5"),
@@ -304,22 +289,22 @@ def bad_checkpoint(case: str, path):
         torch.save({"format": FORMAT, "version": 1, "arch": {"generator": arch}}, path)
         return "no generator weights"
     if case == "unknown architecture setting":
-        checkpoint(path, arch={"generator": {**arch, "depth": 3}})
+        generator_checkpoint(path, arch={"generator": {**arch, "depth": 3}})
         return "unknown setting 'depth'"
     if case == "negative architecture value":
-        checkpoint(path, arch={"generator": {**arch, "width": -8}})
+        generator_checkpoint(path, arch={"generator": {**arch, "width": -8}})
         return "width = -8"
     if case == "architecture value as text":
-        checkpoint(path, arch={"generator": {**arch, "width": "8"}})
+        generator_checkpoint(path, arch={"generator": {**arch, "width": "8"}})
         return "width = '8'"
     if case == "architecture against its weights":
-        checkpoint(path, arch={"generator": {**arch, "width": 4096}})
+        generator_checkpoint(path, arch={"generator": {**arch, "width": 4096}})
         return "shape mismatch between its recorded arch and its weights (width 4096 vs 8)"
     if case == "string version":
         torch.save({"format": FORMAT, "version": "2", "arch": {"generator": arch}, "generator": state}, path)
         return "version '2' is not a whole number"
     if case == "truncated":
-        checkpoint(path)
+        generator_checkpoint(path)
         path.write_bytes(path.read_bytes()[:3000])
         return "not a checkpoint, or a damaged one"
     if case == "NaN weights":
@@ -331,7 +316,7 @@ def bad_checkpoint(case: str, path):
         torch.save([1, 2, 3], path)
         return "not an SOT checkpoint"
     if case == "config of the wrong type":
-        checkpoint(path, config=[1, 2])
+        generator_checkpoint(path, config=[1, 2])
         return "'config' is list"
     if case == "even kernel":
         even = Generator(width=8, increment=8, kernel_size=4)
@@ -341,13 +326,9 @@ def bad_checkpoint(case: str, path):
         path.mkdir()
         return "a folder, not a checkpoint file"
     if case in ("code in the pickle", "code in a protocol-2 pickle"):
-        marker = path.parent / "payload-ran"
-
-        class Payload:
-            def __reduce__(self):
-                return (os.system, (f"touch {marker}",))
         protocol = 2 if "protocol-2" in case else pickle.DEFAULT_PROTOCOL
-        path.write_bytes(pickle.dumps({"format": FORMAT, "generator": Payload()}, protocol=protocol))
+        payload = ShellPayload(path.parent / "payload-ran")
+        path.write_bytes(pickle.dumps({"format": FORMAT, "generator": payload}, protocol=protocol))
         # protocol 2 shows the code's name to torch's safe loader; later protocols stop it earlier
         return ("it pickles code that is not ours; nothing in it was run" if protocol == 2 else
                 "torch's safe loader refuses its pickle: Unsupported operand")
@@ -366,7 +347,7 @@ def test_damaged_and_crafted_checkpoints(tmp_path, capsys, case):
     fragment = bad_checkpoint(case, ckpt)
     (tmp_path / "imgs").mkdir()
     cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(8, 8, 3))
-    good_h5(tmp_path / "d.h5")
+    sr_trainset(tmp_path / "d.h5")
     refused(capsys, tmp_path, "test", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "imgs"), "--device",
                                        "cpu", "--no-lpips", "--save", str(tmp_path / "res")], fragment)
     if case not in ("architecture against its weights", "config of the wrong type"):  # --pretrained takes weights only
@@ -396,10 +377,10 @@ OUTPUT_CASES = ["test --save at a file", "test --save below a file", "test --sav
 
 @pytest.mark.parametrize("case", OUTPUT_CASES)
 def test_outputs_that_cannot_be_written(tmp_path, capsys, monkeypatch, case):
-    checkpoint(tmp_path / "g.pt")
+    generator_checkpoint(tmp_path / "g.pt")
     (tmp_path / "imgs").mkdir()
     cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(16, 16, 3))
-    good_h5(tmp_path / "d.h5")
+    sr_trainset(tmp_path / "d.h5")
     (tmp_path / "a-file").write_text("keep me")
     (tmp_path / "folder.h5").mkdir()
     entry, flag, where = case.split(" ", 2)
@@ -444,7 +425,7 @@ def test_merge_and_convert_refuse_sources_they_cannot_scale(tmp_path, capsys, dt
 
 # ----------------------------------------------------------------------------- run folders
 def test_damaged_run_files_are_refused_before_anything_is_written(tmp_path, capsys):
-    good_h5(tmp_path / "d.h5")
+    sr_trainset(tmp_path / "d.h5")
     run = tmp_path / "out" / "sr" / "r"
     (run / "sigma-10").mkdir(parents=True)
     (run / "run.json").write_text("{not json")
@@ -467,7 +448,7 @@ def tiny_run(tmp_path, name, *extra, steps=1):
 
 def test_a_run_folder_is_locked_for_the_life_of_its_run(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    good_h5(tmp_path / "data" / "a.h5")
+    sr_trainset(tmp_path / "data" / "a.h5")
     run = tmp_path / "out" / "sr" / "locked"
     # another process holds the folder, as a training run would
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
@@ -504,16 +485,16 @@ class _no_exit:
 def test_resume_refuses_changed_training_data_unless_told(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
-    good_h5(data / "a.h5", n=4)
+    sr_trainset(data / "a.h5", n=4)
     with _no_exit():
         train_main("sr", tiny_run(tmp_path, "r"))
     saved = json.loads((tmp_path / "out" / "sr" / "r" / "run.json").read_text())["resolved"]["trainset_files"]
     assert saved == [{"file": "a.h5", "bytes": os.path.getsize(data / "a.h5"), "data": 4, "label": 4}]
     resume = ["--resume", "auto", "--name", "r", "--out", str(tmp_path / "out"), "--max-steps", "2"]
-    good_h5(data / "b.h5", n=2)  # a file added
+    sr_trainset(data / "b.h5", n=2)  # a file added
     refused(capsys, tmp_path, "train", resume, ("the training data changed", "b.h5 added"))
     (data / "b.h5").unlink()
-    good_h5(data / "a.h5", n=2)  # fewer patches than the run saw
+    sr_trainset(data / "a.h5", n=2)  # fewer patches than the run saw
     line = refused(capsys, tmp_path, "train", resume, "a.h5: ")
     assert "data 4 -> 2" in line and "--resume-new-data" in line
     with _no_exit():
@@ -531,7 +512,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path,
     """The disk fills inside torch.save, which then raises RuntimeError('unexpected pos'): the line
     still says that the disk is full, how much the checkpoint needs, and which checkpoint is intact."""
     (tmp_path / "data").mkdir()
-    good_h5(tmp_path / "data" / "a.h5", n=4)
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
     real_open = open
     calls = {"checkpoints": 0}
 
@@ -582,7 +563,7 @@ def pid_no_process_can_have() -> int:
 
 def test_temporaries_of_killed_writers_are_removed_at_start(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    good_h5(tmp_path / "data" / "a.h5", n=4)
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
     with _no_exit():
         train_main("sr", tiny_run(tmp_path, "t"))
     dead = pid_no_process_can_have()
@@ -615,7 +596,7 @@ def test_file_names_that_are_not_utf8_work_end_to_end(tmp_path):
     (folder / f"{NON_UTF8}.png").write_bytes(encoded.tobytes())
     (tmp_path / "gt").mkdir()
     (tmp_path / "gt" / f"{NON_UTF8}.png").write_bytes(encoded.tobytes())
-    checkpoint(tmp_path / "g.pt")
+    generator_checkpoint(tmp_path / "g.pt")
     result = subprocess.run([sys.executable, "deraining/test.py", "--checkpoint", str(tmp_path / "g.pt"), "--input",
                              str(folder), "--gt", str(tmp_path / "gt"), "--no-lpips", "--save", str(tmp_path / "res"),
                              "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -661,7 +642,7 @@ def test_an_image_too_large_for_cpu_memory_is_tiled_or_refused(tmp_path, capsys,
         for attention in (m for m in g.modules() if isinstance(m, ChannelAttention)):
             for p in attention.conv_du.parameters():
                 p.mul_(10)
-    save_checkpoint(tmp_path / "g.pt", {"arch": {"generator": g.arch}, "generator": g.state_dict()})
+    generator_checkpoint(tmp_path / "g.pt", g)
     argv = ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "imgs"), "--device", "cpu",
             "--no-lpips", "--no-report", "--tile-overlap", "32"]
     with _no_exit():
@@ -689,7 +670,7 @@ def test_images_smaller_than_the_metrics_windows_are_measured_without_them(tmp_p
     for side in ("in", "gt"):
         (tmp_path / side).mkdir()
         cv2.imwrite(str(tmp_path / side / "dot.png"), u8(1, 1, 3, value=100))
-    checkpoint(tmp_path / "g.pt")
+    generator_checkpoint(tmp_path / "g.pt")
     with _no_exit():
         run_test_script("deraining", ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "in"), "--gt",
                                 str(tmp_path / "gt"), "--device", "cpu", "--no-lpips", "--save", str(tmp_path / "r")])
@@ -697,25 +678,15 @@ def test_images_smaller_than_the_metrics_windows_are_measured_without_them(tmp_p
 
 
 # ----------------------------------------------------------------------------- test.py never destroys or misleads
-def photos(folder, names=("a.png", "b.png", "c.png"), side=16, seed=0):
-    """Small random photographs (a user's own files: every test below checks that they survive)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for name in names:
-        ok, encoded = cv2.imencode(pathlib.Path(name).suffix, rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
-        (folder / name).write_bytes(encoded.tobytes())
-    return folder
-
-
 def task_checkpoint(path, task):
-    return checkpoint(path, task=task, config={"task": task})
+    return generator_checkpoint(path, task=task, config={"task": task})
 
 
 def user_files_case(case: str, d) -> tuple[str, list[str], str]:
     """One careless test.py run in ``d``: (entry, argv, a fragment of its one error line). The user's
     photographs are ``d/photos``, their ground truth ``d/gt``, earlier results ``d/res``."""
-    photos(d / "photos")
-    photos(d / "gt")
+    write_photos(d / "photos")
+    write_photos(d / "gt")
     ckpt = task_checkpoint(d / "g.pt", "deraining")
     run = lambda *extra, save="new-results": ("test deraining", [
         "--checkpoint", str(ckpt), "--input", str(d / "photos"), "--gt", str(d / "gt"), "--device", "cpu",
@@ -739,7 +710,7 @@ def user_files_case(case: str, d) -> tuple[str, list[str], str]:
         return entry, argv, "is the --input folder"
     # earlier results
     if case == "--save holds another model's results":
-        photos(d / "res", ("a.png", "b.png"), seed=5)
+        write_photos(d / "res", ("a.png", "b.png"), seed=5)
         (d / "res" / "metrics.csv").write_text("name,psnr\nmean,30.0\n")
         return (*run(save="res"), "holds earlier results that this run would replace (metrics.csv, a.png, b.png)")
     if case == "a folder where a result goes, with --overwrite":
@@ -752,32 +723,32 @@ def user_files_case(case: str, d) -> tuple[str, list[str], str]:
                                                  "pictures (a folder)")
     # found only part-way, yet nothing may be written
     if case == "the last ground truth has the wrong size":
-        photos(d / "gt", ("c.png",), side=20)
+        write_photos(d / "gt", ("c.png",), side=20)
         return (*run(), "c.png: ground truth is 20x20 but the restored c.png is 16x16")
     if case == "the last input is cut short":
         encoded = (d / "photos" / "c.png").read_bytes()
         (d / "photos" / "c.png").write_bytes(encoded[: len(encoded) // 2])  # a header that reads, pixels that do not
         return (*run(), "c.png: not a readable image")
     if case == "the last input is cut short, into earlier results with --overwrite":
-        photos(d / "res", ("a.png", "b.png"), seed=5)
+        write_photos(d / "res", ("a.png", "b.png"), seed=5)
         encoded = (d / "photos" / "c.png").read_bytes()
         (d / "photos" / "c.png").write_bytes(encoded[: len(encoded) // 2])
         return (*run("--overwrite", save="res"), "c.png: not a readable image")
     if case == "an input too small for --reference-metrics":
-        photos(d / "photos", ("c.png",), side=8)
-        photos(d / "gt", ("c.png",), side=8)
+        write_photos(d / "photos", ("c.png",), side=8)
+        write_photos(d / "gt", ("c.png",), side=8)
         return (*run("--reference-metrics"), "c.png: 8x8 is smaller than the 16-pixel multiple")
     # two results on one name
     if case == "two inputs with one name":
-        photos(d / "photos", ("a.jpg",))
+        write_photos(d / "photos", ("a.jpg",))
         return (*run(), "two inputs share the name 'a' (a.jpg and a.png): their restored images would both be "
                         "written as a.png")
     if case == "two ground truths with one name":
-        photos(d / "gt", ("b.bmp",))
+        write_photos(d / "gt", ("b.bmp",))
         return (*run(), "two ground truths share the name 'b'")
     if case == "an input named like test.py's own picture":
-        photos(d / "photos", ("side_by_side.png",))
-        photos(d / "gt", ("side_by_side.png",))
+        write_photos(d / "photos", ("side_by_side.png",))
+        write_photos(d / "gt", ("side_by_side.png",))
         return (*run("--side-by-side", "1"), "would be written as side_by_side.png, the name of the side-by-side")
     # a checkpoint of another task
     if case == "a dehazing checkpoint through deraining/test.py":
@@ -832,8 +803,8 @@ def test_test_py_refuses_before_changing_any_file(tmp_path, capsys, case):
 def test_test_py_writes_results_only_where_asked(tmp_path, capsys, monkeypatch):
     """Without --save a second run goes to a new numbered folder; --overwrite replaces exactly the files
     this run writes and says that others stay; --any-task runs another task's checkpoint with a note."""
-    photos(tmp_path / "photos")
-    photos(tmp_path / "gt")
+    write_photos(tmp_path / "photos")
+    write_photos(tmp_path / "gt")
     ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
     monkeypatch.chdir(tmp_path)
     argv = ["--checkpoint", str(ckpt), "--input", "photos", "--gt", "gt", "--device", "cpu", "--no-lpips"]
@@ -852,7 +823,7 @@ def test_test_py_writes_results_only_where_asked(tmp_path, capsys, monkeypatch):
         run_test_script("deraining", [*argv, "--save", "plain", "--no-report"])
     assert sorted(os.listdir(tmp_path / "plain")) == written[:4]
     # --overwrite into a folder with another model's results and a file of the user's
-    photos(tmp_path / "res", ("a.png", "z.png"), seed=9)
+    write_photos(tmp_path / "res", ("a.png", "z.png"), seed=9)
     (tmp_path / "res" / "notes.txt").write_text("mine")
     kept = {k: v for k, v in snapshot(tmp_path / "res").items() if k.endswith(("z.png", "notes.txt"))}
     with _no_exit():
@@ -893,7 +864,7 @@ def stopped_by(sig, argv: list[str], when, then: float = 0.0) -> str:
 def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
     """Stopped while its restored images are half written: the staged ones go, the results folder it
     made goes, one line says so, and the exit status is 128 + the signal."""
-    photos(tmp_path / "photos", [f"{i:02d}.png" for i in range(60)], side=96)
+    write_photos(tmp_path / "photos", [f"{i:02d}.png" for i in range(60)], side=96)
     ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
     before = snapshot(tmp_path)
     save = tmp_path / "out" / "res"
@@ -907,7 +878,7 @@ def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_make_h5_removes_its_temporary_and_folders(tmp_path, sig):
-    photos(tmp_path / "imgs", [f"{i:02d}.png" for i in range(40)], side=256)
+    write_photos(tmp_path / "imgs", [f"{i:02d}.png" for i in range(40)], side=256)
     before = snapshot(tmp_path)
     out = tmp_path / "new" / "deeper" / "o.h5"
     last = stopped_by(sig, ["gdata/make_h5.py", "--input", str(tmp_path / "imgs"), "--out", str(out), "--patch", "16",
@@ -920,8 +891,8 @@ def test_a_signal_mid_make_h5_removes_its_temporary_and_folders(tmp_path, sig):
 
 # ----------------------------------------------------------------------------- gdata: one file, one role
 def test_gdata_never_writes_over_what_it_reads(tmp_path, capsys):
-    good_h5(tmp_path / "d.h5")
-    photos(tmp_path / "imgs")
+    sr_trainset(tmp_path / "d.h5")
+    write_photos(tmp_path / "imgs")
     same = str(tmp_path / "d.h5")
     refused(capsys, tmp_path, "merge_h5", ["--data", same, "--label", same, "--out", same, "--quiet"],
             "d.h5: is also a file this command reads")
@@ -972,7 +943,7 @@ def test_a_phone_photograph_is_restored_upright_in_test_and_make_h5(tmp_path, ca
     stored = np.stack([xx * 12, yy * 20, xx * 3], -1).astype(np.uint8)
     (tmp_path / "in").mkdir()
     exif_image(tmp_path / "in" / "phone.jpg", stored, 6)
-    photos(tmp_path / "gt", ("phone.png",), side=12)
+    write_photos(tmp_path / "gt", ("phone.png",), side=12)
     upright = np.rot90(stored, k=-1)
     cv2.imwrite(str(tmp_path / "gt" / "phone.png"), upright[:, :, ::-1])
     ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
@@ -1000,7 +971,7 @@ def test_a_run_whose_every_step_was_skipped_does_not_end_as_trained(tmp_path, ca
     """sigma 1e29 passes the flag check but overflows every generator update: exit 3, a line that
     says nothing was trained, and state.json not marked finished."""
     (tmp_path / "data").mkdir()
-    good_h5(tmp_path / "data" / "a.h5", n=4)
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
     with pytest.raises(SystemExit) as exit_info:
         train_main("sr", [*tiny_run(tmp_path, "big", steps=3)[:-len(SMALL) - 2], "--device", "cpu", *SMALL,
                           "--sigma", "1e29"])
@@ -1023,7 +994,7 @@ def test_values_that_overflow_are_refused_before_training(tmp_path, capsys, extr
 
 def test_pretrained_from_another_task_is_named(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    good_h5(tmp_path / "data" / "a.h5", n=4)
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
     task_checkpoint(tmp_path / "g.pt", "dehazing")
     with _no_exit():
         train_main("sr", tiny_run(tmp_path, "p", "--pretrained", str(tmp_path / "g.pt")))
@@ -1045,14 +1016,14 @@ def test_unclear_cases_get_messages_that_say_what_is_wrong(tmp_path, capsys):
     os.symlink("loop.h5", tmp_path / "loop.h5")
     refused(capsys, tmp_path, "inspect_h5", [str(tmp_path / "loop.h5"), "--check", "--quiet"], "a symbolic-link loop")
     os.symlink("loop.pt", tmp_path / "loop.pt")
-    photos(tmp_path / "imgs")
+    write_photos(tmp_path / "imgs")
     refused(capsys, tmp_path, "test", ["--checkpoint", str(tmp_path / "loop.pt"), "--input", str(tmp_path / "imgs"),
                                        "--device", "cpu"], "loop.pt: a symbolic-link loop")
 
 
 def test_a_training_file_held_by_a_writer_says_so(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    good_h5(tmp_path / "data" / "a.h5")
+    sr_trainset(tmp_path / "data" / "a.h5")
     writer = subprocess.Popen([sys.executable, "-c", "import sys, time, h5py; f = h5py.File(sys.argv[1], 'a'); "
                                "print('open', flush=True); time.sleep(120)", str(tmp_path / "data" / "a.h5")],
                               stdout=subprocess.PIPE, text=True)
@@ -1071,7 +1042,7 @@ def test_a_training_file_held_by_a_writer_says_so(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_damaged_newest_checkpoint_names_the_intact_one_and_how_to_resume(tmp_path, capsys):
     (tmp_path / "data").mkdir()
-    good_h5(tmp_path / "data" / "a.h5", n=4)
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
     with _no_exit():
         train_main("sr", tiny_run(tmp_path, "d", steps=3))
     folder = tmp_path / "out" / "sr" / "d" / "sigma-10"

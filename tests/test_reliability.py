@@ -18,9 +18,9 @@ from common.runs import train_main
 from common.images import read_image
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
-from conftest import ROOT, run_script, write_h5
+from conftest import ROOT, generator_checkpoint, run_script, small_nets, sr_trainset, write_h5
 
-SMALL = ["--gen-width", "16", "--gen-increment", "8", "--critic-width", "8", "--no-tensorboard"]
+SMALL = small_nets(16)
 
 
 @pytest.fixture(autouse=True)
@@ -29,11 +29,9 @@ def restore_global_torch_flags():
     torch.use_deterministic_algorithms(False)
 
 
-def sr_data(folder, n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    write_h5(folder / "train.h5", rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
-             rng.integers(0, 256, (n, 3, 128, 128), dtype=np.uint8))
-    return folder
+def sr_data(folder, n=16):
+    """A training folder of one small SR file (the runs here use several batches of it)."""
+    return sr_trainset(folder / "train.h5", n=n).parent
 
 
 def train_args(data, out, name, steps, *extra):
@@ -370,15 +368,6 @@ def test_full_disk_during_training_is_a_clear_error(tmp_path, monkeypatch, capsy
 
 
 # ----------------------------------------------------------------------------- bad input, one line each
-def h5_file(path, data=None, label=None):
-    with h5py.File(path, "w") as f:
-        if data is not None:
-            f.create_dataset("data", data=data)
-        if label is not None:
-            f.create_dataset("label", data=label)
-    return path
-
-
 def u8(*shape):
     return np.zeros(shape, np.uint8)
 
@@ -394,24 +383,24 @@ def make_case(tmp_path, case):
     if case == "empty folder":
         return "train", ["--trainset", str(d), "--device", "cpu"], "no .h5 files"
     if case == "no label":
-        h5_file(d / "a.h5", data=u8(4, 3, 32, 32))
+        write_h5(d / "a.h5", u8(4, 3, 32, 32), None)
         return (*train(), "no 'label' dataset")
     if case == "truncated h5":
-        h5_file(d / "a.h5", u8(64, 3, 32, 32), u8(64, 3, 128, 128))
+        write_h5(d / "a.h5", u8(64, 3, 32, 32), u8(64, 3, 128, 128))
         raw = (d / "a.h5").read_bytes()
         (d / "a.h5").write_bytes(raw[: len(raw) // 3])
         return (*train(), "a.h5")
     if case == "channel mismatch":
-        h5_file(d / "a.h5", u8(4, 3, 32, 32), u8(4, 1, 128, 128))
+        write_h5(d / "a.h5", u8(4, 3, 32, 32), u8(4, 1, 128, 128))
         return (*train(), "channels")
     if case == "patch the critic cannot take":
-        h5_file(d / "a.h5", u8(4, 3, 16, 16), u8(4, 3, 64, 64))
+        write_h5(d / "a.h5", u8(4, 3, 16, 16), u8(4, 3, 64, 64))
         return (*train(), "critic takes 128x128")
     if case == "NaN in data":
-        h5_file(d / "a.h5", np.full((4, 3, 32, 32), np.nan, np.float32), np.zeros((4, 3, 128, 128), np.float32))
+        write_h5(d / "a.h5", np.full((4, 3, 32, 32), np.nan, np.float32), np.zeros((4, 3, 128, 128), np.float32))
         return (*train(), "NaN")
     if case == "values out of range":
-        h5_file(d / "a.h5", np.full((4, 3, 32, 32), 255.0, np.float32), np.zeros((4, 3, 128, 128), np.float32))
+        write_h5(d / "a.h5", np.full((4, 3, 32, 32), 255.0, np.float32), np.zeros((4, 3, 128, 128), np.float32))
         return (*train(), "values in [255, 255]")
     if case == "not a checkpoint":
         (d / "model.pth").write_bytes(b"hello")
@@ -423,8 +412,7 @@ def make_case(tmp_path, case):
         return "test", ["--checkpoint", str(d / "c.pt"), "--input", str(d), "--device", "cpu"], "missing"
     ckpt = tmp_path / "g.pt"
     if not ckpt.exists():
-        g = Generator(width=16, increment=8)
-        save_checkpoint(ckpt, {"arch": {"generator": g.arch}, "generator": g.state_dict()})
+        generator_checkpoint(ckpt, Generator(width=16, increment=8))
     test = lambda *a: ("test", ["--checkpoint", str(ckpt), "--device", "cpu", "--no-lpips", "--save",
                                 str(tmp_path / "res"), *a])
     if case == "unreadable image":
