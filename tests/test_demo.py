@@ -77,29 +77,34 @@ def test_sr_demo_has_the_same_photographs_on_both_sides_and_validates_on_others(
     assert sorted(p.stem for p in paths["wider_input"].iterdir()) == sorted(photo_name(n) for n in WIDER_PHOTOS)
 
 
-def twins(task: str, root, every: int = 7):
-    """Every 7th degraded patch of a task's demo file beside its own clean twin, as floats in [0, 1]."""
-    paths = build_demo_data(TASKS[task], root)
+@pytest.fixture(scope="module")
+def haze_demo(tmp_path_factory):
+    """The dehazing demo's data, built once for the tests that only read it."""
+    return build_demo_data(TASKS["dehazing"], tmp_path_factory.mktemp("haze-demo"))
+
+
+def twins(paths, every: int = 7):
+    """Every 7th degraded patch of a demo file beside its own clean twin, as floats in [0, 1]."""
     with h5py.File(paths["trainset"] / "demo.h5") as f:
         return f["data"][::every] / 255.0, f["label"][::every] / 255.0
 
 
 @pytest.mark.slow
-def test_the_rain_and_haze_demo_files_follow_their_physical_models(tmp_path):
+def test_the_rain_and_haze_demo_files_follow_their_physical_models(tmp_path, haze_demo):
     """Oracles of their own for the synthetic degradations, fitted to the file's pixels.
 
     Rain is screen-blended grey streaks, 1 - I = (1 - J)(1 - R): every channel of a pixel gives the same
     streak value R (to 8-bit rounding, 0.018 measured) and rain only brightens. Haze is
     I = J t + A (1 - t) with a grey airlight: each pixel's three channels lie on one line of slope
     t (0.08..0.9, as beta 0.5..2.5 over optical depths 0.2..1 give) and intercept A (1 - t), A in 0.7..1."""
-    rainy, clean = twins("deraining", tmp_path / "rain")
+    rainy, clean = twins(build_demo_data(TASKS["deraining"], tmp_path))
     dark = (1 - clean).min(axis=1) > 0.2
     streaks = 1 - (1 - rainy) / np.maximum(1 - clean, 1e-6)
     assert (streaks.max(axis=1) - streaks.min(axis=1))[dark].max() < 0.03
     assert streaks.min(axis=1)[dark].min() > -0.01
     assert 0.2 < (streaks.mean(axis=1)[dark] > 0.05).mean() < 0.8  # heavy rain: streaks over part of the image
 
-    hazy, clean = twins("dehazing", tmp_path / "haze")
+    hazy, clean = twins(haze_demo)
     hi, lo = clean.argmax(axis=1)[:, None], clean.argmin(axis=1)[:, None]
     j_hi, j_lo = np.take_along_axis(clean, hi, 1)[:, 0], np.take_along_axis(clean, lo, 1)[:, 0]
     i_hi, i_lo = np.take_along_axis(hazy, hi, 1)[:, 0], np.take_along_axis(hazy, lo, 1)[:, 0]
@@ -115,10 +120,9 @@ def test_the_rain_and_haze_demo_files_follow_their_physical_models(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_on_the_demo_file_is_unpaired(tmp_path):
+def test_training_on_the_demo_file_is_unpaired(haze_demo):
     """A degraded patch meets its own clean twin only by chance: the loader draws partners at random."""
-    paths = build_demo_data(TASKS["dehazing"], tmp_path)
-    dataset = UnpairedH5Dataset(paths["trainset"])
+    dataset = UnpairedH5Dataset(haze_demo["trainset"])
     sampler = UnpairedSampler(len(dataset), dataset.num_labels, 4, seed=0)
     draws = list(sampler)
     own = sum(i == j for i, j in draws)
