@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .errors import InputError, check_interrupted
 from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
-from .inference import check_cpu_memory, restore
+from .inference import TILE_CONTEXT, check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
 from .pairs import Pair
 from .degrade import imresize
@@ -42,6 +42,20 @@ def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel
                "ssim": ssim(restored, gt)}
     row["lpips"] = lpips(a, b) if lpips is not None else None
     return row
+
+
+def check_scored_apart(input_dir, gt_dir, pairs: list[Pair], flags: tuple[str, str] = ("--input", "--gt")) -> None:
+    """Refuse ground truth that is the input itself: every image would be scored against itself (and
+    a validation that chooses best.pt on it would choose by nothing)."""
+    from .files import same_file
+
+    if gt_dir and same_file(input_dir, gt_dir):
+        raise InputError(f"{flags[1]} {gt_dir} is the {flags[0]} folder: every image would be scored against itself; "
+                         "give the ground truth's own folder (a folder holding both sides in a known layout, "
+                         f"such as rain-*/norain-*, goes to {flags[0]} alone)")
+    for pair in pairs:
+        if pair.gt is not None and same_file(pair.input, pair.gt):
+            raise InputError(f"{pair.input}: is its own ground truth ({pair.gt}); give the ground truth's own folder")
 
 
 def check_gt_size(gt_shape: tuple[int, int], shape: tuple[int, int], pair: Pair, scale: int, slack: int = 0) -> None:
@@ -79,7 +93,7 @@ def restored_size(input_size: tuple[int, int], task: Task, prescaled: bool = Fal
 
 
 def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: torch.device, *,
-                         prescaled: bool = False, reference_metrics: bool = False, tile_overlap: int = 32) -> None:
+                         prescaled: bool = False, reference_metrics: bool = False, tile_overlap: int = TILE_CONTEXT) -> None:
     """Every check :func:`evaluate` would meet on its way, from the images' headers alone (no pixel
     is decoded where Pillow reads the format): an input too small for the reference's crop or too
     large for memory, a ground truth of the wrong size. So a run that would stop at its 400th
@@ -149,7 +163,7 @@ class Evaluation:
 def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: torch.device, *,
              align_corners: bool = False, prescaled: bool = False, save_dir: str | os.PathLike | None = None,
              lpips: LPIPS | None = None, y_channel: bool = False, precision: str = "fp32",
-             transpose: bool = False, tile: int | None = None, tile_overlap: int = 32,
+             transpose: bool = False, tile: int | None = None, tile_overlap: int = TILE_CONTEXT,
              upscale: str = "pytorch", reference_metrics: bool = False, keep: int = 0,
              progress: bool = True, on_image=None) -> Evaluation:
     """Restore every pair's input, write it under ``save_dir`` (if given) and measure it (if it has a

@@ -56,8 +56,8 @@ class Header:
 
 
 ORIENTATIONS = {2: "mirrored left to right", 3: "turned 180 degrees", 4: "mirrored top to bottom",
-                5: "mirrored along its diagonal", 6: "turned 90 degrees clockwise",
-                7: "mirrored along its other diagonal", 8: "turned 90 degrees anticlockwise"}
+                5: "mirrored along its diagonal", 6: "turned 90 degrees anticlockwise",
+                7: "mirrored along its other diagonal", 8: "turned 90 degrees clockwise"}
 
 
 def read_header(path: str | os.PathLike) -> Header | None:

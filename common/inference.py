@@ -20,6 +20,8 @@ from .files import available_memory, human_bytes
 from .networks import GENERATOR_MULTIPLE, pad_to_multiple
 
 MIN_AUTO_TILE = 128
+MIN_TILE = 32      # a smaller tile would spend most of its time on its context (--tile 4: 300x the work)
+TILE_CONTEXT = 32  # context pixels around a tile: enough that no pixel of a trained model's output changes
 CPU_TILES = (1024, 512, 256, 128)
 # Peak memory of the generator's forward pass without gradients, per pixel and per channel of its
 # width: measured 31-51 bytes on the CPU (about ten feature maps alive at once); taken with margin.
@@ -164,7 +166,7 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 @torch.no_grad()
 def restore(generator: nn.Module, x: torch.Tensor, precision: str = "fp32", tile: int | None = None,
-            overlap: int = 32) -> torch.Tensor:
+            overlap: int = TILE_CONTEXT) -> torch.Tensor:
     """G(x) in float32 for a 1 x 3 x H x W input of any size.
 
     ``tile`` restores in tiles (see :func:`restore_tiled`). Without it, an image too large for the

@@ -6,10 +6,19 @@ import argparse
 import os
 from pathlib import Path
 
-from .cli import OneLineParser, common_flags, non_negative_int, positive_int, run_guarded
+from .cli import OneLineParser, common_flags, non_negative_int, run_guarded
+from .inference import MIN_TILE, TILE_CONTEXT
 from .errors import InputError, note
 from .report import ASSETS as REPORT_FOLDER
 from .tasks import TASKS, UPSCALERS, Task
+
+
+def tile_side(token: str) -> int:
+    value = int(token)
+    if value < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_TILE} pixels (a smaller tile spends most of its time "
+                                         f"on the context around it), got {value}")
+    return value
 
 
 def test_parser(task: Task) -> argparse.ArgumentParser:
@@ -50,11 +59,12 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--transpose", action="store_true",
                    help="swap height and width around G: for models trained on MATLAB-layout .h5 files "
                         "read without --layout matlab (the authors' deraining models)")
-    p.add_argument("--tile", type=positive_int, default=None, metavar="N",
-                   help="restore in N x N tiles, for images that do not fit in memory (on CUDA, an "
-                        "out-of-memory error falls back to tiles by itself)")
-    p.add_argument("--tile-overlap", type=non_negative_int, default=32, metavar="M",
-                   help="context pixels around each tile (default: %(default)s)")
+    p.add_argument("--tile", type=tile_side, default=None, metavar="N",
+                   help=f"restore in N x N tiles (N at least {MIN_TILE}), for images that do not fit in memory "
+                        "(on CUDA, an out-of-memory error falls back to tiles by itself)")
+    p.add_argument("--tile-overlap", type=non_negative_int, default=TILE_CONTEXT, metavar="M",
+                   help="context pixels around each tile; less than the default lets tile borders show "
+                        "(default: %(default)s)")
     p.add_argument("--reference-metrics", action="store_true",
                    help=f"measure as the authors' test scripts: inputs cropped to a multiple of {task.reference_crop} "
                         "pixels and PSNR on the unclamped float output (default: no crop, every metric on the "
@@ -107,16 +117,12 @@ def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None
 def check_roles(args, pairs: list, save_dir: Path) -> None:
     """--input, --gt and --save must each name a place of their own: restored images written into the
     input or ground-truth folder would replace the user's images (or be scored against themselves)."""
+    from .evaluate import check_scored_apart
     from .files import same_file
 
-    if args.gt and same_file(args.input, args.gt):
-        raise InputError(f"--gt {args.gt} is the --input folder: every image would be scored against itself; "
-                         "give the ground truth's own folder (a folder holding both sides in a known layout, "
-                         "such as rain-*/norain-*, goes to --input alone)")
+    check_scored_apart(args.input, args.gt, pairs)
     folders: dict[Path, str] = {}
     for pair in pairs:
-        if pair.gt is not None and same_file(pair.input, pair.gt):
-            raise InputError(f"{pair.input}: is its own ground truth ({pair.gt}); give the ground truth's own folder")
         folders.setdefault(pair.input.parent, "input images")
         if pair.gt is not None:
             folders.setdefault(pair.gt.parent, "ground-truth images")
@@ -247,6 +253,9 @@ def _test(task: Task, argv: list[str]) -> None:
         raise InputError("give --checkpoint and --input (or --demo)")
     if args.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
+    if args.tile_overlap < TILE_CONTEXT:
+        note(f"--tile-overlap {args.tile_overlap}: tiles see less of their surroundings than the {TILE_CONTEXT} pixels "
+             "that keep them seamless; where the image is restored in tiles, their borders may show")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     checkpoint = Path(args.checkpoint)
@@ -297,7 +306,8 @@ def _test(task: Task, argv: list[str]) -> None:
     else:
         print(f"restored images in {save_dir}")
     if ev.examples:
-        print(f"side by side (input | restored | clean): {save_dir / 'side_by_side.png'}")
+        columns = f"{task.input_label} | restored" + (" | clean" if any(gt is not None for *_, gt in ev.examples) else "")
+        print(f"side by side ({columns}): {save_dir / 'side_by_side.png'}")
     if not args.no_report:
         print(f"report (open it in a browser): {save_dir / 'report.html'}")
 

@@ -232,6 +232,7 @@ FLAG_CASES = [
     ("train", ["--loss", "l3"], "--loss"), ("train", ["--batchSize", "4"], "fewer than one batch"),
     ("train", ["--no-such-flag"], "--no-such-flag"),
     ("test", ["--tile-overlap", "-40"], "--tile-overlap"), ("test", ["--tile", "0"], "--tile"),
+    ("test", ["--tile", "3"], "must be at least 32 pixels"),
     ("test", ["--side-by-side", "-1"], "--side-by-side"),
     ("make_h5", ["--seed", "-1"], "--seed"), ("make_h5", ["--patch", "0"], "--patch"),
     ("merge_h5", ["--batch", "0"], "--batch"), ("inspect_h5", ["--scale", "-2"], "--scale"),
@@ -839,6 +840,23 @@ def test_test_py_writes_results_only_where_asked(tmp_path, capsys, monkeypatch):
     assert "trained for dehazing; tested as deraining as --any-task asks" in capsys.readouterr().err
 
 
+def test_without_ground_truth_the_picture_and_its_line_show_two_columns(tmp_path, capsys):
+    """The side-by-side picture is input | restored where nothing is there to compare with, and its line
+    says so; a --tile-overlap under the seamless one gets a note."""
+    from common.images import read_image
+
+    write_photos(tmp_path / "photos", side=64)
+    ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
+    with _no_exit():
+        run_test_script("deraining", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--device",
+                                      "cpu", "--save", str(tmp_path / "res"), "--side-by-side", "2", "--tile", "32",
+                                      "--tile-overlap", "8"])
+    captured = capsys.readouterr()
+    assert f"side by side (rainy input | restored): {tmp_path / 'res' / 'side_by_side.png'}" in captured.out
+    assert read_image(tmp_path / "res" / "side_by_side.png").shape[1] < 3 * 64  # two columns, not three
+    assert "--tile-overlap 8: tiles see less of their surroundings than the 32 pixels" in captured.err
+
+
 def stopped_by(sig, argv: list[str], when, then: float = 0.0) -> str:
     """Run a script, send it ``sig`` once ``when()`` holds (and ``then`` seconds more); the last line
     it printed. It must exit with 128 + the signal and no traceback."""
@@ -932,9 +950,12 @@ def test_images_are_read_as_viewers_show_them(tmp_path, capsys, suffix):
         assert ours.shape == shown.shape, orientation
         assert np.abs(ours - shown).max() <= (3 if suffix == ".jpg" else 0), orientation
         assert image_size(path) == (shown.shape[1], shown.shape[0])
+        if orientation in (6, 8) and suffix != ".jpg":  # the note's words below, against the geometry
+            assert np.array_equal(np.rot90(shown, k=1 if orientation == 6 else -1), pixels)  # k=1: anticlockwise
     err = capsys.readouterr().err
     if suffix != ".tif":  # OpenCV turns TIFFs itself: nothing to say
-        assert "o6" + suffix + ": EXIF orientation 6 applied (the stored pixels are turned 90 degrees clockwise" in err
+        assert "o6" + suffix + ": EXIF orientation 6 applied (the stored pixels are turned 90 degrees anticlockwise" in err
+        assert "o8" + suffix + ": EXIF orientation 8 applied (the stored pixels are turned 90 degrees clockwise" in err
 
 
 def test_a_phone_photograph_is_restored_upright_in_test_and_make_h5(tmp_path, capsys):
