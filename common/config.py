@@ -26,7 +26,7 @@ from .cli import (OneLineParser, common_flags, decay, finite_non_negative_float,
 from .errors import InputError
 from .networks import CRITIC_INITS
 from .sot import TRANSPORT_COSTS
-from .tasks import Task
+from .tasks import TASKS, Task
 
 RUN_FORMAT = "sot-run"
 RUN_VERSION = 2  # run.json: {"config": what was asked, "resolved": what the machine made of it}
@@ -302,14 +302,16 @@ def train_parser(task: Task, defaults: dict | None = None, given_only: bool = Fa
     r = p.add_argument_group("resuming")
     r.add_argument("--resume", default="", metavar="auto|CKPT",
                    help="continue a run where it stopped: 'auto' takes the newest run of this task (of --name if "
-                        "given), or name one of our checkpoints; finished sigmas of the sweep are skipped")
+                        "given), or name one of our checkpoints (its sigma continues from it, the sweep's other "
+                        "sigmas from their newest); finished sigmas of the sweep are skipped")
     r.add_argument("--resume-new-data", action="store_true",
                    help="with --resume: continue although the training files changed since the run started "
                         "(added, removed, resized or recounted; refused without this flag)")
     p.add_argument("--demo", action="store_true",
                    help="build a small unpaired set from scikit-image's photographs and train a short run that two "
                         f"CPU cores finish in under 10 minutes ({demo_flags_text(task)}); any flag given as well "
-                        "overrides these. See docs/TRAINING.md")
+                        "overrides these, but its data are its own (--trainset, --val-input and --val-gt are "
+                        "refused with it); --demo --resume auto continues a stopped demo. See docs/TRAINING.md")
     common_flags(p)
     if given_only:  # every flag, ours and the shared ones: absent from the namespace unless given
         for action in p._actions:
@@ -331,6 +333,8 @@ def parse_train_command(task: Task, argv: list[str]) -> TrainCommand:
     demo = "--demo" in argv
     args = train_parser(task, demo_settings(task) if demo else None).parse_args(argv)
     given = _config_values(train_parser(task, given_only=True).parse_args(argv))
+    if args.resume_new_data and not args.resume:
+        raise InputError("--resume-new-data continues a run on changed training files: it needs --resume")
     config = RunConfig.for_task(task, **_config_values(args))
     return TrainCommand(config, given, args.resume, args.resume_new_data, args.demo)
 
@@ -413,6 +417,11 @@ def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
     ckpt = read_checkpoint(checkpoint)
     if ckpt["format"] == "authors" or "sigma" not in ckpt:
         raise InputError(f"{checkpoint}: not one of our training checkpoints; use --pretrained to start from it")
+    trained = ckpt.get("task")
+    if isinstance(trained, str) and trained != task.name:
+        what = TASKS[trained].title if trained in TASKS else repr(trained)
+        hint = f"; resume it with python {trained}/train.py" if trained in TASKS else ""
+        raise InputError(f"{checkpoint}: trained for {what}, not {task.title}{hint}")
     sigma = ckpt["sigma"]
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
         raise InputError(f"{checkpoint}: the checkpoint's sigma {sigma!r} is not a number; it is damaged")

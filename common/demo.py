@@ -64,14 +64,16 @@ def score_wider(task: Task, checkpoint: Path, root: Path, device) -> WiderScore:
                       min(gains, key=lambda item: item[1]))
 
 
-def demo_report(task: Task, config, result, seconds: float, wider: WiderScore) -> str:
+def demo_report(task: Task, config, result, seconds: float, wider: WiderScore, resumed: bool = False) -> str:
     """What the demo prints at the end: what it trained on, its PSNR against the input on the
-    validation photographs and on the wider held-out ones, and a verdict."""
+    validation photographs and on the wider held-out ones, and a verdict. ``seconds``: this
+    invocation's, which for a resumed demo is its last part only."""
     paper = {"gen_width": 80, "critic_width": 64}
     narrowed = [f"{k.split('_')[0].replace('gen', 'generator')} width {getattr(config, k)} (the paper's {v})"
                 for k, v in paper.items() if getattr(config, k) != v]
     val = result.last_val
-    lines = [f"demo done in {seconds / 60:.1f} min ({result.step} steps of {config.batch_size} patches"
+    lines = [f"demo {'resumed and ' if resumed else ''}done in {seconds / 60:.1f} min"
+             + (" since it resumed" if resumed else "") + f" ({result.step} steps of {config.batch_size} patches"
              + (f"; {', '.join(narrowed)}, narrowed so that a CPU can train; real training keeps the paper's sizes"
                 if narrowed else "") + ").",
              f"Data: degraded and clean patches of the same {len(TRAIN_PHOTOS)} photographs; each degraded patch "

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_weights, read_checkpoint
 from .cli import run_guarded
-from .config import Resolved, ResumePlan, RunConfig, parse_train_command, plan_resume, run_record
+from .config import Resolved, ResumePlan, RunConfig, flag_of, parse_train_command, plan_resume, run_record
 from .data import UnpairedH5Dataset, UnpairedSampler
 from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision, resolve_threads,
                       rng_state, seed_everything, set_rng_state, to_device)
@@ -42,7 +42,7 @@ from .networks import Critic, Generator
 from .pairs import Pair
 from .recipe import WeightAverage, extra_generator_cost, generator_trains, start_as_identity
 from .report import ReportRefresher
-from .run_folder import SigmaFolder, json_ready, sigma_dir_name, write_json
+from .run_folder import SigmaFolder, json_ready, read_state, sigma_dir_name, write_json
 from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
 from .tasks import TASKS, Task, model_input
 
@@ -215,7 +215,7 @@ def check_training_data(task: Task, config: RunConfig, dist) -> UnpairedH5Datase
 def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
     """The validation pairs, every image read now: one that is unreadable or of the wrong size stops
     the run before it writes anything, not at its first validation."""
-    from .evaluate import match_gt
+    from .evaluate import check_scored_apart, match_gt
     from .images import read_image
     from .pairs import find_pairs
 
@@ -224,6 +224,7 @@ def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
     if not config.val_input:
         return None
     pairs = find_pairs(config.val_input, config.val_gt)
+    check_scored_apart(config.val_input, config.val_gt, pairs, ("--val-input", "--val-gt"))
     unpaired = [p.input.name for p in pairs if p.gt is None]
     if unpaired:
         raise InputError(f"{config.val_input}: validation needs ground truth; give --val-gt or a test set's "
@@ -372,7 +373,8 @@ def train_sigmas(p: Prepared) -> list[RunResult]:
             if p.dist.is_main:
                 val = f", validation PSNR {r.last_val['psnr']:.2f} dB" if r.last_val else ""
                 skipped = f" ({r.skipped_run} of this run's {r.steps_run} skipped as non-finite)" if r.skipped_run else ""
-                print(f"sigma {sigma:g}: {r.step} steps{skipped}, {r.epoch} epoch(s){val}; checkpoints in {r.run_dir}")
+                print(f"sigma {sigma:g}: {r.step} step(s){skipped}, {r.epoch} full epoch(s){val}; "
+                      f"checkpoints in {r.run_dir}")
                 if r.skipped_run * 2 > r.steps_run:
                     note(f"sigma {sigma:g}: most steps were skipped as non-finite; the model trained on fewer than "
                          "half of them (see 'skipped' in metrics.jsonl)")
@@ -381,7 +383,8 @@ def train_sigmas(p: Prepared) -> list[RunResult]:
 
 def resume_command(task: Task, config: RunConfig, dist=None) -> str:
     launcher = f"torchrun --nproc_per_node={dist.world}" if dist is not None and dist.world > 1 else "python"
-    return f"{launcher} {task.name}/train.py --resume auto --name {config.name} --out {config.out}"
+    demo = " --demo" if is_demo_run(task, config) else ""
+    return f"{launcher} {task.name}/train.py --resume auto --name {config.name} --out {config.out}{demo}"
 
 
 # ----------------------------------------------------------------------------- one sigma
@@ -632,6 +635,11 @@ class SigmaRun:
         self.folder.last_good = path
         if self.main:
             print(f"sigma {self.sigma:g}: resuming from {path} (epoch {self.position.epoch}, step {self.position.step})")
+            newest = read_state(self.folder.path) or {}
+            if isinstance(newest.get("step"), int) and newest["step"] > self.position.step:
+                note(f"sigma {self.sigma:g}: {path.name} is at step {self.position.step}, behind this sigma's newest "
+                     f"checkpoint ({newest.get('checkpoint')}, step {newest['step']}); training goes on from step "
+                     f"{self.position.step} and replaces the later checkpoints as it reaches their steps")
         return skipped
 
     def _record(self) -> dict:
@@ -747,32 +755,57 @@ def _train_command(task: Task, argv: list[str]) -> None:
     command = parse_train_command(task, argv)
     # Under torchrun with several processes this joins the process group; alone, it is a no-op.
     dist = Distributed.from_environment(command.config.device)
+    started = time.time()
     try:
         if command.resume:
             config, plan = plan_resume(task, command.resume, command.given, command.resume_new_data)
-            train(task, config, dist, resume=plan)
-            return
-        config, started = command.config, time.time()
-        stamp = dist.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
-        if command.demo:
-            config = demo_config(task, config, stamp, dist)
-        config = replace(config, name=config.name or f"{config.cost}-{stamp}")
-        results = train(task, config, dist)
-        if command.demo and dist.is_main:
+            if command.demo and not is_demo_run(task, config):
+                raise InputError(f"{plan.run_root}: --demo resumes only a demo run, and this run trains on "
+                                 f"{config.trainset}; resume it without --demo")
+            results = train(task, config, dist, resume=plan)
+        else:
+            config = command.config
+            stamp = dist.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+            if command.demo:
+                config = demo_config(task, config, command.given, stamp, dist)
+            config = replace(config, name=config.name or f"{config.cost}-{stamp}")
+            results = train(task, config, dist)
+        if command.demo and dist.is_main and results:
             from .demo import demo_report, score_wider
             result = results[-1]
             best = result.run_dir / ("best.pt" if (result.run_dir / "best.pt").is_file() else "last.pt")
-            wider = score_wider(task, best, Path(config.out) / task.name / "demo-data", resolve_device(config.device))
-            print("\n" + demo_report(task, config, result, time.time() - started, wider))
+            wider = score_wider(task, best, demo_root(task, config), resolve_device(config.device))
+            print("\n" + demo_report(task, config, result, time.time() - started, wider, bool(command.resume)))
     finally:
         dist.close()
 
 
-def demo_config(task: Task, config: RunConfig, stamp: str, dist) -> RunConfig:
+DEMO_DATA_FLAGS = ("trainset", "val_input", "val_gt")  # the demo's own: it chooses and scores on its photographs
+
+
+def demo_root(task: Task, config: RunConfig) -> Path:
+    """Where the demo keeps its built-in data: beside its runs."""
+    return Path(config.out) / task.name / "demo-data"
+
+
+def is_demo_run(task: Task, config: RunConfig) -> bool:
+    """Whether a run trains on the demo's built-in data (a resumed demo gives its verdict again)."""
+    from .demo import demo_paths
+    from .files import same_file
+
+    trainset = demo_paths(demo_root(task, config))["trainset"]
+    return trainset.is_dir() and same_file(config.trainset, trainset)
+
+
+def demo_config(task: Task, config: RunConfig, given: dict, stamp: str, dist) -> RunConfig:
     """The demo's run: its built-in data (made once) and a fresh name."""
     from .demo import build_demo_data, demo_paths
 
-    root = Path(config.out) / task.name / "demo-data"
+    mixed = [flag_of(name) for name in DEMO_DATA_FLAGS if name in given]
+    if mixed:
+        raise InputError(f"{', '.join(mixed)}: --demo trains and validates on its own built-in photographs; "
+                         f"without --demo, the same flags train on your data")
+    root = demo_root(task, config)
     if dist.is_main:
         build_demo_data(task, root)
     dist.barrier()

@@ -9,7 +9,7 @@ import pytest
 from common.config import RunConfig, flag_of, parse_train_args, parse_train_command, train_parser
 from common.runs import train_main
 from common.tasks import TASKS
-from conftest import small_nets, sr_trainset
+from conftest import small_nets, sr_trainset, write_photos
 
 SMALL = [*small_nets(), "--device", "cpu"]
 
@@ -114,3 +114,48 @@ def test_a_resume_that_changes_a_defining_field_is_refused(seeded_run, capsys, n
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and f"{flag} " in err and "differs from the run being resumed" in err, err
     assert (run / "run.json").read_text() == before
+
+
+def refused_commands(root, run):
+    """(task, argv, what the one error line must hold) for commands that mix what cannot go together."""
+    ckpt = run / "sigma-10" / "last.pt"
+    write_photos(root / "val")
+    return {
+        "another task's checkpoint": ("deraining", ["--resume", str(ckpt)],
+                                      "trained for x4 super-resolution, not deraining; resume it with python sr/train.py"),
+        "--demo on a run that is not one": ("sr", ["--demo", "--resume", "auto", "--name", "r", "--out",
+                                                   str(root / "out")], "--demo resumes only a demo run"),
+        "--resume-new-data alone": ("sr", ["--resume-new-data", "--trainset", str(root / "data")],
+                                    "--resume-new-data continues a run on changed training files: it needs --resume"),
+        "--demo with your data": ("sr", ["--demo", "--trainset", str(root / "data"), "--out", str(root / "demo")],
+                                  "--trainset: --demo trains and validates on its own built-in photographs"),
+        "validation against itself": ("sr", ["--trainset", str(root / "data"), "--out", str(root / "new"),
+                                             "--val-input", str(root / "val"), "--val-gt", str(root / "val"), "--batchSize", "2",
+                                             *SMALL],
+                                      "--val-gt " + str(root / "val") + " is the --val-input folder: every image "
+                                      "would be scored against itself"),
+    }
+
+
+@pytest.mark.parametrize("case", ["another task's checkpoint", "--demo on a run that is not one",
+                                  "--resume-new-data alone", "--demo with your data", "validation against itself"])
+def test_commands_that_cannot_go_together_are_refused_before_anything_is_written(seeded_run, capsys, case):
+    root, run = seeded_run
+    task, argv, fragment = refused_commands(root, run)[case]
+    before = sorted(str(p) for p in root.rglob("*"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(task, argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and fragment in err, err
+    assert sorted(str(p) for p in root.rglob("*")) == before  # no demo data built, no run folder made
+
+
+def test_resuming_from_an_older_checkpoint_says_that_later_ones_will_be_replaced(tmp_path, capsys):
+    run = small_run(tmp_path, "--save-every", "1", "--max-steps", "2")
+    capsys.readouterr()
+    train_main("sr", ["--resume", str(run / "sigma-10" / "step-00000001.pt"), "--max-steps", "3"])
+    err = capsys.readouterr().err
+    assert ("sigma 10: step-00000001.pt is at step 1, behind this sigma's newest checkpoint (last.pt, step 2); "
+            "training goes on from step 1") in err
+    assert json.loads((run / "sigma-10" / "state.json").read_text())["step"] == 3

@@ -43,9 +43,19 @@ def test_demo_train_then_test(tmp_path, task):
     picture = read_image(save / "side_by_side.png")  # input | restored | clean, one row per photograph
     assert picture.shape[0] > len(WIDER_PHOTOS) * 160 and picture.shape[1] > 3 * 160
     assert "image(s), worse on" in test.stdout  # how many improved, how many got worse, the worst
-    assert "side by side (input | restored | clean)" in test.stdout
+    assert f"side by side ({spec.input_label} | restored | clean)" in test.stdout
     csv_lines = (save / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
+
+    if task == "sr":  # a demo that stopped part-way resumes as one, and gives its verdict at the end
+        from common.config import read_run
+        from common.runs import resume_command
+
+        config, _ = read_run(run.parent / "run.json", spec)
+        assert resume_command(spec, config).endswith(" --demo")  # what a stopped demo tells the user to run
+        resumed = run_script("sr/train.py", "--demo", "--resume", "auto", "--out", str(out), "--max-steps", "3")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "demo resumed and done in" in resumed.stdout and "verdict: does NOT restore" in resumed.stdout
 
 
 @pytest.mark.slow
