@@ -254,6 +254,8 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
     except Exception as exc:  # whatever torch.load chokes on (zip, pickle or memo errors) means the same
+        if not _pickle_or_zip(path):  # a text file: torch's error would be a stray KeyError on its first byte
+            raise InputError(f"{path}: {NEITHER}") from None
         reason = (str(exc).splitlines() or [""])[0].split(". ")[0]  # torch's first sentence says it
         raise InputError(f"{path}: not a checkpoint, or a damaged one ({type(exc).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -274,6 +276,16 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
+NEITHER = "not a checkpoint (neither a PyTorch file nor a pickle)"
+
+
+def _pickle_or_zip(path) -> bool:
+    """Whether a file begins as a pickle (protocol 2 or later) or as torch's zip of one."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head[:1] == b"\x80" or head == b"PK\x03\x04"
+
+
 def _refusal(message: str, path) -> str:
     """What torch's safe loader refused, in a line: code named in the pickle, another pickle it cannot
     read (an unsupported instruction), or a file that is no pickle at all; nothing in it was run."""
@@ -281,10 +293,8 @@ def _refusal(message: str, path) -> str:
         return f"not a checkpoint ({message.splitlines()[0]})"
     if "GLOBAL" in message or "Unsupported global" in message:
         return "not an SOT checkpoint (it pickles code that is not ours; nothing in it was run)"
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:1] != b"\x80" and head != b"PK\x03\x04":  # neither a pickle nor torch's zip of one
-        return "not a checkpoint (neither a PyTorch file nor a pickle)"
+    if not _pickle_or_zip(path):
+        return NEITHER
     detail = message.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
     reason = detail[0].strip() if detail and "WeightsUnpickler error" in message else "an unsafe pickle"
     return f"not an SOT checkpoint (torch's safe loader refuses its pickle: {reason}; nothing in it was run)"

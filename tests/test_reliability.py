@@ -404,7 +404,7 @@ def make_case(tmp_path, case):
         return (*train(), "values in [255, 255]")
     if case == "not a checkpoint":
         (d / "model.pth").write_bytes(b"hello")
-        return "test", ["--checkpoint", str(d / "model.pth"), "--input", str(d), "--device", "cpu"], "not a checkpoint"
+        return "test", ["--checkpoint", str(d / "model.pth"), "--input", str(d), "--device", "cpu"], "not a checkpoint (neither a PyTorch file nor a pickle)"
     if case == "other architecture":
         c = Critic(hidden=16, input_size=32, width=8)
         save_checkpoint(d / "c.pt", {"arch": {"generator": Generator(width=16, increment=8).arch},
