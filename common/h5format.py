@@ -67,8 +67,19 @@ def open_h5_file(path: str | os.PathLike) -> h5py.File:
         raise InputError(f"{path}: not a readable HDF5 file ({exc})") from None
 
 
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")  # a missing path named so was meant as a file, not a folder
+
+
+def _named_as_file(path: str | os.PathLike) -> bool:
+    """Whether a path that does not exist was given as an HDF5 file (``train.h5``) rather than a
+    folder (``data/``, ``data/rain``): its error should not speak of a missing folder."""
+    text = os.fspath(path)
+    return not text.endswith(("/", os.sep)) and Path(text).suffix.lower() in H5_SUFFIXES
+
+
 def find_h5_files(source: str | os.PathLike | list) -> list[Path]:
-    """Every ``*.h5`` in a folder (sorted), or the given list of files."""
+    """Every ``*.h5`` in a folder (sorted), one file, or the given list of files. A path that does
+    not exist reads "no such file" when named as an .h5 file, "training folder not found" otherwise."""
     if isinstance(source, (list, tuple)):
         files = [Path(f) for f in source]
     else:
@@ -77,7 +88,9 @@ def find_h5_files(source: str | os.PathLike | list) -> list[Path]:
             files = [folder]
         elif not folder.is_dir():
             reason = unreadable_reason(folder, "a training folder")
-            raise InputError(f"{folder}: " + ("training folder not found" if reason == "no such file" else reason))
+            if reason == "no such file" and not _named_as_file(source):
+                reason = "training folder not found"
+            raise InputError(f"{folder}: {reason}")
         else:
             files = sorted(folder.glob("*.h5"))
             if not files:

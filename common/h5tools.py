@@ -34,7 +34,8 @@ from .h5format import (DTYPES, LAYOUT_CHOICES, H5PatchWriter, as_stored_in_ours,
 from .degrade import DEGRADATIONS, degradation_scale
 from .errors import InputError, note, printable
 from .files import check_can_write, same_file
-from .images import list_images, read_image
+from .images import (IMAGE_KINDS, describe_contents, folder_contents, list_images, note_skipped,
+                     read_image)
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
 BATCH_BYTES = 64 << 20       # at most this many bytes of float32 patches read at a time when merging
@@ -124,9 +125,13 @@ def patch_rows(img: np.ndarray, patch: int, stride: int) -> Iterator[np.ndarray]
         yield cut_patches(img[top:top + patch], patch, stride)
 
 
-def job_batches(job: PatchJob, seed: int = 0, batch: int = DEFAULT_BATCH,
-                progress: bool = False) -> Iterator[np.ndarray]:
-    """The job's patches (float32 in [0, 1]) in batches of at most ``batch``, one image in memory at a time."""
+def job_batches(job: PatchJob, seed: int = 0, batch: int = DEFAULT_BATCH, progress: bool = False,
+                too_small: dict | None = None) -> Iterator[np.ndarray]:
+    """The job's patches (float32 in [0, 1]) in batches of at most ``batch``, one image in memory at a time.
+
+    An image smaller than one patch gives none: it is noted, or, given ``too_small``, recorded there
+    (path -> [(side, its size, the patch side, its degradation), ...]) for the caller to say once
+    for every side."""
     degrade = DEGRADATIONS[job.degradation] if job.degradation else None
 
     def rows():
@@ -136,12 +141,30 @@ def job_batches(job: PatchJob, seed: int = 0, batch: int = DEFAULT_BATCH,
             if degrade is not None:
                 img = degrade(img, image_rng(seed, path.name))
             if img.shape[0] < job.patch or img.shape[1] < job.patch:
-                note(f"{path}: {img.shape[1]}x{img.shape[0]} is smaller than a {job.patch}x{job.patch} "
-                     "patch; skipped")
+                size = f"{img.shape[1]}x{img.shape[0]}"
+                if too_small is None:
+                    note(f"{path}: {size} is smaller than one {job.patch}x{job.patch} patch; skipped")
+                else:
+                    too_small.setdefault(path, []).append((job.name, size, job.patch, job.degradation))
                 continue
             yield from patch_rows(img, job.patch, job.stride)
 
     yield from rebatch(rows(), batch)
+
+
+def note_too_small(too_small: dict) -> None:
+    """One note per image that gave a side no patch, naming every side it gave none (see :func:`job_batches`)."""
+    for path, sides in too_small.items():
+        sizes: dict[tuple, set] = {}  # (size, patch) -> degradations: sides alike are said once
+        for _, size, patch, degradation in sides:
+            sizes.setdefault((size, patch), set()).add(degradation)
+        said = []
+        for i, ((size, patch), how) in enumerate(sizes.items()):
+            degraded = f" once degraded ({next(iter(how))})" if None not in how else ""
+            said.append(f"{size}{degraded} " + (f"is smaller than one {patch}x{patch} patch" if i == 0
+                                                else f"than one {patch}x{patch}"))
+        names = " or ".join(f"'{name}'" for name, *_ in sides)
+        note(f"{path}: {', '.join(said)}; it gave no {names} patches")
 
 
 SPLIT_BOTH = ("both", "none")  # every image on both sides ('none': no split, the older spelling)
@@ -175,9 +198,11 @@ def split_images(images: list[Path], fraction: float) -> tuple[list[Path], list[
 
 
 def folder_images(folder: str | Path) -> list[Path]:
-    images = list_images(folder)
+    images = list_images(folder, notes=False)
     if not images:
-        raise InputError(f"{folder}: no images (looked for .png, .jpg, .bmp, .tif, ...)")
+        raise InputError(f"{folder}: no images (looked for {IMAGE_KINDS}); "
+                         f"{describe_contents(folder_contents(folder))}")
+    note_skipped(folder)
     return images
 
 
@@ -249,7 +274,7 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
              "degradation": degradation or "none", "split": how}
     if degraded_dir is not None:
         attrs["degraded_source"] = str(degraded_dir)
-    for job in jobs:
+    for job in jobs:  # the images planned; make_h5 keeps those that gave the side patches
         attrs[f"{job.name}_files"] = text_attr(p.name for p in job.images)
     return jobs, attrs
 
@@ -262,15 +287,21 @@ def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed
         raise InputError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     attrs = {**(attrs or {}), "dtype": dtype, "seed": seed, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
              "tool": "gdata/make_h5.py"}
+    too_small: dict[Path, list] = {}
     with H5PatchWriter(out, dtype=dtype, attrs=attrs) as writer:
         for job in jobs:
             n = 0
-            for patches in job_batches(job, seed, batch, progress):
+            for patches in job_batches(job, seed, batch, progress, too_small):
                 writer.append(job.name, patches)
                 n += len(patches)
             if n == 0:
                 raise InputError(f"{job.source}: no {job.patch}x{job.patch} patch fits in any of its "
                                  f"{len(job.images)} image(s) for '{job.name}'")
+            # '<side>_files' names the images whose patches the side holds: one too small for a patch
+            # gave none and is left out (and noted below), so the list never claims a scene it lacks
+            gave_none = {path for path, sides in too_small.items() if any(name == job.name for name, *_ in sides)}
+            writer.file.attrs[f"{job.name}_files"] = text_attr(p.name for p in job.images if p not in gave_none)
+        note_too_small(too_small)
         return writer.counts()
 
 

@@ -20,6 +20,20 @@ except AttributeError:  # pragma: no cover - builds without the logging module
     pass
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_KINDS = ", ".join(IMAGE_EXTENSIONS)  # for messages: what a folder is searched for
+
+# What this run has said already: a folder is listed again (find_pairs tries several layouts) and an
+# image read again (training validates on the same images every few steps), and a note repeated at
+# each of these would bury the others.
+_said: set = set()
+
+
+def note_once(message: str, key=None) -> None:
+    """:func:`note` ``message`` unless this run said it (or another message of ``key``) already."""
+    key = message if key is None else key
+    if key not in _said:
+        _said.add(key)
+        note(message)
 
 
 def check_folder(folder: str | os.PathLike) -> Path:
@@ -31,15 +45,84 @@ def check_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
+@dataclass(frozen=True)
+class FolderContents:
+    """What lies directly inside a folder, each list sorted by name."""
+    images: list[Path]       # named as an image of a kind read here (hidden ones included, as ever)
+    others: list[Path]       # files of any other kind: not read
+    subfolders: list[Path]   # not looked into
+    hidden: int              # other names starting with '.' (.DS_Store, editors' files): not read
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # cannot be looked at: counted with the files, whose message names it
+        return False
+
+
+def folder_contents(folder: str | os.PathLike) -> FolderContents:
+    """The images, other files and subfolders directly inside ``folder`` (see :class:`FolderContents`)."""
     folder = check_folder(folder)
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    for p in images:  # a broken link or a link loop named like an image is an error, not skipped
+    images, others, subfolders, hidden = [], [], [], 0
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(p)
+        elif p.name.startswith("."):
+            hidden += 1
+        elif _is_dir(p):
+            subfolders.append(p)
+        else:
+            others.append(p)
+    return FolderContents(images, others, subfolders, hidden)
+
+
+def some_names(paths: list[Path], limit: int = 5) -> str:
+    """The first ``limit`` names, then how many more: a message stays one readable line."""
+    names = ", ".join(p.name for p in paths[:limit])
+    return names + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def note_skipped(folder: str | os.PathLike, contents: FolderContents | None = None) -> None:
+    """Say, once per folder in a run, which of its files are not read because they are no image of a
+    kind read here (an animated .gif, a .heic, notes): nothing is left out without a word."""
+    key = ("skipped", os.path.abspath(folder))
+    if key in _said:
+        return
+    others = (contents or folder_contents(folder)).others
+    if others:
+        what = "1 file skipped, not an image" if len(others) == 1 else f"{len(others)} files skipped, not images"
+        note_once(f"{folder}: {what} of a kind read here ({IMAGE_KINDS}): {some_names(others)}", key)
+    else:
+        _said.add(key)
+
+
+def describe_contents(contents: FolderContents) -> str:
+    """What a folder without images holds instead, for its error: "it holds 1 file of another kind: a.gif"."""
+    parts = []
+    if contents.others:
+        n = len(contents.others)
+        parts.append(f"{n} file{'s' if n != 1 else ''} of {'another kind' if n == 1 else 'other kinds'}: "
+                     f"{some_names(contents.others)}")
+    if contents.subfolders:
+        n = len(contents.subfolders)
+        parts.append(f"{n} subfolder{'s' if n != 1 else ''}, not looked into: {some_names(contents.subfolders)}")
+    if parts:
+        return "it holds " + "; and ".join(parts)
+    return "it holds only hidden files (names starting with '.')" if contents.hidden else "it is empty"
+
+
+def list_images(folder: str | os.PathLike, notes: bool = True) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name; the files of other kinds are named in
+    a note, once per folder in a run (``notes=False``: the caller says it, see :func:`note_skipped`)."""
+    contents = folder_contents(folder)
+    for p in contents.images:  # a broken link or a link loop named like an image is an error, not skipped
         reason = unreadable_reason(p, "an image")
         if reason:
             raise InputError(f"{p}: {reason}")
-    return images
+    if notes:
+        note_skipped(folder, contents)
+    return contents.images
 
 
 @dataclass(frozen=True)
@@ -156,7 +239,8 @@ def read_image(path: str | os.PathLike, notes: bool = True) -> np.ndarray:
         raise InputError(f"{path}: not a readable image ({reason})") from None
     if raw is None:
         raise InputError(f"{path}: not a readable image" + (" (an empty file)" if not buffer.size else ""))
-    say = note if notes else (lambda message: None)
+    # once per run: an image read again (validation images, both sides of make_h5) is the same image
+    say = note_once if notes else (lambda message: None)
     if raw.dtype == np.uint8:
         img = raw.astype(np.float32) / 255.0
     elif raw.dtype == np.uint16:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, note
-from .images import check_folder, list_images
+from .images import IMAGE_KINDS, check_folder, describe_contents, folder_contents, list_images, note_skipped
 
 
 @dataclass(frozen=True)
@@ -127,17 +127,24 @@ def find_pairs(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = 
     Otherwise every image in it is an input to restore, without metrics.
     """
     root = check_folder(input_dir)
+    # the folders whose images are read, input first: their other files are named in a note, once
+    # all is found (listing them while layouts are tried would say it of folders not used)
+    read: list[Path] = [root]
     if gt_dir is not None:
-        pairs, layout = pair_files(list_images(root), list_images(gt_dir), f"{root} with {gt_dir}")
+        read.append(Path(gt_dir))
+        pairs, layout = pair_files(list_images(root, notes=False), list_images(gt_dir, notes=False),
+                                   f"{root} with {gt_dir}")
     else:
         pairs, layout = None, None
         for in_name, gt_name in SUBFOLDERS:
             sub_in, sub_gt = _subfolder(root, in_name), _subfolder(root, gt_name)
             if sub_in is not None and sub_gt is not None:
-                pairs, layout = pair_files(list_images(sub_in), list_images(sub_gt), f"{sub_in} with {sub_gt}")
+                read = [sub_in, sub_gt]  # the data set's folder itself is not read: its README stays unmentioned
+                pairs, layout = pair_files(list_images(sub_in, notes=False), list_images(sub_gt, notes=False),
+                                           f"{sub_in} with {sub_gt}")
                 break
         if pairs is None:
-            files = list_images(root)
+            files = list_images(root, notes=False)
             for candidate in (l for l in NAME_LAYOUTS if l.name in FLAT_NAME_LAYOUTS):
                 gts = [f for f in files if candidate.gt_key(f.stem) is not None and candidate.input_key(f.stem) is None]
                 ins = [f for f in files if f not in gts and candidate.input_key(f.stem) is not None]
@@ -145,11 +152,23 @@ def find_pairs(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = 
                     pairs, layout = pair_files(ins, gts, str(root))
                     break
         if pairs is None:
-            files = list_images(root)
             check_unique_names(files, "input")
             pairs = [Pair(p.stem, p, None) for p in files]
     if not pairs:
-        raise InputError(f"{root}: no images in the input folder")
+        raise InputError(f"{read[0]}: no images in the input folder (looked for {IMAGE_KINDS}); "
+                         + _what_instead(read[0], layout_hint=gt_dir is None and read[0] == root))
+    for folder in read:
+        note_skipped(folder)
     if verbose and layout is not None and layout.name != "plain":
         note(f"{root}: {layout.name} layout ({layout.description}), {len(pairs)} pairs")
     return pairs
+
+
+def _what_instead(folder: Path, layout_hint: bool) -> str:
+    """What a folder without images holds, and, if it has subfolders, which ones a test set's are."""
+    contents = folder_contents(folder)
+    text = describe_contents(contents)
+    if layout_hint and contents.subfolders:
+        known = ", ".join(f"{a}/ + {b}/" for a, b in SUBFOLDERS)
+        text += f"; subfolders are read as a test set's when they are {known}"
+    return text

@@ -106,6 +106,13 @@ def test_scale_mismatch_and_missing_folder(tmp_path):
         UnpairedH5Dataset(tmp_path / "empty")
 
 
+def test_a_missing_training_file_is_not_called_a_folder(tmp_path):
+    """--trainset data/rain/train.h5 that is not there: a file is missing, not a folder."""
+    with pytest.raises(InputError) as err:
+        UnpairedH5Dataset(tmp_path / "rain" / "train.h5")
+    assert str(err.value) == f"{tmp_path / 'rain' / 'train.h5'}: no such file"
+
+
 def test_files_open_lazily_and_handles_do_not_travel(tmp_path):
     write_h5(tmp_path / "a.h5", indexed_patches(2, 8), indexed_patches(2, 8))
     ds = UnpairedH5Dataset(tmp_path)

@@ -1,7 +1,9 @@
 """gdata/: building, converting, merging, inspecting and checking HDF5 training files."""
+import importlib.util
 import math
 import tracemalloc
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -9,11 +11,11 @@ import torch
 
 from common import h5report, h5tools
 from common.data import UnpairedH5Dataset
-from common.h5format import H5PatchWriter, cut_patches
+from common.h5format import H5PatchWriter, cut_patches, find_h5_files
 from common.errors import InputError
-from common.images import read_image, write_image
+from common.images import IMAGE_KINDS, read_image, write_image
 from common.degrade import imresize
-from conftest import run_script, write_h5
+from conftest import ROOT, run_script, write_h5
 
 
 def make_folder(folder, sizes, seed=0):
@@ -68,6 +70,44 @@ def test_patch_counts_and_skipped_small_images(tmp_path):
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "c.h5") as c:
         assert small == counts
         np.testing.assert_array_equal(a["data"][:], c["data"][:])  # the batch size changes nothing
+
+
+def test_make_notes_each_image_once_and_names_the_files_it_skips(tmp_path, capsys):
+    """--split both reads every image twice (degraded for 'data', clean for 'label'): what is said of
+    an image comes once, and a file that is no image of a kind read here is named, not passed over."""
+    folder = tmp_path / "in"
+    make_folder(folder, [(24, 24)])
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "gray.png"), rng.integers(0, 256, (24, 24), dtype=np.uint8))
+    cv2.imwrite(str(folder / "deep.png"), rng.integers(0, 65536, (24, 24, 3), dtype=np.uint16))
+    (folder / "anim.gif").write_bytes(b"GIF89a")
+    assert build(tmp_path / "a.h5", folder, 16, 8, degradation="haze") == {"data": 3 * 4, "label": 3 * 4}
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {folder}: 1 file skipped, not an image of a kind read here ({IMAGE_KINDS}): anim.gif",
+        f"note: {folder / 'deep.png'}: 16-bit image, scaled to [0, 1] by 1/65535",
+        f"note: {folder / 'gray.png'}: grayscale image, converted to RGB"]
+
+
+def test_an_image_too_small_for_a_patch_is_named_once_and_left_out_of_the_files_attributes(tmp_path, capsys):
+    make_folder(tmp_path / "in", [(24, 24), (8, 8)])
+    assert build(tmp_path / "a.h5", tmp_path / "in", 16, 8, degradation="haze") == {"data": 4, "label": 4}
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {tmp_path / 'in' / 'img001.png'}: 8x8 is smaller than one 16x16 patch; "
+        "it gave no 'data' or 'label' patches"]
+    with h5py.File(tmp_path / "a.h5") as f:  # the images whose patches each side holds
+        assert f.attrs["data_files"] == f.attrs["label_files"] == "img000.png"
+    make_folder(tmp_path / "sr", [(32, 32), (20, 60)])  # x4: 15x5 degraded and 60x20 clean, both too small
+    build(tmp_path / "b.h5", tmp_path / "sr", 32, 16, degradation="bicubic-x4")
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {tmp_path / 'sr' / 'img001.png'}: 15x5 once degraded (bicubic-x4) is smaller than one 8x8 "
+        "patch, 60x20 than one 32x32; it gave no 'data' or 'label' patches"]
+    make_folder(tmp_path / "rainy", [(24, 24), (8, 8)])  # two folders: the small one is on one side only
+    make_folder(tmp_path / "clean", [(24, 24)] * 2)
+    build(tmp_path / "c.h5", tmp_path / "clean", 16, 8, degraded_dir=tmp_path / "rainy")
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {tmp_path / 'rainy' / 'img001.png'}: 8x8 is smaller than one 16x16 patch; it gave no 'data' patches"]
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert f.attrs["data_files"] == "img000.png" and f.attrs["label_files"] == "img000.png\nimg001.png"
 
 
 def test_memory_stays_bounded_by_one_batch(tmp_path, monkeypatch):
@@ -287,6 +327,27 @@ BAD_FILES = {
     "'data' is empty": lambda f: (f.create_dataset("data", data=np.zeros((0, 3, 8, 8), np.uint8)),
                                   f.create_dataset("label", data=indexed(2, 8))),
 }
+
+
+def gdata_main(name):
+    """A gdata/ script's main(), run in-process."""
+    spec = importlib.util.spec_from_file_location(f"gdata_{name}", ROOT / "gdata" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_a_missing_file_is_not_called_a_missing_folder(tmp_path):
+    inspect = gdata_main("inspect_h5")
+    for path in (tmp_path / "x" / "nothere.h5", tmp_path / "nothere.HDF5"):
+        with pytest.raises(InputError) as err:
+            inspect([str(path)])
+        assert str(err.value) == f"{path}: no such file"
+    with pytest.raises(InputError) as err:
+        find_h5_files(tmp_path / "nowhere")  # what --trainset names: a folder
+    assert str(err.value) == f"{tmp_path / 'nowhere'}: training folder not found"
+    with pytest.raises(InputError, match="training folder not found"):
+        find_h5_files(f"{tmp_path / 'odd.h5'}/")  # a trailing slash: a folder, whatever its name
 
 
 @pytest.mark.parametrize("message", list(BAD_FILES))
