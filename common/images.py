@@ -213,6 +213,22 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return w, h
 
 
+# The first bytes of the formats whose last bytes are fixed, and those last bytes: a file that has
+# the first but not the last was cut off (a copy or download that stopped).
+_ENDINGS = ((b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"), (b"\xff\xd8", b"\xff\xd9"))
+
+
+def _why_undecodable(buffer: np.ndarray) -> str:
+    """Why OpenCV read nothing, where the bytes tell: an empty file, or one cut off before its end."""
+    if not buffer.size:
+        return " (an empty file)"
+    data = buffer.tobytes()
+    for start, end in _ENDINGS:
+        if data.startswith(start) and end not in data[-64:]:
+            return f" (it ends early, after {human_bytes(len(data))}: cut off while it was copied or written?)"
+    return ""
+
+
 def read_image(path: str | os.PathLike, notes: bool = True) -> np.ndarray:
     """Read an image as float32 RGB in [0, 1], H x W x 3, as image viewers show it.
 
@@ -238,7 +254,7 @@ def read_image(path: str | os.PathLike, notes: bool = True) -> np.ndarray:
         reason = "larger than OpenCV decodes" if "MAX_IMAGE_PIXELS" in str(exc) else "OpenCV cannot decode it"
         raise InputError(f"{path}: not a readable image ({reason})") from None
     if raw is None:
-        raise InputError(f"{path}: not a readable image" + (" (an empty file)" if not buffer.size else ""))
+        raise InputError(f"{path}: not a readable image" + _why_undecodable(buffer))
     # once per run: an image read again (validation images, both sides of make_h5) is the same image
     say = note_once if notes else (lambda message: None)
     if raw.dtype == np.uint8:

@@ -260,7 +260,7 @@ def bad_image(case: str, folder):
     if case == "truncated PNG":
         ok, encoded = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
         (folder / "cut.png").write_bytes(encoded.tobytes()[:200])
-        return "cut.png: not a readable image"
+        return "cut.png: not a readable image (it ends early, after 200 bytes: cut off while it was copied or written?)"
     if case == "float TIFF with NaN":
         ok, encoded = cv2.imencode(".tiff", np.full((8, 8, 3), np.nan, np.float32))
         (folder / "nan.tiff").write_bytes(encoded.tobytes())
