@@ -66,7 +66,9 @@ def folder_contents(folder: str | os.PathLike) -> FolderContents:
     folder = check_folder(folder)
     images, others, subfolders, hidden = [], [], [], 0
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
+        if p.name.startswith("._"):  # macOS's AppleDouble metadata beside a copied photo: never an image
+            others.append(p)
+        elif p.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(p)
         elif p.name.startswith("."):
             hidden += 1

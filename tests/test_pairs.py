@@ -77,13 +77,13 @@ def notes(capsys):
 
 def test_files_of_other_kinds_are_named_once_per_folder(tmp_path, capsys):
     touch(tmp_path / "in", "a.png", "b.jpg")
-    for name in ("anim.gif", "notes.txt", ".DS_Store"):
+    for name in ("anim.gif", "notes.txt", ".DS_Store", "._b.jpg"):  # ._b.jpg: macOS's metadata of b.jpg
         (tmp_path / "in" / name).write_bytes(b"GIF89a")
     (tmp_path / "in" / "old results").mkdir()
     assert as_names(find_pairs(tmp_path / "in")) == [("a.png", None), ("b.jpg", None)]
     assert as_names(find_pairs(tmp_path / "in")) == [("a.png", None), ("b.jpg", None)]  # validation lists it again
-    assert notes(capsys) == [f"note: {tmp_path / 'in'}: 2 files skipped, not images of a kind read here "
-                             f"({IMAGE_KINDS}): anim.gif, notes.txt"]  # hidden files and subfolders unmentioned
+    assert notes(capsys) == [f"note: {tmp_path / 'in'}: 3 files skipped, not images of a kind read here "
+                             f"({IMAGE_KINDS}): ._b.jpg, anim.gif, notes.txt"]  # other hidden files, subfolders unmentioned
     touch(tmp_path / "gt", "a.png", "b.png")
     for i in range(7):
         (tmp_path / "gt" / f"{i}.heic").write_bytes(b"")
