@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, note
-from .images import IMAGE_KINDS, check_folder, describe_contents, folder_contents, list_images, note_skipped
+from .images import (IMAGE_KINDS, check_folder, describe_contents, folder_contents, list_images, note_once,
+                     note_skipped, some_names)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,10 @@ def find_pairs(input_dir: str | os.PathLike, gt_dir: str | os.PathLike | None = 
                 read = [sub_in, sub_gt]  # the data set's folder itself is not read: its README stays unmentioned
                 pairs, layout = pair_files(list_images(sub_in, notes=False), list_images(sub_gt, notes=False),
                                            f"{sub_in} with {sub_gt}")
+                loose = list_images(root, notes=False)  # images there would be a user's, so they are named
+                if loose:
+                    note_once(f"{root}: {len(loose)} image(s) beside its {sub_in.name}/ and {sub_gt.name}/ folders "
+                              f"are not read (only those two are): {some_names(loose)}", ("loose", str(root)))
                 break
         if pairs is None:
             files = list_images(root, notes=False)

@@ -100,6 +100,10 @@ def test_layouts_note_the_folders_they_read_and_not_the_data_sets_own_files(tmp_
     assert as_names(find_pairs(tmp_path / "set")) == [("rain-1.png", "norain-1.png")]
     assert notes(capsys) == [f"note: {tmp_path / 'set' / 'target'}: 1 file skipped, not an image of a kind read "
                              f"here ({IMAGE_KINDS}): Thumbs.db"]
+    touch(tmp_path / "set", "extra.png")  # an image beside the layout's subfolders is a user's: named
+    assert as_names(find_pairs(tmp_path / "set")) == [("rain-1.png", "norain-1.png")]
+    assert notes(capsys)[0] == (f"note: {tmp_path / 'set'}: 1 image(s) beside its input/ and target/ folders are not "
+                                "read (only those two are): extra.png")
     touch(tmp_path / "flat", "01_hazy.png", "01_GT.png")
     (tmp_path / "flat" / "readme.txt").write_text("Dense-Haze")
     assert as_names(find_pairs(tmp_path / "flat")) == [("01_hazy.png", "01_GT.png")]
