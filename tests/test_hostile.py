@@ -1075,3 +1075,62 @@ def test_a_damaged_newest_checkpoint_names_the_intact_one_and_how_to_resume(tmp_
     with _no_exit():
         train_main("sr", ["--resume", str(folder / "step-00000002.pt"), "--max-steps", "5"])
     assert json.loads((folder / "state.json").read_text())["step"] == 5
+
+
+# ----------------------------------------------------------------------------- names on the terminal
+# What a terminal acts on instead of showing: a title set by OSC, a line erased by CSI (in 7 bits and as
+# the one-character C1 CSI), text shown backwards by a bidi override.
+HOSTILE = {"title\x1b]0;owned\x07": "title\\x1b]0;owned\\x07", "erase\x1b[1A\x1b[2K": "erase\\x1b[1A\\x1b[2K",
+           "csi\x9b2J": "csi\\x9b2J", "bidi\u202egnp.exe": "bidi\\u202egnp.exe"}
+
+
+def terminal_controls(text: str) -> set:
+    """The control characters in ``text`` other than line ends (tqdm's bars begin with a carriage return)."""
+    return {c for c in text if c not in "\r\n" and (ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or 0x202a <= ord(c) <= 0x202e
+                                                 or 0x2066 <= ord(c) <= 0x2069)}
+
+
+@pytest.mark.slow
+def test_names_and_paths_reach_the_terminal_as_escapes(tmp_path, capsys):
+    """Every line test.py and make_h5 write (summary rows, notes, progress bars, errors) shows a name's
+    control characters as escapes."""
+    names = [f"{name}.png" for name in HOSTILE]
+    write_photos(tmp_path / "in", names)
+    write_photos(tmp_path / "gt", names)
+    ckpt = generator_checkpoint(tmp_path / "g\x1b]0;ckpt\x07.pt")
+    with _no_exit():
+        run_test_script("deraining", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "in"), "--gt",
+                                      str(tmp_path / "gt"), "--device", "cpu", "--no-lpips", "--save",
+                                      str(tmp_path / "res"), "--no-report"])
+    captured = capsys.readouterr()
+    assert not terminal_controls(captured.out + captured.err), captured
+    for shown in HOSTILE.values():
+        assert f"\n{shown}: PSNR " in captured.out
+    assert "g\\x1b]0;ckpt\\x07.pt (sot-checkpoint) on 4 image(s)" in captured.out
+    # an error and a note that name a file
+    line = refused(capsys, tmp_path, "test", ["--checkpoint", str(tmp_path / "gone\x1b[2K.pt"), "--input",
+                                              str(tmp_path / "in"), "--device", "cpu"], "gone\\x1b[2K.pt")
+    assert not terminal_controls(line)
+    (tmp_path / "in" / "notes\x1b]0;x\x07.txt").write_text("")
+    (tmp_path / "in" / "bad\x9b2K.png").write_bytes(b"")
+    line = refused(capsys, tmp_path, "make_h5", ["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o.h5"),
+                                                 "--patch", "8"], "bad\\x9b2K.png: not a readable image")
+    err = capsys.readouterr().err
+    assert not terminal_controls(line + err)
+
+
+def test_progress_bars_still_draw_through_the_escaping_stream():
+    """tqdm's own carriage returns and cursor moves between nested bars pass; a description's do not."""
+    import io
+    from tqdm import tqdm
+    from common.errors import EscapingStream, note
+
+    screen = io.StringIO()
+    stream = EscapingStream(screen)
+    for _ in tqdm(range(2), desc="outer\x1b]0;t\x07", file=stream, mininterval=0, ncols=80):
+        for _ in tqdm(range(2), desc="inner", file=stream, leave=False, mininterval=0, ncols=80):
+            pass
+    out = screen.getvalue()
+    assert "\router\\x1b]0;t\\x07: 100%" in out and "\rinner:  50%" in out
+    assert "\x1b[A" in out and not terminal_controls(out.replace("\x1b[A", ""))
+
