@@ -45,6 +45,15 @@ def printable(text: str, one_line: bool = True) -> str:
     return _CONTROL.sub(lambda m: m.group() if m.group() in "\n\t" else _escaped(m.group()), text)
 
 
+def spreadsheet_text(text: str) -> str:
+    """A text cell of a CSV file: :func:`printable` (so a tab or carriage return is already ``\\t``,
+    ``\\r``), and a cell that a spreadsheet would take for a formula, one starting with ``=``, ``+``,
+    ``-`` or ``@`` (OWASP's rule), gets a leading ``'``, which spreadsheets show as text. For text
+    only: a number stays a number."""
+    text = printable(text)
+    return "'" + text if text.startswith(("=", "+", "-", "@")) else text
+
+
 def _escape_unencodable(exc: UnicodeError):
     """Codec error handler ``sot-printable``: what a stream cannot encode, as escapes (see :func:`printable`)."""
     if not isinstance(exc, UnicodeEncodeError):

@@ -1134,3 +1134,29 @@ def test_progress_bars_still_draw_through_the_escaping_stream():
     assert "\router\\x1b]0;t\\x07: 100%" in out and "\rinner:  50%" in out
     assert "\x1b[A" in out and not terminal_controls(out.replace("\x1b[A", ""))
 
+
+# ----------------------------------------------------------------------------- names in metrics.csv
+@pytest.mark.slow
+def test_metrics_csv_holds_names_as_text_and_one_row_of_means(tmp_path, capsys):
+    """A name a spreadsheet would take for a formula is written with a leading quote (OWASP's rule);
+    numbers stay numbers. An image named 'mean' would give metrics.csv two rows of means: refused."""
+    import csv
+
+    names = ["=1+2", "@SUM(A1)", "+cmd", "-2", "tab\there", "plain"]
+    write_photos(tmp_path / "in", [f"{n}.png" for n in names])
+    write_photos(tmp_path / "gt", [f"{n}.png" for n in names])
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    argv = ["--checkpoint", str(ckpt), "--input", str(tmp_path / "in"), "--gt", str(tmp_path / "gt"), "--device",
+            "cpu", "--no-lpips", "--no-report"]
+    with _no_exit():
+        run_test_script("deraining", argv + ["--save", str(tmp_path / "res")])
+    with open(tmp_path / "res" / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    written = {row[0] for row in rows[1:-1]}
+    assert written == {"'=1+2", "'@SUM(A1)", "'+cmd", "'-2", "tab\\there", "plain"}, written
+    assert rows[-1][0] == "mean" and all(float(cell) == float(cell) for row in rows[1:] for cell in row[1:3])
+    write_photos(tmp_path / "in", ("mean.png",))
+    write_photos(tmp_path / "gt", ("mean.png",))
+    refused(capsys, tmp_path, "test deraining", argv + ["--save", str(tmp_path / "res2")],
+            "mean.png: its row in metrics.csv would be named 'mean', as the row of the means is; rename the image")
+
