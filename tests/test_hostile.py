@@ -264,7 +264,7 @@ def bad_image(case: str, folder):
     if case == "float TIFF with NaN":
         ok, encoded = cv2.imencode(".tiff", np.full((8, 8, 3), np.nan, np.float32))
         (folder / "nan.tiff").write_bytes(encoded.tobytes())
-        return "nan.tiff: unsupported pixel type float32"
+        return "nan.tiff: 192 of its 192 float values are NaN or infinite"
     raise ValueError(case)
 
 
@@ -1160,3 +1160,39 @@ def test_metrics_csv_holds_names_as_text_and_one_row_of_means(tmp_path, capsys):
     refused(capsys, tmp_path, "test deraining", argv + ["--save", str(tmp_path / "res2")],
             "mean.png: its row in metrics.csv would be named 'mean', as the row of the means is; rename the image")
 
+
+# ----------------------------------------------------------------------------- images read as they are
+def test_pages_frames_scales_and_clipped_values_are_named(tmp_path, capsys):
+    """Of a 2-page TIFF, an animated WebP and an animated PNG the first frame is read, with a note; a
+    float TIFF's values outside [0, 1] are clipped with a note that gives their count and range; a
+    PGM/PPM is scaled by its declared largest value. Formats read right without a word stay so."""
+    from PIL import Image
+    from common.images import read_image
+
+    first, second = (Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200))
+    for name in ("pages.tif", "anim.webp", "anim.png"):
+        first.save(tmp_path / name, save_all=True, append_images=[second], duration=100, lossless=True)
+        assert np.allclose(read_image(tmp_path / name), 10 / 255), name
+    floats = np.linspace(-1, 3, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(floats, mode="F").save(tmp_path / "hdr.tif")
+    assert np.array_equal(read_image(tmp_path / "hdr.tif")[..., 0], np.clip(floats, 0, 1))
+    (tmp_path / "ten.pgm").write_bytes(b"P5 2 1 1023\n" + np.array([1023, 512], ">u2").tobytes())
+    (tmp_path / "low.ppm").write_bytes(b"P6\n# a comment\n1 1\n100\n" + bytes([100, 50, 0]))
+    assert np.allclose(read_image(tmp_path / "ten.pgm")[0, :, 0], [1.0, 512 / 1023])
+    assert np.allclose(read_image(tmp_path / "low.ppm")[0, 0], [1.0, 0.5, 0.0])
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:4], rgb[4:] = (200, 30, 30), (20, 160, 220)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
+    for name in ("cmyk.jpg", "palette.png"):
+        with Image.open(tmp_path / name) as im:
+            shown = np.asarray(im.convert("RGB")).astype(int)
+        assert np.abs(np.rint(read_image(tmp_path / name) * 255) - shown).max() <= 1, name
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'pages.tif'}: holds 2 pages; only the first is read" in err
+    for name in ("anim.webp", "anim.png"):
+        assert f"note: {tmp_path / name}: holds 2 frames (an animation); only the first is read" in err
+    assert (f"note: {tmp_path / 'hdr.tif'}: 48 of its 64 float values lie outside [0, 1] (the range seen is -1 to 3) "
+            "and were clipped to [0, 1]") in err
+    assert f"note: {tmp_path / 'ten.pgm'}: largest value 1023 (as its header declares), scaled to [0, 1] by 1/1023" in err
+    assert "cmyk.jpg" not in err and "palette.png" not in err
