@@ -10,7 +10,7 @@ import sys
 
 from . import errors
 from .errors import (EXIT_BAD_INPUT, InputError, Interrupted, TrainingStopped, close_progress_bars,
-                     on_stop_signals, printable, restore_signal_handlers, tolerant_streams)
+                     escaping_streams, on_stop_signals, printable, restore_signal_handlers)
 
 
 # Training runs in float32 (bf16 under autocast), whose largest number is 3.4e38: a weight or rate
@@ -152,7 +152,9 @@ def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = Fa
     ``writes_files`` (test.py, gdata/): SIGINT and SIGTERM stop the script where it is; what it had
     half-written is removed on the way out, one line says what, and the status is 130 or 143."""
     argv = sys.argv[1:] if argv is None else argv
-    tolerant_streams()  # a file name that is not UTF-8 is printed with \xff escapes, never a UnicodeEncodeError
+    # a name is printed with escapes for control characters and bytes that are not UTF-8: it can
+    # neither drive the terminal nor raise a UnicodeEncodeError
+    escaping_streams()
     try:
         if writes_files:
             with _RaiseOnSignal():

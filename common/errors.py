@@ -6,17 +6,33 @@ unless ``--debug``). Anything else that escapes is a bug and keeps its traceback
 from __future__ import annotations
 
 import codecs
+import re
 import sys
 
 EXIT_BAD_INPUT = 2
+
+
+# Characters a terminal acts on instead of showing: C0 controls (ESC starts the sequences that set the
+# window title or erase a line), DEL, C1 controls (U+009B is a one-character CSI), the Unicode line
+# and paragraph separators, and the bidirectional overrides and isolates, which show text in another
+# order than it has ("Trojan Source").
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    """One character as Python writes it in a string literal: ``\\x1b``, ``\\u202e``, ``\\n``."""
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
 
 
 def printable(text: str, one_line: bool = True) -> str:
     """``text`` safe to print or store as UTF-8, on one line (unless not ``one_line``).
 
     File names that are not valid UTF-8 reach Python as surrogate escapes (PEP 383); printed as they
-    are they raise UnicodeEncodeError. Their bytes are shown as ``\\xff`` escapes instead, and line
-    breaks as ``\\n``, so that an error stays one line whatever a file is called.
+    are they raise UnicodeEncodeError. Their bytes are shown as ``\\xff`` escapes instead, and control
+    characters as ``\\x1b``, ``\\u202e`` or ``\\n``, so that an error stays one line whatever a file
+    is called, and no name can move the cursor, set the terminal's title or reorder what is shown.
+    ``one_line=False`` keeps line breaks and tabs (a list of names, one a line).
     """
     text = str(text)
     try:
@@ -24,7 +40,18 @@ def printable(text: str, one_line: bool = True) -> str:
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
         raw = text.encode("utf-8", "backslashreplace")
     text = raw.decode("utf-8", "backslashreplace")
-    return text.replace("\r", "\\r").replace("\n", "\\n") if one_line else text
+    if one_line:
+        return _CONTROL.sub(lambda m: _escaped(m.group()), text)
+    return _CONTROL.sub(lambda m: m.group() if m.group() in "\n\t" else _escaped(m.group()), text)
+
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell of a CSV file: :func:`printable` (so a tab or carriage return is already ``\\t``,
+    ``\\r``), and a cell that a spreadsheet would take for a formula, one starting with ``=``, ``+``,
+    ``-`` or ``@`` (OWASP's rule), gets a leading ``'``, which spreadsheets show as text. For text
+    only: a number stays a number."""
+    text = printable(text)
+    return "'" + text if text.startswith(("=", "+", "-", "@")) else text
 
 
 def _escape_unencodable(exc: UnicodeError):
@@ -47,6 +74,49 @@ def tolerant_streams() -> None:
             stream.reconfigure(errors="sot-printable")
         except (AttributeError, ValueError, OSError):  # not a TextIOWrapper (a test's capture, a pipe wrapper)
             pass
+
+
+# What tqdm writes to move between its bars: line feeds, then "cursor up" sequences, as one write.
+_TQDM_MOVES = re.compile(r"\n*(?:\x1b\[A)*")
+
+
+def terminal_text(text: str) -> str:
+    """What a script writes, as it may reach the terminal: every control character of
+    :func:`printable` shown as an escape, except line breaks and tabs, a carriage return that begins a
+    write (tqdm redraws its bar with one) and tqdm's moves between bars."""
+    if _TQDM_MOVES.fullmatch(text):
+        return text
+    start = 1 if text.startswith("\r") else 0
+    return text[:start] + printable(text[start:], one_line=False)
+
+
+class EscapingStream:
+    """A script's stdout or stderr with :func:`terminal_text` applied to everything written to it:
+    a name in any message, progress bar or summary shows as escapes, whoever prints it."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(terminal_text(text))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):  # flush, fileno, isatty, encoding, buffer...: the stream's own
+        return getattr(self.stream, name)
+
+
+def escaping_streams() -> None:
+    """From here on, sys.stdout and sys.stderr are :class:`EscapingStream` (and tolerant, see
+    :func:`tolerant_streams`), to the end of the process: a traceback that follows is escaped too."""
+    tolerant_streams()
+    if not isinstance(sys.stdout, EscapingStream):
+        sys.stdout = EscapingStream(sys.stdout)
+    if not isinstance(sys.stderr, EscapingStream):
+        sys.stderr = EscapingStream(sys.stderr)
 
 
 class InputError(Exception):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import InputError, check_interrupted
+from .errors import InputError, check_interrupted, spreadsheet_text
 from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
 from .inference import TILE_CONTEXT, check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
@@ -92,6 +92,11 @@ def restored_size(input_size: tuple[int, int], task: Task, prescaled: bool = Fal
     return h, w
 
 
+# metrics.csv's last row, the means: an image of this name would give two rows of it, and
+# ``pandas.read_csv(..., index_col="name").loc["mean"]`` would no longer be the means.
+MEANS_ROW = "mean"
+
+
 def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: torch.device, *,
                          prescaled: bool = False, reference_metrics: bool = False, tile_overlap: int = TILE_CONTEXT) -> None:
     """Every check :func:`evaluate` would meet on its way, from the images' headers alone (no pixel
@@ -101,6 +106,10 @@ def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Ta
     from .images import image_size
 
     factor = 1 if prescaled else task.scale
+    for pair in pairs:
+        if pair.gt is not None and pair.name == MEANS_ROW:
+            raise InputError(f"{pair.input}: its row in metrics.csv would be named '{MEANS_ROW}', as the row of the means "
+                             "is; rename the image")
     for pair in tqdm(pairs, desc="checking", unit="img", leave=False, disable=len(pairs) < 50):
         w, h = image_size(pair.input)
         if device.type == "cpu":  # as evaluate() checks it, at the upsampled size before any crop
@@ -230,14 +239,15 @@ def _fmt(v) -> str:
 
 
 def write_metrics_csv(path: Path, result: Evaluation) -> None:
+    """One row per image, then the means in the row named :data:`MEANS_ROW`. A name is text: written
+    with escapes and never as a formula (see common.errors.spreadsheet_text)."""
     keys = [k for k in result.rows[0] if k != "name"]
-    # a file name that is not UTF-8 is written with \xff escapes (see common.errors.printable)
-    with open(path, "w", newline="", encoding="utf-8", errors="sot-printable") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["name", *keys])
         for row in result.rows:
-            writer.writerow([row["name"], *(_fmt(row.get(k)) for k in keys)])
-        writer.writerow(["mean", *(_fmt(result.mean(k)) for k in keys)])
+            writer.writerow([spreadsheet_text(row["name"]), *(_fmt(row.get(k)) for k in keys)])
+        writer.writerow([MEANS_ROW, *(_fmt(result.mean(k)) for k in keys)])
 
 
 def gain_summary(ev: Evaluation, input_label: str = "input") -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,7 @@ class Header:
     width: int            # as the decoder gives the pixels
     height: int
     orientation: int = 1  # EXIF orientation still to apply (1: none; 2-8: mirrored and/or turned)
+    frames: int = 1       # pages of a TIFF, frames of an animated WebP or PNG: only the first is read
 
     @property
     def shown_size(self) -> tuple[int, int]:
@@ -162,11 +164,20 @@ def read_header(path: str | os.PathLike) -> Header | None:
                 width, height = im.size
                 # OpenCV applies a TIFF's orientation tag itself (and Pillow reports its size turned)
                 orientation = 1 if im.format == "TIFF" else _orientation(im)
-                return Header(int(width), int(height), orientation)
+                return Header(int(width), int(height), orientation, _frames(im))
     except Exception:  # not a format Pillow knows: OpenCV has the last word
         return None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+def _frames(im) -> int:
+    """How many frames an opened Pillow image holds (a TIFF's pages are counted from their headers),
+    1 where that cannot be told."""
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:  # a damaged page chain: the first page is still what is read
+        return 1
 
 
 def _orientation(im) -> int:
@@ -231,14 +242,25 @@ def _why_undecodable(buffer: np.ndarray) -> str:
     return ""
 
 
+# A PGM or PPM header: its kind, width, height and largest value, between blanks and # comments.
+_PNM_HEADER = re.compile(rb"P[2356](?:(?:\s|#[^\n]*\n)+(\d+)){3}\s")
+
+
+def _pnm_maxval(buffer: np.ndarray) -> int | None:
+    """The largest value a PGM or PPM declares (OpenCV reads its samples unscaled), else None."""
+    m = _PNM_HEADER.match(buffer[:4096].tobytes())
+    return int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+
 def read_image(path: str | os.PathLike, notes: bool = True) -> np.ndarray:
     """Read an image as float32 RGB in [0, 1], H x W x 3, as image viewers show it.
 
     An EXIF orientation (phones store photographs sideways and say so) is applied, grayscale is
-    replicated to three channels, an alpha channel is dropped and 16-bit images are scaled by
-    1/65535, each with a note on stderr (``notes=False``: silently); anything unreadable is an
-    :class:`InputError`. Nothing is read before the file's size and the pixels its header declares
-    are known to fit in memory.
+    replicated to three channels, an alpha channel is dropped, 16-bit images are scaled by 1/65535
+    (a PGM or PPM by 1/its largest value), float values outside [0, 1] are clipped and of a file of
+    several pages or frames the first is read, each with a note on stderr (``notes=False``:
+    silently); anything unreadable is an :class:`InputError`. Nothing is read before the file's size
+    and the pixels its header declares are known to fit in memory.
     """
     path = Path(path)
     size = check_readable_file(path, "an image")  # a FIFO would block, a link loop read as missing
@@ -259,13 +281,20 @@ def read_image(path: str | os.PathLike, notes: bool = True) -> np.ndarray:
         raise InputError(f"{path}: not a readable image" + _why_undecodable(buffer))
     # once per run: an image read again (validation images, both sides of make_h5) is the same image
     say = note_once if notes else (lambda message: None)
-    if raw.dtype == np.uint8:
+    if header is not None and header.frames > 1:
+        kind = "pages" if path.suffix.lower() in (".tif", ".tiff") else "frames (an animation)"
+        say(f"{path}: holds {header.frames} {kind}; only the first is read")
+    maxval = _pnm_maxval(buffer) if raw.dtype in (np.uint8, np.uint16) else None
+    if maxval is not None and maxval != np.iinfo(raw.dtype).max:
+        say(f"{path}: largest value {maxval} (as its header declares), scaled to [0, 1] by 1/{maxval}")
+        img = np.minimum(raw.astype(np.float32) / maxval, 1.0)
+    elif raw.dtype == np.uint8:
         img = raw.astype(np.float32) / 255.0
     elif raw.dtype == np.uint16:
         say(f"{path}: 16-bit image, scaled to [0, 1] by 1/65535")
         img = raw.astype(np.float32) / 65535.0
-    elif raw.dtype == np.float32 and np.isfinite(raw).all():
-        img = np.clip(raw, 0.0, 1.0)
+    elif raw.dtype.kind == "f":
+        img = _clipped_floats(path, raw, say)
     else:
         raise InputError(f"{path}: unsupported pixel type {raw.dtype}")
     if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
@@ -283,6 +312,20 @@ def read_image(path: str | os.PathLike, notes: bool = True) -> np.ndarray:
             f"{ORIENTATIONS[header.orientation]} from how viewers show them)")
         return orient(img, header.orientation)
     return np.ascontiguousarray(img)
+
+
+def _clipped_floats(path: Path, raw: np.ndarray, say) -> np.ndarray:
+    """A float image's pixels in [0, 1]: values outside are clipped, with a note that says how many
+    and the range seen (an HDR image, or one saved in 0-255); NaN or infinity is an error."""
+    finite = np.isfinite(raw)
+    if not finite.all():
+        raise InputError(f"{path}: {raw.size - int(finite.sum())} of its {raw.size} float values are NaN or "
+                         "infinite; not an image that can be restored")
+    outside = int(np.count_nonzero((raw < 0) | (raw > 1)))
+    if outside:
+        say(f"{path}: {outside} of its {raw.size} float values lie outside [0, 1] (the range seen is "
+            f"{float(raw.min()):.6g} to {float(raw.max()):.6g}) and were clipped to [0, 1]")
+    return np.clip(raw, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 # Bytes per pixel while an image is read: the decoded pixels (up to 16-bit RGBA), the float32 copy

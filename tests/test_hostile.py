@@ -264,7 +264,7 @@ def bad_image(case: str, folder):
     if case == "float TIFF with NaN":
         ok, encoded = cv2.imencode(".tiff", np.full((8, 8, 3), np.nan, np.float32))
         (folder / "nan.tiff").write_bytes(encoded.tobytes())
-        return "nan.tiff: unsupported pixel type float32"
+        return "nan.tiff: 192 of its 192 float values are NaN or infinite"
     raise ValueError(case)
 
 
@@ -1075,3 +1075,124 @@ def test_a_damaged_newest_checkpoint_names_the_intact_one_and_how_to_resume(tmp_
     with _no_exit():
         train_main("sr", ["--resume", str(folder / "step-00000002.pt"), "--max-steps", "5"])
     assert json.loads((folder / "state.json").read_text())["step"] == 5
+
+
+# ----------------------------------------------------------------------------- names on the terminal
+# What a terminal acts on instead of showing: a title set by OSC, a line erased by CSI (in 7 bits and as
+# the one-character C1 CSI), text shown backwards by a bidi override.
+HOSTILE = {"title\x1b]0;owned\x07": "title\\x1b]0;owned\\x07", "erase\x1b[1A\x1b[2K": "erase\\x1b[1A\\x1b[2K",
+           "csi\x9b2J": "csi\\x9b2J", "bidi\u202egnp.exe": "bidi\\u202egnp.exe"}
+
+
+def terminal_controls(text: str) -> set:
+    """The control characters in ``text`` other than line ends (tqdm's bars begin with a carriage return)."""
+    return {c for c in text if c not in "\r\n" and (ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or 0x202a <= ord(c) <= 0x202e
+                                                 or 0x2066 <= ord(c) <= 0x2069)}
+
+
+@pytest.mark.slow
+def test_names_and_paths_reach_the_terminal_as_escapes(tmp_path, capsys):
+    """Every line test.py and make_h5 write (summary rows, notes, progress bars, errors) shows a name's
+    control characters as escapes."""
+    names = [f"{name}.png" for name in HOSTILE]
+    write_photos(tmp_path / "in", names)
+    write_photos(tmp_path / "gt", names)
+    ckpt = generator_checkpoint(tmp_path / "g\x1b]0;ckpt\x07.pt")
+    with _no_exit():
+        run_test_script("deraining", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "in"), "--gt",
+                                      str(tmp_path / "gt"), "--device", "cpu", "--no-lpips", "--save",
+                                      str(tmp_path / "res"), "--no-report"])
+    captured = capsys.readouterr()
+    assert not terminal_controls(captured.out + captured.err), captured
+    for shown in HOSTILE.values():
+        assert f"\n{shown}: PSNR " in captured.out
+    assert "g\\x1b]0;ckpt\\x07.pt (sot-checkpoint) on 4 image(s)" in captured.out
+    # an error and a note that name a file
+    line = refused(capsys, tmp_path, "test", ["--checkpoint", str(tmp_path / "gone\x1b[2K.pt"), "--input",
+                                              str(tmp_path / "in"), "--device", "cpu"], "gone\\x1b[2K.pt")
+    assert not terminal_controls(line)
+    (tmp_path / "in" / "notes\x1b]0;x\x07.txt").write_text("")
+    (tmp_path / "in" / "bad\x9b2K.png").write_bytes(b"")
+    line = refused(capsys, tmp_path, "make_h5", ["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o.h5"),
+                                                 "--patch", "8"], "bad\\x9b2K.png: not a readable image")
+    err = capsys.readouterr().err
+    assert not terminal_controls(line + err)
+
+
+def test_progress_bars_still_draw_through_the_escaping_stream():
+    """tqdm's own carriage returns and cursor moves between nested bars pass; a description's do not."""
+    import io
+    from tqdm import tqdm
+    from common.errors import EscapingStream, note
+
+    screen = io.StringIO()
+    stream = EscapingStream(screen)
+    for _ in tqdm(range(2), desc="outer\x1b]0;t\x07", file=stream, mininterval=0, ncols=80):
+        for _ in tqdm(range(2), desc="inner", file=stream, leave=False, mininterval=0, ncols=80):
+            pass
+    out = screen.getvalue()
+    assert "\router\\x1b]0;t\\x07: 100%" in out and "\rinner:  50%" in out
+    assert "\x1b[A" in out and not terminal_controls(out.replace("\x1b[A", ""))
+
+
+# ----------------------------------------------------------------------------- names in metrics.csv
+@pytest.mark.slow
+def test_metrics_csv_holds_names_as_text_and_one_row_of_means(tmp_path, capsys):
+    """A name a spreadsheet would take for a formula is written with a leading quote (OWASP's rule);
+    numbers stay numbers. An image named 'mean' would give metrics.csv two rows of means: refused."""
+    import csv
+
+    names = ["=1+2", "@SUM(A1)", "+cmd", "-2", "tab\there", "plain"]
+    write_photos(tmp_path / "in", [f"{n}.png" for n in names])
+    write_photos(tmp_path / "gt", [f"{n}.png" for n in names])
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    argv = ["--checkpoint", str(ckpt), "--input", str(tmp_path / "in"), "--gt", str(tmp_path / "gt"), "--device",
+            "cpu", "--no-lpips", "--no-report"]
+    with _no_exit():
+        run_test_script("deraining", argv + ["--save", str(tmp_path / "res")])
+    with open(tmp_path / "res" / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    written = {row[0] for row in rows[1:-1]}
+    assert written == {"'=1+2", "'@SUM(A1)", "'+cmd", "'-2", "tab\\there", "plain"}, written
+    assert rows[-1][0] == "mean" and all(float(cell) == float(cell) for row in rows[1:] for cell in row[1:3])
+    write_photos(tmp_path / "in", ("mean.png",))
+    write_photos(tmp_path / "gt", ("mean.png",))
+    refused(capsys, tmp_path, "test deraining", argv + ["--save", str(tmp_path / "res2")],
+            "mean.png: its row in metrics.csv would be named 'mean', as the row of the means is; rename the image")
+
+
+# ----------------------------------------------------------------------------- images read as they are
+def test_pages_frames_scales_and_clipped_values_are_named(tmp_path, capsys):
+    """Of a 2-page TIFF, an animated WebP and an animated PNG the first frame is read, with a note; a
+    float TIFF's values outside [0, 1] are clipped with a note that gives their count and range; a
+    PGM/PPM is scaled by its declared largest value. Formats read right without a word stay so."""
+    from PIL import Image
+    from common.images import read_image
+
+    first, second = (Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200))
+    for name in ("pages.tif", "anim.webp", "anim.png"):
+        first.save(tmp_path / name, save_all=True, append_images=[second], duration=100, lossless=True)
+        assert np.allclose(read_image(tmp_path / name), 10 / 255), name
+    floats = np.linspace(-1, 3, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(floats, mode="F").save(tmp_path / "hdr.tif")
+    assert np.array_equal(read_image(tmp_path / "hdr.tif")[..., 0], np.clip(floats, 0, 1))
+    (tmp_path / "ten.pgm").write_bytes(b"P5 2 1 1023\n" + np.array([1023, 512], ">u2").tobytes())
+    (tmp_path / "low.ppm").write_bytes(b"P6\n# a comment\n1 1\n100\n" + bytes([100, 50, 0]))
+    assert np.allclose(read_image(tmp_path / "ten.pgm")[0, :, 0], [1.0, 512 / 1023])
+    assert np.allclose(read_image(tmp_path / "low.ppm")[0, 0], [1.0, 0.5, 0.0])
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:4], rgb[4:] = (200, 30, 30), (20, 160, 220)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
+    for name in ("cmyk.jpg", "palette.png"):
+        with Image.open(tmp_path / name) as im:
+            shown = np.asarray(im.convert("RGB")).astype(int)
+        assert np.abs(np.rint(read_image(tmp_path / name) * 255) - shown).max() <= 1, name
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'pages.tif'}: holds 2 pages; only the first is read" in err
+    for name in ("anim.webp", "anim.png"):
+        assert f"note: {tmp_path / name}: holds 2 frames (an animation); only the first is read" in err
+    assert (f"note: {tmp_path / 'hdr.tif'}: 48 of its 64 float values lie outside [0, 1] (the range seen is -1 to 3) "
+            "and were clipped to [0, 1]") in err
+    assert f"note: {tmp_path / 'ten.pgm'}: largest value 1023 (as its header declares), scaled to [0, 1] by 1/1023" in err
+    assert "cmyk.jpg" not in err and "palette.png" not in err
