@@ -1,7 +1,9 @@
 """Reports to look at in a browser: ``test.py``'s per-image comparison and a training run's progress.
 
 Each is one ``report.html`` that opens offline, from the disk (no server, no network: its CSS and
-script are inline), with its pictures as files beside it in ``report_files/``.
+script are inline), with its pictures as files beside it in ``report_files/``. Pages are rendered by
+Jinja2 from ``common/templates/`` with every value escaped: a name, a path or a checkpoint's field is
+text on the page, whatever it holds.
 
 - :class:`ResultsReport` (``test.py``, in its results folder): the checkpoint, the data, the device and
   the date; the mean metrics of the degraded input and of the restored images with the gain; one row
@@ -19,8 +21,7 @@ script are inline), with its pictures as files beside it in ``report_files/``.
 """
 from __future__ import annotations
 
-import html
-import json
+import functools
 import os
 import time
 import urllib.parse
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from markupsafe import Markup
 
 from .checkpoint import atomic_write
 from .errors import printable
@@ -51,14 +53,37 @@ def _href(name: str) -> str:
     return urllib.parse.quote(os.fsencode(name))
 
 
-def _json_for_script(data) -> str:
-    """JSON that can sit inside a <script> element: no ``</`` to end it early."""
-    return json.dumps(data, ensure_ascii=True).replace("</", "<\\/")
+def json_for_script(data) -> Markup:
+    """``data`` as JSON to sit inside ``<script type="application/json">``, where HTML escapes are not
+    decoded: ``<``, ``>``, ``&`` and ``'`` as ``\\u003c``-style escapes (Jinja2's own), and every character
+    past ASCII, U+2028 and U+2029 included, as ``\\u`` escapes too (``ensure_ascii``). Nothing in it can
+    end the element or open a comment there, and ``JSON.parse`` gives back the same strings."""
+    from jinja2.utils import htmlsafe_json_dumps
+
+    return htmlsafe_json_dumps(data, ensure_ascii=True)
 
 
-def _facts_rows(facts: list[tuple[str, str]]) -> str:
-    """A report header's (label, text) lines as table rows."""
-    return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(printable(v))}</td></tr>" for k, v in facts)
+@functools.cache
+def _templates():
+    """The pages' templates (``common/templates``): Jinja2 escapes every value put into them, so a name, a
+    path or a checkpoint's field is always text on the page, never markup."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+                              autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def _render(template: str, path: Path, **values) -> Path:
+    """``template`` filled with ``values``, written to ``path`` atomically (a browser's reload never finds
+    half a page)."""
+    page = _templates().get_template(template).render(**values)
+    atomic_write(path, lambda f: f.write(page.encode("utf-8")))
+    return path
+
+
+def _facts(facts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A report header's (label, text) lines as they are shown (see :func:`~common.errors.printable`)."""
+    return [(printable(k), printable(v)) for k, v in facts]
 
 
 # ----------------------------------------------------------------------------- test.py's report
@@ -96,211 +121,8 @@ class ResultsReport:
                 "metrics": [m for m in ("psnr", "ssim", "lpips") if any(it["metrics"].get(m) is not None
                                                                          for it in self.items)],
                 "has_gt": any("gt" in it["files"] for it in self.items)}
-        page = (_PAGE.replace("{{TITLE}}", html.escape(printable(self.title))).replace("{{FACTS}}", _facts_rows(facts))
-                .replace("{{STYLE}}", _STYLE).replace("{{DATA}}", _json_for_script(data)).replace("{{SCRIPT}}", _SCRIPT))
-        path = self.folder / "report.html"
-        atomic_write(path, lambda f: f.write(page.encode("utf-8")))
-        return path
-
-
-_STYLE = """
-:root { --fg: #1d2228; --muted: #66707a; --line: #d9dde2; --accent: #2f6fb3; --bad: #b3372f; --good: #2a7d46; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); }
-header, section { padding: 12px 20px; }
-h1 { font-size: 20px; margin: 4px 0 8px; }
-h2 { font-size: 16px; margin: 8px 0; }
-table { border-collapse: collapse; }
-.facts th { text-align: left; color: var(--muted); font-weight: normal; padding: 1px 14px 1px 0; }
-.facts td { padding: 1px 0; }
-.means td, .means th, #images td, #images th { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: right; }
-.means th:first-child, .means td:first-child, #images td.name, #images th.name { text-align: left; }
-#images th { cursor: pointer; user-select: none; position: sticky; top: 0; background: #fff; }
-#images th.sorted::after { content: " \\25B4"; } #images th.sorted.desc::after { content: " \\25BE"; }
-#images tbody tr { cursor: pointer; } #images tbody tr:hover { background: #f2f6fb; }
-#images tbody tr.current { background: #e3edf8; }
-#images img { width: 64px; height: 64px; object-fit: cover; display: block; }
-.gain-neg { color: var(--bad); } .gain-pos { color: var(--good); }
-#viewer { display: grid; grid-template-columns: 1fr; gap: 8px; }
-.controls { display: flex; flex-wrap: wrap; gap: 12px; align-items: center; }
-.controls button { font: inherit; padding: 2px 10px; }
-.stage { position: relative; overflow: hidden; width: 100%; height: 62vh; background: #222; border-radius: 4px; cursor: grab; }
-.stage.dragging { cursor: grabbing; }
-.layer { position: absolute; left: 0; top: 0; transform-origin: 0 0; }
-.layer img { position: absolute; left: 0; top: 0; max-width: none; }
-.layer.pixelated img { image-rendering: pixelated; }
-.label { position: absolute; top: 6px; padding: 1px 6px; background: rgba(0,0,0,.6); color: #fff; font-size: 12px; border-radius: 3px; }
-.label.left { left: 6px; } .label.right { right: 6px; }
-.divider { position: absolute; top: 0; bottom: 0; width: 2px; background: #fff; pointer-events: none; }
-.muted { color: var(--muted); }
-"""
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,"><title>{{TITLE}}</title><style>{{STYLE}}</style></head>
-<body>
-<header><h1>{{TITLE}}</h1><table class="facts">{{FACTS}}</table></header>
-<section><h2>Means</h2><table class="means" id="means"></table></section>
-<section id="viewer"><h2 id="viewer-title">Comparison</h2>
-<div class="controls">
-<label>compare <select id="pair"></select></label>
-<label>slider <input id="slider" type="range" min="0" max="100" value="50"></label>
-<button id="zoom-out" title="zoom out">&minus;</button><span id="zoom-level">fit</span>
-<button id="zoom-in" title="zoom in">+</button><button id="zoom-fit">fit</button>
-<a id="full-link" href="#">full-size restored PNG</a>
-<span class="muted">drag to pan, wheel to zoom; both sides stay on the same pixels</span></div>
-<div class="stage" id="stage"><div class="layer" id="layer"><img id="right-img" alt=""><img id="left-img" alt=""></div>
-<div class="divider" id="divider"></div><span class="label left" id="left-label"></span>
-<span class="label right" id="right-label"></span></div></section>
-<section><h2>Images <span class="muted">(click a column to sort, a row to compare)</span></h2>
-<table id="images"><thead></thead><tbody></tbody></table></section>
-<script type="application/json" id="data">{{DATA}}</script>
-<script>{{SCRIPT}}</script>
-</body></html>
-"""
-
-_SCRIPT = r"""
-"use strict";
-const data = JSON.parse(document.getElementById("data").textContent);
-const $ = (id) => document.getElementById(id);
-const fmt = (v, d) => (v === null || v === undefined) ? "n/a" : Number(v).toFixed(d);
-const digits = { psnr: 2, ssim: 4, lpips: 4 };
-const names = { psnr: "PSNR (dB)", ssim: "SSIM", lpips: "LPIPS" };
-
-// the means: input, restored and the gain
-(function means() {
-  const t = $("means");
-  const head = t.insertRow(); ["", "input", "restored", "gain"].forEach((h) => {
-    const th = document.createElement("th"); th.textContent = h; head.appendChild(th); });
-  for (const m of data.metrics) {
-    const r = t.insertRow(), a = data.means["input_" + m], b = data.means[m];
-    [names[m], fmt(a, digits[m]), fmt(b, digits[m]),
-     (a == null || b == null) ? "n/a" : (b - a >= 0 ? "+" : "") + (b - a).toFixed(digits[m])]
-      .forEach((v) => { r.insertCell().textContent = v; });
-  }
-  if (!data.metrics.length) { t.insertRow().insertCell().textContent = "no ground truth: restored only"; }
-})();
-
-// the table of images
-const columns = [{ key: "thumb", label: "", sort: null }, { key: "name", label: "image", sort: (it) => it.name }];
-for (const m of data.metrics) {
-  columns.push({ key: "input_" + m, label: "input " + names[m], sort: (it) => it.metrics["input_" + m] });
-  columns.push({ key: m, label: "restored " + names[m], sort: (it) => it.metrics[m] });
-}
-if (data.metrics.includes("psnr")) columns.push({ key: "gain", label: "gain (dB)", sort: (it) => it.gain });
-let order = { key: data.metrics.includes("psnr") ? "gain" : "name", desc: false };
-const tbody = document.querySelector("#images tbody");
-(function header() {
-  const tr = document.createElement("tr");
-  for (const c of columns) {
-    const th = document.createElement("th"); th.textContent = c.label; th.dataset.key = c.key;
-    if (c.key === "name") th.className = "name";
-    if (c.sort) th.addEventListener("click", () => {
-      order = { key: c.key, desc: order.key === c.key ? !order.desc : false }; render(); });
-    tr.appendChild(th);
-  }
-  document.querySelector("#images thead").appendChild(tr);
-})();
-function render() {
-  const col = columns.find((c) => c.key === order.key);
-  const items = data.items.map((it, i) => [it, i]);
-  items.sort((a, b) => {
-    const x = col.sort(a[0]), y = col.sort(b[0]);
-    if (x === y) return a[1] - b[1];
-    if (x === null || x === undefined) return 1;
-    if (y === null || y === undefined) return -1;
-    return (x < y ? -1 : 1) * (order.desc ? -1 : 1);
-  });
-  document.querySelectorAll("#images th").forEach((th) => {
-    th.classList.toggle("sorted", th.dataset.key === order.key);
-    th.classList.toggle("desc", th.dataset.key === order.key && order.desc);
-  });
-  const rows = document.createDocumentFragment();
-  for (const [it, i] of items) {
-    const tr = document.createElement("tr"); tr.dataset.index = i;
-    if (i === current) tr.className = "current";
-    const img = document.createElement("img"); img.loading = "lazy"; img.src = it.files.thumb; img.alt = it.name;
-    tr.insertCell().appendChild(img);
-    const name = tr.insertCell(); name.className = "name"; name.textContent = it.name;
-    for (const c of columns.slice(2)) {
-      const td = tr.insertCell(), v = c.sort(it);
-      const d = c.key === "gain" ? 2 : digits[c.key.replace("input_", "")];
-      td.textContent = (c.key === "gain" && v !== null && v >= 0 ? "+" : "") + fmt(v, d);
-      if (c.key === "gain" && v !== null) td.className = v < 0 ? "gain-neg" : "gain-pos";
-    }
-    tr.addEventListener("click", () => show(i));
-    rows.appendChild(tr);
-  }
-  tbody.replaceChildren(rows);
-}
-
-// the comparison view
-const pairs = [["input", "restored"]];
-if (data.has_gt) pairs.push(["restored", "gt"]);
-const labels = { input: "input", restored: "restored", gt: "ground truth" };
-for (const [a, b] of pairs) {
-  const o = document.createElement("option"); o.value = a + "|" + b; o.textContent = labels[a] + " | " + labels[b];
-  $("pair").appendChild(o);
-}
-let current = null, zoom = null, pan = [0, 0];
-function show(i) {
-  current = i;
-  const it = data.items[i];
-  let [a, b] = $("pair").value.split("|");
-  if (!it.files[b]) { [a, b] = pairs[0]; $("pair").value = a + "|" + b; }
-  $("left-img").src = it.files[a]; $("right-img").src = it.files[b];
-  $("left-label").textContent = labels[a]; $("right-label").textContent = labels[b];
-  $("viewer-title").textContent = "Comparison: " + it.name + " (" + it.size[0] + "x" + it.size[1] +
-    (it.gain === null ? "" : ", " + (it.gain >= 0 ? "+" : "") + it.gain.toFixed(2) + " dB") + ")";
-  $("full-link").href = it.full;
-  document.querySelectorAll("#images tbody tr").forEach((tr) => tr.classList.toggle("current", Number(tr.dataset.index) === i));
-  zoom = null; layout();
-}
-function fitZoom() {
-  const it = data.items[current], st = $("stage");
-  const w = $("left-img").naturalWidth || it.size[0], h = $("left-img").naturalHeight || it.size[1];
-  return Math.min(st.clientWidth / w, st.clientHeight / h);
-}
-function layout() {
-  if (current === null) return;
-  const z = zoom === null ? fitZoom() : zoom;
-  const iw = $("left-img").naturalWidth || data.items[current].size[0];
-  const ih = $("left-img").naturalHeight || data.items[current].size[1];
-  if (zoom === null) pan = [($("stage").clientWidth - iw * z) / 2, ($("stage").clientHeight - ih * z) / 2];
-  const layer = $("layer");
-  layer.style.transform = "translate(" + pan[0] + "px," + pan[1] + "px) scale(" + z + ")";
-  layer.classList.toggle("pixelated", z >= 2);
-  $("zoom-level").textContent = zoom === null ? "fit" : Math.round(100 * z) + "%";
-  const w = iw * z;
-  const s = Number($("slider").value) / 100;
-  // the left image shows up to the slider, the right one beyond it: the same pixels under both
-  $("left-img").style.clipPath = "inset(0 " + (100 - 100 * s) + "% 0 0)";
-  $("divider").style.left = (pan[0] + w * s) + "px";
-}
-$("slider").addEventListener("input", layout);
-$("pair").addEventListener("change", () => show(current));
-$("zoom-in").addEventListener("click", () => { zoom = (zoom === null ? fitZoom() : zoom) * 2; layout(); });
-$("zoom-out").addEventListener("click", () => { zoom = (zoom === null ? fitZoom() : zoom) / 2; layout(); });
-$("zoom-fit").addEventListener("click", () => { zoom = null; layout(); });
-$("stage").addEventListener("wheel", (e) => {
-  e.preventDefault();
-  const old = zoom === null ? fitZoom() : zoom, z = old * (e.deltaY < 0 ? 1.25 : 0.8);
-  const r = $("stage").getBoundingClientRect(), x = e.clientX - r.left, y = e.clientY - r.top;
-  pan = [x - (x - pan[0]) * z / old, y - (y - pan[1]) * z / old]; zoom = z; layout();
-}, { passive: false });
-let drag = null;
-$("stage").addEventListener("mousedown", (e) => { drag = [e.clientX - pan[0], e.clientY - pan[1]]; $("stage").classList.add("dragging"); });
-window.addEventListener("mouseup", () => { drag = null; $("stage").classList.remove("dragging"); });
-window.addEventListener("mousemove", (e) => {
-  if (!drag) return;
-  if (zoom === null) zoom = fitZoom();
-  pan = [e.clientX - drag[0], e.clientY - drag[1]]; layout();
-});
-$("left-img").addEventListener("load", layout);
-window.addEventListener("resize", layout);
-render();
-if (data.items.length) show(Number(tbody.rows[0].dataset.index));
-"""
+        return _render("results_report.html", self.folder / "report.html", title=printable(self.title),
+                       facts=_facts(facts), data=json_for_script(data))
 
 
 # ----------------------------------------------------------------------------- a training run's report
@@ -310,34 +132,16 @@ def write_training_report(run_root: Path, title: str, facts: list[tuple[str, str
     from .figures import training_curves
     from .run_folder import read_metrics
 
-    sigmas = sorted(run_root.glob("sigma-*/metrics.jsonl"))
-    logs = {path.parent.name: read_metrics(path) for path in sigmas}
+    logs = {path.parent.name: read_metrics(path) for path in sorted(run_root.glob("sigma-*/metrics.jsonl"))}
     curves = f"{ASSETS}/curves.png"
     training_curves(run_root / curves, logs)
-    strips = []
+    strips = []  # each sigma's samples
     for name in sorted(logs):
         pictures = sorted((run_root / name / "samples").glob("epoch-*.png"))[-12:]  # the newest twelve epochs
-        cells = "".join(f'<figure><img loading="lazy" src="{_href(f"{name}/samples/{p.name}")}" alt="{p.stem}">'
-                        f"<figcaption>{p.stem}</figcaption></figure>" for p in pictures)
-        strips.append(f"<h3>{html.escape(name)}</h3><div class=\"strip\">{cells or 'no samples yet'}</div>")
-    rows = _facts_rows(facts)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,"><title>{html.escape(title)}</title>
-<style>{_STYLE}
-.strip {{ display: flex; gap: 8px; overflow-x: auto; padding-bottom: 6px; }}
-.strip figure {{ margin: 0; flex: none; }} .strip img {{ height: 220px; display: block; }}
-.strip figcaption {{ color: var(--muted); font-size: 12px; }} .curves img {{ max-width: 100%; }}</style></head>
-<body><header><h1>{html.escape(title)}</h1><table class="facts">{rows}
-<tr><th>updated</th><td>{time.strftime("%Y-%m-%d %H:%M:%S")} (at each validation; reload to see the newest)</td></tr>
-</table></header>
-<section class="curves"><h2>Curves</h2><img src="{curves}" alt="training curves"></section>
-<section><h2>Samples: input | output | an unpaired clean patch, per epoch</h2>{"".join(strips)}</section>
-</body></html>
-"""
-    path = run_root / "report.html"
-    atomic_write(path, lambda f: f.write(page.encode("utf-8")))
-    return path
+        strips.append({"sigma": printable(name), "samples": [
+            {"name": printable(p.stem), "href": _href(f"{name}/samples/{p.name}")} for p in pictures]})
+    return _render("training_report.html", run_root / "report.html", title=printable(title), facts=_facts(facts),
+                   updated=time.strftime("%Y-%m-%d %H:%M:%S"), curves=curves, strips=strips)
 
 
 class ReportRefresher:

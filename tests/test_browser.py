@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from common.report import ResultsReport
+from common.tasks import TASKS
 from common.test_cli import test_main as run_test_script
 from conftest import generator_checkpoint, small_nets, sr_trainset, write_photos
 
@@ -161,3 +162,86 @@ def test_the_training_report_shows_curves_and_samples(tmp_path, browser):
     check_every_image_and_link_resolves(browser, page)
     assert console_errors(browser) == []
     browser.save_screenshot(str(tmp_path / "training-report.png"))
+
+
+# Names a user or a downloaded checkpoint may bring: the report's own old placeholders, markup that would
+# make an element or run script, a comment opener that swallows what follows, quotes that end an
+# attribute, and the line separators that end a JavaScript string. A file name cannot hold "/", so
+# "</script>" comes in through a path: a folder "x<" holding "script>...".
+HOSTILE_NAMES = ["{{DATA}}", "{{SCRIPT}}", "{{TITLE}}", "{{FACTS}}", "<img src=x onerror=window.pwned=1>",
+                 "<!--<script>", "\"quote'", "x\" onload=\"window.pwned=2", "line\u2028para\u2029graph"]
+HOSTILE_FIELD = "{{DATA}}</script><script>window.pwned=3</script><!--<img src=x onerror=window.pwned=4>"
+
+
+def hostile_folder(root: Path, last: str) -> Path:
+    return root / "{{DATA}}<" / f"script>{{{{TITLE}}}}<!--<img src=x onerror=window.pwned=5>{last}"
+
+
+def page_state(driver) -> dict:
+    """What the page holds, as the browser built it: anything a name made would show here."""
+    return driver.execute_script("""
+        const comments = document.createTreeWalker(document, NodeFilter.SHOW_COMMENT);
+        let n = 0; while (comments.nextNode()) n++;
+        const texts = (selector) => [...document.querySelectorAll(selector)].map((e) => e.textContent);
+        return {pwned: window.pwned === undefined ? null : window.pwned, title: document.title,
+                h1: texts("h1"), images: document.images.length, scripts: document.scripts.length,
+                handlers: document.querySelectorAll("[onerror], [onload]").length, comments: n,
+                elements: document.querySelectorAll("*").length,
+                facts: [...document.querySelectorAll(".facts tr")].map((tr) => [tr.cells[0] ? tr.cells[0].textContent
+                        : tr.querySelector("th").textContent, tr.querySelector("td").textContent]),
+                rows: [...document.querySelectorAll("#images tbody tr")].map((tr) => tr.cells[1].textContent),
+                alts: [...document.querySelectorAll("#images tbody img, figure img")].map((i) => i.alt),
+                captions: texts("figcaption"), h3: texts("h3")};""")
+
+
+def test_no_name_or_checkpoint_field_can_run_script_or_change_the_test_report(tmp_path, browser):
+    checkpoint = generator_checkpoint(hostile_folder(tmp_path, "{{SCRIPT}}\u2028") / "g.pt", task=HOSTILE_FIELD,
+                                      loss=HOSTILE_FIELD.replace("DATA", "SCRIPT"))
+    inputs, gts = hostile_folder(tmp_path, "in"), hostile_folder(tmp_path, "gt")
+    write_photos(inputs, [f"{n}.png" for n in HOSTILE_NAMES], side=16)
+    write_photos(gts, [f"{n}.png" for n in HOSTILE_NAMES], side=16, seed=1)
+    run_test_script("deraining", ["--checkpoint", str(checkpoint), "--input", str(inputs), "--gt", str(gts),
+                                  "--save", str(tmp_path / "res"), "--device", "cpu", "--no-lpips", "--any-task"])
+    page = tmp_path / "res" / "report.html"
+    open_page(browser, page)
+    state = page_state(browser)
+    title = f"{TASKS['deraining'].title}: {checkpoint}"  # as test.py names it
+    assert state["pwned"] is None and state["handlers"] == 0 and state["comments"] == 0
+    assert state["title"] == title and state["h1"] == [title]
+    assert state["scripts"] == 2  # the data block and the page's own
+    assert sorted(state["rows"]) == sorted(HOSTILE_NAMES) and sorted(state["alts"]) == sorted(HOSTILE_NAMES)
+    assert state["images"] == len(HOSTILE_NAMES) + 2  # a thumbnail a row, the comparison's two sides
+    facts = dict(state["facts"])
+    assert facts["checkpoint"] == str(checkpoint)
+    assert facts["model"] == f"{HOSTILE_FIELD}, cost {HOSTILE_FIELD.replace('DATA', 'SCRIPT')}, sigma ?, step ?"
+    assert facts["data"] == f"{len(HOSTILE_NAMES)} image(s) from {inputs}, ground truth {gts}"
+    assert browser.find_element(By.ID, "viewer-title").text.startswith("Comparison: ")
+    check_every_image_and_link_resolves(browser, page)
+    assert console_errors(browser) == []
+
+
+def test_no_name_or_field_can_run_script_or_change_the_training_report(tmp_path, browser):
+    from common.report import write_training_report
+
+    run_root = hostile_folder(tmp_path, "run")
+    sigmas = ["sigma-10", "sigma-{{DATA}}<img src=x onerror=window.pwned=6>"]
+    for sigma in sigmas:
+        (run_root / sigma).mkdir(parents=True)
+        (run_root / sigma / "metrics.jsonl").write_text(
+            '{"kind": "val", "step": 2, "psnr": 20.0, "input_psnr": 19.0}\n'
+            '{"kind": "val", "step": 4, "psnr": 21.0, "input_psnr": 19.0}\n')
+        write_photos(run_root / sigma / "samples", [f"epoch-{n}.png" for n in HOSTILE_NAMES], side=16)
+    title = f"Super-resolution training: {HOSTILE_FIELD}"
+    facts = [("run", str(run_root)), ("data", HOSTILE_FIELD), ("{{FACTS}}<b>", "\"quote'")]
+    page = write_training_report(run_root, title, facts)
+    open_page(browser, page)
+    state = page_state(browser)
+    assert state["pwned"] is None and state["handlers"] == 0 and state["comments"] == 0
+    assert state["title"] == title and state["h1"] == [title] and state["scripts"] == 0
+    assert state["facts"][:-1] == [list(f) for f in facts] and state["facts"][-1][0] == "updated"
+    assert state["h3"] == sorted(sigmas)
+    samples = sorted(f"epoch-{n}" for n in HOSTILE_NAMES) * len(sigmas)
+    assert sorted(state["captions"]) == sorted(samples) and sorted(state["alts"]) == sorted(samples)
+    assert state["images"] == 1 + len(samples)  # the curves and every sample
+    check_every_image_and_link_resolves(browser, page)
+    assert console_errors(browser) == []
