@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import printable
 from common.report import ResultsReport
 from common.tasks import TASKS
 from common.test_cli import test_main as run_test_script
@@ -205,16 +206,18 @@ def test_no_name_or_checkpoint_field_can_run_script_or_change_the_test_report(tm
     page = tmp_path / "res" / "report.html"
     open_page(browser, page)
     state = page_state(browser)
-    title = f"{TASKS['deraining'].title}: {checkpoint}"  # as test.py names it
+    # as test.py names it; a name's line separators show as escapes, as on the terminal (common.errors.printable)
+    title = printable(f"{TASKS['deraining'].title}: {checkpoint}")
+    names = sorted(printable(n) for n in HOSTILE_NAMES)
     assert state["pwned"] is None and state["handlers"] == 0 and state["comments"] == 0
     assert state["title"] == title and state["h1"] == [title]
     assert state["scripts"] == 2  # the data block and the page's own
-    assert sorted(state["rows"]) == sorted(HOSTILE_NAMES) and sorted(state["alts"]) == sorted(HOSTILE_NAMES)
+    assert sorted(state["rows"]) == names and sorted(state["alts"]) == names
     assert state["images"] == len(HOSTILE_NAMES) + 2  # a thumbnail a row, the comparison's two sides
     facts = dict(state["facts"])
-    assert facts["checkpoint"] == str(checkpoint)
+    assert facts["checkpoint"] == printable(checkpoint)
     assert facts["model"] == f"{HOSTILE_FIELD}, cost {HOSTILE_FIELD.replace('DATA', 'SCRIPT')}, sigma ?, step ?"
-    assert facts["data"] == f"{len(HOSTILE_NAMES)} image(s) from {inputs}, ground truth {gts}"
+    assert facts["data"] == printable(f"{len(HOSTILE_NAMES)} image(s) from {inputs}, ground truth {gts}")
     assert browser.find_element(By.ID, "viewer-title").text.startswith("Comparison: ")
     check_every_image_and_link_resolves(browser, page)
     assert console_errors(browser) == []
@@ -240,7 +243,7 @@ def test_no_name_or_field_can_run_script_or_change_the_training_report(tmp_path,
     assert state["title"] == title and state["h1"] == [title] and state["scripts"] == 0
     assert state["facts"][:-1] == [list(f) for f in facts] and state["facts"][-1][0] == "updated"
     assert state["h3"] == sorted(sigmas)
-    samples = sorted(f"epoch-{n}" for n in HOSTILE_NAMES) * len(sigmas)
+    samples = sorted(printable(f"epoch-{n}") for n in HOSTILE_NAMES) * len(sigmas)
     assert sorted(state["captions"]) == sorted(samples) and sorted(state["alts"]) == sorted(samples)
     assert state["images"] == 1 + len(samples)  # the curves and every sample
     check_every_image_and_link_resolves(browser, page)
