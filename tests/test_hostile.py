@@ -231,6 +231,16 @@ FLAG_CASES = [
     ("train", ["--sigma", "10", "10"], "given twice"), ("train", ["--sigma", "nan"], "--sigma"),
     ("train", ["--loss", "l3"], "--loss"), ("train", ["--batchSize", "4"], "fewer than one batch"),
     ("train", ["--no-such-flag"], "--no-such-flag"),
+    # a generator narrower than its channel attention's reduction fails in its first forward pass
+    ("train", ["--gen-width", "3"], "--gen-width: must be at least 4, got 3: the generator's channel attention"),
+    ("train", ["--gen-width", "1"], "--gen-width: must be at least 4"),
+    # values that float32, in which training computes, holds as 0 or as a subnormal number
+    ("train", ["--lr", "1e-320"], "--lr: the value 1e-320 is too small for float32 training arithmetic (float32 "
+                                  "holds it as 0); give at least 1.175e-38"),
+    ("train", ["--lr", "1e-39"], "holds it as a subnormal number"),
+    ("train", ["--sigma", "1e-40"], "--sigma: sigma 1e-40 is too small for float32"),
+    ("train", ["--dc-weight", "1e-45"], "give 0 or at least 1.175e-38"),
+    ("train", ["--ema", "1e-320"], "--ema: the decay 1e-320 is too small for float32"),
     ("test", ["--tile-overlap", "-40"], "--tile-overlap"), ("test", ["--tile", "0"], "--tile"),
     ("test", ["--tile", "3"], "must be at least 32 pixels"),
     ("test", ["--side-by-side", "-1"], "--side-by-side"),
@@ -439,6 +449,96 @@ def test_damaged_run_files_are_refused_before_anything_is_written(tmp_path, caps
     refused(capsys, tmp_path, "train", resume, "state.json: names no checkpoint of this folder")
     (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "last.pt", "step": "many"}))
     refused(capsys, tmp_path, "train", resume, "state.json: its step or epoch is not a whole number")
+
+
+# ----------------------------------------------------------------------------- run.json, field by field
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One run for every case that edits its run.json or resumes from an edited checkpoint: a refused
+    resume writes nothing (``refused`` asserts it), and each case puts back what it changed."""
+    root = tmp_path_factory.mktemp("trained")
+    (root / "data").mkdir()
+    sr_trainset(root / "data" / "a.h5", n=4)
+    with _no_exit():
+        train_main("sr", tiny_run(root, "r"))
+    return root, root / "out" / "sr" / "r"
+
+
+def _wrong_kinds(value) -> list:
+    """Values of another JSON kind than a field's valid ``value``: text for a number, a number for text,
+    true where a number belongs (Python's bool is an int), tables and lists where one value belongs."""
+    if isinstance(value, bool):
+        return ["yes", 1]
+    if isinstance(value, int):
+        return [str(value), 1.5, True, {"n": value}]
+    if isinstance(value, float):
+        return [str(value), True, [value]]
+    if isinstance(value, str):
+        return [123, [value], False]
+    if isinstance(value, list):
+        return [str(value[0]), [], [True], {"10": 1}]
+    return [[1], {"a": 1}]  # null: a field that may be absent takes one value of its kind, never these
+
+
+def _run_json_cases() -> list:
+    from common.config import RunConfig, Resolved, run_record
+    from common.tasks import TASKS
+
+    config = RunConfig.for_task(TASKS["sr"], **dict(zip(("seed", "max_steps", "name"), (1, 1, "r"))))
+    record = json.loads(json.dumps(run_record(config, Resolved(seed=1, device="cpu", precision="fp32",
+                                                                loader_workers=0))))  # as run.json holds it
+    cases = [("config", key, bad) for key, value in record["config"].items() for bad in _wrong_kinds(value)]
+    return cases + [
+        # out of range, not in choices, not finite, null where a value belongs: as the command line refuses them
+        ("config", "batch_size", 0), ("config", "epochs", -3), ("config", "lr", -1), ("config", "lr", 0),
+        ("config", "lr", float("nan")), ("config", "lr", float("inf")), ("config", "lr", 1e-320), ("config", "lr", 1e31),
+        ("config", "sigma", [float("nan")]), ("config", "sigma", [-1]), ("config", "sigma", [1e-40]),
+        ("config", "sigma", None), ("config", "cost", "sot-l7"), ("config", "cost", None), ("config", "layout", "nchw"),
+        ("config", "gen_width", 3), ("config", "gen_increment", 0), ("config", "critic_width", 0),
+        ("config", "seed", 2**32), ("config", "seed", -1), ("config", "ema_decay", 1.0), ("config", "ema_decay", -0.5),
+        ("config", "dc_weight", -1), ("config", "dc_weight", float("inf")), ("config", "critic_warmup_steps", -1),
+        ("config", "generator_init", "zero"), ("config", "critic_init", "xavier"), ("config", "val_every_epochs", 0),
+        ("config", "val_every_steps", -1), ("config", "save_every_steps", -1), ("config", "log_every_steps", 0),
+        ("config", "max_nonfinite", 0), ("config", "loader_workers", -1), ("config", "name", "../x"),
+        ("config", "name", ""), ("config", "trainset", None), ("config", "tensorboard", None),
+        ("config", "cuda_graphs", "maybe"), ("config", "device", "tpu"), ("config", "precision", "fp16"),
+        ("resolved", "seed", "abc"), ("resolved", "seed", -1), ("resolved", "seed", True), ("resolved", "seed", 2.5),
+        ("resolved", "trainset_files", "a.h5"), ("resolved", "trainset_files", [{"file": [1]}]),
+        ("resolved", "trainset_files", [{"file": "a.h5", "bytes": -1, "data": 4, "label": 4}]),
+        ("resolved", "trainset_files", [{"file": "a.h5", "bytes": 10, "data": "4", "label": 4}]),
+        # run.json before version 2: train.py's flat namespace, its own names
+        ("legacy", "nEpochs", "200"), ("legacy", "batchSize", 0), ("legacy", "loss", "sot-l7"),
+        ("legacy", "no_tensorboard", "yes"), ("legacy", "seed", "abc"), ("legacy", "trainset_files", [3])]
+
+
+RUN_JSON_CASES = _run_json_cases()
+
+
+@pytest.mark.parametrize("block,key,value", RUN_JSON_CASES,
+                         ids=[f"{b}.{k}={json.dumps(v)}" for b, k, v in RUN_JSON_CASES])
+def test_a_damaged_or_edited_run_json_is_refused_field_by_field(trained_run, capsys, block, key, value):
+    """Every field, with the command line's rules (one validator for both): a value of the wrong kind,
+    out of range, not among the choices or not finite was a TypeError, ZeroDivisionError or ValueError
+    traceback, several after run.json had been rewritten, or a run that went on with it."""
+    root, run = trained_run
+    original = (run / "run.json").read_text()
+    record = json.loads(original)
+    if block == "legacy":  # as test_config's legacy case: the flat namespace with the run's values
+        record = {"trainset": record["config"]["trainset"], "sigma": [10.0], "batchSize": 2, "nEpochs": 200,
+                  "loss": "sot-l0.5", "gen_width": 8, "gen_increment": 8, "critic_width": 8, "no_tensorboard": True,
+                  "seed": 1, "trainset_files": record["resolved"]["trainset_files"], key: value}
+        where = key
+    else:
+        record[block][key] = value
+        where = f"{block}.{key}"
+    (run / "run.json").write_text(json.dumps(record))
+    try:
+        line = refused(capsys, root, "train", ["--resume", "auto", "--name", "r", "--out", str(root / "out"),
+                                               "--max-steps", "2"], f"run.json: {where}")
+    finally:
+        (run / "run.json").write_text(original)
+    entry = value[0] if key == "trainset_files" and isinstance(value, list) else value  # the entry is named
+    assert json.dumps(entry)[:40] in line and "the run folder is damaged or was edited" in line, line
 
 
 def tiny_run(tmp_path, name, *extra, steps=1):
