@@ -522,6 +522,7 @@ def newest_run(task_dir: Path) -> Path:
 def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
     """The folder of the run to resume and, for --resume CKPT, the checkpoint its sigma starts from."""
     from .checkpoint import read_checkpoint
+    from .files import same_file
 
     if resume == "auto":
         task_dir = Path(given.get("out", RunConfig.out)) / task.name
@@ -538,30 +539,40 @@ def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
         what = TASKS[trained].title if trained in TASKS else repr(trained)
         hint = f"; resume it with python {trained}/train.py" if trained in TASKS else ""
         raise InputError(f"{checkpoint}: trained for {what}, not {task.title}{hint}")
-    sigma = ckpt["sigma"]
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise InputError(f"{checkpoint}: the checkpoint's sigma {sigma!r} is not a number; it is damaged")
+    sigma = float(ckpt["sigma"])  # a number: read_checkpoint checked it
     run_root = checkpoint.parent.parent
     if not (run_root / "run.json").is_file():
         raise InputError(f"{run_root}: the checkpoint's run folder has no run.json")
-    return run_root, {float(sigma): checkpoint}
+    # --resume CKPT continues the checkpoint's own run: a --name or --out naming another would be ignored
+    for key, own in (("name", lambda v: v == run_root.name), ("out", lambda v: same_file(v, run_root.parent.parent))):
+        if given.get(key) is not None and not own(given[key]):
+            raise InputError(f"{flag_of(key)} {given[key]}: --resume {checkpoint} continues that checkpoint's own "
+                             f"run, {run_root}; leave out {flag_of(key)}, or give --resume auto --name NAME to resume "
+                             "a run by its name")
+    return run_root, {sigma: checkpoint}
 
 
 def plan_resume(task: Task, resume: str, given: dict, new_data: bool = False) -> tuple[RunConfig, ResumePlan]:
     """The configuration of the run being resumed (its run.json, with ``given`` on top) and where it
     continues. A defining field that ``given`` changes is refused: the run would not be itself."""
+    from .run_folder import sigma_dir_name
+
     run_root, checkpoints = _resumed_root(task, resume, given)
     saved, resolved = read_run(run_root / "run.json", task)
-    recorded = {**saved.defining(), "seed": resolved.get("seed", saved.seed)}
+    for sigma, checkpoint in checkpoints.items():  # else the sweep would pass it over and resume from the newest
+        if sigma not in saved.sigma or checkpoint.parent.name != sigma_dir_name(sigma):
+            raise InputError(f"{checkpoint}: its sigma {sigma:g} is not its folder's ({checkpoint.parent.name}) in the "
+                             f"run {run_root}, whose sigmas are {_show(saved.sigma)}; the checkpoint was moved or "
+                             "is damaged")
+    seed = resolved["seed"] if resolved["seed"] is not None else saved.seed
+    recorded = {**saved.defining(), "seed": seed}
     for key, value in given.items():
         if key in recorded and recorded[key] is not None and not _same(value, recorded[key]):
             raise InputError(f"{flag_of(key)} {_show(value)} differs from the run being resumed "
                              f"({_show(recorded[key])}); start a new run (another --name) instead")
     config = replace(saved, **{k: v for k, v in given.items() if k not in ("out", "name")},
                      out=str(run_root.parent.parent), name=run_root.name).checked(task)
-    files = resolved.get("trainset_files")
-    return config, ResumePlan(run_root, checkpoints, saved, resolved.get("seed", saved.seed),
-                              files if isinstance(files, list) else None, new_data)
+    return config, ResumePlan(run_root, checkpoints, saved, seed, resolved["trainset_files"], new_data)
 
 
 def _same(a, b) -> bool:

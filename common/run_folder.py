@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, read_checkpoint, save_checkpoint, state_bytes
-from .errors import InputError, TrainingStopped
+from .checkpoint import atomic_write, named_tensors, read_checkpoint, save_checkpoint, state_bytes
+from .errors import InputError, TrainingStopped, note
 from .files import write_failure
 
 KEEP_STEP_CHECKPOINTS = 2
@@ -127,8 +127,12 @@ def read_state(run_dir: Path) -> dict | None:
         name = state.get("checkpoint")
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             raise InputError(f"{path}: names no checkpoint of this folder ({name!r}); the run folder is damaged")
-        if any(isinstance(state.get(k, 0), bool) or not isinstance(state.get(k, 0), int) for k in ("step", "epoch")):
-            raise InputError(f"{path}: its step or epoch is not a whole number; the run folder is damaged")
+        if any(isinstance(state.get(k, 0), bool) or not isinstance(state.get(k, 0), int) or state.get(k, 0) < 0
+               for k in ("step", "epoch")):
+            raise InputError(f"{path}: its step or epoch is not a whole number (0 or more); the run folder is damaged")
+        if not isinstance(state.get("finished", False), bool):  # "no" would read as true: the sigma skipped
+            raise InputError(f"{path}: its 'finished' is {state['finished']!r}, not true or false; the run folder "
+                             "is damaged")
         return state
     if (run_dir / "last.pt").is_file():  # a run from before state.json: its last.pt is the newest
         return {"checkpoint": "last.pt", "finished": False}
@@ -170,6 +174,16 @@ class SigmaFolder:
                              "use --pretrained to start from their weights")
         if "optim_g" not in ckpt or "rng" not in ckpt:
             raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
+        missing = [key for key in ("epoch", "batch_in_epoch", "step") if key not in ckpt]
+        if missing:
+            raise InputError(f"{path}: this checkpoint cannot resume a run (no {', '.join(missing)})")
+        # read before the run writes anything: a NaN in an optimiser's running averages would make every step
+        # non-finite, and the run would stop as diverged
+        broken = [key for key in ("generator", "critic", "generator_ema", "optim_g", "optim_d")
+                  if not all(torch.isfinite(t).all() for _, t in named_tensors(ckpt.get(key)) if t.is_floating_point())]
+        if broken:
+            raise InputError(f"{path}: the checkpoint's {broken[0]} holds NaN or infinite values; it is damaged"
+                             f"{self.intact_alternative(task_name, path)}")
         return ckpt
 
     def intact_alternative(self, task_name: str, damaged: Path) -> str:

@@ -626,7 +626,7 @@ class SigmaRun:
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position) or position[0] < 1:
                 raise ValueError(f"epoch, batch and step {position} are not a position in a run")
             self.position = Position(*position)
-            self.best, skipped = ckpt.get("best_psnr"), int(ckpt.get("skipped_steps", 0))
+            self.best, skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)  # checked by read_checkpoint
             set_rng_state(ckpt["rng"], self.p.device)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = (str(exc).splitlines() or [""])[0]

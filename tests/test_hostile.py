@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 
 import cv2
@@ -336,6 +337,44 @@ def bad_checkpoint(case: str, path):
     if case == "a folder":
         path.mkdir()
         return "a folder, not a checkpoint file"
+    # tensors the networks cannot take as they are: refused by name, not a NotImplementedError traceback
+    layouts = {"sparse weights": lambda t: t.to_sparse(), "sparse CSR weights": lambda t: t.flatten(1).to_sparse_csr(),
+               "meta weights": lambda t: torch.empty_like(t, device="meta"),
+               "quantised weights": lambda t: torch.quantize_per_tensor(t, 0.01, 0, torch.qint8),
+               "complex weights": lambda t: t.to(torch.complex64),
+               "int64 weights": lambda t: (t * 1000).to(torch.int64)}  # cast to float without a word, before
+    if case in layouts:
+        state = {k: v.clone() for k, v in state.items()}
+        with warnings.catch_warnings():  # torch's remarks on sparse CSR (beta) and quantisation (deprecated)
+            warnings.simplefilter("ignore")
+            state["shallow_feat1.0.weight"] = layouts[case](state["shallow_feat1.0.weight"])
+        save_checkpoint(path, {"arch": {"generator": arch}, "generator": state})
+        return ("the checkpoint's tensor generator.shallow_feat1.0.weight is "
+                + {"sparse weights": "a sparse_coo tensor, not a dense one",
+                   "sparse CSR weights": "a sparse_csr tensor, not a dense one",
+                   "meta weights": "a meta tensor", "quantised weights": "a quantised tensor (qint8)",
+                   "complex weights": "of dtype complex64, not floating-point",
+                   "int64 weights": "of dtype int64, not floating-point"}[case])
+    if case == "a sparse tensor beside the weights":
+        generator_checkpoint(path, rng={"torch": torch.eye(3).to_sparse()})
+        return "the checkpoint's tensor rng.torch is a sparse_coo tensor"
+    if case == "float64 weights beyond float32":
+        state = {k: v.double() for k, v in state.items()}
+        state["shallow_feat1.0.weight"][0, 0, 0, 0] = 1e300  # finite as float64, infinite once loaded
+        save_checkpoint(path, {"arch": {"generator": arch}, "generator": state})
+        return "the generator's weights hold NaN or infinite values as float32 (1 tensor(s), e.g. shallow_feat1.0.weight)"
+    # the checkpoint's own fields, which test.py's report, --resume and --pretrained read
+    fields = {"task that is not text": ({"task": 3}, "the checkpoint's 'task' is 3, not text"),
+              "NaN sigma": ({"sigma": float("nan")}, "the checkpoint's 'sigma' is nan, not a finite number"),
+              "negative step": ({"step": -1}, "the checkpoint's 'step' is -1, not a whole number, 0 or more"),
+              "step as text": ({"step": "7"}, "the checkpoint's 'step' is '7'"),
+              "best PSNR as text": ({"best_psnr": "{{DATA}}"}, "the checkpoint's 'best_psnr' is '{{DATA}}'"),
+              "align_corners as text": ({"config": {"align_corners": "no"}},
+                                        "the checkpoint's config's 'align_corners' is 'no', not true or false"),
+              "generator average that is not weights": ({"generator_ema": [1]}, "'generator_ema' is list, not weights")}
+    if case in fields:
+        generator_checkpoint(path, **fields[case][0])
+        return fields[case][1]
     if case in ("code in the pickle", "code in a protocol-2 pickle"):
         protocol = 2 if "protocol-2" in case else pickle.DEFAULT_PROTOCOL
         payload = ShellPayload(path.parent / "payload-ran")
@@ -349,7 +388,11 @@ def bad_checkpoint(case: str, path):
 CHECKPOINT_CASES = ["no generator key", "unknown architecture setting", "negative architecture value",
                     "architecture value as text", "architecture against its weights", "string version", "truncated",
                     "NaN weights", "a list", "config of the wrong type", "even kernel", "a folder",
-                    "code in the pickle", "code in a protocol-2 pickle"]
+                    "code in the pickle", "code in a protocol-2 pickle", "sparse weights", "sparse CSR weights",
+                    "meta weights", "quantised weights", "complex weights", "int64 weights",
+                    "a sparse tensor beside the weights", "float64 weights beyond float32", "task that is not text",
+                    "NaN sigma", "negative step", "step as text", "best PSNR as text", "align_corners as text",
+                    "generator average that is not weights"]
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
@@ -449,6 +492,11 @@ def test_damaged_run_files_are_refused_before_anything_is_written(tmp_path, caps
     refused(capsys, tmp_path, "train", resume, "state.json: names no checkpoint of this folder")
     (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "last.pt", "step": "many"}))
     refused(capsys, tmp_path, "train", resume, "state.json: its step or epoch is not a whole number")
+    (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "last.pt", "step": -1}))
+    refused(capsys, tmp_path, "train", resume, "state.json: its step or epoch is not a whole number (0 or more)")
+    # "no" is true to Python: the sigma would be skipped as finished
+    (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "last.pt", "step": 1, "finished": "no"}))
+    refused(capsys, tmp_path, "train", resume, "state.json: its 'finished' is 'no', not true or false")
 
 
 # ----------------------------------------------------------------------------- run.json, field by field
@@ -539,6 +587,55 @@ def test_a_damaged_or_edited_run_json_is_refused_field_by_field(trained_run, cap
         (run / "run.json").write_text(original)
     entry = value[0] if key == "trainset_files" and isinstance(value, list) else value  # the entry is named
     assert json.dumps(entry)[:40] in line and "the run folder is damaged or was edited" in line, line
+
+
+# ----------------------------------------------------------------------------- what a resume reads from a checkpoint
+def _edited(ckpt: dict, case: str) -> tuple[dict, str]:
+    """A training checkpoint edited as ``case`` says, and what the one error line must hold."""
+    if case == "NaN best PSNR":
+        return {**ckpt, "best_psnr": float("nan")}, "the checkpoint's 'best_psnr' is nan, not a finite number"
+    if case == "skipped steps as text":
+        return {**ckpt, "skipped_steps": "2"}, "the checkpoint's 'skipped_steps' is '2'"
+    if case == "no step":
+        return {k: v for k, v in ckpt.items() if k != "step"}, "this checkpoint cannot resume a run (no step)"
+    if case == "NaN in the optimiser's running averages":
+        optim = {**ckpt["optim_g"], "state": {i: {k: (v * float("nan") if k == "square_avg" else v)
+                                                  for k, v in st.items()} for i, st in ckpt["optim_g"]["state"].items()}}
+        return {**ckpt, "optim_g": optim}, "the checkpoint's optim_g holds NaN or infinite values; it is damaged"
+    if case == "int64 optimiser state":  # RMSprop's step would fail on it mid-training
+        optim = {**ckpt["optim_d"], "state": {i: {k: (v.to(torch.int64) if k == "square_avg" else v)
+                                                  for k, v in st.items()} for i, st in ckpt["optim_d"]["state"].items()}}
+        return {**ckpt, "optim_d": optim}, ("the checkpoint's tensor optim_d.state.0.square_avg is of dtype int64, not "
+                                            "floating-point")
+    if case == "another sigma than its folder's":  # the sweep would pass it over and resume from the newest
+        return {**ckpt, "sigma": 30.0}, "its sigma 30 is not its folder's (sigma-10)"
+    raise ValueError(case)
+
+
+RESUME_CASES = ["NaN best PSNR", "skipped steps as text", "no step", "NaN in the optimiser's running averages",
+                "int64 optimiser state", "another sigma than its folder's"]
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_a_resume_refuses_a_checkpoint_whose_fields_are_not_what_training_wrote(trained_run, capsys, case):
+    root, run = trained_run
+    edited = run / "sigma-10" / "edited.pt"
+    ckpt, fragment = _edited(torch.load(run / "sigma-10" / "last.pt", weights_only=True), case)
+    torch.save(ckpt, edited)
+    try:
+        refused(capsys, root, "train", ["--resume", str(edited), "--max-steps", "2"], f"edited.pt: {fragment}")
+    finally:
+        edited.unlink()
+
+
+@pytest.mark.parametrize("flag", ["--name", "--out"])
+def test_resume_from_a_checkpoint_refuses_a_name_or_out_of_another_run(trained_run, capsys, flag):
+    """--resume CKPT continues the checkpoint's own run: another --name (or --out) was ignored without a word."""
+    root, run = trained_run
+    ckpt = run / "sigma-10" / "last.pt"
+    other = "other" if flag == "--name" else str(root / "other")
+    refused(capsys, root, "train", ["--resume", str(ckpt), flag, other, "--max-steps", "2"],
+            f"{flag} {other}: --resume {ckpt} continues that checkpoint's own run, {run}; leave out {flag}")
 
 
 def tiny_run(tmp_path, name, *extra, steps=1):
