@@ -33,10 +33,10 @@ from .config import Resolved, ResumePlan, RunConfig, flag_of, parse_train_comman
 from .data import UnpairedH5Dataset, UnpairedSampler
 from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision, resolve_threads,
                       rng_state, seed_everything, set_rng_state, to_device)
-from .errors import InputError, TrainingStopped, note, on_stop_signals, restore_signal_handlers
-from .evaluate import evaluate
+from .errors import InputError, TrainingStopped, note, on_stop_signals, printable, restore_signal_handlers
+from .evaluate import NonFiniteOutput, evaluate
 from .figures import save_samples
-from .files import RunLock, check_can_write, remove_stale_temporaries
+from .files import LOCK_NAME, RunLock, check_can_write, folders_to_make, remove_stale_temporaries
 from .h5format import rgb_problem
 from .networks import Critic, Generator
 from .pairs import Pair
@@ -669,8 +669,14 @@ class SigmaRun:
         self.dist.barrier()
 
     def _validate_and_keep_best(self) -> None:
-        ev = evaluate(self.nets.validated, self.p.val_pairs, self.task, self.p.device,
-                      align_corners=self.config.align_corners, precision=self.p.resolved.precision, progress=False)
+        try:
+            ev = evaluate(self.nets.validated, self.p.val_pairs, self.task, self.p.device,
+                          align_corners=self.config.align_corners, precision=self.p.resolved.precision, progress=False)
+        except NonFiniteOutput as exc:  # finite weights, non-finite output: not a model to keep or score
+            raise TrainingStopped(f"sigma {self.sigma:g} step {self.position.step}: the generator's output on the "
+                                  f"validation image {printable(exc.image)} holds NaN or infinite values: training "
+                                  f"diverged. Last good checkpoint: {self.folder.last_good or 'none yet'}. Try a "
+                                  "lower --lr or a larger --sigma.", 3) from None
         self.nets.generator.train()
         val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr"),
                "input_ssim": ev.mean("input_ssim")}

@@ -638,6 +638,60 @@ def test_resume_from_a_checkpoint_refuses_a_name_or_out_of_another_run(trained_r
             f"{flag} {other}: --resume {ckpt} continues that checkpoint's own run, {run}; leave out {flag}")
 
 
+# ----------------------------------------------------------------------------- outputs that are not finite
+def overflowing_checkpoint(path, task="deraining"):
+    """Finite weights (1e30 each, float32 holds them) whose arithmetic overflows: the output is NaN/inf."""
+    g = tiny_generator()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.fill_(1e30)
+    return generator_checkpoint(path, g, task=task, config={"task": task})
+
+
+def test_an_output_that_is_not_finite_stops_test_py(tmp_path, capsys):
+    """Written as black PNGs and scored at 6 dB, exit 0, before: one line names the checkpoint and the
+    image, and nothing is written."""
+    write_photos(tmp_path / "photos")
+    write_photos(tmp_path / "gt")
+    ckpt = overflowing_checkpoint(tmp_path / "big.pt")
+    refused(capsys, tmp_path, "test deraining", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"),
+                                                 "--gt", str(tmp_path / "gt"), "--device", "cpu", "--no-lpips",
+                                                 "--save", str(tmp_path / "res")],
+            f"{ckpt}: its output on {tmp_path / 'photos' / 'a.png'} holds NaN or infinite values")
+
+
+def test_an_output_that_is_not_finite_stops_the_demos_scoring(tmp_path):
+    from common.demo import demo_paths, score_wider
+    from common.evaluate import NonFiniteOutput
+    from common.tasks import TASKS
+
+    paths = demo_paths(tmp_path / "demo-data")
+    write_photos(paths["wider_input"])
+    write_photos(paths["wider_gt"])
+    ckpt = overflowing_checkpoint(tmp_path / "best.pt")
+    with pytest.raises(NonFiniteOutput, match=f"{ckpt}: its output on .*a.png holds NaN or infinite values"):
+        score_wider(TASKS["deraining"], ckpt, tmp_path / "demo-data", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_an_output_that_is_not_finite_stops_validation(tmp_path, capsys):
+    """A generator started from finite weights that overflow: validation stops the run (status 3, as a
+    diverged one) instead of keeping a black best.pt."""
+    (tmp_path / "data").mkdir()
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
+    write_photos(tmp_path / "val" / "in", side=8)
+    write_photos(tmp_path / "val" / "gt", side=32)
+    ckpt = overflowing_checkpoint(tmp_path / "big.pt", task="sr")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", [*tiny_run(tmp_path, "v", steps=2), "--pretrained", str(ckpt), "--val-input",
+                          str(tmp_path / "val" / "in"), "--val-gt", str(tmp_path / "val" / "gt"), "--val-steps", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3, err
+    assert "sigma 10 step 1: the generator's output on the validation image " in err
+    assert "holds NaN or infinite values: training diverged" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "sr" / "v" / "sigma-10" / "best.pt").exists()
+
+
 def tiny_run(tmp_path, name, *extra, steps=1):
     return ["--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--name", name, "--sigma", "10",
             "--batchSize", "2", "--max-steps", str(steps), "--seed", "1", "--save-every", "1", "--device", "cpu",
