@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -341,6 +342,7 @@ def train(task: Task, config: RunConfig, dist=None, resume: ResumePlan | None = 
     prepared = preflight(task, config, dist, resume)
     if prepared.device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
+    made = folders_to_make(prepared.run_root) if dist.is_main else []
     lock = RunLock(prepared.run_root).acquire() if dist.is_main else None  # the OS drops it if we die
     try:
         if dist.is_main:
@@ -348,9 +350,36 @@ def train(task: Task, config: RunConfig, dist=None, resume: ResumePlan | None = 
             write_json(prepared.run_root / "run.json", run_record(config, prepared.resolved))
             announce(prepared)
         return train_sigmas(prepared)
+    except BaseException:
+        if made and prepared.run_root in made:
+            remove_unsaved_run(prepared.run_root, made)
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def remove_unsaved_run(run_root: Path, made: list[Path]) -> None:
+    """A run that made its folder and stopped before its first checkpoint (it failed in its first step)
+    leaves nothing: the folder would hold a run.json and logs of a run that does not exist, which
+    ``--resume auto`` would take for the newest run. Called with the folder's lock held; the lock file
+    goes last, and a folder that another run has entered meanwhile (not empty then) stays."""
+    if any(run_root.glob("sigma-*/*.pt")):
+        return
+    for entry in run_root.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (run_root / LOCK_NAME).unlink(missing_ok=True)
+    for folder in made:  # innermost first: the run folder, then the folders made for it
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+    note(f"{run_root}: removed the run folder this run had made; it stopped before saving a checkpoint")
 
 
 def announce(p: Prepared) -> None:

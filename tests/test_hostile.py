@@ -34,6 +34,7 @@ import torch
 import common.checkpoint as checkpoint_module
 from common.checkpoint import FORMAT, save_checkpoint
 from common.cli import run_guarded
+from common.errors import InputError
 from common.test_cli import test_main as run_test_script
 from common.runs import train_main
 from common.files import RunLock
@@ -636,6 +637,36 @@ def test_resume_from_a_checkpoint_refuses_a_name_or_out_of_another_run(trained_r
     other = "other" if flag == "--name" else str(root / "other")
     refused(capsys, root, "train", ["--resume", str(ckpt), flag, other, "--max-steps", "2"],
             f"{flag} {other}: --resume {ckpt} continues that checkpoint's own run, {run}; leave out {flag}")
+
+
+# ----------------------------------------------------------------------------- a run that fails in its first step
+@pytest.mark.slow
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    """Whatever stops it (here the first training step fails), a new run leaves nothing of itself: no
+    run folder with a run.json that --resume auto would take for the newest run, no out/sr/ made for it.
+    A run that saved a checkpoint keeps its folder."""
+    import common.runs as runs
+
+    (tmp_path / "data").mkdir()
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
+    real_step, calls = runs.train_step, []
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise InputError("the training file went away")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "train_step", failing_step)
+    fail_at = 1
+    refused(capsys, tmp_path, "train", tiny_run(tmp_path, "first"), "the training file went away")
+    assert not (tmp_path / "out").exists()
+    # with a checkpoint saved (--save-every 1), the folder stays: it holds a run to resume
+    calls.clear()
+    fail_at = 2
+    with pytest.raises(SystemExit):
+        train_main("sr", tiny_run(tmp_path, "second", steps=3))
+    assert (tmp_path / "out" / "sr" / "second" / "sigma-10" / "step-00000001.pt").is_file()
 
 
 # ----------------------------------------------------------------------------- outputs that are not finite
