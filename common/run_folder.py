@@ -39,14 +39,15 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> None:
         """Drop what came after the checkpoint being resumed (it will be done again) and any line a
         crash cut short; rewritten atomically."""
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
+        kept, foreign = [], 0
+        for line, record in decoded_lines(self.path):
+            if not is_metrics_record(record):
+                foreign += 1
+            elif record.get("step", 0) <= step:
                 kept.append(line)
+        if foreign:
+            note(f"{self.path}: dropped {foreign} line(s) that are not metrics records (each a JSON object with a "
+                 "whole-number step)")
         atomic_write(self.path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
 
     def write(self, record: dict) -> None:
@@ -72,19 +73,30 @@ class MetricsLog:
             self.writer.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl (a line cut short by a crash is left out)."""
-    records = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return records
-    for line in lines:
+def decoded_lines(path: Path):
+    """(line, its JSON value) for each line of a metrics.jsonl that decodes (a line a crash cut short
+    does not)."""
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            yield line, json.loads(line)
         except json.JSONDecodeError:
             continue
-    return records
+
+
+def is_metrics_record(value) -> bool:
+    """Whether a decoded line of a metrics.jsonl is a record: a JSON object whose step (if any) is a
+    whole number. Anything else comes from a damaged or edited log."""
+    step = value.get("step", 0) if isinstance(value, dict) else None
+    return isinstance(step, int) and not isinstance(step, bool)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl (a line cut short by a crash, or one that is not a record, is
+    left out)."""
+    try:
+        return [record for _, record in decoded_lines(path) if is_metrics_record(record)]
+    except OSError:
+        return []
 
 
 def sigma_dir_name(sigma: float) -> str:

@@ -500,6 +500,21 @@ def test_damaged_run_files_are_refused_before_anything_is_written(tmp_path, caps
     refused(capsys, tmp_path, "train", resume, "state.json: its 'finished' is 'no', not true or false")
 
 
+def test_lines_of_a_metrics_log_that_are_not_records_are_dropped_with_a_note(tmp_path, capsys):
+    """On resume the log is cut back to the checkpoint's step: a line that decodes to something other than
+    a record (a list, a step that is text) was a TypeError traceback there; it is dropped, and said so."""
+    from common.run_folder import MetricsLog, read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    lines = ['{"kind": "train", "step": 1}', "[1, 2]", '{"kind": "train", "step": "x"}', '"text"',
+             '{"kind": "train", "step": 2}', '{"kind": "train", "step": 3}', '{"kind": "tr']  # the last: cut short
+    log.write_text("\n".join(lines) + "\n")
+    assert [r["step"] for r in read_metrics(log)] == [1, 2, 3]  # what the training report draws
+    MetricsLog(log, tensorboard=False, resume_step=2).close()
+    assert log.read_text().splitlines() == [lines[0], lines[4]]
+    assert "metrics.jsonl: dropped 3 line(s) that are not metrics records" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- run.json, field by field
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
