@@ -15,6 +15,7 @@ those tensors by name. Anything else in the pickle is refused.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import pickle
 import types
@@ -78,15 +79,22 @@ class _RecordingWriter:
         self._f.flush()
 
 
+def named_tensors(value, name: str = ""):
+    """(name, tensor) for every tensor in a (nested) checkpoint dict, named by its path in it
+    (``generator.shallow_feat1.0.weight``, ``optim_g.state.0.square_avg``)."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from named_tensors(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from named_tensors(item, f"{name}[{i}]")
+
+
 def state_bytes(value) -> int:
     """The bytes of the tensors in a (nested) checkpoint dict: about what it takes on disk."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(state_bytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(state_bytes(v) for v in value)
-    return 0
+    return sum(t.numel() * t.element_size() for _, t in named_tensors(value))
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -248,7 +256,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         if "srresnet_unet2" not in str(exc):
             raise InputError(f"{path}: {_refusal(str(exc), path)}") from None
         try:
-            return _load_authors(path, map_location)
+            return check_tensors(_load_authors(path, map_location), path)
         except pickle.UnpicklingError as exc2:
             raise InputError(f"{path}: {exc2}") from None
     except OSError as exc:
@@ -270,9 +278,75 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
                          f"{'missing' if 'generator' not in ckpt else type(ckpt['generator']).__name__})")
     if ckpt.get("critic") is not None and not _is_state_dict(ckpt["critic"]):
         raise InputError(f"{path}: the checkpoint's 'critic' is {type(ckpt['critic']).__name__}, not weights")
-    for key in ("arch", "config"):
+    if ckpt.get("generator_ema") is not None and not _is_state_dict(ckpt["generator_ema"]):
+        raise InputError(f"{path}: the checkpoint's 'generator_ema' is {type(ckpt['generator_ema']).__name__}, "
+                         "not weights")
+    for key in ("arch", "config", "optim_g", "optim_d", "rng"):
         if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
             raise InputError(f"{path}: the checkpoint's '{key}' is {type(ckpt[key]).__name__}, not a table")
+    check_fields(ckpt, path)
+    return check_tensors(ckpt, path)
+
+
+def _whole(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What training writes in a checkpoint besides tensors, and what each must be where present: these
+# are read back on resume, in test.py's report and by --resume CKPT.
+FIELDS = {"task": (lambda v: isinstance(v, str), "text"),
+          "loss": (lambda v: isinstance(v, str), "text"),
+          "sigma": (lambda v: _real(v) and v >= 0, "a finite number, 0 or more"),
+          "step": (_whole(0), "a whole number, 0 or more"),
+          "epoch": (_whole(1), "a whole number, 1 or more"),
+          "batch_in_epoch": (_whole(0), "a whole number, 0 or more"),
+          "skipped_steps": (_whole(0), "a whole number, 0 or more"),
+          "best_psnr": (lambda v: v is None or _real(v), "a finite number or None")}
+CONFIG_FIELDS = {"task": FIELDS["task"], "align_corners": (lambda v: isinstance(v, bool), "true or false")}
+
+
+def check_fields(ckpt: dict, path) -> None:
+    """Refuse a checkpoint whose own fields (its step, sigma, task, best PSNR; the recorded config's task
+    and align_corners, which test.py follows) are not what training writes."""
+    for table, rules, where in ((ckpt, FIELDS, "'{}'"), (ckpt.get("config") or {}, CONFIG_FIELDS, "config's '{}'")):
+        for key, (ok, what) in rules.items():
+            if key in table and not ok(table[key]):
+                value = table[key]
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "..."
+                raise InputError(f"{path}: the checkpoint's {where.format(key)} is {shown}, not {what}; the file is "
+                                 "damaged or not ours")
+
+
+# Where a checkpoint keeps weights and optimiser states: tensors there must be floating-point.
+FLOAT_TABLES = ("generator", "critic", "generator_ema", "optim_g", "optim_d")
+
+
+def _tensor_problem(t: torch.Tensor, floating: bool) -> str | None:
+    """What keeps a tensor of a checkpoint from being used as a dense array of values, or None."""
+    if t.layout != torch.strided:
+        return f"a {str(t.layout).replace('torch.', '')} tensor, not a dense one"
+    if t.is_quantized:
+        return f"a quantised tensor ({str(t.dtype).replace('torch.', '')})"
+    if t.is_meta:
+        return "a meta tensor (a shape without values)"
+    if t.is_complex() or (floating and not t.is_floating_point()):
+        return f"of dtype {str(t.dtype).replace('torch.', '')}, not floating-point"
+    return None
+
+
+def check_tensors(ckpt: dict, path) -> dict:
+    """Refuse, naming it, a tensor the networks cannot take as it is: sparse or another layout, quantised,
+    meta, complex, or weights and optimiser states that are not floating-point (int64 weights would be
+    cast without a word). Nothing is computed: layouts and dtypes only."""
+    for name, tensor in named_tensors(ckpt):
+        problem = _tensor_problem(tensor, floating=name.split(".")[0] in FLOAT_TABLES)
+        if problem:
+            raise InputError(f"{path}: the checkpoint's tensor {name} is {problem}; the file is damaged or not a "
+                             "checkpoint this code reads")
     return ckpt
 
 
@@ -316,14 +390,15 @@ def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
         raise InputError(f"{path}: the {what} in this checkpoint has another architecture: " + "; ".join(parts))
-    broken = [k for k in ours if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
+    module.load_state_dict({k: state[k] for k in ours}, strict=True)
+    # checked as the module holds them: float64 weights of 1e300 are finite until cast to float32
+    broken = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
-        raise InputError(f"{path}: the {what}'s weights hold NaN or infinite values ({len(broken)} tensor(s), "
+        raise InputError(f"{path}: the {what}'s weights hold NaN or infinite values as float32 ({len(broken)} tensor(s), "
                          f"e.g. {broken[0]}); the checkpoint is damaged")
     if unexpected:
         note(f"{path}: ignoring {len(unexpected)} {what} key(s) this code does not use, e.g. "
              f"{', '.join(unexpected[:3])}")
-    module.load_state_dict({k: state[k] for k in ours}, strict=True)
 
 
 def build_generator(ckpt: dict, path, averaged: bool = True) -> Generator:

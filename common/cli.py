@@ -17,12 +17,20 @@ from .errors import (EXIT_BAD_INPUT, InputError, Interrupted, TrainingStopped, c
 # near it makes every loss it multiplies overflow, and each step would be skipped as non-finite.
 # 1e30 is far beyond any sensible value and leaves a product with a loss of up to 1e8 finite.
 TRAINING_LIMIT = 1e30
+# float32's smallest normal number: below it a rate or weight is a subnormal (precision lost, and
+# slow on CPUs) or, up to 7e-46, 0 itself (--lr 1e-320 would train nothing without a word).
+FLOAT32_TINY = 2.0 ** -126
 
 
-def _in_training_range(value: float, token: str, what: str) -> float:
+def _in_training_range(value: float, token: str, what: str, zero: bool = True) -> float:
+    """``value`` where float32 training arithmetic holds it (``zero``: 0 is a value of its own, off)."""
     if value > TRAINING_LIMIT:
         raise argparse.ArgumentTypeError(f"{what} {token} is too large for float32 training arithmetic (every loss "
                                          f"it multiplies would overflow); give at most {TRAINING_LIMIT:g}")
+    if 0 < value < FLOAT32_TINY:
+        held = "0" if value <= 2.0 ** -150 else "a subnormal number"
+        raise argparse.ArgumentTypeError(f"{what} {token} is too small for float32 training arithmetic (float32 holds "
+                                         f"it as {held}); give {'0 or ' if zero else ''}at least {FLOAT32_TINY:.4g}")
     return value
 
 
@@ -73,7 +81,7 @@ def finite_positive_float(token: str) -> float:
     value = _float(token)
     if not (0 < value < float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {token!r}")
-    return _in_training_range(value, token, "the value")
+    return _in_training_range(value, token, "the value", zero=False)
 
 
 def finite_non_negative_float(token: str) -> float:
@@ -88,7 +96,7 @@ def decay(token: str) -> float:
     value = _float(token)
     if not (0 <= value < 1):
         raise argparse.ArgumentTypeError(f"must lie in [0, 1), e.g. 0.995; got {token!r}")
-    return value
+    return _in_training_range(value, token, "the decay")
 
 
 def run_name(token: str) -> str:
@@ -107,13 +115,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {printable(message)} (see {self.prog} --help)\n")
 
 
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 def common_flags(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--gpus``, ``--precision`` and ``--debug``."""
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+    parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where to run; auto takes CUDA when available (default: %(default)s)")
     parser.add_argument("--gpus", default=None, metavar="IDS",
                         help="GPU ids to expose, as CUDA_VISIBLE_DEVICES (e.g. '0' or '0,1')")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="network arithmetic; auto is bf16 autocast on CUDA and fp32 on the CPU "
                              "(the transport cost and gradient-penalty norm are always fp32)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .cli import (OneLineParser, common_flags, decay, finite_non_negative_float, finite_positive_float,
-                  non_negative_int, positive_int, run_name, seed_int, sigma_list)
-from .errors import InputError
-from .networks import CRITIC_INITS
+from .cli import (DEVICES, PRECISIONS, OneLineParser, common_flags, decay, finite_non_negative_float,
+                  finite_positive_float, non_negative_int, positive_int, run_name, seed_int, sigma_list)
+from .errors import InputError, note, printable
+from .networks import CHANNEL_REDUCTION, CRITIC_INITS
 from .sot import TRANSPORT_COSTS
 from .tasks import TASKS, Task
 
@@ -50,6 +52,16 @@ def option(default, *flags: str, group: str, help: str, defines: bool = False, s
 
 
 TASK_DEFAULT = None  # for fields whose default is the task's (filled by RunConfig.for_task)
+
+
+def generator_width(token: str) -> int:
+    """``--gen-width``: the narrowest generator that runs has as many channels as its attention's reduction."""
+    value = positive_int(token)
+    if value < CHANNEL_REDUCTION:
+        raise argparse.ArgumentTypeError(f"must be at least {CHANNEL_REDUCTION}, got {value}: the generator's channel "
+                                         f"attention squeezes its width by {CHANNEL_REDUCTION}, and a narrower one "
+                                         "would keep no channel")
+    return value
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,7 @@ class RunConfig:
     max_steps: int | None = option(None, "--max-steps", group="schedule", type=positive_int, metavar="N",
                                    help="stop each sigma's run after N steps, whatever --nEpochs says")
     # networks
-    gen_width: int = option(80, "--gen-width", group="networks", defines=True, type=positive_int, metavar="N",
+    gen_width: int = option(80, "--gen-width", group="networks", defines=True, type=generator_width, metavar="N",
                             help="generator width (the paper's: %(default)s); smaller for quick experiments and tests")
     gen_increment: int = option(48, "--gen-increment", group="networks", defines=True, type=positive_int,
                                 metavar="N", help="generator U-Net width increment per level (the paper's: "
@@ -165,9 +177,10 @@ class RunConfig:
     deterministic: bool = option(False, "--deterministic", group="machine", action="store_true",
                                  help="bit-for-bit repeatable runs (deterministic kernels, no cuDNN autotuning; "
                                       "slower on CUDA)")
-    device: str = "auto"
-    gpus: str | None = None
-    precision: str = "auto"
+    # their flags come from common.cli.common_flags, which every script shares; the rules are the same
+    device: str = option("auto", group="machine", help="--device", choices=DEVICES)
+    gpus: str | None = option(None, group="machine", help="--gpus")
+    precision: str = option("auto", group="machine", help="--precision", choices=PRECISIONS)
 
     @classmethod
     def for_task(cls, task: Task, **values) -> "RunConfig":
@@ -176,16 +189,82 @@ class RunConfig:
         return config.checked(task)
 
     def checked(self, task: Task) -> "RunConfig":
-        """This configuration, refused where the task cannot take it (SR-only settings elsewhere)."""
+        """This configuration with every field held to its flag's rules (:func:`field_value`), refused
+        where the task cannot take it (SR-only settings elsewhere). Every configuration passes here:
+        the command line's, run.json's (:func:`read_run`) and a resume's (:func:`plan_resume`)."""
+        config = replace(self, **{f.name: field_value(f.name, getattr(self, f.name)) for f in fields(self)})
         if task.scale == 1:
-            for f in fields(self):
-                if f.metadata.get("sr_only") and getattr(self, f.name) != f.default:
+            for f in fields(config):
+                if f.metadata.get("sr_only") and getattr(config, f.name) != f.default:
                     raise InputError(f"{flag_of(f.name)}: only super-resolution takes it, not {task.title}")
-        return replace(self, sigma=tuple(float(s) for s in self.sigma))
+        return config
 
     def defining(self) -> dict:
         """The fields that define the run, with their values."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("defines")}
+
+
+class FieldError(InputError):
+    """A value that a :class:`RunConfig` field cannot hold: its name, the value and what is wrong."""
+
+    def __init__(self, name: str, value, problem: str):
+        self.name, self.value, self.problem = name, value, problem
+        super().__init__(f"{flag_of(name)} {shown(value)}: {problem}")
+
+
+def shown(value, limit: int = 60) -> str:
+    """A value as JSON writes it (text in quotes, ``null``, ``NaN``), cut short: a field's value in a message."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):  # not JSON: a value given in code
+        text = repr(value)
+    return printable(text if len(text) <= limit else text[:limit] + "...")
+
+
+_HINTS = typing.get_type_hints(RunConfig)
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", tuple: "a list of numbers"}
+
+
+def _of_kind(value, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is tuple:
+        return isinstance(value, (list, tuple)) and bool(value)
+    return isinstance(value, kind)
+
+
+def field_value(name: str, value):
+    """``value`` as field ``name`` holds it, by the rules its flag has on the command line: the field's
+    type, and its flag's ``type`` function, ``choices`` and ``nargs`` (what ``train_parser`` gives
+    argparse). One set of rules for every source: argparse has applied them to the command line
+    already, and run.json's values (JSON: text where a number belongs, NaN, nested tables...) meet
+    them here. Raises :class:`FieldError` saying what is wrong."""
+    meta = next(f for f in fields(RunConfig) if f.name == name).metadata
+    options = typing.get_args(_HINTS[name]) or (_HINTS[name],)  # int | None: (int, NoneType)
+    kind = next(k for k in options if k is not type(None))
+    if value is None:
+        if type(None) in options:  # not given
+            return None
+        raise FieldError(name, value, f"must be {_KINDS[kind]}, not null")
+    if not _of_kind(value, kind):
+        raise FieldError(name, value, f"must be {_KINDS[kind]}" + (" (not true or false)" if isinstance(value, bool)
+                                                                    else ""))
+    rules = meta.get("argparse", {})
+    convert, choices = rules.get("type"), rules.get("choices")
+    try:
+        if kind is tuple:  # --sigma: each number by the flag's rule (which parses a token into a list)
+            if not all(_of_kind(v, float) for v in value):
+                raise argparse.ArgumentTypeError(f"must be {_KINDS[kind]}")
+            return tuple(float(x) for v in value for x in convert(repr(v)))
+        if convert is not None:  # the flag's own check, on the value as the command line would spell it
+            value = convert(repr(value) if kind is float else str(value))
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise FieldError(name, value, str(exc)) from None
+    if choices is not None and value not in choices:
+        raise FieldError(name, value, f"must be one of {', '.join(map(str, choices))}")
+    return float(value) if kind is float else value
 
 
 def task_defaults(task: Task) -> dict:
@@ -359,7 +438,10 @@ def run_record(config: RunConfig, resolved: Resolved) -> dict:
 
 
 def read_run(path: Path, task: Task) -> tuple[RunConfig, dict]:
-    """A run.json as (the configuration asked for, what was resolved); older files converted."""
+    """A run.json as (the configuration asked for, what was resolved: the run's ``seed`` and
+    ``trainset_files``, the values a resume takes back); older files converted. Every value is held
+    to the rules of its flag before anything is written: a damaged or hand-edited field is refused
+    in one line that names it."""
     from .run_folder import read_json
 
     saved = read_json(path)
@@ -367,17 +449,51 @@ def read_run(path: Path, task: Task) -> tuple[RunConfig, dict]:
         asked, resolved = saved.get("config"), saved.get("resolved")
         if not isinstance(asked, dict) or not isinstance(resolved, dict):
             raise InputError(f"{path}: its 'config' or 'resolved' is not a table; the run folder is damaged")
+        where, stored = {k: f"config.{k}" for k in asked}, "resolved."
+        unknown = [k for k in asked if k not in {f.name for f in fields(RunConfig)}]
+        if unknown:
+            note(f"{path}: ignoring setting(s) this code does not know: {', '.join(map(shown, unknown[:5]))}")
     else:
+        where, stored = {LEGACY_NAMES.get(k, k): k for k in saved}, ""
         asked = {LEGACY_NAMES.get(k, k): v for k, v in saved.items() if k not in LEGACY_RESOLVED}
         if "no_tensorboard" in asked:
-            asked["tensorboard"] = not asked.pop("no_tensorboard")
+            where["tensorboard"] = "no_tensorboard"
+            value = asked.pop("no_tensorboard")
+            asked["tensorboard"] = not value if isinstance(value, bool) else value
         resolved = {k: saved[k] for k in ("seed", "trainset_files") if k in saved}
     known = {f.name for f in fields(RunConfig)}
     try:
         config = RunConfig.for_task(task, **{k: v for k, v in asked.items() if k in known})
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{path}: its configuration cannot be read ({exc}); the run folder is damaged") from None
-    return config, resolved
+    except FieldError as exc:
+        raise _damaged(path, where.get(exc.name, exc.name), exc) from None
+    try:
+        seed = field_value("seed", resolved.get("seed"))
+    except FieldError as exc:
+        raise _damaged(path, f"{stored}seed", exc) from None
+    files = resolved.get("trainset_files")
+    return config, {"seed": seed, "trainset_files": None if files is None else
+                    _trainset_files(files, f"{path}: {stored}trainset_files")}
+
+
+def _damaged(path: Path, key: str, exc: FieldError) -> InputError:
+    return InputError(f"{path}: {key} is {shown(exc.value)}: {exc.problem} (as {flag_of(exc.name)} on the command "
+                      "line); the run folder is damaged or was edited")
+
+
+TRAINSET_FILE = {"file": str, "bytes": int, "data": int, "label": int}  # run.json's record of one training file
+
+
+def _trainset_files(files, where: str) -> list:
+    """run.json's record of the training files, each entry checked (``where``: the file and key, for the error)."""
+    damaged = "the run folder is damaged or was edited"
+    if not isinstance(files, list):
+        raise InputError(f"{where} is {shown(files)}, not a list of training files; {damaged}")
+    for i, entry in enumerate(files):
+        if not (isinstance(entry, dict) and all(_of_kind(entry.get(key), kind) and (kind is str or entry[key] >= 0)
+                                                for key, kind in TRAINSET_FILE.items())):
+            raise InputError(f"{where}[{i}] is {shown(entry)}, not a record of a training file ({', '.join(TRAINSET_FILE)}:"
+                             f" a file name and whole numbers); {damaged}")
+    return files
 
 
 # ----------------------------------------------------------------------------- resuming
@@ -406,6 +522,7 @@ def newest_run(task_dir: Path) -> Path:
 def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
     """The folder of the run to resume and, for --resume CKPT, the checkpoint its sigma starts from."""
     from .checkpoint import read_checkpoint
+    from .files import same_file
 
     if resume == "auto":
         task_dir = Path(given.get("out", RunConfig.out)) / task.name
@@ -422,30 +539,40 @@ def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
         what = TASKS[trained].title if trained in TASKS else repr(trained)
         hint = f"; resume it with python {trained}/train.py" if trained in TASKS else ""
         raise InputError(f"{checkpoint}: trained for {what}, not {task.title}{hint}")
-    sigma = ckpt["sigma"]
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise InputError(f"{checkpoint}: the checkpoint's sigma {sigma!r} is not a number; it is damaged")
+    sigma = float(ckpt["sigma"])  # a number: read_checkpoint checked it
     run_root = checkpoint.parent.parent
     if not (run_root / "run.json").is_file():
         raise InputError(f"{run_root}: the checkpoint's run folder has no run.json")
-    return run_root, {float(sigma): checkpoint}
+    # --resume CKPT continues the checkpoint's own run: a --name or --out naming another would be ignored
+    for key, own in (("name", lambda v: v == run_root.name), ("out", lambda v: same_file(v, run_root.parent.parent))):
+        if given.get(key) is not None and not own(given[key]):
+            raise InputError(f"{flag_of(key)} {given[key]}: --resume {checkpoint} continues that checkpoint's own "
+                             f"run, {run_root}; leave out {flag_of(key)}, or give --resume auto --name NAME to resume "
+                             "a run by its name")
+    return run_root, {sigma: checkpoint}
 
 
 def plan_resume(task: Task, resume: str, given: dict, new_data: bool = False) -> tuple[RunConfig, ResumePlan]:
     """The configuration of the run being resumed (its run.json, with ``given`` on top) and where it
     continues. A defining field that ``given`` changes is refused: the run would not be itself."""
+    from .run_folder import sigma_dir_name
+
     run_root, checkpoints = _resumed_root(task, resume, given)
     saved, resolved = read_run(run_root / "run.json", task)
-    recorded = {**saved.defining(), "seed": resolved.get("seed", saved.seed)}
+    for sigma, checkpoint in checkpoints.items():  # else the sweep would pass it over and resume from the newest
+        if sigma not in saved.sigma or checkpoint.parent.name != sigma_dir_name(sigma):
+            raise InputError(f"{checkpoint}: its sigma {sigma:g} is not its folder's ({checkpoint.parent.name}) in the "
+                             f"run {run_root}, whose sigmas are {_show(saved.sigma)}; the checkpoint was moved or "
+                             "is damaged")
+    seed = resolved["seed"] if resolved["seed"] is not None else saved.seed
+    recorded = {**saved.defining(), "seed": seed}
     for key, value in given.items():
         if key in recorded and recorded[key] is not None and not _same(value, recorded[key]):
             raise InputError(f"{flag_of(key)} {_show(value)} differs from the run being resumed "
                              f"({_show(recorded[key])}); start a new run (another --name) instead")
     config = replace(saved, **{k: v for k, v in given.items() if k not in ("out", "name")},
                      out=str(run_root.parent.parent), name=run_root.name).checked(task)
-    files = resolved.get("trainset_files")
-    return config, ResumePlan(run_root, checkpoints, saved, resolved.get("seed", saved.seed),
-                              files if isinstance(files, list) else None, new_data)
+    return config, ResumePlan(run_root, checkpoints, saved, seed, resolved["trainset_files"], new_data)
 
 
 def _same(a, b) -> bool:

@@ -58,7 +58,7 @@ def score_wider(task: Task, checkpoint: Path, root: Path, device) -> WiderScore:
 
     paths = demo_paths(root)
     pairs = find_pairs(paths["wider_input"], paths["wider_gt"])
-    ev = evaluate(load_generator(checkpoint, device), pairs, task, device, progress=False)
+    ev = evaluate(load_generator(checkpoint, device), pairs, task, device, progress=False, model=str(checkpoint))
     gains = ev.gains()
     return WiderScore(ev.mean("input_psnr"), ev.mean("psnr"), sum(g > 0 for _, g in gains), len(gains),
                       min(gains, key=lambda item: item[1]))

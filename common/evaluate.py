@@ -148,6 +148,16 @@ def crop_to_multiple(x: torch.Tensor, multiple: int, pair: Pair) -> torch.Tensor
     return x[..., : h - h % multiple, : w - w % multiple]
 
 
+class NonFiniteOutput(InputError):
+    """A generator whose output on an image holds NaN or infinite values: finite weights whose
+    arithmetic overflows float32 (a damaged checkpoint, or training that diverged)."""
+
+    def __init__(self, model: str, image):
+        self.model, self.image = model, image
+        super().__init__(f"{model}: its output on {image} holds NaN or infinite values (finite weights whose "
+                         "arithmetic overflows float32); the checkpoint is damaged")
+
+
 @dataclass
 class Evaluation:
     rows: list[dict] = field(default_factory=list)
@@ -174,7 +184,7 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
              lpips: LPIPS | None = None, y_channel: bool = False, precision: str = "fp32",
              transpose: bool = False, tile: int | None = None, tile_overlap: int = TILE_CONTEXT,
              upscale: str = "pytorch", reference_metrics: bool = False, keep: int = 0,
-             progress: bool = True, on_image=None) -> Evaluation:
+             progress: bool = True, on_image=None, model: str = "the generator") -> Evaluation:
     """Restore every pair's input, write it under ``save_dir`` (if given) and measure it (if it has a
     ground truth). Returns one row per image with the restored and the input's metrics.
 
@@ -189,6 +199,9 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
     ``keep``: how many images to keep in ``examples`` (input | restored | ground truth), for pictures.
     ``on_image(row, input, restored, ground truth or None)``, if given, sees each image as 8-bit RGB
     when it is done (test.py's report writes its previews there: nothing is kept in memory).
+    ``model`` names the generator (its checkpoint) in the error that stops the run where its output
+    holds NaN or infinite values (:class:`NonFiniteOutput`): such an image would be written black and
+    scored as if restored.
     """
     generator.eval()
     result = Evaluation()
@@ -209,6 +222,8 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
                 restored = restore(generator, x, precision, tile, tile_overlap)
         except InputError as exc:  # the image is too large for memory: name it
             raise InputError(f"{pair.input}: {exc}") from None
+        if not torch.isfinite(restored).all():  # on the device, before anything is written or scored
+            raise NonFiniteOutput(model, pair.input)
         unclamped = restored[0].permute(1, 2, 0).float().cpu().numpy() if reference_metrics else None
         restored = to_uint8(tensor_to_image(restored))
         if save_dir is not None:

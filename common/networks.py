@@ -13,6 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 GENERATOR_MULTIPLE = 4  # two bilinear halvings in the encoder
+# The generator's channel attention squeezes its features to width // reduction channels: a width
+# below the reduction keeps none, and the first forward pass fails (the increments only widen).
+CHANNEL_REDUCTION = 4
 REFERENCE_CRITIC_WIDTH = 64
 # How the critic's weights start. "reference": N(0, 0.02) as the authors' scripts (docs/METHOD.md); its ten
 # layers each shrink the signal, so the gradient of the score with respect to the input starts about
@@ -234,9 +237,12 @@ class Generator(nn.Module):
     low-resolution input does not already fix, not shift its colours or shading. 1: the paper's G.
     """
 
-    def __init__(self, channels: int = 3, width: int = 80, increment: int = 48, reduction: int = 4,
+    def __init__(self, channels: int = 3, width: int = 80, increment: int = 48, reduction: int = CHANNEL_REDUCTION,
                  kernel_size: int = 3, null_space_scale: int = 1):
         super().__init__()
+        if width < reduction:
+            raise ValueError(f"a generator of width {width} cannot run: its channel attention squeezes the width "
+                             f"by {reduction}, which would leave no channel")
         self.arch = dict(channels=channels, width=width, increment=increment, reduction=reduction,
                          kernel_size=kernel_size, null_space_scale=null_space_scale)
         # One PReLU module, shared by every block: the reference learns a single slope.

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, read_checkpoint, save_checkpoint, state_bytes
-from .errors import InputError, TrainingStopped
+from .checkpoint import atomic_write, named_tensors, read_checkpoint, save_checkpoint, state_bytes
+from .errors import InputError, TrainingStopped, note
 from .files import write_failure
 
 KEEP_STEP_CHECKPOINTS = 2
@@ -39,14 +39,15 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> None:
         """Drop what came after the checkpoint being resumed (it will be done again) and any line a
         crash cut short; rewritten atomically."""
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("step", 0) <= step:
+        kept, foreign = [], 0
+        for line, record in decoded_lines(self.path):
+            if not is_metrics_record(record):
+                foreign += 1
+            elif record.get("step", 0) <= step:
                 kept.append(line)
+        if foreign:
+            note(f"{self.path}: dropped {foreign} line(s) that are not metrics records (each a JSON object with a "
+                 "whole-number step)")
         atomic_write(self.path, lambda f: f.write("".join(k + "\n" for k in kept).encode()))
 
     def write(self, record: dict) -> None:
@@ -72,19 +73,30 @@ class MetricsLog:
             self.writer.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl (a line cut short by a crash is left out)."""
-    records = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return records
-    for line in lines:
+def decoded_lines(path: Path):
+    """(line, its JSON value) for each line of a metrics.jsonl that decodes (a line a crash cut short
+    does not)."""
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            yield line, json.loads(line)
         except json.JSONDecodeError:
             continue
-    return records
+
+
+def is_metrics_record(value) -> bool:
+    """Whether a decoded line of a metrics.jsonl is a record: a JSON object whose step (if any) is a
+    whole number. Anything else comes from a damaged or edited log."""
+    step = value.get("step", 0) if isinstance(value, dict) else None
+    return isinstance(step, int) and not isinstance(step, bool)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl (a line cut short by a crash, or one that is not a record, is
+    left out)."""
+    try:
+        return [record for _, record in decoded_lines(path) if is_metrics_record(record)]
+    except OSError:
+        return []
 
 
 def sigma_dir_name(sigma: float) -> str:
@@ -127,8 +139,12 @@ def read_state(run_dir: Path) -> dict | None:
         name = state.get("checkpoint")
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             raise InputError(f"{path}: names no checkpoint of this folder ({name!r}); the run folder is damaged")
-        if any(isinstance(state.get(k, 0), bool) or not isinstance(state.get(k, 0), int) for k in ("step", "epoch")):
-            raise InputError(f"{path}: its step or epoch is not a whole number; the run folder is damaged")
+        if any(isinstance(state.get(k, 0), bool) or not isinstance(state.get(k, 0), int) or state.get(k, 0) < 0
+               for k in ("step", "epoch")):
+            raise InputError(f"{path}: its step or epoch is not a whole number (0 or more); the run folder is damaged")
+        if not isinstance(state.get("finished", False), bool):  # "no" would read as true: the sigma skipped
+            raise InputError(f"{path}: its 'finished' is {state['finished']!r}, not true or false; the run folder "
+                             "is damaged")
         return state
     if (run_dir / "last.pt").is_file():  # a run from before state.json: its last.pt is the newest
         return {"checkpoint": "last.pt", "finished": False}
@@ -170,6 +186,16 @@ class SigmaFolder:
                              "use --pretrained to start from their weights")
         if "optim_g" not in ckpt or "rng" not in ckpt:
             raise InputError(f"{path}: this checkpoint cannot resume a run (no optimiser or RNG state)")
+        missing = [key for key in ("epoch", "batch_in_epoch", "step") if key not in ckpt]
+        if missing:
+            raise InputError(f"{path}: this checkpoint cannot resume a run (no {', '.join(missing)})")
+        # read before the run writes anything: a NaN in an optimiser's running averages would make every step
+        # non-finite, and the run would stop as diverged
+        broken = [key for key in ("generator", "critic", "generator_ema", "optim_g", "optim_d")
+                  if not all(torch.isfinite(t).all() for _, t in named_tensors(ckpt.get(key)) if t.is_floating_point())]
+        if broken:
+            raise InputError(f"{path}: the checkpoint's {broken[0]} holds NaN or infinite values; it is damaged"
+                             f"{self.intact_alternative(task_name, path)}")
         return ckpt
 
     def intact_alternative(self, task_name: str, damaged: Path) -> str:

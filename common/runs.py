@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -33,10 +34,10 @@ from .config import Resolved, ResumePlan, RunConfig, flag_of, parse_train_comman
 from .data import UnpairedH5Dataset, UnpairedSampler
 from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision, resolve_threads,
                       rng_state, seed_everything, set_rng_state, to_device)
-from .errors import InputError, TrainingStopped, note, on_stop_signals, restore_signal_handlers
-from .evaluate import evaluate
+from .errors import InputError, TrainingStopped, note, on_stop_signals, printable, restore_signal_handlers
+from .evaluate import NonFiniteOutput, evaluate
 from .figures import save_samples
-from .files import RunLock, check_can_write, remove_stale_temporaries
+from .files import LOCK_NAME, RunLock, check_can_write, folders_to_make, remove_stale_temporaries
 from .h5format import rgb_problem
 from .networks import Critic, Generator
 from .pairs import Pair
@@ -341,6 +342,7 @@ def train(task: Task, config: RunConfig, dist=None, resume: ResumePlan | None = 
     prepared = preflight(task, config, dist, resume)
     if prepared.device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
+    made = folders_to_make(prepared.run_root) if dist.is_main else []
     lock = RunLock(prepared.run_root).acquire() if dist.is_main else None  # the OS drops it if we die
     try:
         if dist.is_main:
@@ -348,9 +350,36 @@ def train(task: Task, config: RunConfig, dist=None, resume: ResumePlan | None = 
             write_json(prepared.run_root / "run.json", run_record(config, prepared.resolved))
             announce(prepared)
         return train_sigmas(prepared)
+    except BaseException:
+        if made and prepared.run_root in made:
+            remove_unsaved_run(prepared.run_root, made)
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def remove_unsaved_run(run_root: Path, made: list[Path]) -> None:
+    """A run that made its folder and stopped before its first checkpoint (it failed in its first step)
+    leaves nothing: the folder would hold a run.json and logs of a run that does not exist, which
+    ``--resume auto`` would take for the newest run. Called with the folder's lock held; the lock file
+    goes last, and a folder that another run has entered meanwhile (not empty then) stays."""
+    if any(run_root.glob("sigma-*/*.pt")):
+        return
+    for entry in run_root.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (run_root / LOCK_NAME).unlink(missing_ok=True)
+    for folder in made:  # innermost first: the run folder, then the folders made for it
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+    note(f"{run_root}: removed the run folder this run had made; it stopped before saving a checkpoint")
 
 
 def announce(p: Prepared) -> None:
@@ -626,7 +655,7 @@ class SigmaRun:
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position) or position[0] < 1:
                 raise ValueError(f"epoch, batch and step {position} are not a position in a run")
             self.position = Position(*position)
-            self.best, skipped = ckpt.get("best_psnr"), int(ckpt.get("skipped_steps", 0))
+            self.best, skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)  # checked by read_checkpoint
             set_rng_state(ckpt["rng"], self.p.device)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = (str(exc).splitlines() or [""])[0]
@@ -669,8 +698,14 @@ class SigmaRun:
         self.dist.barrier()
 
     def _validate_and_keep_best(self) -> None:
-        ev = evaluate(self.nets.validated, self.p.val_pairs, self.task, self.p.device,
-                      align_corners=self.config.align_corners, precision=self.p.resolved.precision, progress=False)
+        try:
+            ev = evaluate(self.nets.validated, self.p.val_pairs, self.task, self.p.device,
+                          align_corners=self.config.align_corners, precision=self.p.resolved.precision, progress=False)
+        except NonFiniteOutput as exc:  # finite weights, non-finite output: not a model to keep or score
+            raise TrainingStopped(f"sigma {self.sigma:g} step {self.position.step}: the generator's output on the "
+                                  f"validation image {printable(exc.image)} holds NaN or infinite values: training "
+                                  f"diverged. Last good checkpoint: {self.folder.last_good or 'none yet'}. Try a "
+                                  "lower --lr or a larger --sigma.", 3) from None
         self.nets.generator.train()
         val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr"),
                "input_ssim": ev.mean("input_ssim")}

@@ -287,7 +287,7 @@ def _test(task: Task, argv: list[str]) -> None:
                       save_dir=staged.path, lpips=lpips, y_channel=args.y_channel, precision=precision,
                       transpose=args.transpose, tile=args.tile, tile_overlap=args.tile_overlap,
                       upscale=getattr(args, "upscale", "pytorch"), reference_metrics=args.reference_metrics,
-                      keep=keep, on_image=report.add if report is not None else None)
+                      keep=keep, on_image=report.add if report is not None else None, model=str(checkpoint))
         if report is not None:
             report.write(report_facts(checkpoint, ckpt, args, device, precision, len(pairs)), ev.means)
         if ev.examples:

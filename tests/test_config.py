@@ -159,3 +159,62 @@ def test_resuming_from_an_older_checkpoint_says_that_later_ones_will_be_replaced
     assert ("sigma 10: step-00000001.pt is at step 1, behind this sigma's newest checkpoint (last.pt, step 2); "
             "training goes on from step 1") in err
     assert json.loads((run / "sigma-10" / "state.json").read_text())["step"] == 3
+
+
+# ----------------------------------------------------------------------------- one set of rules
+# (field, what the command line gets, the same value as run.json holds it)
+SAME_RULES = [("gen_width", "3", 3), ("lr", "1e-320", 1e-320), ("lr", "-1", -1), ("batch_size", "0", 0),
+              ("seed", str(2**32), 2**32), ("ema_decay", "1", 1), ("sigma", "nan", [float("nan")]),
+              ("dc_weight", "1e-45", 1e-45), ("name", "../x", "../x"), ("cost", "sot-l7", "sot-l7"),
+              ("layout", "nchw", "nchw"), ("device", "tpu", "tpu"), ("precision", "fp16", "fp16")]
+
+
+@pytest.mark.parametrize("name,token,value", SAME_RULES, ids=[f"{n}={t}" for n, t, _ in SAME_RULES])
+def test_the_command_line_and_run_json_are_held_to_one_set_of_rules(capsys, name, token, value):
+    """What the command line refuses, run.json may not hold either, in the same words: both pass through
+    the field's own rules (its flag's type, choices and nargs), not through a second list."""
+    from common.config import FieldError, field_value
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_args(TASKS["sr"], [flag_of(name), token])
+    command_line = capsys.readouterr().err
+    assert exit_info.value.code == 2 and flag_of(name) in command_line
+    with pytest.raises(FieldError) as refused:
+        field_value(name, value)
+    if "invalid choice" not in command_line:  # argparse words its own choices check
+        assert refused.value.problem in command_line, (refused.value.problem, command_line)
+
+
+def test_a_configuration_built_in_code_is_held_to_the_same_rules():
+    from common.config import FieldError, demo_settings
+
+    with pytest.raises(FieldError, match='--gen-width "8": must be a whole number'):
+        RunConfig.for_task(TASKS["sr"], gen_width="8")
+    with pytest.raises(FieldError, match="--nEpochs 0: must be at least 1"):
+        RunConfig.for_task(TASKS["sr"], epochs=0)
+    for task in TASKS.values():  # every default, and the demo's settings, pass
+        assert RunConfig.for_task(task).sigma == tuple(float(s) for s in task.sigmas)
+        RunConfig.for_task(task, **demo_settings(task))
+
+
+def test_the_generator_width_rule_is_the_networks_own():
+    """--gen-width takes exactly the widths whose generator runs: below its channel attention's reduction
+    (4), a generator builds and then fails in its first forward pass (the run folder was left behind)."""
+    import argparse
+    import torch
+    from common.config import generator_width
+    from common.networks import Generator
+
+    for width in range(1, 9):
+        try:
+            generator_width(str(width))
+            accepted = True
+        except argparse.ArgumentTypeError:
+            accepted = False
+        try:
+            with torch.no_grad():
+                Generator(width=width, increment=1)(torch.rand(1, 3, 8, 8))
+            runs = True
+        except (ValueError, RuntimeError):  # refused when built, or failing in the forward pass
+            runs = False
+        assert accepted == runs == (width >= 4), width

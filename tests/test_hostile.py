@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 
 import cv2
@@ -33,6 +34,7 @@ import torch
 import common.checkpoint as checkpoint_module
 from common.checkpoint import FORMAT, save_checkpoint
 from common.cli import run_guarded
+from common.errors import InputError
 from common.test_cli import test_main as run_test_script
 from common.runs import train_main
 from common.files import RunLock
@@ -231,6 +233,16 @@ FLAG_CASES = [
     ("train", ["--sigma", "10", "10"], "given twice"), ("train", ["--sigma", "nan"], "--sigma"),
     ("train", ["--loss", "l3"], "--loss"), ("train", ["--batchSize", "4"], "fewer than one batch"),
     ("train", ["--no-such-flag"], "--no-such-flag"),
+    # a generator narrower than its channel attention's reduction fails in its first forward pass
+    ("train", ["--gen-width", "3"], "--gen-width: must be at least 4, got 3: the generator's channel attention"),
+    ("train", ["--gen-width", "1"], "--gen-width: must be at least 4"),
+    # values that float32, in which training computes, holds as 0 or as a subnormal number
+    ("train", ["--lr", "1e-320"], "--lr: the value 1e-320 is too small for float32 training arithmetic (float32 "
+                                  "holds it as 0); give at least 1.175e-38"),
+    ("train", ["--lr", "1e-39"], "holds it as a subnormal number"),
+    ("train", ["--sigma", "1e-40"], "--sigma: sigma 1e-40 is too small for float32"),
+    ("train", ["--dc-weight", "1e-45"], "give 0 or at least 1.175e-38"),
+    ("train", ["--ema", "1e-320"], "--ema: the decay 1e-320 is too small for float32"),
     ("test", ["--tile-overlap", "-40"], "--tile-overlap"), ("test", ["--tile", "0"], "--tile"),
     ("test", ["--tile", "3"], "must be at least 32 pixels"),
     ("test", ["--side-by-side", "-1"], "--side-by-side"),
@@ -326,6 +338,44 @@ def bad_checkpoint(case: str, path):
     if case == "a folder":
         path.mkdir()
         return "a folder, not a checkpoint file"
+    # tensors the networks cannot take as they are: refused by name, not a NotImplementedError traceback
+    layouts = {"sparse weights": lambda t: t.to_sparse(), "sparse CSR weights": lambda t: t.flatten(1).to_sparse_csr(),
+               "meta weights": lambda t: torch.empty_like(t, device="meta"),
+               "quantised weights": lambda t: torch.quantize_per_tensor(t, 0.01, 0, torch.qint8),
+               "complex weights": lambda t: t.to(torch.complex64),
+               "int64 weights": lambda t: (t * 1000).to(torch.int64)}  # cast to float without a word, before
+    if case in layouts:
+        state = {k: v.clone() for k, v in state.items()}
+        with warnings.catch_warnings():  # torch's remarks on sparse CSR (beta) and quantisation (deprecated)
+            warnings.simplefilter("ignore")
+            state["shallow_feat1.0.weight"] = layouts[case](state["shallow_feat1.0.weight"])
+        save_checkpoint(path, {"arch": {"generator": arch}, "generator": state})
+        return ("the checkpoint's tensor generator.shallow_feat1.0.weight is "
+                + {"sparse weights": "a sparse_coo tensor, not a dense one",
+                   "sparse CSR weights": "a sparse_csr tensor, not a dense one",
+                   "meta weights": "a meta tensor", "quantised weights": "a quantised tensor (qint8)",
+                   "complex weights": "of dtype complex64, not floating-point",
+                   "int64 weights": "of dtype int64, not floating-point"}[case])
+    if case == "a sparse tensor beside the weights":
+        generator_checkpoint(path, rng={"torch": torch.eye(3).to_sparse()})
+        return "the checkpoint's tensor rng.torch is a sparse_coo tensor"
+    if case == "float64 weights beyond float32":
+        state = {k: v.double() for k, v in state.items()}
+        state["shallow_feat1.0.weight"][0, 0, 0, 0] = 1e300  # finite as float64, infinite once loaded
+        save_checkpoint(path, {"arch": {"generator": arch}, "generator": state})
+        return "the generator's weights hold NaN or infinite values as float32 (1 tensor(s), e.g. shallow_feat1.0.weight)"
+    # the checkpoint's own fields, which test.py's report, --resume and --pretrained read
+    fields = {"task that is not text": ({"task": 3}, "the checkpoint's 'task' is 3, not text"),
+              "NaN sigma": ({"sigma": float("nan")}, "the checkpoint's 'sigma' is nan, not a finite number"),
+              "negative step": ({"step": -1}, "the checkpoint's 'step' is -1, not a whole number, 0 or more"),
+              "step as text": ({"step": "7"}, "the checkpoint's 'step' is '7'"),
+              "best PSNR as text": ({"best_psnr": "{{DATA}}"}, "the checkpoint's 'best_psnr' is '{{DATA}}'"),
+              "align_corners as text": ({"config": {"align_corners": "no"}},
+                                        "the checkpoint's config's 'align_corners' is 'no', not true or false"),
+              "generator average that is not weights": ({"generator_ema": [1]}, "'generator_ema' is list, not weights")}
+    if case in fields:
+        generator_checkpoint(path, **fields[case][0])
+        return fields[case][1]
     if case in ("code in the pickle", "code in a protocol-2 pickle"):
         protocol = 2 if "protocol-2" in case else pickle.DEFAULT_PROTOCOL
         payload = ShellPayload(path.parent / "payload-ran")
@@ -339,7 +389,11 @@ def bad_checkpoint(case: str, path):
 CHECKPOINT_CASES = ["no generator key", "unknown architecture setting", "negative architecture value",
                     "architecture value as text", "architecture against its weights", "string version", "truncated",
                     "NaN weights", "a list", "config of the wrong type", "even kernel", "a folder",
-                    "code in the pickle", "code in a protocol-2 pickle"]
+                    "code in the pickle", "code in a protocol-2 pickle", "sparse weights", "sparse CSR weights",
+                    "meta weights", "quantised weights", "complex weights", "int64 weights",
+                    "a sparse tensor beside the weights", "float64 weights beyond float32", "task that is not text",
+                    "NaN sigma", "negative step", "step as text", "best PSNR as text", "align_corners as text",
+                    "generator average that is not weights"]
 
 
 @pytest.mark.parametrize("case", CHECKPOINT_CASES)
@@ -439,6 +493,249 @@ def test_damaged_run_files_are_refused_before_anything_is_written(tmp_path, caps
     refused(capsys, tmp_path, "train", resume, "state.json: names no checkpoint of this folder")
     (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "last.pt", "step": "many"}))
     refused(capsys, tmp_path, "train", resume, "state.json: its step or epoch is not a whole number")
+    (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "last.pt", "step": -1}))
+    refused(capsys, tmp_path, "train", resume, "state.json: its step or epoch is not a whole number (0 or more)")
+    # "no" is true to Python: the sigma would be skipped as finished
+    (run / "sigma-10" / "state.json").write_text(json.dumps({"checkpoint": "last.pt", "step": 1, "finished": "no"}))
+    refused(capsys, tmp_path, "train", resume, "state.json: its 'finished' is 'no', not true or false")
+
+
+def test_lines_of_a_metrics_log_that_are_not_records_are_dropped_with_a_note(tmp_path, capsys):
+    """On resume the log is cut back to the checkpoint's step: a line that decodes to something other than
+    a record (a list, a step that is text) was a TypeError traceback there; it is dropped, and said so."""
+    from common.run_folder import MetricsLog, read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    lines = ['{"kind": "train", "step": 1}', "[1, 2]", '{"kind": "train", "step": "x"}', '"text"',
+             '{"kind": "train", "step": 2}', '{"kind": "train", "step": 3}', '{"kind": "tr']  # the last: cut short
+    log.write_text("\n".join(lines) + "\n")
+    assert [r["step"] for r in read_metrics(log)] == [1, 2, 3]  # what the training report draws
+    MetricsLog(log, tensorboard=False, resume_step=2).close()
+    assert log.read_text().splitlines() == [lines[0], lines[4]]
+    assert "metrics.jsonl: dropped 3 line(s) that are not metrics records" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- run.json, field by field
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One run for every case that edits its run.json or resumes from an edited checkpoint: a refused
+    resume writes nothing (``refused`` asserts it), and each case puts back what it changed."""
+    root = tmp_path_factory.mktemp("trained")
+    (root / "data").mkdir()
+    sr_trainset(root / "data" / "a.h5", n=4)
+    with _no_exit():
+        train_main("sr", tiny_run(root, "r"))
+    return root, root / "out" / "sr" / "r"
+
+
+def _wrong_kinds(value) -> list:
+    """Values of another JSON kind than a field's valid ``value``: text for a number, a number for text,
+    true where a number belongs (Python's bool is an int), tables and lists where one value belongs."""
+    if isinstance(value, bool):
+        return ["yes", 1]
+    if isinstance(value, int):
+        return [str(value), 1.5, True, {"n": value}]
+    if isinstance(value, float):
+        return [str(value), True, [value]]
+    if isinstance(value, str):
+        return [123, [value], False]
+    if isinstance(value, list):
+        return [str(value[0]), [], [True], {"10": 1}]
+    return [[1], {"a": 1}]  # null: a field that may be absent takes one value of its kind, never these
+
+
+def _run_json_cases() -> list:
+    from common.config import RunConfig, Resolved, run_record
+    from common.tasks import TASKS
+
+    config = RunConfig.for_task(TASKS["sr"], **dict(zip(("seed", "max_steps", "name"), (1, 1, "r"))))
+    record = json.loads(json.dumps(run_record(config, Resolved(seed=1, device="cpu", precision="fp32",
+                                                                loader_workers=0))))  # as run.json holds it
+    cases = [("config", key, bad) for key, value in record["config"].items() for bad in _wrong_kinds(value)]
+    return cases + [
+        # out of range, not in choices, not finite, null where a value belongs: as the command line refuses them
+        ("config", "batch_size", 0), ("config", "epochs", -3), ("config", "lr", -1), ("config", "lr", 0),
+        ("config", "lr", float("nan")), ("config", "lr", float("inf")), ("config", "lr", 1e-320), ("config", "lr", 1e31),
+        ("config", "sigma", [float("nan")]), ("config", "sigma", [-1]), ("config", "sigma", [1e-40]),
+        ("config", "sigma", None), ("config", "cost", "sot-l7"), ("config", "cost", None), ("config", "layout", "nchw"),
+        ("config", "gen_width", 3), ("config", "gen_increment", 0), ("config", "critic_width", 0),
+        ("config", "seed", 2**32), ("config", "seed", -1), ("config", "ema_decay", 1.0), ("config", "ema_decay", -0.5),
+        ("config", "dc_weight", -1), ("config", "dc_weight", float("inf")), ("config", "critic_warmup_steps", -1),
+        ("config", "generator_init", "zero"), ("config", "critic_init", "xavier"), ("config", "val_every_epochs", 0),
+        ("config", "val_every_steps", -1), ("config", "save_every_steps", -1), ("config", "log_every_steps", 0),
+        ("config", "max_nonfinite", 0), ("config", "loader_workers", -1), ("config", "name", "../x"),
+        ("config", "name", ""), ("config", "trainset", None), ("config", "tensorboard", None),
+        ("config", "cuda_graphs", "maybe"), ("config", "device", "tpu"), ("config", "precision", "fp16"),
+        ("resolved", "seed", "abc"), ("resolved", "seed", -1), ("resolved", "seed", True), ("resolved", "seed", 2.5),
+        ("resolved", "trainset_files", "a.h5"), ("resolved", "trainset_files", [{"file": [1]}]),
+        ("resolved", "trainset_files", [{"file": "a.h5", "bytes": -1, "data": 4, "label": 4}]),
+        ("resolved", "trainset_files", [{"file": "a.h5", "bytes": 10, "data": "4", "label": 4}]),
+        # run.json before version 2: train.py's flat namespace, its own names
+        ("legacy", "nEpochs", "200"), ("legacy", "batchSize", 0), ("legacy", "loss", "sot-l7"),
+        ("legacy", "no_tensorboard", "yes"), ("legacy", "seed", "abc"), ("legacy", "trainset_files", [3])]
+
+
+RUN_JSON_CASES = _run_json_cases()
+
+
+@pytest.mark.parametrize("block,key,value", RUN_JSON_CASES,
+                         ids=[f"{b}.{k}={json.dumps(v)}" for b, k, v in RUN_JSON_CASES])
+def test_a_damaged_or_edited_run_json_is_refused_field_by_field(trained_run, capsys, block, key, value):
+    """Every field, with the command line's rules (one validator for both): a value of the wrong kind,
+    out of range, not among the choices or not finite was a TypeError, ZeroDivisionError or ValueError
+    traceback, several after run.json had been rewritten, or a run that went on with it."""
+    root, run = trained_run
+    original = (run / "run.json").read_text()
+    record = json.loads(original)
+    if block == "legacy":  # as test_config's legacy case: the flat namespace with the run's values
+        record = {"trainset": record["config"]["trainset"], "sigma": [10.0], "batchSize": 2, "nEpochs": 200,
+                  "loss": "sot-l0.5", "gen_width": 8, "gen_increment": 8, "critic_width": 8, "no_tensorboard": True,
+                  "seed": 1, "trainset_files": record["resolved"]["trainset_files"], key: value}
+        where = key
+    else:
+        record[block][key] = value
+        where = f"{block}.{key}"
+    (run / "run.json").write_text(json.dumps(record))
+    try:
+        line = refused(capsys, root, "train", ["--resume", "auto", "--name", "r", "--out", str(root / "out"),
+                                               "--max-steps", "2"], f"run.json: {where}")
+    finally:
+        (run / "run.json").write_text(original)
+    entry = value[0] if key == "trainset_files" and isinstance(value, list) else value  # the entry is named
+    assert json.dumps(entry)[:40] in line and "the run folder is damaged or was edited" in line, line
+
+
+# ----------------------------------------------------------------------------- what a resume reads from a checkpoint
+def _edited(ckpt: dict, case: str) -> tuple[dict, str]:
+    """A training checkpoint edited as ``case`` says, and what the one error line must hold."""
+    if case == "NaN best PSNR":
+        return {**ckpt, "best_psnr": float("nan")}, "the checkpoint's 'best_psnr' is nan, not a finite number"
+    if case == "skipped steps as text":
+        return {**ckpt, "skipped_steps": "2"}, "the checkpoint's 'skipped_steps' is '2'"
+    if case == "no step":
+        return {k: v for k, v in ckpt.items() if k != "step"}, "this checkpoint cannot resume a run (no step)"
+    if case == "NaN in the optimiser's running averages":
+        optim = {**ckpt["optim_g"], "state": {i: {k: (v * float("nan") if k == "square_avg" else v)
+                                                  for k, v in st.items()} for i, st in ckpt["optim_g"]["state"].items()}}
+        return {**ckpt, "optim_g": optim}, "the checkpoint's optim_g holds NaN or infinite values; it is damaged"
+    if case == "int64 optimiser state":  # RMSprop's step would fail on it mid-training
+        optim = {**ckpt["optim_d"], "state": {i: {k: (v.to(torch.int64) if k == "square_avg" else v)
+                                                  for k, v in st.items()} for i, st in ckpt["optim_d"]["state"].items()}}
+        return {**ckpt, "optim_d": optim}, ("the checkpoint's tensor optim_d.state.0.square_avg is of dtype int64, not "
+                                            "floating-point")
+    if case == "another sigma than its folder's":  # the sweep would pass it over and resume from the newest
+        return {**ckpt, "sigma": 30.0}, "its sigma 30 is not its folder's (sigma-10)"
+    raise ValueError(case)
+
+
+RESUME_CASES = ["NaN best PSNR", "skipped steps as text", "no step", "NaN in the optimiser's running averages",
+                "int64 optimiser state", "another sigma than its folder's"]
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_a_resume_refuses_a_checkpoint_whose_fields_are_not_what_training_wrote(trained_run, capsys, case):
+    root, run = trained_run
+    edited = run / "sigma-10" / "edited.pt"
+    ckpt, fragment = _edited(torch.load(run / "sigma-10" / "last.pt", weights_only=True), case)
+    torch.save(ckpt, edited)
+    try:
+        refused(capsys, root, "train", ["--resume", str(edited), "--max-steps", "2"], f"edited.pt: {fragment}")
+    finally:
+        edited.unlink()
+
+
+@pytest.mark.parametrize("flag", ["--name", "--out"])
+def test_resume_from_a_checkpoint_refuses_a_name_or_out_of_another_run(trained_run, capsys, flag):
+    """--resume CKPT continues the checkpoint's own run: another --name (or --out) was ignored without a word."""
+    root, run = trained_run
+    ckpt = run / "sigma-10" / "last.pt"
+    other = "other" if flag == "--name" else str(root / "other")
+    refused(capsys, root, "train", ["--resume", str(ckpt), flag, other, "--max-steps", "2"],
+            f"{flag} {other}: --resume {ckpt} continues that checkpoint's own run, {run}; leave out {flag}")
+
+
+# ----------------------------------------------------------------------------- a run that fails in its first step
+@pytest.mark.slow
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    """Whatever stops it (here the first training step fails), a new run leaves nothing of itself: no
+    run folder with a run.json that --resume auto would take for the newest run, no out/sr/ made for it.
+    A run that saved a checkpoint keeps its folder."""
+    import common.runs as runs
+
+    (tmp_path / "data").mkdir()
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
+    real_step, calls = runs.train_step, []
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise InputError("the training file went away")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "train_step", failing_step)
+    fail_at = 1
+    refused(capsys, tmp_path, "train", tiny_run(tmp_path, "first"), "the training file went away")
+    assert not (tmp_path / "out").exists()
+    # with a checkpoint saved (--save-every 1), the folder stays: it holds a run to resume
+    calls.clear()
+    fail_at = 2
+    with pytest.raises(SystemExit):
+        train_main("sr", tiny_run(tmp_path, "second", steps=3))
+    assert (tmp_path / "out" / "sr" / "second" / "sigma-10" / "step-00000001.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- outputs that are not finite
+def overflowing_checkpoint(path, task="deraining"):
+    """Finite weights (1e30 each, float32 holds them) whose arithmetic overflows: the output is NaN/inf."""
+    g = tiny_generator()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.fill_(1e30)
+    return generator_checkpoint(path, g, task=task, config={"task": task})
+
+
+def test_an_output_that_is_not_finite_stops_test_py(tmp_path, capsys):
+    """Written as black PNGs and scored at 6 dB, exit 0, before: one line names the checkpoint and the
+    image, and nothing is written."""
+    write_photos(tmp_path / "photos")
+    write_photos(tmp_path / "gt")
+    ckpt = overflowing_checkpoint(tmp_path / "big.pt")
+    refused(capsys, tmp_path, "test deraining", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"),
+                                                 "--gt", str(tmp_path / "gt"), "--device", "cpu", "--no-lpips",
+                                                 "--save", str(tmp_path / "res")],
+            f"{ckpt}: its output on {tmp_path / 'photos' / 'a.png'} holds NaN or infinite values")
+
+
+def test_an_output_that_is_not_finite_stops_the_demos_scoring(tmp_path):
+    from common.demo import demo_paths, score_wider
+    from common.evaluate import NonFiniteOutput
+    from common.tasks import TASKS
+
+    paths = demo_paths(tmp_path / "demo-data")
+    write_photos(paths["wider_input"])
+    write_photos(paths["wider_gt"])
+    ckpt = overflowing_checkpoint(tmp_path / "best.pt")
+    with pytest.raises(NonFiniteOutput, match=f"{ckpt}: its output on .*a.png holds NaN or infinite values"):
+        score_wider(TASKS["deraining"], ckpt, tmp_path / "demo-data", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_an_output_that_is_not_finite_stops_validation(tmp_path, capsys):
+    """A generator started from finite weights that overflow: validation stops the run (status 3, as a
+    diverged one) instead of keeping a black best.pt."""
+    (tmp_path / "data").mkdir()
+    sr_trainset(tmp_path / "data" / "a.h5", n=4)
+    write_photos(tmp_path / "val" / "in", side=8)
+    write_photos(tmp_path / "val" / "gt", side=32)
+    ckpt = overflowing_checkpoint(tmp_path / "big.pt", task="sr")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main("sr", [*tiny_run(tmp_path, "v", steps=2), "--pretrained", str(ckpt), "--val-input",
+                          str(tmp_path / "val" / "in"), "--val-gt", str(tmp_path / "val" / "gt"), "--val-steps", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3, err
+    assert "sigma 10 step 1: the generator's output on the validation image " in err
+    assert "holds NaN or infinite values: training diverged" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "sr" / "v" / "sigma-10" / "best.pt").exists()
 
 
 def tiny_run(tmp_path, name, *extra, steps=1):
