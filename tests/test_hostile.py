@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import pickle
+import shlex
 import signal
 import stat
 import struct
@@ -905,6 +906,46 @@ def test_a_signal_mid_make_h5_removes_its_temporary_and_folders(tmp_path, sig):
     assert last.startswith(f"stopped by {signal.Signals(sig).name}: removed the unfinished .o.h5.tmp"), last
     assert f"and the folder {tmp_path / 'new'} made for it" in last
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- a reader that goes away
+PIPE_CASES = ["sr/test.py", "sr/test.py | head -1", "sr/train.py", "gdata/make_h5.py", "gdata/inspect_h5.py"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", PIPE_CASES)
+def test_a_reader_that_goes_away_ends_a_script_quietly(tmp_path, case):
+    """``script | head -1``, or a pipe whose reader is gone before the script writes: no traceback and no
+    "Exception ignored", status 141 (128 + SIGPIPE, what a shell reports for other tools), and what was
+    being written is cleaned up as after any stop."""
+    write_photos(tmp_path / "photos")
+    sr_trainset(tmp_path / "d.h5")
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    script = case.split()[0]
+    argv = {"sr/test.py": ["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--device", "cpu",
+                           "--save", str(tmp_path / "res")],
+            "sr/train.py": ["--trainset", str(tmp_path / "d.h5"), "--out", str(tmp_path / "runs"), "--max-steps", "2",
+                            "--batchSize", "2", "--device", "cpu", *SMALL],
+            "gdata/make_h5.py": ["--input", str(tmp_path / "photos"), "--out", str(tmp_path / "o.h5"), "--patch", "8"],
+            "gdata/inspect_h5.py": [str(tmp_path / "d.h5")]}[script]
+    if "| head -1" in case:
+        command = " ".join(map(shlex.quote, [sys.executable, script, *argv])) + ' | head -1; exit "${PIPESTATUS[0]}"'
+        result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.stdout.startswith(f"{ckpt} (sot-checkpoint) on 3 image(s)") and result.stdout.count("\n") == 1
+        assert result.returncode in (0, 141), result.stderr  # 0 only where every line was out before head left
+        assert sorted(os.listdir(tmp_path / "res")) == ["a.png", "b.png", "c.png", "report.html", "report_files"]
+    else:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = subprocess.run([sys.executable, script, *argv], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE,
+                                    text=True, timeout=300)
+        finally:
+            os.close(write_end)
+        assert result.returncode == 141, result.stderr
+        if script == "sr/test.py":
+            assert not (tmp_path / "res").exists()  # stopped while restoring: nothing half-written is left
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
 
 
 # ----------------------------------------------------------------------------- gdata: one file, one role
