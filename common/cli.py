@@ -137,6 +137,8 @@ class _RaiseOnSignal:
             return
         self.raised = True
         errors._pending_stop.append(signum)  # for check_interrupted, should this exception be lost
+        if errors._deferring:  # a commit in progress: raised when it is whole (stop_signals_deferred)
+            return
         raise Interrupted(signum)
 
     def __exit__(self, *exc):
@@ -208,7 +210,10 @@ def _run_guarded(main, argv, debug_flag: str, writes_files: bool) -> None:
     except Interrupted as exc:
         close_progress_bars()
         name = signal.Signals(exc.signum).name
-        done = f": removed {', '.join(exc.cleaned)}" if exc.cleaned else "; nothing was left half-written"
+        if exc.completed:
+            done = f" once {', '.join(exc.completed)}"
+        else:
+            done = f": removed {', '.join(exc.cleaned)}" if exc.cleaned else "; nothing was left half-written"
         print(f"stopped by {name}{printable(done)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except InputError as exc:
