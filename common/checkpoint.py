@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, note
-from .files import fsync_folder, unreadable_reason
+from .files import fsync_folder, temporary_path, unreadable_reason
 from .networks import Critic, Generator
 
 FORMAT = "sot-checkpoint"
@@ -45,7 +45,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)

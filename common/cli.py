@@ -149,6 +149,8 @@ class _RaiseOnSignal:
             return
         self.raised = True
         errors._pending_stop.append(signum)  # for check_interrupted, should this exception be lost
+        if errors._deferring:  # a commit in progress: raised when it is whole (stop_signals_deferred)
+            return
         raise Interrupted(signum)
 
     def __exit__(self, *exc):
@@ -157,13 +159,59 @@ class _RaiseOnSignal:
         errors._pending_stop.clear()
 
 
+# What a shell reports for a program whose reader went away (SIGPIPE): ``... | head -1``.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = False) -> None:
     """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
     stop its message and its own status (128 + the signal, or 3 for a diverged run).
 
     ``writes_files`` (test.py, gdata/): SIGINT and SIGTERM stop the script where it is; what it had
-    half-written is removed on the way out, one line says what, and the status is 130 or 143."""
+    half-written is removed on the way out, one line says what, and the status is 130 or 143.
+
+    A reader that goes away (``test.py | head -1``) ends the script quietly, as SIGPIPE ends other
+    command-line tools: no traceback, status 141; what it was writing is cleaned up on the way out."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        _run_guarded(main, argv, debug_flag, writes_files)
+        sys.stdout.flush()  # what a pipe's buffer still holds is written now, where a closed pipe can be caught
+    except BrokenPipeError:
+        if not _silence_closed_output():
+            raise  # not this process's own output: a bug, with its traceback
+        sys.exit(EXIT_BROKEN_PIPE)
+    except SystemExit:
+        try:  # the exit would flush stdout again, and print a closed pipe's error as "Exception ignored"
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_closed_output()
+        raise
+
+
+def _silence_closed_output() -> bool:
+    """Point stdout and stderr, where their reader has closed them, at /dev/null (so that the exit's
+    own flush fails no more); whether either had been closed."""
+    import os
+    import select
+
+    closed = []
+    for fd in (1, 2):
+        try:
+            poll = select.poll()
+            poll.register(fd, select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poll.poll(0)):  # a pipe without a reader
+                closed.append(fd)
+        except (AttributeError, OSError, ValueError):  # no poll(), or no such descriptor
+            continue
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in closed:
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    return bool(closed)
+
+
+def _run_guarded(main, argv, debug_flag: str, writes_files: bool) -> None:
     # a name is printed with escapes for control characters and bytes that are not UTF-8: it can
     # neither drive the terminal nor raise a UnicodeEncodeError
     escaping_streams()
@@ -176,7 +224,10 @@ def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = Fa
     except Interrupted as exc:
         close_progress_bars()
         name = signal.Signals(exc.signum).name
-        done = f": removed {', '.join(exc.cleaned)}" if exc.cleaned else "; nothing was left half-written"
+        if exc.completed:
+            done = f" once {', '.join(exc.completed)}"
+        else:
+            done = f": removed {', '.join(exc.cleaned)}" if exc.cleaned else "; nothing was left half-written"
         print(f"stopped by {name}{printable(done)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except InputError as exc:

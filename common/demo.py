@@ -11,7 +11,8 @@ repainting them. Validation uses three more photographs, on neither side.
 """
 from __future__ import annotations
 
-import shutil
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from .h5format import H5PatchWriter, cut_patches
 from .degrade import DEGRADATIONS, degradation_scale
+from .errors import InputError
+from .files import temporary_of
 from .images import write_image
 from .tasks import Task
 
@@ -196,6 +199,41 @@ def built_as_now(train_file: Path, degradation: str) -> bool:
         return False
 
 
+def remove_demo_data(root: Path) -> None:
+    """Remove the demo's data from ``root``: the files the demo writes there (by their names, with the
+    temporaries of a build that was killed) and their folders. Anything else found there is refused,
+    named, before the first file goes."""
+    if not root.exists():
+        return
+    paths = demo_paths(root)
+    image_folders = {paths[k] for k in ("val_input", "val_gt", "wider_input", "wider_gt")}
+    folders = {paths["trainset"], *(f.parent for f in image_folders), *image_folders}
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        folder = Path(folder)
+        for name in subfolders:
+            if folder / name not in folders or (folder / name).is_symlink():
+                raise _not_the_demos(folder / name, root)
+        for name in names:
+            path = folder / name
+            target = (temporary_of(name, earlier_names=True) or (name, 0))[0]
+            ours = target == "demo.h5" if folder == paths["trainset"] else (
+                folder in image_folders and re.fullmatch(r"[^/]+\.png", target) is not None)
+            if not ours or path.is_symlink() or not path.is_file():
+                raise _not_the_demos(path, root)
+            files.append(path)
+    for path in files:
+        path.unlink()
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):  # innermost first
+        if folder.is_dir():
+            folder.rmdir()
+
+
+def _not_the_demos(path: Path, root: Path) -> InputError:
+    return InputError(f"{path}: not part of the demo's data, which the demo rebuilds in {root}; move it out of "
+                      "there, or give another --out")
+
+
 def build_demo_data(task: Task, root: str | Path, stride: int = DEMO_STRIDE) -> dict[str, Path]:
     """Write (once) the demo's training file, its validation folders and the wider held-out folders
     under ``root``, degraded with the task's demo degradation."""
@@ -205,7 +243,7 @@ def build_demo_data(task: Task, root: str | Path, stride: int = DEMO_STRIDE) -> 
     train_file = paths["trainset"] / "demo.h5"
     if built_as_now(train_file, degradation):
         return paths
-    shutil.rmtree(root, ignore_errors=True)  # an older demo's data (other photographs or degradation)
+    remove_demo_data(root)  # an older demo's data (other photographs or degradation)
     rng = np.random.default_rng(DEMO_SEED)
     write_heldout(root / "val", [(name, load_photo(name)) for name in HELDOUT_PHOTOS], degradation, rng)
     # their own random draws, so that the training file and validation set are those of before they came

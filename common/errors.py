@@ -6,6 +6,7 @@ unless ``--debug``). Anything else that escapes is a bug and keeps its traceback
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 import sys
 
@@ -151,6 +152,7 @@ class Interrupted(BaseException):
         super().__init__(signum)
         self.signum = signum
         self.cleaned: list[str] = []
+        self.completed: list[str] = []  # what was finished whole before the stop (results moved into place)
 
     @property
     def exit_code(self) -> int:
@@ -167,6 +169,23 @@ def check_interrupted() -> None:
     """Raise :class:`Interrupted` if a stop signal came and its exception was lost on the way."""
     if _pending_stop:
         raise Interrupted(_pending_stop[0])
+
+
+_deferring = 0  # inside stop_signals_deferred: a stop signal waits for the end of the block
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """A stop signal that arrives inside the block is raised at its end instead (by
+    :func:`check_interrupted`): a few renames that belong together are never cut in two."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring:
+        check_interrupted()
 
 
 def on_stop_signals(handler) -> dict:

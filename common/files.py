@@ -5,17 +5,26 @@ Light on purpose (no torch): a lock can be taken and a folder checked before any
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable, Collection
 
-from .errors import InputError, Interrupted, note
+from .errors import InputError, Interrupted, note, stop_signals_deferred
 
 LOCK_NAME = ".lock"
-_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")  # what atomic writes leave behind: .<name>.tmp<PID>
+# Every temporary this program writes is named .sot-tmp-<PID>-<what it becomes>: a name no other
+# program gives its files, so that one left by a killed run can be told from the user's own.
+TEMPORARY_PREFIX = ".sot-tmp-"
+_TEMPORARY = re.compile(r"^\.sot-tmp-(\d{1,10})-(.+)$", re.S)
+_EARLIER_TEMPORARY = re.compile(r"^\.(.+)\.tmp(\d{1,10})$", re.S)  # earlier versions': .<name>.tmp<PID>
+_PID_ROOM = 10  # digits kept free for the PID when deciding whether a temporary's name fits
 
 
 def human_bytes(n: float) -> str:
@@ -33,7 +42,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: alive
         return True
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: a number no process can have
         return False
     return True
 
@@ -59,8 +68,11 @@ class RunLock:
         except OSError as exc:
             raise InputError(f"{self.folder}: cannot write the output folder ({exc.strerror or exc})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            held = lock_exclusively(fd, self.folder, "two runs with this --name at once would not be stopped")
+        except OSError:
+            os.close(fd)
+            raise
+        if not held:
             holder = self._holder(fd)
             os.close(fd)
             if holder is not None and not pid_alive(holder):
@@ -69,13 +81,7 @@ class RunLock:
             else:
                 who = f"PID {holder}" if holder is not None else "a process that has not written its PID yet"
             raise InputError(f"{self.folder}: another run is using this run folder ({who}); wait for it to "
-                             "finish, or give another --name") from None
-        except OSError as exc:  # no locks on this file system (some NFS setups)
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                os.close(fd)
-                raise
-            note(f"{self.folder}: the file system does not support locks ({exc.strerror}); two runs with "
-                 "this --name at once would not be stopped")
+                             "finish, or give another --name")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
@@ -100,35 +106,159 @@ class RunLock:
         self.release()
 
 
-def remove_if_stale(path: Path, locked: bool = False) -> bool:
-    """Delete one ``.<name>.tmp<PID>`` file (or staging folder, see :class:`StagedFolder`) if no
-    running writer owns it (see below); whether it went."""
-    m = _TEMPORARY.match(path.name)
-    if not m or path.is_symlink() or not (path.is_file() or path.is_dir()):
-        return False
-    pid = int(m.group(1))
-    if pid == os.getpid() or (not locked and pid_alive(pid)):
-        return False
+def lock_exclusively(fd: int, folder: Path, unprotected: str) -> bool:
+    """``flock`` the open file ``fd`` without waiting: whether this process holds it now (False: another
+    does). Where the file system has no locks (some NFS setups) a note says so (``unprotected``: what
+    is then not stopped) and the run goes on."""
     try:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except OSError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        note(f"{folder}: the file system does not support locks ({exc.strerror}); {unprotected}")
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, locked: bool = False) -> list[Path]:
-    """Delete the ``.<name>.tmp<PID>`` files that a killed writer left under ``folder`` (recursively).
+class FolderLock:
+    """A folder made (where missing) and locked for one run: ``flock`` on the folder's own descriptor,
+    so that nothing is written into it for the lock (a results folder of the user's gets no lock file)
+    and the kernel drops the lock however the run ends.
+
+    ``made``: exactly the folders this run created for it (another run making one at the same moment
+    keeps it its own); :meth:`release` removes them again, while still holding the lock, unless the
+    run put something there to stay (``made`` emptied).
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.fd: int | None = None
+        self.made: list[Path] = []
+
+    def try_acquire(self) -> bool:
+        """Make the folder and lock it; False, with nothing held or removed, where another run holds it."""
+        for _ in range(10):
+            made = make_folders(self.folder, "results folder")
+            if self.folder.is_symlink() and not self.folder.exists():
+                raise InputError(f"{self.folder}: cannot write the results folder (a broken symbolic link to "
+                                 f"{os.readlink(self.folder)})")
+            try:
+                fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:  # removed meanwhile by a run that gave it up: make it again
+                continue
+            except OSError as exc:
+                remove_made(made)
+                raise InputError(f"{self.folder}: cannot write the results folder ({exc.strerror or exc})") from None
+            try:
+                if not lock_exclusively(fd, self.folder, "two runs writing into this folder at once would not "
+                                                         "be stopped"):
+                    os.close(fd)
+                    return False
+                # a run that gave the folder up may have removed it between our open and our lock
+                same = os.path.samestat(os.fstat(fd), os.stat(self.folder))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd, self.made = fd, made
+                return True
+            os.close(fd)
+        raise InputError(f"{self.folder}: the folder keeps being removed while this run makes it; is another "
+                         "program cleaning it up?")
+
+    def release(self) -> None:
+        """Remove the folders made for the run (``made``) if they are empty, then drop the lock."""
+        remove_made(self.made)
+        self.made = []
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def temporary_tail(path: str | os.PathLike) -> str:
+    """What follows ``.sot-tmp-<PID>-`` in the name of ``path``'s temporary: its name, or where that
+    would make the temporary's name too long for the file system, a digest of it (so that a file
+    whose own name just fits can still be written by way of a temporary)."""
+    path = Path(path)
+    if len(os.fsencode(f"{TEMPORARY_PREFIX}{'0' * _PID_ROOM}-{path.name}")) <= name_max(path.parent):
+        return path.name
+    return "long-" + hashlib.sha256(os.fsencode(path.name)).hexdigest()[:32]
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """Where a write of ``path`` goes first, to be renamed into place: ``.sot-tmp-<PID>-<name>`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{temporary_tail(path)}")
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (in bytes) that the file system of ``folder`` (or its nearest existing
+    folder) takes."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def temporary_of(name: str, earlier_names: bool = False) -> tuple[str, int] | None:
+    """For the name of one of this program's temporaries, what it was to become (the name, or
+    :func:`temporary_tail`'s digest of a long one) and its writer's PID; None for any other name.
+    ``earlier_names``: earlier versions' ``.<name>.tmp<PID>`` too."""
+    m = _TEMPORARY.match(name)
+    if m:
+        return m.group(2), int(m.group(1))
+    m = _EARLIER_TEMPORARY.match(name) if earlier_names else None
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, targets: Collection[str] | re.Pattern, locked: bool = False,
+                             folders: bool = False, earlier_names: bool = False) -> list[Path]:
+    """Delete the temporaries that a killed run of this program left at the top of ``folder`` (never in
+    its subfolders): entries named ``.sot-tmp-<PID>-<target>``, for a ``target`` among ``targets`` (the
+    names this program writes there, or a pattern that such a name matches whole), that are regular
+    files (``folders``: folders, not links). ``earlier_names``: also the ``.<target>.tmp<PID>`` files of
+    earlier versions, for a folder that is this program's own (a run folder). Nothing else is touched,
+    whatever it is called.
 
     A temporary is stale when its PID is no longer running, or, when the caller holds ``folder``'s
-    run lock (``locked``), whenever it is not this process's: nobody else may write there then.
+    lock (``locked``), whenever it is not this process's: nobody else may write there then.
     """
     folder = Path(folder)
-    if not folder.is_dir():
+    if isinstance(targets, re.Pattern):
+        ours = lambda tail: targets.fullmatch(tail) is not None  # noqa: E731
+    else:
+        ours = {*targets, *(temporary_tail(folder / name) for name in targets)}.__contains__
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
         return []
-    removed = [path for path in folder.rglob(".*.tmp*") if remove_if_stale(path, locked)]
+    removed = []
+    for entry in entries:
+        of = temporary_of(entry.name, earlier_names)
+        if of is None or not ours(of[0]):
+            continue
+        pid = of[1]
+        if pid == os.getpid() or (not locked and pid_alive(pid)):
+            continue
+        try:
+            if folders and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            elif not folders and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+            else:
+                continue
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
     if removed:
         note(f"{folder}: removed {len(removed)} temporary file(s) left by an interrupted write, e.g. "
              f"{removed[0].name}")
@@ -196,12 +326,26 @@ def check_can_write(target: str | os.PathLike, what: str = "output folder") -> N
     if not existing.is_dir():
         where = f"{existing} is a file, not a folder" if existing != target else "is a file, not a folder"
         raise InputError(f"{target}: cannot write the {what} ({where})")
-    probe = existing / f".write-test.tmp{os.getpid()}"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        with probe_file(existing, "write-test"):
+            pass
     except OSError as exc:
         raise InputError(f"{target}: cannot write the {what} ({exc.strerror or exc})") from None
+
+
+@contextlib.contextmanager
+def probe_file(folder: Path, label: str):
+    """An empty file made in ``folder`` under a name no other file has (created exclusively, so nothing
+    of the user's is opened), removed again at the end of the block; yields its path."""
+    fd, name = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-{label}-", dir=folder)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -217,6 +361,23 @@ def folders_to_make(folder: Path) -> list[Path]:
     return [f for f in [folder, *folder.parents] if not f.exists()]
 
 
+def make_folders(folder: Path, what: str = "output folder") -> list[Path]:
+    """Make ``folder`` and the folders missing above it, one ``mkdir`` at a time; the ones this call
+    made, innermost first (a folder another process makes at the same moment is not counted)."""
+    made = []
+    try:
+        for f in reversed(folders_to_make(folder)):
+            try:
+                f.mkdir()
+            except FileExistsError:
+                continue
+            made.insert(0, f)
+    except OSError as exc:
+        remove_made(made)
+        raise InputError(f"{folder}: cannot write the {what} ({exc.strerror or exc})") from None
+    return made
+
+
 def remove_made(folders: list[Path]) -> None:
     """Remove folders made for output that was never written, innermost first; one that something
     else was put in meanwhile stays (and so do the ones above it)."""
@@ -228,51 +389,96 @@ def remove_made(folders: list[Path]) -> None:
 
 
 class StagedFolder:
-    """Files meant for ``folder``, written first into a hidden staging folder inside it
-    (``.staging.tmp<PID>``) and moved into place together by :meth:`commit`.
+    """Files meant for a locked folder (``lock``, a :class:`FolderLock` held), written first into a
+    hidden staging folder inside it (``.sot-tmp-<PID>-staging``) and moved into place together by
+    :meth:`commit`.
 
-    A run that fails, or is stopped, before it commits leaves ``folder`` exactly as it was: the
+    A run that fails, or is stopped, before it commits leaves the folder exactly as it was: the
     staging folder goes, and so do any folders made for it. A killed run's staging folder is removed
-    by the next run in that folder. Each move is an atomic rename: a file already there is replaced
-    whole, never half-written, and a link there is replaced, not followed.
+    by the next run in that folder. The commit is all or nothing: a stop signal during it waits for
+    its end, and a move that fails puts back what the moves before it had replaced.
     """
 
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self.made = folders_to_make(self.folder)
-        self.path = self.folder / f".staging.tmp{os.getpid()}"
+    STAGING, REPLACED = "staging", "replaced"
+
+    def __init__(self, lock: FolderLock, may_replace: Callable[[Path], str | None] | None = None):
+        """``may_replace(path)``: None where the entry at ``path`` may be replaced by the staged one of
+        its name, else why not (by default nothing there is replaced)."""
+        self.lock, self.folder = lock, lock.folder
+        self.path = temporary_path(self.folder / self.STAGING)
+        self.replaced = temporary_path(self.folder / self.REPLACED)  # what the commit replaces, until it is whole
+        self.may_replace = may_replace or (lambda path: "it is already there")
+        self.committed = False
 
     def __enter__(self) -> "StagedFolder":
+        remove_stale_temporaries(self.folder, (self.STAGING, self.REPLACED), locked=True, folders=True)
         try:
-            self.path.mkdir(parents=True)
+            self.path.mkdir()
         except OSError as exc:
-            remove_made(self.made)
             raise InputError(f"{self.folder}: cannot write the results folder ({exc.strerror or exc})") from None
-        remove_stale_temporaries(self.folder)
         return self
 
     def commit(self) -> list[Path]:
-        """Move every staged file into ``folder``; returns where they went."""
-        placed = []
-        for staged in sorted(self.path.iterdir()):
-            target = self.folder / staged.name
-            if target.is_dir() and not target.is_symlink():
-                if not staged.is_dir():
-                    raise InputError(f"{target}: is a folder; cannot put the result {staged.name} there")
-                shutil.rmtree(target)  # a folder of results (a report's pictures) that this run replaces
-            os.replace(staged, target)
-            placed.append(target)
-        self.path.rmdir()
-        fsync_folder(self.folder)
-        return placed
+        """Move every staged entry into the folder, all or nothing; returns where they went."""
+        staged = sorted(self.path.iterdir())
+        for entry in staged:  # what would be replaced is checked again, before the first move
+            target = self.folder / entry.name
+            why = self.may_replace(target) if os.path.lexists(target) else None
+            if why:
+                raise InputError(f"{target}: {why}; nothing of this run was put into {self.folder}")
+        moved: list[tuple[Path, Path, Path | None]] = []
+        with stop_signals_deferred():
+            try:
+                for entry in staged:
+                    target, earlier = self.folder / entry.name, None
+                    if os.path.lexists(target):
+                        self.replaced.mkdir(exist_ok=True)
+                        earlier = self.replaced / entry.name
+                        os.rename(target, earlier)
+                    try:
+                        os.rename(entry, target)
+                    except OSError:
+                        if earlier is not None:
+                            os.rename(earlier, target)
+                        raise
+                    moved.append((entry, target, earlier))
+            except OSError as exc:
+                raise InputError(f"{target}: could not move the result into place ({exc.strerror or exc}); "
+                                 + self._undo(moved)) from None
+            self.committed = True
+            self.lock.made = []  # they hold the results now
+            shutil.rmtree(self.replaced, ignore_errors=True)  # earlier results this run was asked to replace
+            shutil.rmtree(self.path, ignore_errors=True)  # empty now
+            fsync_folder(self.folder)
+        return [target for _, target, _ in moved]
+
+    def _undo(self, moved: list[tuple[Path, Path, Path | None]]) -> str:
+        """Put back what a failed commit had moved; says how the folder is left."""
+        try:
+            for entry, target, earlier in reversed(moved):
+                os.rename(target, entry)
+                if earlier is not None:
+                    os.rename(earlier, target)
+        except OSError as exc:
+            return (f"putting back the earlier results failed too ({exc.strerror or exc}): {self.folder} holds "
+                    f"part of this run's results, and {self.replaced} the earlier ones they replaced")
+        try:
+            self.replaced.rmdir()
+        except OSError:
+            pass
+        return f"{self.folder} is as it was"
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.committed:
+            if isinstance(exc, Interrupted):
+                exc.completed.append(f"the results were complete, in {self.folder}")
+            return
         if not self.path.exists():
             return
         written = sum(1 for _ in self.path.iterdir())
         shutil.rmtree(self.path, ignore_errors=True)
-        made = [f for f in self.made if f.exists()]
-        remove_made(self.made)
+        made = [f for f in self.lock.made if f.exists()]
+        self.lock.release()
         if isinstance(exc, Interrupted):
             what = f"the {written} unfinished result file(s) written so far" if written else "the empty staging folder"
             exc.cleaned.append(what + (f" and the folder {made[-1]} made for them" if made else

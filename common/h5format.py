@@ -19,7 +19,8 @@ import h5py
 import numpy as np
 
 from .errors import InputError, Interrupted, check_interrupted, printable
-from .files import folders_to_make, human_bytes, remove_if_stale, remove_made, unreadable_reason, write_failure
+from .files import (folders_to_make, human_bytes, remove_made, remove_stale_temporaries, temporary_path,
+                    unreadable_reason, write_failure)
 
 AXIS_ORDERS = {"NCHW": False, "NCWH": True}  # the 'layout' attribute -> patches stored transposed (C x W x H)
 LAYOUT_CHOICES = ("auto", "ours", "matlab")  # --layout: the attribute, or either axis order whatever it says
@@ -306,7 +307,7 @@ class H5PatchWriter:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}")
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.tmp = temporary_path(self.path)
         self.dtype = np.dtype(dtype)
         self.chunk = chunk
         # folders made for the file, removed again if it is never written
@@ -318,8 +319,7 @@ class H5PatchWriter:
             remove_made(self.made)
             raise InputError(write_failure(self.path, exc, None, "file")) from None
         # what an earlier writer of this file left when it was killed
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):
-            remove_if_stale(stale)
+        remove_stale_temporaries(self.path.parent, (self.path.name,))
         self.file.attrs["layout"] = "NCHW"
         for key, value in (attrs or {}).items():
             # HDF5 stores text as UTF-8: file names that are not are kept with \xff escapes

@@ -359,7 +359,7 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
 
     Encoded in memory and written under a temporary name, then renamed: no path reaches OpenCV (see
     :func:`read_image`), and an interrupted write leaves no half image."""
-    from .files import write_failure
+    from .files import temporary_path, write_failure
 
     path = Path(path)
     data = img if img.dtype == np.uint8 else to_uint8(img)
@@ -371,7 +371,7 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
         ok = False
     if not ok:
         raise InputError(f"{path}: could not encode the image as {path.suffix or '.png'}")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:

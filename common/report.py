@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 import urllib.parse
 from pathlib import Path
@@ -38,6 +39,9 @@ from .images import write_image
 PREVIEW_SIDE = 1024  # the comparison view's images: at most this on their long side
 THUMB_SIDE = 160     # the table's thumbnails
 ASSETS = "report_files"
+# The names ResultsReport.add gives the pictures in ASSETS: a folder of these alone is one test.py
+# wrote, and may replace whole with --overwrite
+ASSET_NAME = re.compile(r"\d{5,}-(input|restored|gt|thumb)\.(png|jpg)")
 
 
 def _shrunk(img: np.ndarray, side: int) -> np.ndarray:

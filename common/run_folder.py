@@ -12,15 +12,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 
 from .checkpoint import atomic_write, named_tensors, read_checkpoint, save_checkpoint, state_bytes
 from .errors import InputError, TrainingStopped, note
-from .files import write_failure
+from .files import remove_stale_temporaries, write_failure
 
 KEEP_STEP_CHECKPOINTS = 2
+STEP_CHECKPOINT = re.compile(r"step-(\d{8,})\.pt")  # f"step-{step:08d}.pt"
+
+# The files a run writes, folder by folder: the only names whose temporaries are removed there
+RUN_FILES = {".": re.compile(r"run\.json|report\.html"), "report_files": re.compile(r"curves\.png")}
+SIGMA_FILES = {".": re.compile(rf"config\.json|state\.json|metrics\.jsonl|last\.pt|best\.pt|{STEP_CHECKPOINT.pattern}"),
+               "samples": re.compile(r"epoch-\d{4,}\.png")}
 
 
 class MetricsLog:
@@ -101,6 +108,19 @@ def read_metrics(path: Path) -> list[dict]:
 
 def sigma_dir_name(sigma: float) -> str:
     return f"sigma-{sigma:g}"
+
+
+def remove_stale_run_temporaries(run_root: Path) -> list[Path]:
+    """Delete what writers killed in an earlier run of this folder left half-written: the temporaries of
+    the files a run writes (by those files' exact names; earlier versions' names included), at the top
+    of the run folder, of each sigma's folder and of their report_files/ and samples/, and nowhere
+    else. Only while holding the run folder's lock: no writer of another run can be at work there."""
+    folders = [(run_root / sub, names) for sub, names in RUN_FILES.items()]
+    for entry in sorted(run_root.iterdir()):
+        if entry.name.startswith("sigma-") and entry.is_dir() and not entry.is_symlink():
+            folders += [(entry / sub, names) for sub, names in SIGMA_FILES.items()]
+    return [path for folder, names in folders if folder.is_dir() and not folder.is_symlink()
+            for path in remove_stale_temporaries(folder, names, locked=True, earlier_names=True)]
 
 
 def json_ready(value):
@@ -231,9 +251,10 @@ class SigmaFolder:
             write_json(self.path / "state.json", {"checkpoint": name, "step": state["step"], "epoch": state["epoch"],
                                                   "sigma": state["sigma"], "finished": finished})
             self.last_good = path
-        if name.startswith("step-"):
-            for old in sorted(self.path.glob("step-*.pt"))[:-KEEP_STEP_CHECKPOINTS]:
-                old.unlink(missing_ok=True)
+        if STEP_CHECKPOINT.fullmatch(name):  # the older ones of the names this folder gives them, nothing else
+            steps = sorted((int(m.group(1)), m.group(0)) for m in map(STEP_CHECKPOINT.fullmatch, os.listdir(self.path)) if m)
+            for _, old in steps[:-KEEP_STEP_CHECKPOINTS]:
+                (self.path / old).unlink(missing_ok=True)
         return path
 
     def open_log(self, record: dict | None, resume_step: int | None, tensorboard: bool) -> MetricsLog:

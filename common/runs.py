@@ -37,13 +37,13 @@ from .devices import (CapturedStep, Distributed, Local, make_deterministic, reso
 from .errors import InputError, TrainingStopped, note, on_stop_signals, printable, restore_signal_handlers
 from .evaluate import NonFiniteOutput, evaluate
 from .figures import save_samples
-from .files import LOCK_NAME, RunLock, check_can_write, folders_to_make, remove_stale_temporaries
+from .files import LOCK_NAME, RunLock, check_can_write, folders_to_make, remove_made
 from .h5format import rgb_problem
 from .networks import Critic, Generator
 from .pairs import Pair
 from .recipe import WeightAverage, extra_generator_cost, generator_trains, start_as_identity
 from .report import ReportRefresher
-from .run_folder import SigmaFolder, json_ready, read_state, sigma_dir_name, write_json
+from .run_folder import SigmaFolder, json_ready, read_state, remove_stale_run_temporaries, sigma_dir_name, write_json
 from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
 from .tasks import TASKS, Task, model_input
 
@@ -346,7 +346,7 @@ def train(task: Task, config: RunConfig, dist=None, resume: ResumePlan | None = 
     lock = RunLock(prepared.run_root).acquire() if dist.is_main else None  # the OS drops it if we die
     try:
         if dist.is_main:
-            remove_stale_temporaries(prepared.run_root, locked=True)
+            remove_stale_run_temporaries(prepared.run_root)
             write_json(prepared.run_root / "run.json", run_record(config, prepared.resolved))
             announce(prepared)
         return train_sigmas(prepared)
@@ -374,11 +374,7 @@ def remove_unsaved_run(run_root: Path, made: list[Path]) -> None:
         else:
             entry.unlink(missing_ok=True)
     (run_root / LOCK_NAME).unlink(missing_ok=True)
-    for folder in made:  # innermost first: the run folder, then the folders made for it
-        try:
-            folder.rmdir()
-        except OSError:
-            break
+    remove_made(made)  # innermost first: the run folder, then the folders made for it
     note(f"{run_root}: removed the run folder this run had made; it stopped before saving a checkpoint")
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .cli import OneLineParser, common_flags, non_negative_int, run_guarded
+from .files import FolderLock, same_file
 from .inference import MIN_TILE, TILE_CONTEXT
 from .errors import InputError, note
 from .report import ASSETS as REPORT_FOLDER
@@ -118,7 +119,6 @@ def check_roles(args, pairs: list, save_dir: Path) -> None:
     """--input, --gt and --save must each name a place of their own: restored images written into the
     input or ground-truth folder would replace the user's images (or be scored against themselves)."""
     from .evaluate import check_scored_apart
-    from .files import same_file
 
     check_scored_apart(args.input, args.gt, pairs)
     folders: dict[Path, str] = {}
@@ -130,6 +130,20 @@ def check_roles(args, pairs: list, save_dir: Path) -> None:
         if same_file(save_dir, folder):
             raise InputError(f"--save {save_dir} is the folder of the {role} ({folder}): the restored images would be "
                              "written among them, and over those of the same names; give a results folder of its own")
+    # inside it (its report_files/, say), or reached from it through links: a run writing there, or
+    # replacing earlier results there with --overwrite, would replace them
+    results = os.path.realpath(save_dir)
+    for pair in pairs:
+        for path, role in ((pair.input, "input images"), (pair.gt, "ground-truth images")):
+            if path is not None and _within(os.path.realpath(path), results):
+                how = "" if _within(os.path.abspath(path), os.path.abspath(save_dir)) else " (through a link)"
+                raise InputError(f"{path.parent}: the {role} are inside the results folder --save {save_dir}{how}, "
+                                 "where this run writes and replaces earlier results; give a results folder outside "
+                                 "them")
+
+
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
 
 FOLDER_OUTPUTS = {REPORT_FOLDER}  # the results that are folders; every other one is a file
@@ -153,8 +167,16 @@ def planned_outputs(pairs: list, side_by_side: bool, report: bool = False) -> di
     return outputs
 
 
-def _case_clashes(outputs: dict[str, str], folder: Path) -> None:
-    """Two results whose names differ only by case land on one file where the file system ignores case."""
+def _check_names(outputs: dict[str, str], folder: Path) -> None:
+    """Every result's name fits the results folder's file system, and no two land on one file there
+    (names that differ only by case, where it ignores case)."""
+    from .files import name_max, probe_file
+
+    longest = name_max(folder)
+    for name in outputs:
+        if len(os.fsencode(name)) > longest:
+            raise InputError(f"{folder}: {outputs[name]} would be written as {name}, a name of "
+                             f"{len(os.fsencode(name))} bytes; its file system takes at most {longest}: rename the image")
     by_fold: dict[str, str] = {}
     clashes = []
     for name in outputs:
@@ -166,14 +188,11 @@ def _case_clashes(outputs: dict[str, str], folder: Path) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    probe = existing / f".Case-Test.tmp{os.getpid()}"
     try:
-        probe.write_bytes(b"")
-        folds = (existing / probe.name.lower()).exists()
+        with probe_file(existing, "Case-Test") as probe:
+            folds = same_file(probe, probe.with_name(probe.name.lower()))
     except OSError:
         folds = True  # cannot tell: assume the worst
-    finally:
-        probe.unlink(missing_ok=True)
     if folds:
         a, b = clashes[0]
         raise InputError(f"{folder}: its file system ignores case, so {outputs[a]} and {outputs[b]} would both be "
@@ -185,32 +204,80 @@ def earlier_results(folder: Path, outputs: dict[str, str]) -> list[str]:
     return [name for name in outputs if os.path.lexists(folder / name)] if folder.is_dir() else []
 
 
-def choose_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[str, str]) -> Path:
-    """The results folder: ``base`` given as --save (``explicit``; refused where it holds files this
-    run would replace, unless ``overwrite``), or the default one, numbered -2, -3, ... past folders
-    that hold earlier results. Nothing is created here."""
-    _case_clashes(outputs, base)
-    earlier = earlier_results(base, outputs)
-    for name in earlier:  # each result replaces an entry of its own kind only: a file a file, a folder a folder
-        is_folder = (base / name).is_dir() and not (base / name).is_symlink()
-        if is_folder != (name in FOLDER_OUTPUTS):
-            raise InputError(f"{base / name}: is a {'folder' if is_folder else 'file'}, where this run would write "
-                             f"{outputs[name]}")
-    shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
-    if not earlier:
-        return base
-    if overwrite:
-        note(f"{base}: replacing {len(earlier)} earlier result(s) ({shown}) as --overwrite asks")
-        return base
-    if explicit:
-        raise InputError(f"{base}: holds earlier results that this run would replace ({shown}); give another "
-                         "--save, or --overwrite to replace them")
-    k = 2
-    while earlier_results(base.with_name(f"{base.name}-{k}"), outputs):
-        k += 1
-    chosen = base.with_name(f"{base.name}-{k}")
-    note(f"{base} holds earlier results; writing to {chosen} (--overwrite replaces them instead)")
-    return chosen
+def why_not_replace(path: Path, outputs: dict[str, str]) -> str | None:
+    """Why this run may not replace ``path``, an earlier result in its results folder, with its own of
+    that name; None where it may. Each result replaces an entry of its own kind only: a file a file,
+    and the report's folder of pictures a folder that holds nothing but pictures named as the report
+    names them (the folder is replaced whole)."""
+    from .report import ASSET_NAME
+
+    name = path.name
+    is_folder = path.is_dir() and not path.is_symlink()
+    if is_folder != (name in FOLDER_OUTPUTS):
+        return f"is a {'folder' if is_folder else 'file'}, where this run would write {outputs[name]}"
+    if is_folder:
+        try:
+            foreign = sorted(e.name for e in os.scandir(path)
+                             if not (ASSET_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)))
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror or exc})"
+        if foreign:
+            return (f"holds {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+                    + ", which test.py's report did not write; this run would replace the folder whole: move "
+                    "them, or give another --save")
+    return None
+
+
+def replaceable(path: Path, outputs: dict[str, str], overwrite: bool) -> str | None:
+    """At the commit: why ``path``, found where a result goes, may not be replaced (None: it may)."""
+    if not overwrite:  # the folder held none of this run's names when it was chosen
+        return "appeared while this run was writing; give --overwrite to replace it"
+    return why_not_replace(path, outputs)
+
+
+def lock_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[str, str]) -> FolderLock:
+    """The results folder, made where missing and locked for this run (held on return): ``base``
+    given as --save (``explicit``; refused where another run is writing into it, or where it holds
+    files this run would replace, unless ``overwrite``), or the default one, numbered -2, -3, ...
+    past folders that hold earlier results or that another run is writing into. Chosen under the
+    lock, so that two runs started together never write into one folder."""
+    _check_names(outputs, base)
+    k, skipped = 1, None
+    while True:
+        folder = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        lock = FolderLock(folder)
+        if not lock.try_acquire():
+            if explicit:
+                raise InputError(f"{folder}: another run is writing its results into this folder; wait for it to "
+                                 "finish, or give another --save")
+            skipped = skipped or "another run is writing its results there"
+            k += 1
+            continue
+        try:
+            earlier = earlier_results(folder, outputs)
+            if earlier and (explicit or overwrite):
+                for name in earlier:
+                    why = why_not_replace(folder / name, outputs)
+                    if why:
+                        raise InputError(f"{folder / name}: {why}")
+            shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
+            if earlier and explicit and not overwrite:
+                raise InputError(f"{folder}: holds earlier results that this run would replace ({shown}); give "
+                                 "another --save, or --overwrite to replace them")
+        except BaseException:
+            lock.release()
+            raise
+        if earlier and not overwrite:
+            lock.release()
+            skipped = skipped or "holds earlier results"
+            k += 1
+            continue
+        if earlier:
+            note(f"{folder}: replacing {len(earlier)} earlier result(s) ({shown}) as --overwrite asks")
+        if skipped:
+            note(f"{base} {skipped}; writing to {folder}" + (" (--overwrite replaces them instead)"
+                                                             if skipped == "holds earlier results" else ""))
+        return lock
 
 
 def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: int) -> list:
@@ -271,32 +338,36 @@ def _test(task: Task, argv: list[str]) -> None:
     outputs = planned_outputs(pairs, side_by_side=keep > 0, report=not args.no_report)
     save_dir = Path(args.save) if args.save else default_save_dir(task, checkpoint)
     check_roles(args, pairs, save_dir)
-    save_dir = choose_save_dir(save_dir, args.save is not None, args.overwrite, outputs)
     check_can_write(save_dir, "results folder")  # a file there or a read-only mount: refused before any work
     prescaled = getattr(args, "prescaled", False)
-    # Everything that could stop the run part-way is checked now; the results are then written into a
-    # staging folder and moved into place only once every image is done: a run that fails or is
-    # stopped leaves the results folder as it was.
-    check_before_writing(generator, pairs, task, device, prescaled=prescaled,
-                         reference_metrics=args.reference_metrics, tile_overlap=args.tile_overlap)
-    lpips = None if args.no_lpips or all(p.gt is None for p in pairs) else LPIPS(str(device))
-    print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
-    with StagedFolder(save_dir) as staged:
-        report = None if args.no_report else ResultsReport(staged.path, f"{task.title}: {checkpoint}")
-        ev = evaluate(generator, pairs, task, device, align_corners=align_corners, prescaled=prescaled,
-                      save_dir=staged.path, lpips=lpips, y_channel=args.y_channel, precision=precision,
-                      transpose=args.transpose, tile=args.tile, tile_overlap=args.tile_overlap,
-                      upscale=getattr(args, "upscale", "pytorch"), reference_metrics=args.reference_metrics,
-                      keep=keep, on_image=report.add if report is not None else None, model=str(checkpoint))
-        if report is not None:
-            report.write(report_facts(checkpoint, ckpt, args, device, precision, len(pairs)), ev.means)
-        if ev.examples:
-            side_by_side(staged.path / "side_by_side.png", [
-                [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
-                 ("restored" + (f" {row['psnr']:.2f} dB" if row.get("psnr") else ""), restored)]
-                + ([("clean", gt)] if gt is not None else [])
-                for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
-        staged.commit()
+    with lock_save_dir(save_dir, args.save is not None, args.overwrite, outputs) as results:
+        if results.folder != save_dir:  # the numbered folder chosen instead
+            save_dir = results.folder
+            check_roles(args, pairs, save_dir)
+        # Everything that could stop the run part-way is checked now; the results are then written into a
+        # staging folder and moved into place only once every image is done: a run that fails or is
+        # stopped leaves the results folder as it was.
+        check_before_writing(generator, pairs, task, device, prescaled=prescaled,
+                             reference_metrics=args.reference_metrics, tile_overlap=args.tile_overlap)
+        lpips = None if args.no_lpips or all(p.gt is None for p in pairs) else LPIPS(str(device))
+        print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
+        with StagedFolder(results, lambda path: replaceable(path, outputs, args.overwrite)) as staged:
+            report = None if args.no_report else ResultsReport(staged.path, f"{task.title}: {checkpoint}")
+            ev = evaluate(generator, pairs, task, device, align_corners=align_corners, prescaled=prescaled,
+                          save_dir=staged.path, lpips=lpips, y_channel=args.y_channel, precision=precision,
+                          transpose=args.transpose, tile=args.tile, tile_overlap=args.tile_overlap,
+                          upscale=getattr(args, "upscale", "pytorch"), reference_metrics=args.reference_metrics,
+                          keep=keep, on_image=report.add if report is not None else None,
+                          model=str(checkpoint))
+            if report is not None:
+                report.write(report_facts(checkpoint, ckpt, args, device, precision, len(pairs)), ev.means)
+            if ev.examples:
+                side_by_side(staged.path / "side_by_side.png", [
+                    [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
+                     ("restored" + (f" {row['psnr']:.2f} dB" if row.get("psnr") else ""), restored)]
+                    + ([("clean", gt)] if gt is not None else [])
+                    for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
+            staged.commit()
     for row in ev.rows:
         print(format_row(row, task.input_label))
     if any(p.gt is not None for p in pairs):

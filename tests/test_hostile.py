@@ -9,6 +9,7 @@ process matters: a crash in C code, a lock held by another process).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib.util
@@ -16,6 +17,7 @@ import json
 import os
 import pathlib
 import pickle
+import shlex
 import signal
 import stat
 import struct
@@ -37,6 +39,7 @@ from common.cli import run_guarded
 from common.errors import InputError
 from common.test_cli import test_main as run_test_script
 from common.runs import train_main
+from common.errors import InputError
 from common.files import RunLock
 from common.networks import Generator
 from conftest import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
@@ -415,14 +418,16 @@ def test_damaged_and_crafted_checkpoints(tmp_path, capsys, case):
 
 # ----------------------------------------------------------------------------- where results go
 def read_only(monkeypatch):
-    """A read-only mount, as the probe write that checks an output folder meets it."""
-    write_bytes = pathlib.Path.write_bytes
+    """A read-only mount, as the probe file that checks an output folder meets it."""
+    import tempfile
 
-    def refuse(self, data):
-        if self.name.startswith(".write-test"):
+    mkstemp = tempfile.mkstemp
+
+    def refuse(*args, prefix=None, **kwargs):
+        if prefix and "write-test" in prefix:
             raise OSError(errno.EROFS, "Read-only file system")
-        return write_bytes(self, data)
-    monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
+        return mkstemp(*args, prefix=prefix, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
 
 
 OUTPUT_CASES = ["test --save at a file", "test --save below a file", "test --save on a read-only mount",
@@ -832,7 +837,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path,
 
     def filling_open(path, mode="r", *args, **kwargs):
         f = real_open(path, mode, *args, **kwargs)
-        if ".pt.tmp" in str(path):
+        if pathlib.Path(path).name.startswith(".sot-tmp-") and str(path).endswith(".pt"):
             calls["checkpoints"] += 1
             if calls["checkpoints"] > 1:  # the first checkpoint fits, the second does not
                 return FullDisk(f)
@@ -846,7 +851,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path,
     assert "No space left on device" in err[-1] and "it needs about" in err[-1] and "is free there" in err[-1]
     assert "step-00000001.pt is intact" in err[-1]
     folder = tmp_path / "out" / "sr" / "full" / "sigma-10"
-    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".pt") or ".tmp" in p.name) == ["step-00000001.pt"]
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".pt") or "tmp" in p.name) == ["step-00000001.pt"]
     assert json.loads((folder / "state.json").read_text())["checkpoint"] == "step-00000001.pt"
 
 
@@ -860,27 +865,39 @@ def pid_no_process_can_have() -> int:
 
 
 def test_temporaries_of_killed_writers_are_removed_at_start(tmp_path, capsys):
+    """Only what a killed writer of this program left, by the exact name it gives its temporaries, at the
+    top of the folders it writes: a user's files of similar names, in the run folder or beside the
+    .h5 file, stay."""
     (tmp_path / "data").mkdir()
     sr_trainset(tmp_path / "data" / "a.h5", n=4)
     with _no_exit():
         train_main("sr", tiny_run(tmp_path, "t"))
     dead = pid_no_process_can_have()
-    folder = tmp_path / "out" / "sr" / "t" / "sigma-10"
-    stale = [folder / f".step-00000002.pt.tmp{dead}", folder / f".state.json.tmp{dead}"]
-    for path in stale:
+    run = tmp_path / "out" / "sr" / "t"
+    folder = run / "sigma-10"
+    stale = [folder / f".sot-tmp-{dead}-step-00000002.pt", folder / f".sot-tmp-{dead}-state.json",
+             run / f".sot-tmp-{dead}-run.json", folder / "samples" / f".sot-tmp-{dead}-epoch-0001.png",
+             folder / f".last.pt.tmp{dead}"]  # an earlier version's name, of a file runs write there
+    kept = [folder / f".notes.txt.tmp{dead}", folder / f".sot-tmp-{dead}-notes.txt", folder / "mine" / f".a.pt.tmp{dead}",
+            run / f".sot-tmp-{dead}-staging", folder / "step-(mine).pt"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a checkpoint")
     with _no_exit():
-        train_main("sr", ["--resume", "auto", "--name", "t", "--out", str(tmp_path / "out"), "--max-steps", "2"])
-    assert not any(p.exists() for p in stale)
-    assert "removed 2 temporary file(s)" in capsys.readouterr().err
+        train_main("sr", ["--resume", "auto", "--name", "t", "--out", str(tmp_path / "out"), "--max-steps", "3"])
+    assert not [p for p in stale if p.exists()]
+    assert [p for p in kept if p.exists()] == kept  # step-(mine).pt too: only step-NNNNNNNN.pt are rotated
+    assert "removed 3 temporary file(s)" in capsys.readouterr().err  # the sigma folder's; the others by a note each
     # and the same for a training file whose writer was killed
-    orphan = tmp_path / f".o.h5.tmp{dead}"
-    orphan.write_bytes(b"half a file")
+    orphan, users = tmp_path / f".sot-tmp-{dead}-o.h5", [tmp_path / f".o.h5.tmp{dead}", tmp_path / f".p.h5.tmp{dead}"]
+    for path in [orphan, *users]:
+        path.write_bytes(b"half a file")
     (tmp_path / "imgs").mkdir()
     cv2.imwrite(str(tmp_path / "imgs" / "a.png"), u8(16, 16, 3))
     with _no_exit():
         ENTRY["make_h5"](["--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "o.h5"), "--patch", "8", "--quiet"])
     assert not orphan.exists() and (tmp_path / "o.h5").is_file()
+    assert all(path.exists() for path in users)
 
 
 # ----------------------------------------------------------------------------- names and sizes
@@ -1019,6 +1036,21 @@ def user_files_case(case: str, d) -> tuple[str, list[str], str]:
         (d / "res" / "report_files").write_text("not a folder")
         return (*run("--overwrite", save="res"), "report_files: is a file, where this run would write the report's "
                                                  "pictures (a folder)")
+    # what this run would replace is not what an earlier run wrote
+    if case == "--gt inside --save, with --overwrite":
+        write_photos(d / "res" / "report_files")  # the user keeps the ground truth there
+        entry, argv = run("--overwrite", save="res")
+        argv[argv.index("--gt") + 1] = str(d / "res" / "report_files")
+        return entry, argv, "report_files: the ground-truth images are inside the results folder --save"
+    if case == "--input a link into --save, with --overwrite":
+        write_photos(d / "res" / "mine")
+        (d / "input-link").symlink_to(d / "res" / "mine")
+        entry, argv = run("--overwrite", save="res")
+        argv[argv.index("--input") + 1] = str(d / "input-link")
+        return entry, argv, "the input images are inside the results folder --save " + str(d / "res") + " (through a link)"
+    if case == "the report's folder holds a file of the user's, with --overwrite":
+        write_photos(d / "res" / "report_files", ("00000-input.png", "holiday.jpg"))
+        return (*run("--overwrite", save="res"), "report_files: holds holiday.jpg, which test.py's report did not write")
     # found only part-way, yet nothing may be written
     if case == "the last ground truth has the wrong size":
         write_photos(d / "gt", ("c.png",), side=20)
@@ -1086,7 +1118,9 @@ USER_FILE_CASES = [
     "an input too small for --reference-metrics", "two inputs with one name", "two ground truths with one name",
     "an input named like test.py's own picture", "a dehazing checkpoint through deraining/test.py",
     "a deraining checkpoint through sr/test.py", "a link loop named like an image", "a broken link named like an image",
-    "a FIFO named like an image", "a sparse 1 TB file named like an image", "an input folder that is a link loop"]
+    "a FIFO named like an image", "a sparse 1 TB file named like an image", "an input folder that is a link loop",
+    "--gt inside --save, with --overwrite", "--input a link into --save, with --overwrite",
+    "the report's folder holds a file of the user's, with --overwrite"]
 
 
 @pytest.mark.parametrize("case", USER_FILE_CASES)
@@ -1185,7 +1219,7 @@ def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
     save = tmp_path / "out" / "res"
     last = stopped_by(sig, ["deraining/test.py", "--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"),
                             "--save", str(save), "--device", "cpu"],
-                      when=lambda: any(save.glob(".staging.tmp*/*.png")))
+                      when=lambda: any(save.glob(".sot-tmp-*-staging/*.png")))
     assert last.startswith(f"stopped by {signal.Signals(sig).name}: removed the ") and "unfinished result file(s)" in last
     assert snapshot(tmp_path) == before  # no out/, no out/res/, the photographs untouched
 
@@ -1198,10 +1232,211 @@ def test_a_signal_mid_make_h5_removes_its_temporary_and_folders(tmp_path, sig):
     out = tmp_path / "new" / "deeper" / "o.h5"
     last = stopped_by(sig, ["gdata/make_h5.py", "--input", str(tmp_path / "imgs"), "--out", str(out), "--patch", "16",
                             "--stride", "4", "--degrade", "rain-light", "--batch", "64"],
-                      when=lambda: any(out.parent.glob(".o.h5.tmp*")), then=0.2)  # well inside the writing
-    assert last.startswith(f"stopped by {signal.Signals(sig).name}: removed the unfinished .o.h5.tmp"), last
+                      when=lambda: any(out.parent.glob(".sot-tmp-*-o.h5")), then=0.2)  # well inside the writing
+    assert last.startswith(f"stopped by {signal.Signals(sig).name}: removed the unfinished .sot-tmp-"), last
     assert f"and the folder {tmp_path / 'new'} made for it" in last
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- test.py removes only what it made
+def test_test_py_removes_only_its_own_temporaries(tmp_path, capsys):
+    """A results folder that holds a user's files named like temporaries (an editor's, git's) in its
+    subfolders and at its top: they stay; only the staging folder a killed test.py left, by the name
+    it gives it, goes."""
+    write_photos(tmp_path / "photos")
+    ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
+    dead, res = pid_no_process_can_have(), tmp_path / "res"
+    users = [res / "photos" / f".holiday.jpg.tmp{dead}", res / "docs" / "deep" / f".thesis.tex.tmp{dead - 1}",
+             res / ".git" / "objects" / f".pack.tmp{dead}", res / f".notes.txt.tmp{dead}",
+             res / f".staging.tmp{dead}" / "mine.txt", res / "photos" / f".sot-tmp-{dead}-staging" / "a.png",
+             res / f".sot-tmp-{dead}-notes.txt"]
+    for path in users:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("the user's")
+    killed = res / f".sot-tmp-{dead}-staging"
+    write_photos(killed, ("a.png",))
+    before = snapshot(res)
+    with _no_exit():
+        run_test_script("deraining", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--device", "cpu",
+                                      "--save", str(res), "--no-report"])
+    assert f"removed 1 temporary file(s) left by an interrupted write, e.g. {killed.name}" in capsys.readouterr().err
+    assert not killed.exists()
+    after = snapshot(res)
+    assert {k: v for k, v in before.items() if str(killed) not in k} == {k: after[k] for k in before if str(killed) not in k}
+
+
+def test_the_demo_replaces_only_its_own_data(tmp_path):
+    """An older demo's data are removed file by file, by the names the demo gives them; a folder that
+    holds anything else is refused, naming it, before the first file goes."""
+    from common.demo import build_demo_data, remove_demo_data
+    from common.tasks import TASKS
+
+    root, dead = tmp_path / "sr" / "demo-data", pid_no_process_can_have()
+    ours = [root / "train" / "demo.h5", root / "train" / f".demo.h5.tmp{dead}", root / "val" / "input" / "a.png",
+            root / "val" / "gt" / "a.png", root / "heldout" / "input" / f".sot-tmp-{dead}-b.png"]
+    for path in ours:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the demo's")
+    (root / "val" / "gt" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(InputError, match="gt/notes.txt: not part of the demo's data"):
+        build_demo_data(TASKS["sr"], root)  # its demo.h5 is not of this version: the data would be rebuilt
+    assert snapshot(tmp_path) == before
+    (root / "val" / "gt" / "notes.txt").unlink()
+    remove_demo_data(root)
+    assert os.listdir(root) == []
+
+
+# ----------------------------------------------------------------------------- two runs, one results folder
+@contextlib.contextmanager
+def folder_locked_by_another_run(folder):
+    """Another process holds ``folder``'s lock, as a test.py run writing its results there does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_a_results_folder_is_locked_for_its_run(tmp_path, capsys, monkeypatch):
+    """Two runs never write into one results folder: a --save that another run is writing into is
+    refused, and the default folder is numbered past the folders other runs are writing into (two
+    runs started together took the same -2 before)."""
+    write_photos(tmp_path / "photos")
+    write_photos(tmp_path / "gt")
+    ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--checkpoint", str(ckpt), "--input", "photos", "--gt", "gt", "--device", "cpu", "--no-lpips", "--no-report"]
+    with folder_locked_by_another_run(tmp_path / "res"):
+        refused(capsys, tmp_path, "test deraining", [*argv, "--save", "res", "--overwrite"],
+                "res: another run is writing its results into this folder")
+    write_photos(tmp_path / "results" / "deraining" / "g", ("a.png",), seed=7)  # an earlier run's
+    with folder_locked_by_another_run(tmp_path / "results" / "deraining" / "g-2"):  # a run that chose -2 just now
+        with _no_exit():
+            run_test_script("deraining", argv)
+    assert "results/deraining/g holds earlier results; writing to results/deraining/g-3" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "results" / "deraining" / "g-2") == []
+    assert sorted(os.listdir(tmp_path / "results" / "deraining" / "g-3")) == ["a.png", "b.png", "c.png", "metrics.csv"]
+
+
+def test_the_results_move_into_place_all_or_nothing(tmp_path, capsys, monkeypatch):
+    """A SIGTERM between two of the final moves waits for the last of them, and the line says that the
+    results are complete; a move that fails puts back what the moves before it replaced, and the line
+    says that the folder is as it was. Either way the folder never holds some new results and some old."""
+    write_photos(tmp_path / "photos")
+    write_photos(tmp_path / "gt")
+    ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
+    res = tmp_path / "res"
+    write_photos(res, ("a.png", "b.png", "c.png"), seed=5)  # an earlier model's results, to be replaced
+    (res / "metrics.csv").write_text("name,psnr\nmean,30.0\n")
+    argv = ["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--gt", str(tmp_path / "gt"), "--device",
+            "cpu", "--no-lpips", "--no-report", "--save", str(res), "--overwrite"]
+    earlier = snapshot(res)
+    moves = []
+
+    def move_with(then):
+        def wrapper(real):
+            def move(src, dst, *args, **kwargs):
+                real(src, dst, *args, **kwargs)
+                if "staging" in pathlib.Path(src).parent.name and pathlib.Path(dst).parent == res:  # into place
+                    moves.append(dst)
+                    then(len(moves))
+            return move
+        monkeypatch.setattr(os, "rename", wrapper(os.rename))
+        monkeypatch.setattr(os, "replace", wrapper(os.replace))
+
+    def no_space(n):
+        if n == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    move_with(no_space)
+    line = refused(capsys, tmp_path, "test deraining", argv, "could not move the result into place (No space left")
+    assert line.endswith(f"; {res} is as it was")
+    monkeypatch.undo()
+
+    def sigterm(n):
+        if n == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    moves.clear()
+    move_with(sigterm)
+    with pytest.raises(SystemExit) as exit_info:
+        run_test_script("deraining", argv)
+    monkeypatch.undo()
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"stopped by SIGTERM once the results were complete, in {res}"
+    assert len(moves) == 4 and sorted(os.listdir(res)) == ["a.png", "b.png", "c.png", "metrics.csv"]
+    assert all(snapshot(res)[path] != earlier[path] for path in earlier)  # every one of them new
+
+
+# ----------------------------------------------------------------------------- names as long as the file system takes
+def test_an_image_name_as_long_as_the_file_system_takes(tmp_path, capsys, monkeypatch):
+    """A 251-character image name is restored (its temporary's name would be too long: it gets a short
+    one) and so is an .h5 file of such a name; where the results folder's file system takes shorter
+    names, the run is refused before the first image, naming it."""
+    long = "x" * 247 + ".png"
+    write_photos(tmp_path / "photos", ("a.png", long))
+    write_photos(tmp_path / "gt", ("a.png", long))
+    ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
+    argv = ["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--gt", str(tmp_path / "gt"), "--device",
+            "cpu", "--no-lpips"]
+    with _no_exit():
+        run_test_script("deraining", [*argv, "--save", str(tmp_path / "res")])
+    assert (tmp_path / "res" / long).is_file() and long[:-4] in (tmp_path / "res" / "metrics.csv").read_text()
+    h5 = tmp_path / ("o" * 248 + ".h5")
+    with _no_exit():
+        ENTRY["make_h5"](["--input", str(tmp_path / "photos"), "--out", str(h5), "--patch", "8", "--quiet"])
+    assert h5.is_file()
+    pathconf = os.pathconf
+    monkeypatch.setattr(os, "pathconf", lambda path, name: 200 if name == "PC_NAME_MAX" else pathconf(path, name))
+    line = refused(capsys, tmp_path, "test deraining", [*argv, "--save", str(tmp_path / "res2")],
+                   f"the restored {tmp_path / 'photos' / long} would be written as {long}, a name of 251 bytes; its file "
+                   "system takes at most 200")
+    assert line.startswith(f"error: {tmp_path / 'res2'}: ")
+
+
+# ----------------------------------------------------------------------------- a reader that goes away
+PIPE_CASES = ["sr/test.py", "sr/test.py | head -1", "sr/train.py", "gdata/make_h5.py", "gdata/inspect_h5.py"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", PIPE_CASES)
+def test_a_reader_that_goes_away_ends_a_script_quietly(tmp_path, case):
+    """``script | head -1``, or a pipe whose reader is gone before the script writes: no traceback and no
+    "Exception ignored", status 141 (128 + SIGPIPE, what a shell reports for other tools), and what was
+    being written is cleaned up as after any stop."""
+    write_photos(tmp_path / "photos")
+    sr_trainset(tmp_path / "d.h5")
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    script = case.split()[0]
+    argv = {"sr/test.py": ["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--device", "cpu",
+                           "--save", str(tmp_path / "res")],
+            "sr/train.py": ["--trainset", str(tmp_path / "d.h5"), "--out", str(tmp_path / "runs"), "--max-steps", "2",
+                            "--batchSize", "2", "--device", "cpu", *SMALL],
+            "gdata/make_h5.py": ["--input", str(tmp_path / "photos"), "--out", str(tmp_path / "o.h5"), "--patch", "8"],
+            "gdata/inspect_h5.py": [str(tmp_path / "d.h5")]}[script]
+    if "| head -1" in case:
+        command = " ".join(map(shlex.quote, [sys.executable, script, *argv])) + ' | head -1; exit "${PIPESTATUS[0]}"'
+        result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.stdout.startswith(f"{ckpt} (sot-checkpoint) on 3 image(s)") and result.stdout.count("\n") == 1
+        assert result.returncode in (0, 141), result.stderr  # 0 only where every line was out before head left
+        assert sorted(os.listdir(tmp_path / "res")) == ["a.png", "b.png", "c.png", "report.html", "report_files"]
+    else:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = subprocess.run([sys.executable, script, *argv], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE,
+                                    text=True, timeout=300)
+        finally:
+            os.close(write_end)
+        assert result.returncode == 141, result.stderr
+        if script == "sr/test.py":
+            assert not (tmp_path / "res").exists()  # stopped while restoring: nothing half-written is left
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
 
 
 # ----------------------------------------------------------------------------- gdata: one file, one role
