@@ -103,12 +103,20 @@ def find_h5_files(source: str | os.PathLike | list) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- the axis order
-def stored_layout(f: h5py.File) -> str | None:
+def stored_layout(path, f: h5py.File) -> str | None:
     """The file's ``layout`` attribute as a string, or None when it has none."""
-    value = f.attrs.get("layout")
+    value = read_attr(path, f, "layout")
     if value is None:
         return None
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def read_attr(path, f: h5py.File, key: str, default=None):
+    """One attribute of the file, or ``default`` without it; a damaged one is an :class:`InputError`."""
+    try:
+        return f.attrs[key] if key in f.attrs else default
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: the '{key}' attribute cannot be read ({exc})") from None
 
 
 def is_transposed(path, f: h5py.File, layout: str = "auto") -> bool:
@@ -117,7 +125,7 @@ def is_transposed(path, f: h5py.File, layout: str = "auto") -> bool:
         raise ValueError(f"layout must be one of {LAYOUT_CHOICES}")
     if layout != "auto":
         return layout == "matlab"
-    stored = stored_layout(f)
+    stored = stored_layout(path, f)
     if stored is None:
         return False
     if stored not in AXIS_ORDERS:
@@ -136,25 +144,136 @@ def as_stored_in_ours(values: np.ndarray, transposed: bool) -> np.ndarray:
     return values.swapaxes(-1, -2) if transposed else values
 
 
-# ----------------------------------------------------------------------------- datasets and their values
+# ----------------------------------------------------------------------------- names, links and storage
+MAX_SOFT_LINKS = 16  # soft links followed for one name before it is taken for a loop (HDF5's own limit)
+
+
+def follow(path, f: h5py.File, name: str) -> tuple[h5py.HLObject, str | None]:
+    """The object that the top-level ``name`` of an open file stands for, and the soft link it was
+    reached through (its target; None for an object stored under that name).
+
+    Soft links are followed here, one path component at a time, so that nothing outside the file is
+    ever opened: a name that leads to another file (an external link), to nothing (a dangling soft
+    link) or round in a loop is an :class:`InputError` naming the file, the name and its target.
+    """
+    targets: list[str] = []   # the soft links' targets, in the order followed
+    parts, real = [name], ""  # ``real``: the path so far, made of stored (hard) links only
+
+    def through() -> str:
+        return f"'{name}' is a soft link to " + " -> ".join(f"'{t}'" for t in targets)
+
+    while parts:
+        part = parts.pop(0)
+        here = f"{real}/{part}"
+        try:
+            link = f.get(here, getlink=True)
+        except (KeyError, OSError, RuntimeError, TypeError, ValueError) as exc:  # an unknown link type, damage
+            raise InputError(f"{path}: '{name}' leads to '{here}', which cannot be followed ({exc})") from None
+        if link is None:
+            raise InputError(f"{path}: {through()}, which is not in the file" if targets else
+                             f"{path}: '{name}' leads to '{here}', which is not in the file")
+        if isinstance(link, h5py.ExternalLink):
+            what = f"{through()}, an external link" if targets else f"'{name}' is an external link"
+            raise InputError(f"{path}: {what} to '{link.path}' in {link.filename}; a training file must hold "
+                             "its own patches (copy them into it, or give that file instead)")
+        if isinstance(link, h5py.SoftLink):
+            seen = link.path in targets
+            targets.append(link.path)
+            if seen or len(targets) > MAX_SOFT_LINKS:
+                raise InputError(f"{path}: {through()}{'' if seen else ' ...'}: the links lead round in a loop")
+            # an absolute target starts again at the root; a relative one in the link's own group
+            real = "" if link.path.startswith("/") else real
+            parts = [p for p in link.path.split("/") if p not in ("", ".")] + parts
+            continue
+        real = here
+    try:
+        return f[real], (targets[-1] if targets else None)
+    except (KeyError, OSError, RuntimeError, ValueError) as exc:  # a damaged object header
+        raise InputError(f"{path}: '{name}' cannot be read, the file may be damaged ({exc})") from None
+
+
+def storage_problem(ds: h5py.Dataset) -> str | None:
+    """Why a dataset's values cannot be read from this file alone, or None: HDF5 lets a dataset keep
+    them in other files (external storage: any file, /dev/zero or /etc/passwd alike; a virtual dataset:
+    other datasets, in this file or others), or compress them with a filter this HDF5 lacks (such a
+    file would fail at its first read, or part way through training). Reads metadata only."""
+    try:
+        external = ds.external
+        if external:
+            where = ", ".join(os.fsdecode(entry[0]) for entry in external[:3]) + (" ..." if len(external) > 3 else "")
+            return f"keeps its values outside the file, in {where} (HDF5 external storage)"
+        if ds.is_virtual:
+            sources = [f"{s.file_name}:{s.dset_name}" for s in ds.virtual_sources()]
+            where = ", ".join(sorted(set(sources))[:3]) + (" ..." if len(set(sources)) > 3 else "")
+            return (f"is a virtual dataset, whose values are those of {where or 'no dataset'} "
+                    "('.' is this file)")
+        plist = ds.id.get_create_plist()
+        for i in range(plist.get_nfilters()):
+            code, _, _, label = plist.get_filter(i)
+            if not h5py.h5z.filter_avail(code):
+                named = f" ({label.decode(errors='replace')})" if label else ""
+                return (f"is compressed with HDF5 filter {code}{named}, which this installation cannot decode; "
+                        "point HDF5_PLUGIN_PATH at its plugin, or rewrite the file with gzip or no compression")
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+        return f"cannot be read, the file may be damaged ({exc})"
+    return None
+
+
+def members(path, f: h5py.File) -> dict[str, h5py.HLObject]:
+    """Every top-level object of an open file by name, soft links followed within the file; an
+    :class:`InputError` at the first name that leads outside the file, to nothing or round in a loop,
+    or at a dataset whose values are elsewhere (see :func:`storage_problem`)."""
+    found = {}
+    for name in f:
+        obj, _ = follow(path, f, name)
+        if isinstance(obj, h5py.Dataset):
+            problem = storage_problem(obj)
+            if problem:
+                raise InputError(f"{path}: dataset '{name}' {problem}")
+        found[name] = obj
+    return found
+
+
 def patch_dataset(path, f: h5py.File, name: str) -> h5py.Dataset:
     """The 4-D dataset ``name`` of an open file, or an error that says what is there instead."""
     if name not in f:
         raise InputError(f"{path}: no '{name}' dataset (has: {', '.join(f.keys()) or 'nothing'})")
-    obj = f[name]
+    obj, target = follow(path, f, name)
+    what = f"'{name}' (a soft link to '{target}')" if target else f"'{name}'"
     if isinstance(obj, h5py.Group):
         inside = ", ".join(obj.keys()) or "nothing"
-        raise InputError(f"{path}: '{name}' is a group (a folder inside the file, holding: {inside}), not a "
+        raise InputError(f"{path}: {what} is a group (a folder inside the file, holding: {inside}), not a "
                          "dataset of patches")
+    if isinstance(obj, h5py.Datatype):
+        raise InputError(f"{path}: {what} is a named datatype (a type stored in the file), not a dataset of patches")
     if not isinstance(obj, h5py.Dataset) or obj.ndim != 4:
-        raise InputError(f"{path}: '{name}' must be N x C x H x W, got shape {getattr(obj, 'shape', None)}")
+        raise InputError(f"{path}: {what} must be N x C x H x W, got shape {getattr(obj, 'shape', None)}")
+    problem = storage_problem(obj) or empty_patch_problem(obj.shape)
+    if problem:
+        raise InputError(f"{path}: dataset '{name}' {problem}")
     return obj
 
 
-def patch_datasets(f: h5py.File) -> list[str]:
+def empty_patch_problem(shape: tuple[int, ...]) -> str | None:
+    """Patches with a side of 0 hold no pixel (nothing to train on, nor to merge)."""
+    if 0 in tuple(shape[1:]):
+        return f"has empty patches ({'x'.join(map(str, shape[1:]))}: a side of 0 holds no values)"
+    return None
+
+
+def patch_datasets(path, f: h5py.File) -> list[str]:
     """Names of the file's top-level 4-D datasets (``data`` and ``label`` first)."""
-    names = [n for n, obj in f.items() if isinstance(obj, h5py.Dataset) and obj.ndim == 4]
+    names = [n for n, obj in members(path, f).items() if isinstance(obj, h5py.Dataset) and obj.ndim == 4]
     return sorted(names, key=lambda n: (n not in ("data", "label"), n != "data", n))
+
+
+def same_dataset(a: h5py.Dataset, b: h5py.Dataset) -> bool:
+    """Whether two datasets are one, stored once under two names (a hard or soft link)."""
+    try:
+        return (os.path.samefile(a.file.filename, b.file.filename)
+                and h5py.h5o.get_info(a.id).addr == h5py.h5o.get_info(b.id).addr)
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def dtype_problem(dtype) -> str | None:
@@ -190,7 +309,7 @@ def declared_size_problem(ds: h5py.Dataset) -> str | None:
             return (f"patches of {'x'.join(map(str, shape[1:]))} ({human_bytes(row)} each) are far larger "
                     f"than a training patch (at most {human_bytes(MAX_PATCH_BYTES)})")
     declared = float(np.prod(shape, dtype=np.float64)) * itemsize
-    if declared == 0 or ds.is_virtual or ds.external:
+    if declared == 0 or not shape or ds.is_virtual or ds.external:  # a scalar; or refused by storage_problem
         return None
     what = f"declares {shape[0]} rows of {ds.dtype} ({human_bytes(declared)})"
     try:
@@ -248,25 +367,37 @@ class PatchFile:
     uint8: bool                        # both datasets hold uint8
 
 
+SAME_PATCHES = "the degraded and the clean side would be the same patches, with nothing to learn"
+SAME_SIDES = f"'data' and 'label' are one dataset stored under two names (a link): {SAME_PATCHES}"
+
+
+def check_sides_apart(path, data, label) -> None:
+    """Refuse a file whose 'data' and 'label' are one dataset (either may be None: not there)."""
+    if isinstance(data, h5py.Dataset) and isinstance(label, h5py.Dataset) and same_dataset(data, label):
+        raise InputError(f"{path}: {SAME_SIDES}")
+
+
 def check_training_file(path: str | os.PathLike, layout: str = "auto") -> PatchFile:
     """Open one training file and check its datasets' shapes, dtypes, declared sizes, axis order and
     a first block of values; what training knows of it."""
     path = str(path)
     with open_h5_file(path) as f:
+        sides = {}
         for name in ("data", "label"):
-            ds = patch_dataset(path, f, name)
+            ds = sides[name] = patch_dataset(path, f, name)
             if ds.shape[0] == 0:
                 raise InputError(f"{path}: dataset '{name}' is empty")
             check_patch_dtype(path, name, ds.dtype)
             check_declared_size(path, name, ds)
-        for name in ("data", "label"):  # values only once both shapes are known to be sane
+        data, label = sides["data"], sides["label"]
+        check_sides_apart(path, data, label)
+        for name, ds in sides.items():  # values only once both shapes are known to be sane
             try:
-                check_values(path, f"dataset '{name}'", first_rows(f[name]))
+                check_values(path, f"dataset '{name}'", first_rows(ds))
             except OSError as exc:
                 raise InputError(f"{path}: dataset '{name}' cannot be read, the file may be "
                                  f"truncated ({exc})") from None
         transposed = is_transposed(path, f, layout)
-        data, label = f["data"], f["label"]
         part = PatchFile(path, int(data.shape[0]), int(label.shape[0]), patch_shape(data.shape, transposed),
                          patch_shape(label.shape, transposed), transposed,
                          data.dtype == np.uint8 and label.dtype == np.uint8)

@@ -28,9 +28,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .h5format import (DTYPES, LAYOUT_CHOICES, H5PatchWriter, as_stored_in_ours, check_declared_size,
-                       check_patch_dtype, check_values, cut_patches, is_transposed, open_h5_file, patch_dataset,
-                       patch_datasets, patch_shape, stored_layout)
+from .h5format import (DTYPES, LAYOUT_CHOICES, SAME_PATCHES, H5PatchWriter, as_stored_in_ours,
+                       check_declared_size, check_patch_dtype, check_sides_apart, check_values, cut_patches,
+                       is_transposed, open_h5_file, patch_dataset, patch_datasets, patch_shape, read_attr,
+                       same_dataset, stored_layout)
 from .degrade import DEGRADATIONS, degradation_scale
 from .errors import InputError, note, printable
 from .files import check_can_write, same_file
@@ -323,10 +324,10 @@ class PatchSet:
         try:
             for path, name in self.parts:
                 f = self._stack.enter_context(open_h5_file(path))
-                patch_dataset(path, f, name)
-                check_patch_dtype(path, name, f[name].dtype)
-                check_declared_size(path, name, f[name])
-                self.datasets.append(f[name])
+                ds = patch_dataset(path, f, name)
+                check_patch_dtype(path, name, ds.dtype)
+                check_declared_size(path, name, ds)
+                self.datasets.append(ds)
                 self.transposed.append(is_transposed(path, f, self.layout))
             # uint8 and float parts together are read as float32 in [0, 1]
             self.mixed = len({ds.dtype for ds in self.datasets}) > 1
@@ -417,7 +418,7 @@ def pick_dataset(path: str | Path, preferred: str) -> str:
     with open_h5_file(path) as f:
         if preferred in f:
             return preferred
-        names = patch_datasets(f)
+        names = patch_datasets(path, f)
     if len(names) == 1:
         return names[0]
     raise InputError(f"{path}: no '{preferred}' dataset and {len(names)} other patch datasets "
@@ -453,6 +454,11 @@ def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: s
     data_parts = [(f, pick_dataset(f, "data")) for f in data_files]
     label_parts = [(f, pick_dataset(f, "label")) for f in label_files]
     with PatchSet(data_parts, layout) as data, PatchSet(label_parts, layout) as label:
+        for (data_path, data_name), data_ds in zip(data_parts, data.datasets):
+            for (label_path, label_name), label_ds in zip(label_parts, label.datasets):
+                if same_dataset(data_ds, label_ds):
+                    raise InputError(f"{label_path}: '{label_name}' is the dataset given as 'data' ({data_path}: "
+                                     f"'{data_name}'): {SAME_PATCHES}")
         n = min(len(data), len(label))
         if n == 0:
             empty = data_parts if len(data) == 0 else label_parts
@@ -482,7 +488,9 @@ def concat_h5(files: list[str | Path], out: str | Path, *, dtype: str | None = N
     present: dict[str, list[str]] = {}
     for path in files:
         with open_h5_file(path) as f:
-            for name in patch_datasets(f):
+            names = patch_datasets(path, f)
+            check_sides_apart(path, f.get("data"), f.get("label"))  # copied apart, the link would be lost
+            for name in names:
                 present.setdefault(name, []).append(str(path))
     if not present:
         raise InputError(f"{files[0]}: no patch datasets (N x C x H x W) to concatenate")
@@ -503,6 +511,14 @@ def concat_h5(files: list[str | Path], out: str | Path, *, dtype: str | None = N
             return writer.counts()
 
 
+def holds_references(value) -> bool:
+    """Whether an attribute's value is or holds HDF5 object or region references."""
+    if isinstance(value, (h5py.Reference, h5py.RegionReference)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and h5py.check_dtype(ref=dtype) is not None
+
+
 def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dtype: str | None = None,
                    batch: int = DEFAULT_BATCH, progress: bool = False) -> dict[str, int]:
     """Rewrite a file's patch datasets in our layout (N x C x H x W), streamed; other attributes are kept.
@@ -512,12 +528,13 @@ def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dt
     """
     out = check_out_path(out, [src])
     with open_h5_file(src) as f:
-        stored = stored_layout(f)
+        stored = stored_layout(src, f)
         if layout == "auto" and stored is None:
             raise InputError(f"{src}: no 'layout' attribute, so its layout is unknown; give --layout matlab "
                              "(N x C x W x H, as MATLAB writes) or --layout ours")
         transposed = is_transposed(src, f, layout)
-        names = patch_datasets(f)
+        names = patch_datasets(src, f)
+        check_sides_apart(src, f.get("data"), f.get("label"))  # copied apart, the link would be lost
         if not names:
             raise InputError(f"{src}: no patch datasets (N x C x H x W) to convert")
         skipped = [n for n in f if n not in names]
@@ -525,7 +542,13 @@ def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dt
             note(f"{src}: not copied (not 4-D patch datasets): {', '.join(skipped)}")
         if not transposed:
             note(f"{src}: already in our layout (N x C x H x W); copied as is")
-        attrs = {k: v for k, v in f.attrs.items() if k != "layout"}
+        attrs = {k: read_attr(src, f, k) for k in f.attrs if k != "layout"}
+        # a reference names an object of this file: in another file it would name whatever is there
+        references = [k for k, v in attrs.items() if holds_references(v)]
+        if references:
+            note(f"{src}: not copied (object references, which mean nothing in another file): attribute(s) "
+                 f"{', '.join(references)}")
+        attrs = {k: v for k, v in attrs.items() if k not in references}
         attrs.update(converted_from=str(src), converted_layout=stored or layout)
         out_dtype = output_dtype([f[n].dtype for n in names], dtype)
     with ExitStack() as stack:

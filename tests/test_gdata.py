@@ -406,3 +406,34 @@ def test_every_script_explains_itself():
     for script in ("gdata/make_h5.py", "gdata/merge_h5.py", "gdata/inspect_h5.py"):
         result = run_script(script, "--help")
         assert result.returncode == 0 and "examples:" in result.stdout and f"python {script}" in result.stdout
+
+
+# ----------------------------------------------------------------------------- links and attributes
+def test_a_soft_link_within_the_file_is_read_as_its_target(tmp_path):
+    """Links are followed by hand (nothing outside the file is opened), but one that stays inside it
+    is as good as the dataset it names."""
+    with h5py.File(tmp_path / "linked.h5", "w") as f:
+        f.create_group("patches")
+        f["patches/lr"] = indexed(3, 4)
+        f["patches/hr"] = indexed(3, 16, 10)
+        f["data"] = h5py.SoftLink("/patches/lr")
+        f["label"] = h5py.SoftLink("patches/hr")  # relative to the root, where the link is
+    assert h5report.check_h5(tmp_path / "linked.h5", scale=4).datasets["data"].shape == (3, 3, 4, 4)
+    assert len(UnpairedH5Dataset(tmp_path / "linked.h5", scale=4)) == 3
+    h5tools.merge_h5([tmp_path / "linked.h5"], [tmp_path / "linked.h5"], tmp_path / "out.h5", shuffle=False)
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert first_values(f["data"]) == [0, 1, 2] and first_values(f["label"]) == [10, 11, 12]
+
+
+def test_convert_keeps_attributes_but_not_object_references(tmp_path, capsys):
+    """A reference names an object of its own file: copied, it would name whatever is at that place
+    in the new one. It is left out, and a note says so."""
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["data"], f["label"] = indexed(2, 4), indexed(2, 16)
+        f.attrs["note"], f.attrs["points_at"] = "kept", f["data"].ref
+    h5tools.convert_layout(tmp_path / "m.h5", tmp_path / "c.h5", layout="ours")
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert f.attrs["note"] == "kept" and "points_at" not in f.attrs
+    assert "not copied (object references, which mean nothing in another file): attribute(s) points_at" in \
+        capsys.readouterr().err
+
