@@ -12,6 +12,8 @@ unless read with ``--layout matlab`` (:data:`LAYOUT_CHOICES`). Files are written
 from __future__ import annotations
 
 import os
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -424,40 +426,176 @@ def cut_patches(img: np.ndarray, patch: int, stride: int) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+@contextmanager
+def stop_signals_held():
+    """SIGINT and SIGTERM that arrive inside the block reach their handlers as it ends, not inside
+    it: the block calls HDF5, which calls back into Python to write (see :class:`_TemporaryFile`),
+    and a handler's exception raised there would be a failed write inside HDF5."""
+    held: list[int] = []
+    previous = {}
+    try:
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name)
+            handler = signal.getsignal(sig)
+            if handler is not None:  # None: set outside Python, left alone
+                previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    except ValueError:  # not the main thread, whose handlers these are
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            handler = previous[held[0]]
+            if callable(handler):
+                handler(held[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(held[0])
+
+
+class _Abandoned(Exception):
+    """The writer gave its file up: recorded as its failure so that nothing more is written to it."""
+
+
+class _TemporaryFile:
+    """The file being written, as HDF5 sees it (h5py's 'fileobj' driver): a write that fails (a full
+    disk, a quota, a file size limit) is recorded in ``failure`` and every later write is dropped,
+    instead of failing inside HDF5. HDF5 does not survive its own failed writes: closing such a file
+    crashes the process (a segmentation fault, often at exit, after "Exception ignored" tracebacks).
+    The writer raises what was recorded once HDF5 has returned."""
+
+    def __init__(self, path: Path):
+        self.raw = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
+        self.failure: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+
+    def write(self, data) -> int:
+        try:
+            view = memoryview(data).cast("B")
+            while self.failure is None and len(view):
+                view = view[self.raw.write(view):]
+        except OSError as exc:
+            self.fail(exc)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        # what was dropped reads as zeros: HDF5 still sees a whole file while it closes
+        return data + bytes(max(0, size - len(data))) if self.failure is not None else data
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self.raw.truncate(size)
+        except OSError as exc:
+            self.fail(exc)
+            return self.raw.tell() if size is None else size
+
+    def flush(self) -> None:  # unbuffered: nothing is held here
+        pass
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except OSError as exc:  # a network file system may report a failed write only now
+            self.fail(exc)
+
+
 class H5PatchWriter:
     """Stream patches into a training file: datasets grow in chunks, memory holds one batch at most.
 
     Patches arrive as N x C x H x W, float in [0, 1] or uint8; they are stored as ``dtype`` (uint8
     rounds to nearest). The file appears at ``path`` only when :meth:`close` succeeds (it is written
     under a temporary name and renamed), so an interrupted run leaves no half-written training file.
+    A full disk is one :class:`InputError` that says how much the file needs (``size_hint``: its
+    bytes, or a function that estimates them, asked only then) and how much is free; the temporary
+    is removed first.
     """
 
     def __init__(self, path: str | os.PathLike, dtype: str = "uint8", chunk: int = 64,
-                 attrs: dict | None = None):
+                 attrs: dict | None = None, size_hint=None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}")
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self.dtype = np.dtype(dtype)
         self.chunk = chunk
+        self.size_hint = size_hint
+        self.written = 0  # bytes of patches given so far
+        self.file = self.disk = None
+        self.datasets: dict[str, h5py.Dataset] = {}
+        self.removed: list[Path] | None = None  # what abort() removed, once it has run
         # folders made for the file, removed again if it is never written
         self.made = folders_to_make(self.path.parent)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = h5py.File(self.tmp, "w")
+            # what an earlier writer of this file left when it was killed (space that a full disk needs)
+            for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):
+                remove_if_stale(stale)
+            self.disk = _TemporaryFile(self.tmp)
         except OSError as exc:
-            remove_made(self.made)
+            self.abort()
             raise InputError(write_failure(self.path, exc, None, "file")) from None
-        # what an earlier writer of this file left when it was killed
-        for stale in self.path.parent.glob(f".{self.path.name}.tmp*"):
-            remove_if_stale(stale)
-        self.file.attrs["layout"] = "NCHW"
-        for key, value in (attrs or {}).items():
-            # HDF5 stores text as UTF-8: file names that are not are kept with \xff escapes
-            self.file.attrs[key] = printable(value, one_line=False) if isinstance(value, str) else value
+        with self._writing():
+            self.file = h5py.File(self.disk, "w")
+        self.set_attrs({"layout": "NCHW", **(attrs or {})})
+
+    def set_attrs(self, attrs: dict) -> None:
+        """Set attributes of the file (text is kept as UTF-8: file names that are not keep \\xff escapes)."""
+        with self._writing():
+            for key, value in attrs.items():
+                self.file.attrs[key] = printable(value, one_line=False) if isinstance(value, str) else value
+
+    @contextmanager
+    def _writing(self, nbytes: int = 0):
+        """Around every HDF5 call that may write: a failure recorded by the file (see
+        :class:`_TemporaryFile`) removes the temporary and is raised here, a full disk as one line."""
+        try:
+            with stop_signals_held():
+                yield
+        except OSError as exc:  # h5py's own report of a failure (the disk's own come through self.disk)
+            self.disk.fail(exc)
+        except BaseException as exc:  # a stop signal, or a programming error: the temporary goes
+            self.abort()
+            self._say_removed(exc)
+            raise
+        failure = self.disk.failure
+        if failure is None:
+            return
+        self.abort()
+        if isinstance(failure, OSError):
+            raise InputError(write_failure(self.path, failure, self.bytes_needed(nbytes), "file")) from None
+        raise failure
+
+    def bytes_needed(self, nbytes: int = 0) -> int | None:
+        """The file's size as far as it is known: ``size_hint``, else at least what was given so far."""
+        hint = self.size_hint
+        try:
+            hint = hint() if callable(hint) else hint
+        except InputError:  # an estimate that cannot be made now (an image gone since): no estimate
+            hint = None
+        return max(hint or 0, self.written + nbytes) or None
 
     def counts(self) -> dict[str, int]:
-        return {name: int(ds.shape[0]) for name, ds in self.file.items()}
+        return {name: int(ds.shape[0]) for name, ds in sorted(self.datasets.items())}
 
     def append(self, name: str, patches: np.ndarray) -> None:
         check_interrupted()  # a stop signal whose exception was lost stops the file here
@@ -470,46 +608,64 @@ class H5PatchWriter:
         elif self.dtype == np.float32:
             patches = (patches.astype(np.float32) / 255.0 if patches.dtype == np.uint8
                        else patches.astype(np.float32))
-        if name not in self.file:
-            self.file.create_dataset(name, shape=(0, *patches.shape[1:]), maxshape=(None, *patches.shape[1:]),
-                                     chunks=(self.chunk, *patches.shape[1:]), dtype=self.dtype)
-        ds = self.file[name]
-        if ds.shape[1:] != patches.shape[1:]:
-            raise ValueError(f"{name}: patch shape {patches.shape[1:]} differs from {ds.shape[1:]}")
-        n = ds.shape[0]
-        try:
+        with self._writing(patches.nbytes):
+            if name not in self.datasets:
+                # kept open until the file closes: HDF5 writes out a dataset's cached chunks when its
+                # last handle closes, which must happen inside _writing, not wherever Python frees it
+                self.datasets[name] = self.file.create_dataset(
+                    name, shape=(0, *patches.shape[1:]), maxshape=(None, *patches.shape[1:]),
+                    chunks=(self.chunk, *patches.shape[1:]), dtype=self.dtype)
+            ds = self.datasets[name]
+            if ds.shape[1:] != patches.shape[1:]:
+                raise ValueError(f"{name}: patch shape {patches.shape[1:]} differs from {ds.shape[1:]}")
+            n = ds.shape[0]
             ds.resize(n + len(patches), axis=0)
             ds[n:] = patches
-        except OSError as exc:  # a full disk: the temporary goes, the target is untouched
-            raise InputError(write_failure(self.path, exc, patches.nbytes, "file")) from None
+        self.written += patches.nbytes
 
     def close(self) -> None:
-        try:
+        with self._writing():
             self.file.close()
+            self.disk.close()
+        try:
             os.replace(self.tmp, self.path)
         except OSError as exc:
             self.abort()
             raise InputError(write_failure(self.path, exc, None, "file")) from None
 
     def abort(self) -> None:
+        """Close and remove the temporary (and the folders made for it); once, whatever is called after."""
+        if self.removed is not None:
+            return
+        self.removed = [f for f in self.made if f.exists()]
         try:
-            self.file.close()
-        except (OSError, ValueError):  # closing a file whose writes failed may fail as well
+            if self.disk is not None:
+                self.disk.fail(_Abandoned())  # what HDF5 writes while it closes goes nowhere: the file goes
+            if self.file is not None:
+                with stop_signals_held():
+                    self.file.close()
+        except Exception:  # noqa: BLE001 - a file being thrown away: nothing of it matters
             pass
         finally:
+            if self.disk is not None:
+                self.disk.close()
             self.tmp.unlink(missing_ok=True)
             remove_made(self.made)
 
     def __enter__(self):
         return self
 
+    def _say_removed(self, exc: BaseException) -> None:
+        """Add what was removed to the message of a stop signal (once)."""
+        said = f"the unfinished {self.tmp.name}"
+        if isinstance(exc, Interrupted) and not any(line.startswith(said) for line in exc.cleaned):
+            made = self.removed
+            exc.cleaned.append(said + (f" and the folder {made[-1]} made for it" if made else "")
+                               + f" ({self.path} was not written)")
+
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close()
             return
-        made = [f for f in self.made if f.exists()]
         self.abort()
-        if isinstance(exc, Interrupted):
-            exc.cleaned.append(f"the unfinished {self.tmp.name}" + (f" and the folder {made[-1]} made for it"
-                                                                    if made else "")
-                               + f" ({self.path} was not written)")
+        self._say_removed(exc)

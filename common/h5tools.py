@@ -35,7 +35,7 @@ from .h5format import (DTYPES, LAYOUT_CHOICES, SAME_PATCHES, H5PatchWriter, as_s
 from .degrade import DEGRADATIONS, degradation_scale
 from .errors import InputError, note, printable
 from .files import check_can_write, same_file
-from .images import (IMAGE_KINDS, describe_contents, folder_contents, list_images, note_skipped,
+from .images import (IMAGE_KINDS, describe_contents, folder_contents, image_size, list_images, note_skipped,
                      read_image)
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
@@ -280,6 +280,19 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
     return jobs, attrs
 
 
+def planned_bytes(jobs: list[PatchJob], dtype: str) -> int:
+    """About how many bytes the jobs' patches take, from the images' sizes (their headers): what a
+    full disk is said to lack. Degraded images are taken as the degradation's scale smaller."""
+    total = 0
+    for job in jobs:
+        s = degradation_scale(job.degradation) if job.degradation else 1
+        for path in job.images:
+            w, h = (side // s for side in image_size(path))
+            if h >= job.patch and w >= job.patch:
+                total += ((h - job.patch) // job.stride + 1) * ((w - job.patch) // job.stride + 1) * 3 * job.patch ** 2
+    return total * np.dtype(dtype).itemsize
+
+
 def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed: int = 0,
             batch: int = DEFAULT_BATCH, attrs: dict | None = None, progress: bool = False) -> dict[str, int]:
     """Write the jobs' patches to ``out`` (streamed, atomic) and return the patch count of each dataset."""
@@ -289,7 +302,7 @@ def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed
     attrs = {**(attrs or {}), "dtype": dtype, "seed": seed, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
              "tool": "gdata/make_h5.py"}
     too_small: dict[Path, list] = {}
-    with H5PatchWriter(out, dtype=dtype, attrs=attrs) as writer:
+    with H5PatchWriter(out, dtype=dtype, attrs=attrs, size_hint=lambda: planned_bytes(jobs, dtype)) as writer:
         for job in jobs:
             n = 0
             for patches in job_batches(job, seed, batch, progress, too_small):
@@ -301,7 +314,7 @@ def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed
             # '<side>_files' names the images whose patches the side holds: one too small for a patch
             # gave none and is left out (and noted below), so the list never claims a scene it lacks
             gave_none = {path for path, sides in too_small.items() if any(name == job.name for name, *_ in sides)}
-            writer.file.attrs[f"{job.name}_files"] = text_attr(p.name for p in job.images if p not in gave_none)
+            writer.set_attrs({f"{job.name}_files": text_attr(p.name for p in job.images if p not in gave_none)})
         note_too_small(too_small)
         return writer.counts()
 
@@ -358,6 +371,10 @@ class PatchSet:
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.datasets) else 0
+
+    def nbytes(self, count: int, dtype: str) -> int:
+        """The bytes of ``count`` of these patches stored as ``dtype``."""
+        return count * int(np.prod(self.shape)) * np.dtype(dtype).itemsize
 
     def rows_per_batch(self, batch: int) -> int:
         """``batch``, or fewer so that a batch read as float32 stays under ``BATCH_BYTES``."""
@@ -432,6 +449,16 @@ def _copy(writer: H5PatchWriter, name: str, batches: Iterable[np.ndarray], total
             bar.update(len(values))
 
 
+def _write_sets(out: Path, sets: dict[str, PatchSet], dtype: str, attrs: dict, batch: int,
+                progress: bool) -> dict[str, int]:
+    """Every patch of each set into the dataset of its name (concatenating and converting)."""
+    size = sum(source.nbytes(len(source), dtype) for source in sets.values())  # what a full disk lacks
+    with H5PatchWriter(out, dtype=dtype, attrs=attrs, size_hint=size) as writer:
+        for name, source in sets.items():
+            _copy(writer, name, source.batches(batch), len(source), progress)
+        return writer.counts()
+
+
 def _scale_attr(data_shape, label_shape) -> dict:
     h, w = data_shape[1:]
     lh, lw = label_shape[1:]
@@ -474,7 +501,8 @@ def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: s
                  "count": n, "shuffled": bool(shuffle), "seed": seed, "tool": "gdata/merge_h5.py",
                  "created": time.strftime("%Y-%m-%d %H:%M:%S"), **_scale_attr(data.shape, label.shape)}
         out_dtype = output_dtype(data.dtypes + label.dtypes, dtype)
-        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
+        size = data.nbytes(n, out_dtype) + label.nbytes(n, out_dtype)
+        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs, size_hint=size) as writer:
             for name, source in (("data", data), ("label", label)):
                 step = source.rows_per_batch(batch)
                 _copy(writer, name, (source.read(order[i:i + step]) for i in range(0, n, step)), n, progress)
@@ -505,10 +533,7 @@ def concat_h5(files: list[str | Path], out: str | Path, *, dtype: str | None = N
         if "data" in sets and "label" in sets:
             attrs.update(_scale_attr(sets["data"].shape, sets["label"].shape))
         out_dtype = output_dtype([d for s in sets.values() for d in s.dtypes], dtype)
-        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
-            for name, source in sets.items():
-                _copy(writer, name, source.batches(batch), len(source), progress)
-            return writer.counts()
+        return _write_sets(out, sets, out_dtype, attrs, batch, progress)
 
 
 def holds_references(value) -> bool:
@@ -553,7 +578,4 @@ def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dt
         out_dtype = output_dtype([f[n].dtype for n in names], dtype)
     with ExitStack() as stack:
         sets = {n: stack.enter_context(PatchSet([(src, n)], "matlab" if transposed else "ours")) for n in names}
-        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
-            for name, source in sets.items():
-                _copy(writer, name, source.batches(batch), len(source), progress)
-            return writer.counts()
+        return _write_sets(out, sets, out_dtype, attrs, batch, progress)

@@ -437,3 +437,64 @@ def test_convert_keeps_attributes_but_not_object_references(tmp_path, capsys):
     assert "not copied (object references, which mean nothing in another file): attribute(s) points_at" in \
         capsys.readouterr().err
 
+
+# ----------------------------------------------------------------------------- writing
+@pytest.mark.parametrize("degrade", [None, "bicubic-x4"])
+def test_the_space_a_file_needs_is_known_before_it_is_written(tmp_path, degrade):
+    """What a full disk is said to lack (h5tools.planned_bytes, from the images' headers) is the size
+    of the patches the file then holds."""
+    make_folder(tmp_path / "imgs", [(64, 48), (40, 72), (16, 16)])
+    jobs, attrs = h5tools.plan_make(tmp_path / "imgs", 16, 8, degradation=degrade)
+    counts = h5tools.make_h5(tmp_path / "o.h5", jobs, attrs=attrs)
+    with h5py.File(tmp_path / "o.h5") as f:
+        stored = sum(f[name].nbytes for name in counts)
+    assert h5tools.planned_bytes(jobs, "uint8") == stored
+    assert h5tools.planned_bytes(jobs, "float32") == 4 * stored
+
+
+# A stop signal that arrives while HDF5 is inside the writer's file (its Python 'fileobj' driver
+# calls back to write) must reach its handler only once HDF5 has returned: raised inside HDF5, it
+# would be a failed write, after which HDF5 crashes the process when the file closes.
+SIGNAL_MID_WRITE = r"""
+import signal, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from common import h5format
+from common.cli import run_guarded
+
+class Raw:  # the temporary's own file: SIGTERM comes during the 20th write HDF5 makes
+    def __init__(self, raw):
+        self.raw, self.writes = raw, 0
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 20:
+            signal.raise_signal(signal.SIGTERM)
+        return self.raw.write(data)
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+opened = h5format._TemporaryFile.__init__
+def watched(self, path):
+    opened(self, path)
+    self.raw = Raw(self.raw)
+h5format._TemporaryFile.__init__ = watched
+
+def main(argv):
+    with h5format.H5PatchWriter(argv[0]) as writer:
+        for _ in range(100):
+            writer.append("data", np.ones((64, 3, 16, 16), np.uint8))
+run_guarded(main, sys.argv[2:], writes_files=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_signal_during_an_hdf5_write_is_acted_on_after_it(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_MID_WRITE, str(ROOT), str(tmp_path / "new" / "o.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr[-3000:]  # not -11: a segmentation fault
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith("stopped by SIGTERM: removed the unfinished .o.h5.tmp"), proc.stderr
+    assert list(tmp_path.iterdir()) == []

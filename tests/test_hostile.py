@@ -647,6 +647,85 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path,
     assert json.loads((folder / "state.json").read_text())["checkpoint"] == "step-00000001.pt"
 
 
+# Runs gdata's scripts one after another in one process whose disk fills (as ENTRY does, in-process:
+# one interpreter start for all four); prints, as JSON, each one's exit status, stderr and what is
+# left in the output folder. A real process: HDF5 used to crash (SIGSEGV) on a full disk.
+FULL_DISK_RUNS = r"""
+import contextlib, importlib.util, io, json, os, resource, signal, sys
+root, out, how, runs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+sys.path.insert(0, root)
+from common.cli import run_guarded
+if how == "file size limit":  # past the limit a write fails (EFBIG) instead of killing the process
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+results = []
+for script, argv in runs:
+    spec = importlib.util.spec_from_file_location(script, os.path.join(root, "gdata", script + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            run_guarded(module.main, argv, writes_files=True)
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, err.getvalue(), sorted(os.listdir(out))])
+print(json.dumps(results))
+"""
+
+
+def size_in_bytes(text: str) -> float:
+    """'4.8 MiB' (common.files.human_bytes) as bytes."""
+    number, unit = text.split()
+    return float(number) * 1024 ** ("bytes KiB MiB GiB TiB".split().index(unit))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["a 2 MiB file system", "file size limit"])
+def test_gdata_on_a_full_disk_is_one_line_with_the_space_needed(tmp_path, how):
+    """Each gdata writer whose disk fills says so in one line (with the space it needs, where the disk
+    is full) and removes its temporary: no traceback, no crash. The 2 MiB file system is a tmpfs
+    mounted in a user namespace of the test's own (skipped where the system allows none); the file
+    size limit (RLIMIT_FSIZE) works for any user."""
+    write_photos(tmp_path / "imgs", [f"{i}.png" for i in range(8)], side=64)
+    rng = np.random.default_rng(0)
+    h5_file(tmp_path / "both.h5", data=rng.integers(0, 256, (1000, 3, 16, 16), dtype=np.uint8),
+            label=rng.integers(0, 256, (1000, 3, 32, 32), dtype=np.uint8), attrs={"layout": "NCHW"})
+    out = tmp_path / "out"
+    out.mkdir()
+    source = str(tmp_path / "both.h5")
+    runs = [["make_h5", ["--input", str(tmp_path / "imgs"), "--out", str(out / "o.h5"), "--patch", "8", "--stride",
+                         "1", "--quiet"]],
+            ["merge_h5", ["--data", source, "--label", source, "--out", str(out / "o.h5"), "--quiet"]],
+            ["merge_h5", ["--concat", source, "--out", str(out / "o.h5"), "--quiet"]],
+            ["make_h5", ["--convert", source, "--out", str(out / "o.h5"), "--quiet"]]]
+    command = [sys.executable, "-c", FULL_DISK_RUNS, str(ROOT), str(out), how, json.dumps(runs)]
+    if how == "a 2 MiB file system":
+        command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                   'mount -t tmpfs -o size=2m tmpfs "$0" || exit 77; exec "$@"', str(out), *command]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare command to mount a small file system with")
+    if proc.returncode == 77 or proc.stderr.startswith("unshare:"):
+        pytest.skip(f"this system lets no user namespace mount a file system: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for (script, argv), (code, err, left) in zip(runs, json.loads(proc.stdout.splitlines()[-1])):
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and "Traceback" not in err and "Exception ignored" not in err, (argv, err)
+        assert lines[-1].startswith(f"error: {out / 'o.h5'}: could not write the file ("), (argv, lines)
+        assert sum(line.startswith("error: ") for line in lines) == 1, (argv, lines)
+        assert left == [], (argv, left)  # the temporary is gone
+        if how == "a 2 MiB file system":
+            assert "(No space left on device): it needs about " in lines[-1], lines[-1]
+            needed = size_in_bytes(lines[-1].split("it needs about ")[1].split(",")[0])
+            assert needed > 3 << 20, lines[-1]  # the whole file (3.7 MiB and more), not the batch that failed
+            assert lines[-1].endswith(" is free there")
+        else:
+            assert "(File too large)" in lines[-1], lines[-1]
+    assert snapshot(out) == {}
+
+
 def pid_no_process_can_have() -> int:
     """A killed writer's PID that the system cannot give to another process while the test runs: one
     above the kernel's limit (a real dead process's PID may be reused by the time it is checked)."""
