@@ -189,7 +189,7 @@ def follow(path, f: h5py.File, name: str) -> tuple[h5py.HLObject, str | None]:
             continue
         real = here
     try:
-        return f[real], (targets[-1] if targets else None)
+        return f[real or "/"], (targets[-1] if targets else None)  # '': a link to the root group
     except (KeyError, OSError, RuntimeError, ValueError) as exc:  # a damaged object header
         raise InputError(f"{path}: '{name}' cannot be read, the file may be damaged ({exc})") from None
 

@@ -423,6 +423,11 @@ def test_a_soft_link_within_the_file_is_read_as_its_target(tmp_path):
     h5tools.merge_h5([tmp_path / "linked.h5"], [tmp_path / "linked.h5"], tmp_path / "out.h5", shuffle=False)
     with h5py.File(tmp_path / "out.h5") as f:
         assert first_values(f["data"]) == [0, 1, 2] and first_values(f["label"]) == [10, 11, 12]
+    with h5py.File(tmp_path / "linked.h5", "a") as f:
+        del f["data"]
+        f["data"] = h5py.SoftLink("/")  # the file's root group itself
+    with pytest.raises(InputError, match="'data' \\(a soft link to '/'\\) is a group"):
+        UnpairedH5Dataset(tmp_path / "linked.h5", scale=4)
 
 
 def test_convert_keeps_attributes_but_not_object_references(tmp_path, capsys):
