@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import InputError
-from .h5format import LAYOUT_CHOICES, as_stored_in_ours, check_training_file, check_values, find_h5_files
+from .h5format import (LAYOUT_CHOICES, as_stored_in_ours, check_training_file, check_values, find_h5_files,
+                       open_h5_file, patch_dataset)
 
 
 def as_float(batch: torch.Tensor) -> torch.Tensor:
@@ -86,8 +87,9 @@ class UnpairedH5Dataset(Dataset):
             self._files, self._datasets, self._pid = {}, {}, os.getpid()
         if (k, name) not in self._datasets:
             if k not in self._files:
-                self._files[k] = h5py.File(self.parts[k].path, "r")
-            self._datasets[(k, name)] = self._files[k][name]
+                self._files[k] = open_h5_file(self.parts[k].path)
+            # links and storage checked again (metadata only): the file may have changed since
+            self._datasets[(k, name)] = patch_dataset(self.parts[k].path, self._files[k], name)
         return self._datasets[(k, name)]
 
     def _read(self, ends: list[int], name: str, index: int) -> torch.Tensor:

@@ -18,8 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import InputError
-from .h5format import (RANGE_TOLERANCE, declared_size_problem, dtype_problem, is_transposed, open_h5_file,
-                       patch_shape, rgb_problem, stored_layout)
+from .h5format import (RANGE_TOLERANCE, SAME_SIDES, declared_size_problem, dtype_problem, empty_patch_problem,
+                       is_transposed, members, open_h5_file, patch_shape, read_attr, rgb_problem, same_dataset,
+                       stored_layout)
 
 SCAN_BYTES = 64 << 20        # bytes read at a time when scanning a dataset's values
 
@@ -36,6 +37,7 @@ class DatasetInfo:
     high: float | None = None
     nonfinite: int = 0
     unreadable: str | None = None
+    dtype_problem: str | None = None  # why training cannot take its values (h5format.dtype_problem)
     channel_mean: list[float] | None = None   # per channel, over finite values, on [0, 1] (uint8 / 255)
     channel_std: list[float] | None = None
 
@@ -50,6 +52,7 @@ class H5Report:
     layout_problem: str | None = None
     datasets: dict[str, DatasetInfo] = field(default_factory=dict)
     others: list[str] = field(default_factory=list)   # groups and other objects
+    same_sides: bool = False          # 'data' and 'label' are one dataset under two names
 
 
 def scan_blocks(shape: tuple[int, ...], itemsize: int, limit: int) -> Iterator[tuple[tuple[slice, ...], int]]:
@@ -118,17 +121,23 @@ def scan_dataset(ds: h5py.Dataset, info: DatasetInfo, progress: bool = False) ->
 def scan_h5(path: str | Path, layout: str = "auto", progress: bool = False) -> H5Report:
     """Everything :func:`format_report` shows and :func:`h5_problems` checks, values scanned in full."""
     with open_h5_file(path) as f:
+        # first what every name stands for: a file that points elsewhere is refused, not read
+        objects = members(path, f)
         try:
             transposed, problem = is_transposed(path, f, layout), None
         except InputError as exc:
             transposed, problem = False, str(exc).split(": ", 1)[1]
-        report = H5Report(str(path), Path(path).stat().st_size, dict(f.attrs), stored_layout(f), transposed,
-                          problem)
-        for name, obj in f.items():
-            if not isinstance(obj, h5py.Dataset):
+        attrs = {key: read_attr(path, f, key) for key in f.attrs}
+        report = H5Report(str(path), Path(path).stat().st_size, attrs, stored_layout(path, f), transposed, problem)
+        for name, obj in objects.items():
+            if isinstance(obj, h5py.Group):
                 report.others.append(f"{name}/ (group)")
                 continue
-            info = DatasetInfo(name, tuple(obj.shape), str(obj.dtype), obj.chunks, obj.compression)
+            if not isinstance(obj, h5py.Dataset):
+                report.others.append(f"{name} (named datatype)")
+                continue
+            info = DatasetInfo(name, tuple(obj.shape), str(obj.dtype), obj.chunks, obj.compression,
+                               dtype_problem=dtype_problem(obj.dtype))
             if obj.ndim == 4:
                 info.patch = patch_shape(obj.shape, transposed)
             # a file that declares more than it stores would be scanned through fill values for hours
@@ -136,6 +145,9 @@ def scan_h5(path: str | Path, layout: str = "auto", progress: bool = False) -> H
             if info.unreadable is None:
                 scan_dataset(obj, info, progress)
             report.datasets[name] = info
+        data, label = objects.get("data"), objects.get("label")
+        report.same_sides = (isinstance(data, h5py.Dataset) and isinstance(label, h5py.Dataset)
+                             and same_dataset(data, label))
     return report
 
 
@@ -151,9 +163,10 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
     for name in missing:
         hint = ("; a file of one side must be merged with a file of the other (gdata/merge_h5.py) before "
                 "training" if len(missing) == 1 and patch_datasets_in(report) else "")
-        group = f"{name}/ (group)"
-        if group in report.others:
+        if f"{name}/ (group)" in report.others:
             problems.append(f"'{name}' is a group (a folder inside the file), not a dataset of patches")
+        elif f"{name} (named datatype)" in report.others:
+            problems.append(f"'{name}' is a named datatype (a type stored in the file), not a dataset of patches")
         else:
             problems.append(f"no '{name}' dataset (has: {', '.join(ds) or 'nothing'}){hint}")
     for name in ("data", "label"):
@@ -163,8 +176,10 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
         if len(info.shape) != 4:
             problems.append(f"'{name}' must be N x C x H x W, got shape {info.shape}")
             continue
-        if dtype_problem(info.dtype):
-            problems.append(f"dataset '{name}' {dtype_problem(info.dtype)}")
+        if info.dtype_problem:
+            problems.append(f"dataset '{name}' {info.dtype_problem}")
+        if empty_patch_problem(info.shape):
+            problems.append(f"dataset '{name}' {empty_patch_problem(info.shape)}")
         if info.shape[0] == 0:
             problems.append(f"dataset '{name}' is empty")
         if info.unreadable:
@@ -175,6 +190,8 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
                 and (info.low < -RANGE_TOLERANCE or info.high > 1 + RANGE_TOLERANCE)):
             problems.append(f"dataset '{name}' has values in [{info.low:.4g}, {info.high:.4g}]; float files "
                             "must hold [0, 1] (uint8 files [0, 255])")
+    if report.same_sides:
+        problems.append(SAME_SIDES)
     if report.layout_problem:
         problems.append(report.layout_problem)
     data, label = ds.get("data"), ds.get("label")
@@ -185,11 +202,8 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
         elif rgb_problem(c):
             problems.append(rgb_problem(c))
         if scale is None and "scale" in report.attrs:
-            try:
-                scale = int(report.attrs["scale"])
-                if scale < 1:
-                    raise ValueError
-            except (TypeError, ValueError):
+            scale = whole_number(report.attrs["scale"])
+            if scale is None or scale < 1:
                 problems.append(f"the 'scale' attribute {_show_attr(report.attrs['scale'])} is not a whole "
                                 "number of at least 1")
                 scale = None
@@ -198,6 +212,21 @@ def h5_problems(report: H5Report, scale: int | None = None) -> list[str]:
         elif scale is None and not (h and w and lh % h == 0 and lw % w == 0 and lh // h == lw // w):
             problems.append(f"clean patches {lh}x{lw} are not a whole multiple of the degraded patches {h}x{w}")
     return problems
+
+
+def whole_number(value) -> int | None:
+    """An attribute read as a whole number (4, 4.0, "4"), or None for anything else (2.5, [4, 4], "x4")."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str):
+        return int(value.strip()) if value.strip().isdigit() else None
+    if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return None
 
 
 def patch_datasets_in(report: H5Report) -> list[str]:

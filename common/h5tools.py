@@ -28,13 +28,14 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .h5format import (DTYPES, LAYOUT_CHOICES, H5PatchWriter, as_stored_in_ours, check_declared_size,
-                       check_patch_dtype, check_values, cut_patches, is_transposed, open_h5_file, patch_dataset,
-                       patch_datasets, patch_shape, stored_layout)
+from .h5format import (DTYPES, LAYOUT_CHOICES, SAME_PATCHES, H5PatchWriter, as_stored_in_ours,
+                       check_declared_size, check_patch_dtype, check_sides_apart, check_values, cut_patches,
+                       is_transposed, open_h5_file, patch_dataset, patch_datasets, patch_shape, read_attr,
+                       same_dataset, stored_layout)
 from .degrade import DEGRADATIONS, degradation_scale
 from .errors import InputError, note, printable
 from .files import check_can_write, same_file
-from .images import (IMAGE_KINDS, describe_contents, folder_contents, list_images, note_skipped,
+from .images import (IMAGE_KINDS, describe_contents, folder_contents, image_size, list_images, note_skipped,
                      read_image)
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
@@ -279,6 +280,19 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
     return jobs, attrs
 
 
+def planned_bytes(jobs: list[PatchJob], dtype: str) -> int:
+    """About how many bytes the jobs' patches take, from the images' sizes (their headers): what a
+    full disk is said to lack. Degraded images are taken as the degradation's scale smaller."""
+    total = 0
+    for job in jobs:
+        s = degradation_scale(job.degradation) if job.degradation else 1
+        for path in job.images:
+            w, h = (side // s for side in image_size(path))
+            if h >= job.patch and w >= job.patch:
+                total += ((h - job.patch) // job.stride + 1) * ((w - job.patch) // job.stride + 1) * 3 * job.patch ** 2
+    return total * np.dtype(dtype).itemsize
+
+
 def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed: int = 0,
             batch: int = DEFAULT_BATCH, attrs: dict | None = None, progress: bool = False) -> dict[str, int]:
     """Write the jobs' patches to ``out`` (streamed, atomic) and return the patch count of each dataset."""
@@ -288,7 +302,7 @@ def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed
     attrs = {**(attrs or {}), "dtype": dtype, "seed": seed, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
              "tool": "gdata/make_h5.py"}
     too_small: dict[Path, list] = {}
-    with H5PatchWriter(out, dtype=dtype, attrs=attrs) as writer:
+    with H5PatchWriter(out, dtype=dtype, attrs=attrs, size_hint=lambda: planned_bytes(jobs, dtype)) as writer:
         for job in jobs:
             n = 0
             for patches in job_batches(job, seed, batch, progress, too_small):
@@ -300,7 +314,7 @@ def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed
             # '<side>_files' names the images whose patches the side holds: one too small for a patch
             # gave none and is left out (and noted below), so the list never claims a scene it lacks
             gave_none = {path for path, sides in too_small.items() if any(name == job.name for name, *_ in sides)}
-            writer.file.attrs[f"{job.name}_files"] = text_attr(p.name for p in job.images if p not in gave_none)
+            writer.set_attrs({f"{job.name}_files": text_attr(p.name for p in job.images if p not in gave_none)})
         note_too_small(too_small)
         return writer.counts()
 
@@ -323,10 +337,10 @@ class PatchSet:
         try:
             for path, name in self.parts:
                 f = self._stack.enter_context(open_h5_file(path))
-                patch_dataset(path, f, name)
-                check_patch_dtype(path, name, f[name].dtype)
-                check_declared_size(path, name, f[name])
-                self.datasets.append(f[name])
+                ds = patch_dataset(path, f, name)
+                check_patch_dtype(path, name, ds.dtype)
+                check_declared_size(path, name, ds)
+                self.datasets.append(ds)
                 self.transposed.append(is_transposed(path, f, self.layout))
             # uint8 and float parts together are read as float32 in [0, 1]
             self.mixed = len({ds.dtype for ds in self.datasets}) > 1
@@ -357,6 +371,10 @@ class PatchSet:
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.datasets) else 0
+
+    def nbytes(self, count: int, dtype: str) -> int:
+        """The bytes of ``count`` of these patches stored as ``dtype``."""
+        return count * int(np.prod(self.shape)) * np.dtype(dtype).itemsize
 
     def rows_per_batch(self, batch: int) -> int:
         """``batch``, or fewer so that a batch read as float32 stays under ``BATCH_BYTES``."""
@@ -417,7 +435,7 @@ def pick_dataset(path: str | Path, preferred: str) -> str:
     with open_h5_file(path) as f:
         if preferred in f:
             return preferred
-        names = patch_datasets(f)
+        names = patch_datasets(path, f)
     if len(names) == 1:
         return names[0]
     raise InputError(f"{path}: no '{preferred}' dataset and {len(names)} other patch datasets "
@@ -429,6 +447,16 @@ def _copy(writer: H5PatchWriter, name: str, batches: Iterable[np.ndarray], total
         for values in batches:
             writer.append(name, values)
             bar.update(len(values))
+
+
+def _write_sets(out: Path, sets: dict[str, PatchSet], dtype: str, attrs: dict, batch: int,
+                progress: bool) -> dict[str, int]:
+    """Every patch of each set into the dataset of its name (concatenating and converting)."""
+    size = sum(source.nbytes(len(source), dtype) for source in sets.values())  # what a full disk lacks
+    with H5PatchWriter(out, dtype=dtype, attrs=attrs, size_hint=size) as writer:
+        for name, source in sets.items():
+            _copy(writer, name, source.batches(batch), len(source), progress)
+        return writer.counts()
 
 
 def _scale_attr(data_shape, label_shape) -> dict:
@@ -453,6 +481,11 @@ def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: s
     data_parts = [(f, pick_dataset(f, "data")) for f in data_files]
     label_parts = [(f, pick_dataset(f, "label")) for f in label_files]
     with PatchSet(data_parts, layout) as data, PatchSet(label_parts, layout) as label:
+        for (data_path, data_name), data_ds in zip(data_parts, data.datasets):
+            for (label_path, label_name), label_ds in zip(label_parts, label.datasets):
+                if same_dataset(data_ds, label_ds):
+                    raise InputError(f"{label_path}: '{label_name}' is the dataset given as 'data' ({data_path}: "
+                                     f"'{data_name}'): {SAME_PATCHES}")
         n = min(len(data), len(label))
         if n == 0:
             empty = data_parts if len(data) == 0 else label_parts
@@ -468,7 +501,8 @@ def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: s
                  "count": n, "shuffled": bool(shuffle), "seed": seed, "tool": "gdata/merge_h5.py",
                  "created": time.strftime("%Y-%m-%d %H:%M:%S"), **_scale_attr(data.shape, label.shape)}
         out_dtype = output_dtype(data.dtypes + label.dtypes, dtype)
-        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
+        size = data.nbytes(n, out_dtype) + label.nbytes(n, out_dtype)
+        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs, size_hint=size) as writer:
             for name, source in (("data", data), ("label", label)):
                 step = source.rows_per_batch(batch)
                 _copy(writer, name, (source.read(order[i:i + step]) for i in range(0, n, step)), n, progress)
@@ -482,7 +516,9 @@ def concat_h5(files: list[str | Path], out: str | Path, *, dtype: str | None = N
     present: dict[str, list[str]] = {}
     for path in files:
         with open_h5_file(path) as f:
-            for name in patch_datasets(f):
+            names = patch_datasets(path, f)
+            check_sides_apart(path, f.get("data"), f.get("label"))  # copied apart, the link would be lost
+            for name in names:
                 present.setdefault(name, []).append(str(path))
     if not present:
         raise InputError(f"{files[0]}: no patch datasets (N x C x H x W) to concatenate")
@@ -497,10 +533,15 @@ def concat_h5(files: list[str | Path], out: str | Path, *, dtype: str | None = N
         if "data" in sets and "label" in sets:
             attrs.update(_scale_attr(sets["data"].shape, sets["label"].shape))
         out_dtype = output_dtype([d for s in sets.values() for d in s.dtypes], dtype)
-        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
-            for name, source in sets.items():
-                _copy(writer, name, source.batches(batch), len(source), progress)
-            return writer.counts()
+        return _write_sets(out, sets, out_dtype, attrs, batch, progress)
+
+
+def holds_references(value) -> bool:
+    """Whether an attribute's value is or holds HDF5 object or region references."""
+    if isinstance(value, (h5py.Reference, h5py.RegionReference)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and h5py.check_dtype(ref=dtype) is not None
 
 
 def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dtype: str | None = None,
@@ -512,12 +553,13 @@ def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dt
     """
     out = check_out_path(out, [src])
     with open_h5_file(src) as f:
-        stored = stored_layout(f)
+        stored = stored_layout(src, f)
         if layout == "auto" and stored is None:
             raise InputError(f"{src}: no 'layout' attribute, so its layout is unknown; give --layout matlab "
                              "(N x C x W x H, as MATLAB writes) or --layout ours")
         transposed = is_transposed(src, f, layout)
-        names = patch_datasets(f)
+        names = patch_datasets(src, f)
+        check_sides_apart(src, f.get("data"), f.get("label"))  # copied apart, the link would be lost
         if not names:
             raise InputError(f"{src}: no patch datasets (N x C x H x W) to convert")
         skipped = [n for n in f if n not in names]
@@ -525,12 +567,15 @@ def convert_layout(src: str | Path, out: str | Path, *, layout: str = "auto", dt
             note(f"{src}: not copied (not 4-D patch datasets): {', '.join(skipped)}")
         if not transposed:
             note(f"{src}: already in our layout (N x C x H x W); copied as is")
-        attrs = {k: v for k, v in f.attrs.items() if k != "layout"}
+        attrs = {k: read_attr(src, f, k) for k in f.attrs if k != "layout"}
+        # a reference names an object of this file: in another file it would name whatever is there
+        references = [k for k, v in attrs.items() if holds_references(v)]
+        if references:
+            note(f"{src}: not copied (object references, which mean nothing in another file): attribute(s) "
+                 f"{', '.join(references)}")
+        attrs = {k: v for k, v in attrs.items() if k not in references}
         attrs.update(converted_from=str(src), converted_layout=stored or layout)
         out_dtype = output_dtype([f[n].dtype for n in names], dtype)
     with ExitStack() as stack:
         sets = {n: stack.enter_context(PatchSet([(src, n)], "matlab" if transposed else "ours")) for n in names}
-        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs) as writer:
-            for name, source in sets.items():
-                _copy(writer, name, source.batches(batch), len(source), progress)
-            return writer.counts()
+        return _write_sets(out, sets, out_dtype, attrs, batch, progress)

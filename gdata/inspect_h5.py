@@ -26,7 +26,8 @@ def parser():
                     "status 2 and one line naming the file if one cannot train: no 'data' or 'label', "
                     "channels or patch sizes that do not match, patches that are not RGB, NaN/inf, float "
                     "values outside [0, 1], an empty dataset, or a declared size the file does not store "
-                    "(such a dataset is not scanned).")
+                    "(such a dataset is not scanned). A file that points elsewhere (a dataset stored in "
+                    "another file, a virtual dataset, an external link) is refused with or without --check.")
     p.add_argument("paths", nargs="+", metavar="FILE.h5|DIR", help="files, or folders (their *.h5 files)")
     p.add_argument("--check", action="store_true", help="exit with status 2 if a file cannot train")
     p.add_argument("--scale", type=positive_int, default=None,

@@ -406,3 +406,100 @@ def test_every_script_explains_itself():
     for script in ("gdata/make_h5.py", "gdata/merge_h5.py", "gdata/inspect_h5.py"):
         result = run_script(script, "--help")
         assert result.returncode == 0 and "examples:" in result.stdout and f"python {script}" in result.stdout
+
+
+# ----------------------------------------------------------------------------- links and attributes
+def test_a_soft_link_within_the_file_is_read_as_its_target(tmp_path):
+    """Links are followed by hand (nothing outside the file is opened), but one that stays inside it
+    is as good as the dataset it names."""
+    with h5py.File(tmp_path / "linked.h5", "w") as f:
+        f.create_group("patches")
+        f["patches/lr"] = indexed(3, 4)
+        f["patches/hr"] = indexed(3, 16, 10)
+        f["data"] = h5py.SoftLink("/patches/lr")
+        f["label"] = h5py.SoftLink("patches/hr")  # relative to the root, where the link is
+    assert h5report.check_h5(tmp_path / "linked.h5", scale=4).datasets["data"].shape == (3, 3, 4, 4)
+    assert len(UnpairedH5Dataset(tmp_path / "linked.h5", scale=4)) == 3
+    h5tools.merge_h5([tmp_path / "linked.h5"], [tmp_path / "linked.h5"], tmp_path / "out.h5", shuffle=False)
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert first_values(f["data"]) == [0, 1, 2] and first_values(f["label"]) == [10, 11, 12]
+    with h5py.File(tmp_path / "linked.h5", "a") as f:
+        del f["data"]
+        f["data"] = h5py.SoftLink("/")  # the file's root group itself
+    with pytest.raises(InputError, match="'data' \\(a soft link to '/'\\) is a group"):
+        UnpairedH5Dataset(tmp_path / "linked.h5", scale=4)
+
+
+def test_convert_keeps_attributes_but_not_object_references(tmp_path, capsys):
+    """A reference names an object of its own file: copied, it would name whatever is at that place
+    in the new one. It is left out, and a note says so."""
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["data"], f["label"] = indexed(2, 4), indexed(2, 16)
+        f.attrs["note"], f.attrs["points_at"] = "kept", f["data"].ref
+    h5tools.convert_layout(tmp_path / "m.h5", tmp_path / "c.h5", layout="ours")
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert f.attrs["note"] == "kept" and "points_at" not in f.attrs
+    assert "not copied (object references, which mean nothing in another file): attribute(s) points_at" in \
+        capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- writing
+@pytest.mark.parametrize("degrade", [None, "bicubic-x4"])
+def test_the_space_a_file_needs_is_known_before_it_is_written(tmp_path, degrade):
+    """What a full disk is said to lack (h5tools.planned_bytes, from the images' headers) is the size
+    of the patches the file then holds."""
+    make_folder(tmp_path / "imgs", [(64, 48), (40, 72), (16, 16)])
+    jobs, attrs = h5tools.plan_make(tmp_path / "imgs", 16, 8, degradation=degrade)
+    counts = h5tools.make_h5(tmp_path / "o.h5", jobs, attrs=attrs)
+    with h5py.File(tmp_path / "o.h5") as f:
+        stored = sum(f[name].nbytes for name in counts)
+    assert h5tools.planned_bytes(jobs, "uint8") == stored
+    assert h5tools.planned_bytes(jobs, "float32") == 4 * stored
+
+
+# A stop signal that arrives while HDF5 is inside the writer's file (its Python 'fileobj' driver
+# calls back to write) must reach its handler only once HDF5 has returned: raised inside HDF5, it
+# would be a failed write, after which HDF5 crashes the process when the file closes.
+SIGNAL_MID_WRITE = r"""
+import signal, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from common import h5format
+from common.cli import run_guarded
+
+class Raw:  # the temporary's own file: SIGTERM comes during the 20th write HDF5 makes
+    def __init__(self, raw):
+        self.raw, self.writes = raw, 0
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 20:
+            signal.raise_signal(signal.SIGTERM)
+        return self.raw.write(data)
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+opened = h5format._TemporaryFile.__init__
+def watched(self, path):
+    opened(self, path)
+    self.raw = Raw(self.raw)
+h5format._TemporaryFile.__init__ = watched
+
+def main(argv):
+    with h5format.H5PatchWriter(argv[0]) as writer:
+        for _ in range(100):
+            writer.append("data", np.ones((64, 3, 16, 16), np.uint8))
+run_guarded(main, sys.argv[2:], writes_files=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_signal_during_an_hdf5_write_is_acted_on_after_it(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_MID_WRITE, str(ROOT), str(tmp_path / "new" / "o.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr[-3000:]  # not -11: a segmentation fault
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith("stopped by SIGTERM: removed the unfinished .o.h5.tmp"), proc.stderr
+    assert list(tmp_path.iterdir()) == []

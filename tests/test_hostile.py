@@ -18,6 +18,7 @@ import os
 import pathlib
 import pickle
 import shlex
+import shutil
 import signal
 import stat
 import struct
@@ -120,6 +121,8 @@ def h5_file(path, **datasets):
                 f.attrs.update(value)
             elif isinstance(value, dict):
                 f.create_dataset(name, **value)
+            elif isinstance(value, np.dtype):  # a named datatype
+                f[name] = value
             else:
                 f.create_dataset(name, data=value)
     return path
@@ -168,43 +171,134 @@ def bad_h5(case: str, path):
         return path
     if case == "layout attribute of raw bytes":
         return h5_file(path, data=data, label=label, attrs={"layout": np.bytes_(b"\xff\xfe")})
+    # files that point elsewhere: what they point at is beside them, never named *.h5 in their folder
+    elsewhere = path.parent / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    if case == "external storage":  # the values of 'data' are the bytes of another file, any file
+        (elsewhere / "secret.txt").write_bytes(b"a user's secret\n" * 1000)
+        return h5_file(path, data=dict(shape=data.shape, dtype=np.uint8,
+                                       external=[(str(elsewhere / "secret.txt"), 0, data.nbytes)]), label=label)
+    if case == "external storage of 491 GB on /dev/zero":
+        return h5_file(path, data=dict(shape=(10**7, 3, 128, 128), dtype=np.uint8,
+                                       external=[("/dev/zero", 0, h5py.h5f.UNLIMITED)]), label=label)
+    if case in ("virtual dataset", "external link"):
+        h5_file(elsewhere / "other.h5", data=data, label=label)
+        with h5py.File(path, "w") as f:
+            if case == "external link":
+                f["data"] = h5py.ExternalLink(str(elsewhere / "other.h5"), "/data")
+            else:
+                layout = h5py.VirtualLayout(shape=data.shape, dtype=np.uint8)
+                layout[:] = h5py.VirtualSource(str(elsewhere / "other.h5"), "data", shape=data.shape)
+                f.create_virtual_dataset("data", layout)
+            f["label"] = label
+        return path
+    links = {"dangling soft link": {"data": h5py.SoftLink("/nowhere")},
+             "soft links in a loop": {"data": h5py.SoftLink("/a"), "a": h5py.SoftLink("/data")},
+             "soft link to a group": {"data": h5py.SoftLink("/g")},
+             "dangling external link": {"data": h5py.ExternalLink(str(elsewhere / "gone.h5"), "/data")}}
+    if case in links:
+        with h5py.File(path, "w") as f:
+            f.create_group("g")["x"] = data
+            f.update(links[case])
+            f["label"] = label
+        return path
+    if case == "'data' and 'label' one dataset":  # a hard link: both names lead to the same values
+        with h5py.File(path, "w") as f:
+            f["data"] = data
+            f["label"] = f["data"]
+        return path
+    if case == "compound dtype":
+        return h5_file(path, data=np.zeros(data.shape, dtype=[("a", "u1"), ("b", "f4")]), label=label)
+    if case == "patches of 3x0x0":
+        return h5_file(path, data=u8(2, 3, 0, 0), label=u8(2, 3, 0, 0))
+    if case == "compressed by a filter HDF5 lacks":  # written as a plugin would: its chunks need it
+        with h5py.File(path, "w") as f:
+            ds = f.create_dataset("data", shape=data.shape, dtype=np.uint8, chunks=(1, 3, 32, 32), compression=32001,
+                                  allow_unknown_filter=True)
+            for i in range(len(data)):
+                ds.id.write_direct_chunk((i, 0, 0, 0), b"compressed bytes", filter_mask=0)
+            f["label"] = label
+        return path
+    if case == "'data' a named datatype":
+        return h5_file(path, data=np.dtype("u1"), label=label)
+    if case == "'data' a scalar":
+        return h5_file(path, data=np.uint8(5), label=label)
+    if case == "scale attribute 2.5":
+        return h5_file(path, data=data, label=label, attrs={"scale": 2.5})
     raise ValueError(case)
 
 
+ELSEWHERE = "a training file must hold its own patches"
+SAME_SIDES = "'data' and 'label' are one dataset stored under two names"
 H5_CASES = {
-    # case: (train, inspect_h5 --check, merge_h5, make_h5 --convert)
-    "1 channel": ("1 channel(s)", "1 channel(s)", None, None),
-    "4 channels": ("4 channel(s)", "4 channel(s)", None, None),
+    # case: (train, inspect_h5, inspect_h5 --check, merge_h5 --data/--label, merge_h5 --concat, make_h5 --convert)
+    "1 channel": ("1 channel(s)", None, "1 channel(s)", None, None, None),
+    "4 channels": ("4 channel(s)", None, "4 channel(s)", None, None, None),
     # refused from its header: a scan of its 3 TB (of fill values) would not end, so no clock is needed
-    "declares 10^9 patches": ("declares 1000000000 rows",) * 4,
-    "declares 60000x60000 patches": ("far larger than a training patch",) * 4,
-    "never filled": ("never filled",) * 4,
-    "int16": ("dtype int16",) * 4,
-    "bool": ("dtype bool",) * 4,
-    "NaN": ("NaN",) * 4,
-    "not HDF5": ("not a readable HDF5 file",) * 4,
-    "truncated": ("x.h5",) * 4,
-    "layout attribute of raw bytes": ("unknown layout attribute '\\xff\\xfe'",) * 3 + (None,),
-    "a folder named .h5": ("x.h5: a folder, not an .h5 file",) * 4,
+    "declares 10^9 patches": ("declares 1000000000 rows", None) + ("declares 1000000000 rows",) * 4,
+    "declares 60000x60000 patches": ("far larger than a training patch", None) + ("far larger than",) * 4,
+    "never filled": ("never filled", None) + ("never filled",) * 4,
+    "int16": ("dtype int16", None) + ("dtype int16",) * 4,
+    "bool": ("dtype bool", None) + ("dtype bool",) * 4,
+    "NaN": ("NaN", None) + ("NaN",) * 4,
+    "not HDF5": ("not a readable HDF5 file",) * 6,
+    "truncated": ("x.h5",) * 6,
+    "layout attribute of raw bytes": ("unknown layout attribute '\\xff\\xfe'", None) + ("unknown layout",) * 3 + (None,),
+    "a folder named .h5": ("x.h5: a folder, not an .h5 file",) * 6,
+    # files that point elsewhere: refused by every entry point before a value is read (a scan of
+    # /dev/zero would not end either)
+    "external storage": (os.path.join("elsewhere", "secret.txt") + " (HDF5 external storage)",) * 6,
+    "external storage of 491 GB on /dev/zero": ("keeps its values outside the file, in /dev/zero",) * 6,
+    "virtual dataset": ("is a virtual dataset, whose values are those of",) * 6,
+    "external link": (f"{os.path.join('elsewhere', 'other.h5')}; {ELSEWHERE}",) * 6,  # names the file it points at
+    "dangling external link": (f"{os.path.join('elsewhere', 'gone.h5')}; {ELSEWHERE}",) * 6,
+    # links inside the file: a name whose link leads nowhere or round in a loop, a link to a group
+    "dangling soft link": ("'data' is a soft link to '/nowhere', which is not in the file",) * 6,
+    "soft links in a loop": ("the links lead round in a loop",) * 6,
+    "soft link to a group": ("'data' (a soft link to '/g') is a group", None, "'data' is a group",
+                             "'data' (a soft link to '/g') is a group", None, None),
+    "'data' and 'label' one dataset": (SAME_SIDES, None, SAME_SIDES, "'label' is the dataset given as 'data'",
+                                       SAME_SIDES, SAME_SIDES),
+    # what the values are: no number, no pixel, or not decodable here
+    "compound dtype": ("has dtype [('a', 'u1'), ('b', '<f4')]", None) + ("has dtype [('a', 'u1')",) * 4,
+    "patches of 3x0x0": ("has empty patches (3x0x0", None) + ("has empty patches (3x0x0",) * 4,
+    "compressed by a filter HDF5 lacks": ("is compressed with HDF5 filter 32001, which this installation cannot "
+                                          "decode",) * 6,
+    "'data' a named datatype": ("'data' is a named datatype", None, "'data' is a named datatype",
+                                "'data' is a named datatype", None, None),
+    "'data' a scalar": ("'data' must be N x C x H x W, got shape ()", None,
+                        "'data' must be N x C x H x W, got shape ()", "got shape ()", None, None),
+    # attributes the checks read: the 'scale' inspect_h5 --check compares with
+    "scale attribute 2.5": (None, None, "the 'scale' attribute 2.5 is not a whole number", None, None, None),
 }
-H5_ENTRIES = ("train", "inspect_h5", "merge_h5", "convert")
+H5_ENTRIES = ("train", "inspect_h5", "inspect_h5 --check", "merge_h5", "merge_h5 --concat", "make_h5 --convert")
 
 
 @pytest.mark.parametrize("case", H5_CASES)
 def test_bad_h5_files_at_every_entry_point(tmp_path, capsys, case):
+    """Each entry point that reads .h5 files refuses the file in one line, or (None) reads it without
+    a traceback: merging and converting take 1-channel patches, only training needs RGB."""
     path = bad_h5(case, tmp_path / "x.h5")
     out = tmp_path / "out"
     # train and inspect get the folder, as users give them: its *.h5 files are x.h5
     argvs = {"train": ["--trainset", str(tmp_path), "--out", str(out), "--max-steps", "1", "--batchSize", "2",
                        "--device", "cpu", *SMALL],
-             "inspect_h5": [str(tmp_path), "--check", "--quiet"],
+             "inspect_h5": [str(tmp_path), "--quiet"],
+             "inspect_h5 --check": [str(tmp_path), "--check", "--quiet"],
              "merge_h5": ["--data", str(path), "--label", str(path), "--out", str(out / "m.h5"), "--quiet"],
-             "convert": ["--convert", str(path), "--out", str(out / "c.h5"), "--layout", "ours", "--quiet"]}
+             "merge_h5 --concat": ["--concat", str(path), "--out", str(out / "m.h5"), "--quiet"],
+             "make_h5 --convert": ["--convert", str(path), "--out", str(out / "c.h5"), "--layout", "ours", "--quiet"]}
     for entry, fragment in zip(H5_ENTRIES, H5_CASES[case]):
-        if fragment is None:
-            continue
-        line = refused(capsys, tmp_path, "make_h5" if entry == "convert" else entry, argvs[entry], fragment)
-        assert "x.h5" in line, line
+        script = entry.split()[0]
+        if fragment is not None:
+            line = refused(capsys, tmp_path, script, argvs[entry], fragment)
+            assert "x.h5" in line, line
+            if "external link" in case:  # the link's own target too
+                assert "'data' is an external link to '/data' in " in line, line
+        elif entry != "train":  # (a training run takes seconds: train's acceptance is tested elsewhere)
+            ENTRY[script](argvs[entry])
+            assert "Traceback" not in capsys.readouterr().err, entry
+            shutil.rmtree(out, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- flag values
@@ -853,6 +947,85 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path,
     folder = tmp_path / "out" / "sr" / "full" / "sigma-10"
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".pt") or "tmp" in p.name) == ["step-00000001.pt"]
     assert json.loads((folder / "state.json").read_text())["checkpoint"] == "step-00000001.pt"
+
+
+# Runs gdata's scripts one after another in one process whose disk fills (as ENTRY does, in-process:
+# one interpreter start for all four); prints, as JSON, each one's exit status, stderr and what is
+# left in the output folder. A real process: HDF5 used to crash (SIGSEGV) on a full disk.
+FULL_DISK_RUNS = r"""
+import contextlib, importlib.util, io, json, os, resource, signal, sys
+root, out, how, runs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+sys.path.insert(0, root)
+from common.cli import run_guarded
+if how == "file size limit":  # past the limit a write fails (EFBIG) instead of killing the process
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+results = []
+for script, argv in runs:
+    spec = importlib.util.spec_from_file_location(script, os.path.join(root, "gdata", script + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            run_guarded(module.main, argv, writes_files=True)
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, err.getvalue(), sorted(os.listdir(out))])
+print(json.dumps(results))
+"""
+
+
+def size_in_bytes(text: str) -> float:
+    """'4.8 MiB' (common.files.human_bytes) as bytes."""
+    number, unit = text.split()
+    return float(number) * 1024 ** ("bytes KiB MiB GiB TiB".split().index(unit))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["a 2 MiB file system", "file size limit"])
+def test_gdata_on_a_full_disk_is_one_line_with_the_space_needed(tmp_path, how):
+    """Each gdata writer whose disk fills says so in one line (with the space it needs, where the disk
+    is full) and removes its temporary: no traceback, no crash. The 2 MiB file system is a tmpfs
+    mounted in a user namespace of the test's own (skipped where the system allows none); the file
+    size limit (RLIMIT_FSIZE) works for any user."""
+    write_photos(tmp_path / "imgs", [f"{i}.png" for i in range(8)], side=64)
+    rng = np.random.default_rng(0)
+    h5_file(tmp_path / "both.h5", data=rng.integers(0, 256, (1000, 3, 16, 16), dtype=np.uint8),
+            label=rng.integers(0, 256, (1000, 3, 32, 32), dtype=np.uint8), attrs={"layout": "NCHW"})
+    out = tmp_path / "out"
+    out.mkdir()
+    source = str(tmp_path / "both.h5")
+    runs = [["make_h5", ["--input", str(tmp_path / "imgs"), "--out", str(out / "o.h5"), "--patch", "8", "--stride",
+                         "1", "--quiet"]],
+            ["merge_h5", ["--data", source, "--label", source, "--out", str(out / "o.h5"), "--quiet"]],
+            ["merge_h5", ["--concat", source, "--out", str(out / "o.h5"), "--quiet"]],
+            ["make_h5", ["--convert", source, "--out", str(out / "o.h5"), "--quiet"]]]
+    command = [sys.executable, "-c", FULL_DISK_RUNS, str(ROOT), str(out), how, json.dumps(runs)]
+    if how == "a 2 MiB file system":
+        command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                   'mount -t tmpfs -o size=2m tmpfs "$0" || exit 77; exec "$@"', str(out), *command]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare command to mount a small file system with")
+    if proc.returncode == 77 or proc.stderr.startswith("unshare:"):
+        pytest.skip(f"this system lets no user namespace mount a file system: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for (script, argv), (code, err, left) in zip(runs, json.loads(proc.stdout.splitlines()[-1])):
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and "Traceback" not in err and "Exception ignored" not in err, (argv, err)
+        assert lines[-1].startswith(f"error: {out / 'o.h5'}: could not write the file ("), (argv, lines)
+        assert sum(line.startswith("error: ") for line in lines) == 1, (argv, lines)
+        assert left == [], (argv, left)  # the temporary is gone
+        if how == "a 2 MiB file system":
+            assert "(No space left on device): it needs about " in lines[-1], lines[-1]
+            needed = size_in_bytes(lines[-1].split("it needs about ")[1].split(",")[0])
+            assert needed > 3 << 20, lines[-1]  # the whole file (3.7 MiB and more), not the batch that failed
+            assert lines[-1].endswith(" is free there")
+        else:
+            assert "(File too large)" in lines[-1], lines[-1]
+    assert snapshot(out) == {}
 
 
 def pid_no_process_can_have() -> int:
