@@ -501,5 +501,5 @@ def test_a_stop_signal_during_an_hdf5_write_is_acted_on_after_it(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143, proc.stderr[-3000:]  # not -11: a segmentation fault
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().startswith("stopped by SIGTERM: removed the unfinished .o.h5.tmp"), proc.stderr
+    assert proc.stderr.strip().startswith("stopped by SIGTERM: removed the unfinished .sot-tmp-"), proc.stderr
     assert list(tmp_path.iterdir()) == []
