@@ -8,9 +8,9 @@ import argparse
 import signal
 import sys
 
-from . import errors
-from .errors import (EXIT_BAD_INPUT, InputError, Interrupted, TrainingStopped, close_progress_bars,
-                     escaping_streams, on_stop_signals, printable, restore_signal_handlers)
+from .system.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, InputError, Interrupted, TrainingStopped
+from .system.signals import RaiseOnStopSignals
+from .system.text import close_progress_bars, escaping_streams, printable
 
 
 # Training runs in float32 (bf16 under autocast), whose largest number is 3.4e38: a weight or rate
@@ -131,38 +131,6 @@ def common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 
 
-class _RaiseOnSignal:
-    """SIGINT and SIGTERM raise :class:`Interrupted` (once: a second signal during the clean-up is
-    ignored, the clean-up takes milliseconds); the previous handlers come back on exit."""
-
-    def __enter__(self):
-        self.raised = False
-        self.previous = on_stop_signals(self._handle)
-        # A raise that lands in a __del__ or weakref callback is lost ("Exception ignored in ...", with a
-        # traceback): say nothing of it, check_interrupted raises it again at the next write.
-        self.unraisable = sys.unraisablehook
-        sys.unraisablehook = lambda info: None if isinstance(info.exc_value, Interrupted) else self.unraisable(info)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.raised:
-            return
-        self.raised = True
-        errors._pending_stop.append(signum)  # for check_interrupted, should this exception be lost
-        if errors._deferring:  # a commit in progress: raised when it is whole (stop_signals_deferred)
-            return
-        raise Interrupted(signum)
-
-    def __exit__(self, *exc):
-        restore_signal_handlers(self.previous)
-        sys.unraisablehook = self.unraisable
-        errors._pending_stop.clear()
-
-
-# What a shell reports for a program whose reader went away (SIGPIPE): ``... | head -1``.
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-
-
 def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = False) -> None:
     """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
     stop its message and its own status (128 + the signal, or 3 for a diverged run).
@@ -217,7 +185,7 @@ def _run_guarded(main, argv, debug_flag: str, writes_files: bool) -> None:
     escaping_streams()
     try:
         if writes_files:
-            with _RaiseOnSignal():
+            with RaiseOnStopSignals():
                 main(argv)
         else:
             main(argv)

@@ -23,11 +23,12 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .cli import (DEVICES, PRECISIONS, OneLineParser, common_flags, decay, finite_non_negative_float,
+from .cli import (DEVICES, OneLineParser, PRECISIONS, common_flags, decay, finite_non_negative_float,
                   finite_positive_float, non_negative_int, positive_int, run_name, seed_int, sigma_list)
-from .errors import InputError, note, printable
 from .networks import CHANNEL_REDUCTION, CRITIC_INITS
 from .sot import TRANSPORT_COSTS
+from .system.errors import InputError
+from .system.text import note, printable
 from .tasks import TASKS, Task
 
 RUN_FORMAT = "sot-run"
@@ -522,7 +523,7 @@ def newest_run(task_dir: Path) -> Path:
 def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
     """The folder of the run to resume and, for --resume CKPT, the checkpoint its sigma starts from."""
     from .checkpoint import read_checkpoint
-    from .files import same_file
+    from .system.files import same_file
 
     if resume == "auto":
         task_dir = Path(given.get("out", RunConfig.out)) / task.name

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import InputError
-from .h5format import (LAYOUT_CHOICES, as_stored_in_ours, check_training_file, check_values, find_h5_files,
-                       open_h5_file, patch_dataset)
+from .h5format import (LAYOUT_CHOICES, as_stored_in_ours, check_training_file, check_values, find_h5_files, open_h5_file,
+                       patch_dataset)
+from .system.errors import InputError
 
 
 def as_float(batch: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .h5format import H5PatchWriter, cut_patches
 from .degrade import DEGRADATIONS, degradation_scale
-from .errors import InputError
-from .files import temporary_of
+from .h5format import H5PatchWriter, cut_patches
 from .images import write_image
+from .system.errors import InputError
+from .system.files import temporary_of
 from .tasks import Task
 
 TRAIN_PHOTOS = ("astronaut", "rocket", "immunohistochemistry", "stereo_motorcycle", "hubble_deep_field", "coffee")

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as torch_dist
 
 from .data import as_float
-from .errors import InputError, note
+from .system.errors import InputError
+from .system.text import note
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

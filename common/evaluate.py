@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import InputError, check_interrupted, spreadsheet_text
+from .degrade import imresize
 from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
 from .inference import TILE_CONTEXT, check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
 from .pairs import Pair
-from .degrade import imresize
-from .tasks import UPSCALERS, Task, model_input
+from .system.errors import InputError
+from .system.signals import check_interrupted
+from .system.text import spreadsheet_text
+from .tasks import Task, UPSCALERS, model_input
 
 
 def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel: bool,
@@ -47,7 +49,7 @@ def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel
 def check_scored_apart(input_dir, gt_dir, pairs: list[Pair], flags: tuple[str, str] = ("--input", "--gt")) -> None:
     """Refuse ground truth that is the input itself: every image would be scored against itself (and
     a validation that chooses best.pt on it would choose by nothing)."""
-    from .files import same_file
+    from .system.files import same_file
 
     if gt_dir and same_file(input_dir, gt_dir):
         raise InputError(f"{flags[1]} {gt_dir} is the {flags[0]} folder: every image would be scored against itself; "
@@ -255,7 +257,7 @@ def _fmt(v) -> str:
 
 def write_metrics_csv(path: Path, result: Evaluation) -> None:
     """One row per image, then the means in the row named :data:`MEANS_ROW`. A name is text: written
-    with escapes and never as a formula (see common.errors.spreadsheet_text)."""
+    with escapes and never as a formula (see common.system.text.spreadsheet_text)."""
     keys = [k for k in result.rows[0] if k != "name"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

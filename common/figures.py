@@ -73,7 +73,7 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
 
 
 def _save(fig, path: Path) -> Path:
-    from .checkpoint import atomic_write
+    from .system.files import atomic_write
 
     def write(f):
         fig.savefig(f, format="png")

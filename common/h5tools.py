@@ -28,15 +28,14 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .h5format import (DTYPES, LAYOUT_CHOICES, SAME_PATCHES, H5PatchWriter, as_stored_in_ours,
-                       check_declared_size, check_patch_dtype, check_sides_apart, check_values, cut_patches,
-                       is_transposed, open_h5_file, patch_dataset, patch_datasets, patch_shape, read_attr,
-                       same_dataset, stored_layout)
 from .degrade import DEGRADATIONS, degradation_scale
-from .errors import InputError, note, printable
-from .files import check_can_write, same_file
-from .images import (IMAGE_KINDS, describe_contents, folder_contents, image_size, list_images, note_skipped,
-                     read_image)
+from .h5format import (DTYPES, H5PatchWriter, LAYOUT_CHOICES, SAME_PATCHES, as_stored_in_ours, check_declared_size,
+                       check_patch_dtype, check_sides_apart, check_values, cut_patches, is_transposed, open_h5_file,
+                       patch_dataset, patch_datasets, patch_shape, read_attr, same_dataset, stored_layout)
+from .images import IMAGE_KINDS, describe_contents, folder_contents, image_size, list_images, note_skipped, read_image
+from .system.errors import InputError
+from .system.files import check_can_write, same_file
+from .system.text import note, printable
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
 BATCH_BYTES = 64 << 20       # at most this many bytes of float32 patches read at a time when merging

@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 from markupsafe import Markup
 
-from .checkpoint import atomic_write
-from .errors import printable
 from .images import write_image
+from .system.files import atomic_write
+from .system.text import printable
 
 PREVIEW_SIDE = 1024  # the comparison view's images: at most this on their long side
 THUMB_SIDE = 160     # the table's thumbnails
@@ -86,7 +86,7 @@ def _render(template: str, path: Path, **values) -> Path:
 
 
 def _facts(facts: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A report header's (label, text) lines as they are shown (see :func:`~common.errors.printable`)."""
+    """A report header's (label, text) lines as they are shown (see :func:`~common.system.text.printable`)."""
     return [(printable(k), printable(v)) for k, v in facts]
 
 
@@ -171,7 +171,7 @@ class ReportRefresher:
         try:
             write_training_report(*self.args)
         except Exception as exc:  # noqa: BLE001 - a report must never stop a run
-            from .errors import note
+            from .system.text import note
             note(f"{self.args[0] / 'report.html'}: not updated ({type(exc).__name__}: {exc})")
 
     def final(self) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, named_tensors, read_checkpoint, save_checkpoint, state_bytes
-from .errors import InputError, TrainingStopped, note
-from .files import remove_stale_temporaries, write_failure
+from .checkpoint import named_tensors, read_checkpoint, save_checkpoint, state_bytes
+from .system.errors import InputError, TrainingStopped
+from .system.files import atomic_write, remove_stale_temporaries, write_failure
+from .system.text import note
 
 KEEP_STEP_CHECKPOINTS = 2
 STEP_CHECKPOINT = re.compile(r"step-(\d{8,})\.pt")  # f"step-{step:08d}.pt"

@@ -32,12 +32,10 @@ from .checkpoint import load_weights, read_checkpoint
 from .cli import run_guarded
 from .config import Resolved, ResumePlan, RunConfig, flag_of, parse_train_command, plan_resume, run_record
 from .data import UnpairedH5Dataset, UnpairedSampler
-from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision, resolve_threads,
-                      rng_state, seed_everything, set_rng_state, to_device)
-from .errors import InputError, TrainingStopped, note, on_stop_signals, printable, restore_signal_handlers
+from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision,
+                      resolve_threads, rng_state, seed_everything, set_rng_state, to_device)
 from .evaluate import NonFiniteOutput, evaluate
 from .figures import save_samples
-from .files import LOCK_NAME, RunLock, check_can_write, folders_to_make, remove_made
 from .h5format import rgb_problem
 from .networks import Critic, Generator
 from .pairs import Pair
@@ -45,6 +43,10 @@ from .recipe import WeightAverage, extra_generator_cost, generator_trains, start
 from .report import ReportRefresher
 from .run_folder import SigmaFolder, json_ready, read_state, remove_stale_run_temporaries, sigma_dir_name, write_json
 from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
+from .system.errors import InputError, TrainingStopped
+from .system.files import LOCK_NAME, RunLock, check_can_write, folders_to_make, remove_made
+from .system.signals import StopRequest
+from .system.text import note, printable
 from .tasks import TASKS, Task, model_input
 
 
@@ -58,29 +60,6 @@ class RunResult:
     last_val: dict = field(default_factory=dict)
     steps_run: int = 0      # steps taken by this process now (a resume counts from where it started)
     skipped_run: int = 0    # of those, skipped as non-finite
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a request that the loop honours after the current step; a second
-    Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        self._previous = on_stop_signals(self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        name = signal.Signals(signum).name
-        tqdm.write(f"{name} received: finishing this step and saving (Ctrl-C again to stop at once)")
-
-    def __exit__(self, *exc):
-        restore_signal_handlers(self._previous)
 
 
 def _duration(seconds: float) -> str:
@@ -239,7 +218,7 @@ def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
 def check_network_sizes(task: Task, config: RunConfig, device: torch.device) -> None:
     """Refuse network widths whose weights alone cannot be held (a --gen-width of 200000 would ask the
     allocator for terabytes and die with its traceback): counted on the meta device, nothing allocated."""
-    from .files import available_memory, human_bytes
+    from .system.files import available_memory, human_bytes
 
     with torch.device("meta"):
         networks = {"generator": Generator(width=config.gen_width, increment=config.gen_increment)}
@@ -822,7 +801,7 @@ def demo_root(task: Task, config: RunConfig) -> Path:
 def is_demo_run(task: Task, config: RunConfig) -> bool:
     """Whether a run trains on the demo's built-in data (a resumed demo gives its verdict again)."""
     from .demo import demo_paths
-    from .files import same_file
+    from .system.files import same_file
 
     trainset = demo_paths(demo_root(task, config))["trainset"]
     return trainset.is_dir() and same_file(config.trainset, trainset)

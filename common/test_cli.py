@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 from .cli import OneLineParser, common_flags, non_negative_int, run_guarded
-from .files import FolderLock, same_file
 from .inference import MIN_TILE, TILE_CONTEXT
-from .errors import InputError, note
 from .report import ASSETS as REPORT_FOLDER
-from .tasks import TASKS, UPSCALERS, Task
+from .system.errors import InputError
+from .system.files import FolderLock, same_file
+from .system.text import note
+from .tasks import TASKS, Task, UPSCALERS
 
 
 def tile_side(token: str) -> int:
@@ -170,7 +171,7 @@ def planned_outputs(pairs: list, side_by_side: bool, report: bool = False) -> di
 def _check_names(outputs: dict[str, str], folder: Path) -> None:
     """Every result's name fits the results folder's file system, and no two land on one file there
     (names that differ only by case, where it ignores case)."""
-    from .files import name_max, probe_file
+    from .system.files import name_max, probe_file
 
     longest = name_max(folder)
     for name in outputs:
@@ -304,7 +305,7 @@ def _test(task: Task, argv: list[str]) -> None:
     from .demo import demo_paths
     from .evaluate import check_before_writing, evaluate, format_row, gain_summary
     from .figures import side_by_side
-    from .files import StagedFolder, check_can_write
+    from .system.files import StagedFolder, check_can_write
     from .metrics import LPIPS
     from .pairs import find_pairs
     from .devices import resolve_device, resolve_precision

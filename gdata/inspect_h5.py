@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import h5report, h5tools  # noqa: E402
 from common.cli import positive_int, run_guarded  # noqa: E402
 from common.h5format import find_h5_files  # noqa: E402
-from common.errors import InputError  # noqa: E402
+from common.system.errors import InputError  # noqa: E402
 
 EXAMPLES = """\
 examples:

@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import h5tools  # noqa: E402
 from common.cli import positive_int, run_guarded, seed_int  # noqa: E402
 from common.degrade import DEGRADATIONS  # noqa: E402
-from common.errors import InputError, note  # noqa: E402
+from common.system.errors import InputError  # noqa: E402
+from common.system.text import note
 
 EXAMPLES = """\
 examples:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import printable
 from common.report import ResultsReport
+from common.system.text import printable
 from common.tasks import TASKS
 from common.test_cli import test_main as run_test_script
 from conftest import generator_checkpoint, small_nets, sr_trainset, write_photos
@@ -206,7 +206,7 @@ def test_no_name_or_checkpoint_field_can_run_script_or_change_the_test_report(tm
     page = tmp_path / "res" / "report.html"
     open_page(browser, page)
     state = page_state(browser)
-    # as test.py names it; a name's line separators show as escapes, as on the terminal (common.errors.printable)
+    # as test.py names it; a name's line separators show as escapes, as on the terminal (common.system.text.printable)
     title = printable(f"{TASKS['deraining'].title}: {checkpoint}")
     names = sorted(printable(n) for n in HOSTILE_NAMES)
     assert state["pwned"] is None and state["handlers"] == 0 and state["comments"] == 0

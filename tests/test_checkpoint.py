@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from common.checkpoint import (atomic_write, load_generator, read_checkpoint, save_checkpoint)
-from common.errors import InputError
+from common.checkpoint import load_generator, read_checkpoint, save_checkpoint
 from common.networks import Critic, Generator
+from common.system.errors import InputError
+from common.system.files import atomic_write
 from conftest import ShellPayload
 
 

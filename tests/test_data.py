@@ -7,7 +7,7 @@ import torch
 
 from common.data import UnpairedH5Dataset
 from common.h5format import H5PatchWriter, cut_patches
-from common.errors import InputError
+from common.system.errors import InputError
 from conftest import write_h5
 
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import InputError
 from common.evaluate import evaluate
 from common.images import read_image, write_image
 from common.pairs import find_pairs
+from common.system.errors import InputError
 from common.tasks import TASKS
 
 

@@ -11,10 +11,10 @@ import torch
 
 from common import h5report, h5tools
 from common.data import UnpairedH5Dataset
-from common.h5format import H5PatchWriter, cut_patches, find_h5_files
-from common.errors import InputError
-from common.images import IMAGE_KINDS, read_image, write_image
 from common.degrade import imresize
+from common.h5format import H5PatchWriter, cut_patches, find_h5_files
+from common.images import IMAGE_KINDS, read_image, write_image
+from common.system.errors import InputError
 from conftest import ROOT, run_script, write_h5
 
 

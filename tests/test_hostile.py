@@ -34,15 +34,14 @@ import numpy as np
 import pytest
 import torch
 
-import common.checkpoint as checkpoint_module
+import common.system.files as files_module
 from common.checkpoint import FORMAT, save_checkpoint
 from common.cli import run_guarded
-from common.errors import InputError
-from common.test_cli import test_main as run_test_script
-from common.runs import train_main
-from common.errors import InputError
-from common.files import RunLock
 from common.networks import Generator
+from common.runs import train_main
+from common.system.errors import InputError
+from common.system.files import RunLock
+from common.test_cli import test_main as run_test_script
 from conftest import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
                       write_photos)
 
@@ -849,7 +848,7 @@ def test_a_run_folder_is_locked_for_the_life_of_its_run(tmp_path, capsys):
     run = tmp_path / "out" / "sr" / "locked"
     # another process holds the folder, as a training run would
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "from common.files import RunLock; RunLock(sys.argv[2]).acquire(); "
+                               "from common.system.files import RunLock; RunLock(sys.argv[2]).acquire(); "
                                "print('held', flush=True); time.sleep(120)", str(ROOT), str(run)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -937,7 +936,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path,
                 return FullDisk(f)
         return f
 
-    monkeypatch.setattr(checkpoint_module, "open", filling_open, raising=False)
+    monkeypatch.setattr(files_module, "open", filling_open, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         train_main("sr", tiny_run(tmp_path, "full", steps=3))
     err = capsys.readouterr().err.strip().splitlines()
@@ -977,7 +976,7 @@ print(json.dumps(results))
 
 
 def size_in_bytes(text: str) -> float:
-    """'4.8 MiB' (common.files.human_bytes) as bytes."""
+    """'4.8 MiB' (common.system.files.human_bytes) as bytes."""
     number, unit = text.split()
     return float(number) * 1024 ** ("bytes KiB MiB GiB TiB".split().index(unit))
 
@@ -1828,7 +1827,7 @@ def test_progress_bars_still_draw_through_the_escaping_stream():
     """tqdm's own carriage returns and cursor moves between nested bars pass; a description's do not."""
     import io
     from tqdm import tqdm
-    from common.errors import EscapingStream, note
+    from common.system.text import EscapingStream, note
 
     screen = io.StringIO()
     stream = EscapingStream(screen)
