@@ -34,8 +34,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
 
 from bench.reference_step import reference_step  # noqa: E402
-from common.data import UnpairedH5Dataset  # noqa: E402
-from common.h5format import H5PatchWriter  # noqa: E402
+from common.data.loader import UnpairedH5Dataset  # noqa: E402
+from common.data.patch_file import H5PatchWriter  # noqa: E402
 from common.inference import restore  # noqa: E402
 from common.networks import Critic, Generator, compile_blocks  # noqa: E402
 from common.tasks import TASKS, model_input  # noqa: E402

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import textwrap
 
+from .data.patch_file import LAYOUT_CHOICES
 from .system.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, InputError, Interrupted, TrainingStopped
 from .system.signals import RaiseOnStopSignals
 from .system.text import close_progress_bars, escaping_streams, printable
@@ -128,6 +130,20 @@ def common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="network arithmetic; auto is bf16 autocast on CUDA and fp32 on the CPU "
                              "(the transport cost and gradient-penalty norm are always fp32)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+
+
+# ----------------------------------------------------------------------------- the scripts' shared flags
+def script_parser(prog: str, description: str, examples: str):
+    """An argparse parser for a gdata/ script, its examples shown verbatim after the flags."""
+    return OneLineParser(prog=prog, description=textwrap.fill(description, 100), epilog=examples,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
+    """``--layout``, ``--quiet`` and ``--debug``, which every gdata/ script takes."""
+    (layout_group or parser).add_argument("--layout", choices=LAYOUT_CHOICES, default="auto", help=layout_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 
 

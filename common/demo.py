@@ -19,9 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .degrade import DEGRADATIONS, degradation_scale
-from .h5format import H5PatchWriter, cut_patches
-from .images import write_image
+from .data.degrade import DEGRADATIONS, degradation_scale
+from .data.images import write_image
+from .data.patch_file import H5PatchWriter, cut_patches
 from .system.errors import InputError
 from .system.files import temporary_of
 from .tasks import Task
@@ -57,7 +57,7 @@ def score_wider(task: Task, checkpoint: Path, root: Path, device) -> WiderScore:
     """Restore the wider held-out photographs with ``checkpoint`` and measure them (nothing written)."""
     from .checkpoint import load_generator
     from .evaluate import evaluate
-    from .pairs import find_pairs
+    from .data.pairs import find_pairs
 
     paths = demo_paths(root)
     pairs = find_pairs(paths["wider_input"], paths["wider_gt"])
@@ -115,7 +115,7 @@ def load_photo(name: str) -> np.ndarray:
     if name.startswith("matplotlib:"):
         import matplotlib
 
-        from .images import read_image
+        from .data.images import read_image
 
         return read_image(Path(matplotlib.get_data_path()) / "sample_data" / name.split(":", 1)[1], notes=False)
     import skimage.data

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from .data import as_float
+from .data.loader import as_float
 from .system.errors import InputError
 from .system.text import note
 

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .degrade import imresize
-from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
+from .data.degrade import imresize
+from .data.images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
+from .data.pairs import Pair
 from .inference import TILE_CONTEXT, check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
-from .pairs import Pair
 from .system.errors import InputError
 from .system.signals import check_interrupted
 from .system.text import spreadsheet_text
@@ -105,7 +105,7 @@ def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Ta
     is decoded where Pillow reads the format): an input too small for the reference's crop or too
     large for memory, a ground truth of the wrong size. So a run that would stop at its 400th
     image stops before its first, having written nothing."""
-    from .images import image_size
+    from .data.images import image_size
 
     factor = 1 if prescaled else task.scale
     for pair in pairs:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from .images import write_image
+from .data.images import write_image
 
 LABEL_HEIGHT = 26
 

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from markupsafe import Markup
 
-from .images import write_image
+from .data.images import write_image
 from .system.files import atomic_write
 from .system.text import printable
 

@@ -31,14 +31,14 @@ from tqdm import tqdm
 from .checkpoint import load_weights, read_checkpoint
 from .cli import run_guarded
 from .config import Resolved, ResumePlan, RunConfig, flag_of, parse_train_command, plan_resume, run_record
-from .data import UnpairedH5Dataset, UnpairedSampler
+from .data.loader import UnpairedH5Dataset, UnpairedSampler
+from .data.pairs import Pair
+from .data.patch_file import rgb_problem
 from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision,
                       resolve_threads, rng_state, seed_everything, set_rng_state, to_device)
 from .evaluate import NonFiniteOutput, evaluate
 from .figures import save_samples
-from .h5format import rgb_problem
 from .networks import Critic, Generator
-from .pairs import Pair
 from .recipe import WeightAverage, extra_generator_cost, generator_trains, start_as_identity
 from .report import ReportRefresher
 from .run_folder import SigmaFolder, json_ready, read_state, remove_stale_run_temporaries, sigma_dir_name, write_json
@@ -196,8 +196,8 @@ def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
     """The validation pairs, every image read now: one that is unreadable or of the wrong size stops
     the run before it writes anything, not at its first validation."""
     from .evaluate import check_scored_apart, match_gt
-    from .images import read_image
-    from .pairs import find_pairs
+    from .data.images import read_image
+    from .data.pairs import find_pairs
 
     if config.val_gt and not config.val_input:
         raise InputError("--val-gt needs --val-input")

@@ -19,7 +19,7 @@ class Task:
     critic_hidden: int         # width of the critic's hidden linear layer (docs/METHOD.md, "Critic")
     sigmas: tuple[float, ...]  # transport weights; one model is trained per value (docs/METHOD.md)
     default_loss: str
-    degradation: str           # the synthetic degradation its demo uses (common.degrade)
+    degradation: str           # the synthetic degradation its demo uses (common.data.degrade)
     input_label: str           # what the degraded input is called next to the result
     patch: int = 128           # clean-side training patch; the critic takes exactly this size
     # the RunConfig fields under --demo where this task's demo differs from common.config.DEMO_TRAINING

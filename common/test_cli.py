@@ -307,7 +307,7 @@ def _test(task: Task, argv: list[str]) -> None:
     from .figures import side_by_side
     from .system.files import StagedFolder, check_can_write
     from .metrics import LPIPS
-    from .pairs import find_pairs
+    from .data.pairs import find_pairs
     from .devices import resolve_device, resolve_precision
     from .report import ResultsReport
 

@@ -50,9 +50,9 @@ from common.config import RunConfig, flag_of, plan_resume  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
 from common.evaluate import evaluate  # noqa: E402
 from common.figures import study_curves  # noqa: E402
-from common.images import list_images, read_image  # noqa: E402
+from common.data.images import list_images, read_image  # noqa: E402
 from common.metrics import LPIPS  # noqa: E402
-from common.pairs import find_pairs  # noqa: E402
+from common.data.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from common.devices import resolve_device  # noqa: E402
 from common.runs import train  # noqa: E402

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from common.data import UnpairedH5Dataset  # noqa: E402
+from common.data.loader import UnpairedH5Dataset  # noqa: E402
 from common.networks import CRITIC_INITS, Critic, Generator  # noqa: E402
 from common.recipe import start_as_identity  # noqa: E402
 from common.sot import make_optimizers, train_step  # noqa: E402

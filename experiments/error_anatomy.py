@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from common.checkpoint import load_generator  # noqa: E402
 from common.evaluate import evaluate  # noqa: E402
-from common.pairs import find_pairs  # noqa: E402
+from common.data.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 
 BANDS = (("low", 0.0, 1 / 8), ("mid", 1 / 8, 1 / 4), ("high", 1 / 4, 0.71))  # cycles per pixel, to the corner

@@ -51,7 +51,7 @@ def test_authors_format_loads_without_their_code(authors_checkpoint):
 
 @pytest.mark.slow
 def test_sr_test_script_accepts_authors_file(authors_checkpoint, tmp_path):
-    from common.images import write_image
+    from common.data.images import write_image
     from conftest import run_script
     import numpy as np
 

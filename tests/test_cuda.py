@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.data import UnpairedH5Dataset, UnpairedSampler  # noqa: E402
+from common.data.loader import UnpairedH5Dataset, UnpairedSampler  # noqa: E402
 from common.devices import Local  # noqa: E402
 from common.inference import restore  # noqa: E402
 from common.networks import Critic, Generator  # noqa: E402

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import UnpairedSampler
-from common.recipe import mean_shift_cost
-from common.sot import transport_cost
+from common.data.loader import UnpairedSampler
 from common.networks import Generator
-from common.sot import make_optimizers, supervised_step
+from common.recipe import mean_shift_cost
+from common.sot import make_optimizers, supervised_step, transport_cost
 from conftest import run_script
 
 
@@ -166,7 +165,7 @@ def test_error_anatomy_splits_the_added_error_by_band_region_and_colour(tmp_path
     assert parts["flat"] > 0.9 * added and parts["edges"] < 0.1 * added
 
     # the script end to end: G the identity restores nothing, so every change is zero and the gain 0 dB
-    from common.images import write_image
+    from common.data.images import write_image
     from common.recipe import start_as_identity
     from conftest import generator_checkpoint
 

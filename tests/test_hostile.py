@@ -1346,7 +1346,7 @@ def test_test_py_writes_results_only_where_asked(tmp_path, capsys, monkeypatch):
 def test_without_ground_truth_the_picture_and_its_line_show_two_columns(tmp_path, capsys):
     """The side-by-side picture is input | restored where nothing is there to compare with, and its line
     says so; a --tile-overlap under the seamless one gets a note."""
-    from common.images import read_image
+    from common.data.images import read_image
 
     write_photos(tmp_path / "photos", side=64)
     ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
@@ -1642,7 +1642,7 @@ def exif_image(path, pixels: np.ndarray, orientation: int):
 def test_images_are_read_as_viewers_show_them(tmp_path, capsys, suffix):
     """All eight EXIF orientations, against Pillow's own exif_transpose as the oracle."""
     from PIL import Image, ImageOps
-    from common.images import image_size, read_image
+    from common.data.images import image_size, read_image
 
     yy, xx = np.mgrid[0:12, 0:20]
     pixels = np.stack([xx * 12, yy * 20, (xx * 7 + yy * 5) % 256], -1).astype(np.uint8)  # no symmetry
@@ -1871,7 +1871,7 @@ def test_pages_frames_scales_and_clipped_values_are_named(tmp_path, capsys):
     float TIFF's values outside [0, 1] are clipped with a note that gives their count and range; a
     PGM/PPM is scaled by its declared largest value. Formats read right without a word stay so."""
     from PIL import Image
-    from common.images import read_image
+    from common.data.images import read_image
 
     first, second = (Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200))
     for name in ("pages.tif", "anim.webp", "anim.png"):

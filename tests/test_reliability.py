@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from common.checkpoint import load_generator, read_checkpoint, save_checkpoint
-from common.test_cli import test_main as run_test_script
-from common.runs import train_main
-from common.images import read_image
+from common.data.images import read_image
 from common.networks import Critic, Generator
+from common.runs import train_main
 from common.sot import make_optimizers, train_step
+from common.test_cli import test_main as run_test_script
 from conftest import ROOT, generator_checkpoint, run_script, small_nets, sr_trainset, write_h5
 
 SMALL = small_nets(16)

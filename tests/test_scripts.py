@@ -3,8 +3,8 @@ import json
 
 import pytest
 
+from common.data.images import read_image
 from common.demo import WIDER_PHOTOS, photo_name
-from common.images import read_image
 from common.tasks import TASKS
 from conftest import run_script
 

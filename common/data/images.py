@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import torch
 
-from .system.errors import InputError
-from .system.files import available_memory, check_readable_file, human_bytes, unreadable_reason
-from .system.text import note
+from ..system.errors import InputError
+from ..system.files import available_memory, check_readable_file, human_bytes, unreadable_reason
+from ..system.text import note
 
 # OpenCV's own warnings ("PNG input buffer is incomplete") would come before our one-line error
 try:
@@ -360,7 +360,7 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
 
     Encoded in memory and written under a temporary name, then renamed: no path reaches OpenCV (see
     :func:`read_image`), and an interrupted write leaves no half image."""
-    from .system.files import temporary_path, write_failure
+    from ..system.files import temporary_path, write_failure
 
     path = Path(path)
     data = img if img.dtype == np.uint8 else to_uint8(img)

@@ -1,6 +1,6 @@
 """The HDF5 training-file format and every rule a patch file must follow, in one place: the loader
-(``common.data``), the writers (``common.h5tools``, ``common.demo``) and the inspector
-(``common.h5report``) all open and check files here.
+(``common.data.loader``), the writers (``common.data.building``, ``common.demo``) and the inspector
+(``common.data.inspection``) all open and check files here.
 
 A training file holds two datasets, ``data`` (degraded patches) and ``label`` (clean patches),
 N x C x H x W, uint8 in [0, 255] or float in [0, 1] (the reference's float32); their counts may
@@ -19,11 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .system.errors import InputError, Interrupted
-from .system.files import (folders_to_make, human_bytes, remove_made, remove_stale_temporaries, temporary_path,
-                           unreadable_reason, write_failure)
-from .system.signals import check_interrupted, stop_signals_held
-from .system.text import printable
+from ..system.errors import InputError, Interrupted
+from ..system.files import (folders_to_make, human_bytes, remove_made, remove_stale_temporaries, temporary_path,
+                            unreadable_reason, write_failure)
+from ..system.signals import check_interrupted, stop_signals_held
+from ..system.text import printable
 
 AXIS_ORDERS = {"NCHW": False, "NCWH": True}  # the 'layout' attribute -> patches stored transposed (C x W x H)
 LAYOUT_CHOICES = ("auto", "ours", "matlab")  # --layout: the attribute, or either axis order whatever it says

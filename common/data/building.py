@@ -1,22 +1,20 @@
 """Build, convert and merge HDF5 training files: the functions behind ``gdata/make_h5.py`` and
-``gdata/merge_h5.py`` (what ``gdata/inspect_h5.py`` shows and checks is ``common.h5report``; the
-format's rules are ``common.h5format``).
+``gdata/merge_h5.py`` (what ``gdata/inspect_h5.py`` shows and checks is ``common.data.inspection``; the
+format's rules are ``common.data.patch_file``).
 
 Everything streams: images are read one at a time and cut into patches row by row, patches reach the
 file in batches of at most ``batch``, and merging, converting and scanning read a batch of patches at
 a time. Memory stays bounded by one image plus one batch, whatever the size of the folder or file.
 
-Files are written with :class:`common.h5format.H5PatchWriter` (``N x C x H x W``, uint8 or float32,
+Files are written with :class:`common.data.patch_file.H5PatchWriter` (``N x C x H x W``, uint8 or float32,
 chunked, written under a temporary name and renamed on success, ``layout`` attribute ``"NCHW"``).
 Files written by MATLAB hold patches transposed (``N x C x W x H``, ``layout`` ``"NCWH"`` or no
 attribute at all); they are read through ``layout`` (``"auto"``, ``"ours"`` or ``"matlab"``).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import textwrap
 import time
 import zlib
 from contextlib import ExitStack
@@ -28,33 +26,17 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from ..system.errors import InputError
+from ..system.files import check_can_write, same_file
+from ..system.text import note, printable
 from .degrade import DEGRADATIONS, degradation_scale
-from .h5format import (DTYPES, H5PatchWriter, LAYOUT_CHOICES, SAME_PATCHES, as_stored_in_ours, check_declared_size,
-                       check_patch_dtype, check_sides_apart, check_values, cut_patches, is_transposed, open_h5_file,
-                       patch_dataset, patch_datasets, patch_shape, read_attr, same_dataset, stored_layout)
 from .images import IMAGE_KINDS, describe_contents, folder_contents, image_size, list_images, note_skipped, read_image
-from .system.errors import InputError
-from .system.files import check_can_write, same_file
-from .system.text import note, printable
+from .patch_file import (DTYPES, H5PatchWriter, SAME_PATCHES, as_stored_in_ours, check_declared_size, check_patch_dtype,
+                         check_sides_apart, check_values, cut_patches, is_transposed, open_h5_file, patch_dataset,
+                         patch_datasets, patch_shape, read_attr, same_dataset, stored_layout)
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
 BATCH_BYTES = 64 << 20       # at most this many bytes of float32 patches read at a time when merging
-
-
-# ----------------------------------------------------------------------------- the scripts' shared flags
-def script_parser(prog: str, description: str, examples: str):
-    """An argparse parser for a gdata/ script, its examples shown verbatim after the flags."""
-    from .cli import OneLineParser
-
-    return OneLineParser(prog=prog, description=textwrap.fill(description, 100), epilog=examples,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
-    """``--layout``, ``--quiet`` and ``--debug``, which every gdata/ script takes."""
-    (layout_group or parser).add_argument("--layout", choices=LAYOUT_CHOICES, default="auto", help=layout_help)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -110,7 +92,7 @@ class PatchJob:
     images: list[Path]
     patch: int                       # side of the patches cut (from the degraded image, if degraded)
     stride: int
-    degradation: str | None = None   # a name of common.degrade.DEGRADATIONS, applied before cutting
+    degradation: str | None = None   # a name of common.data.degrade.DEGRADATIONS, applied before cutting
     source: str = ""                 # the folder, for messages and attributes
 
 
@@ -120,7 +102,7 @@ def image_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def patch_rows(img: np.ndarray, patch: int, stride: int) -> Iterator[np.ndarray]:
-    """:func:`common.data.cut_patches`'s patches, one grid row at a time (N x C x p x p each)."""
+    """:func:`common.data.patch_file.cut_patches`'s patches, one grid row at a time (N x C x p x p each)."""
     for top in range(0, img.shape[0] - patch + 1, stride):
         yield cut_patches(img[top:top + patch], patch, stride)
 
