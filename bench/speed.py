@@ -36,7 +36,7 @@ from torch.utils.flop_counter import flop_registry  # noqa: E402
 from bench.reference_step import reference_step  # noqa: E402
 from common.data.loader import UnpairedH5Dataset  # noqa: E402
 from common.data.patch_file import H5PatchWriter  # noqa: E402
-from common.inference import restore  # noqa: E402
+from common.evaluation.inference import restore  # noqa: E402
 from common.networks import Critic, Generator, compile_blocks  # noqa: E402
 from common.tasks import TASKS, model_input  # noqa: E402
 from common.devices import CapturedStep, Local, resolve_device, resolve_threads  # noqa: E402

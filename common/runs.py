@@ -36,11 +36,11 @@ from .data.pairs import Pair
 from .data.patch_file import rgb_problem
 from .devices import (CapturedStep, Distributed, Local, make_deterministic, resolve_device, resolve_precision,
                       resolve_threads, rng_state, seed_everything, set_rng_state, to_device)
-from .evaluate import NonFiniteOutput, evaluate
-from .figures import save_samples
+from .evaluation.evaluate import NonFiniteOutput, evaluate
+from .evaluation.figures import save_samples
+from .evaluation.report import ReportRefresher
 from .networks import Critic, Generator
 from .recipe import WeightAverage, extra_generator_cost, generator_trains, start_as_identity
-from .report import ReportRefresher
 from .run_folder import SigmaFolder, json_ready, read_state, remove_stale_run_temporaries, sigma_dir_name, write_json
 from .sot import learning_rate, make_optimizers, set_learning_rate, supervised_step, train_step
 from .system.errors import InputError, TrainingStopped
@@ -195,7 +195,7 @@ def check_training_data(task: Task, config: RunConfig, dist) -> UnpairedH5Datase
 def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
     """The validation pairs, every image read now: one that is unreadable or of the wrong size stops
     the run before it writes anything, not at its first validation."""
-    from .evaluate import check_scored_apart, match_gt
+    from .evaluation.evaluate import check_scored_apart, match_gt
     from .data.images import read_image
     from .data.pairs import find_pairs
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .devices import Local
-from .inference import autocast
+from .evaluation.inference import autocast
 from .networks import Critic, Generator
 
 TRANSPORT_COSTS = ("sot-l0.5", "sot-l1", "ot")

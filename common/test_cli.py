@@ -1,5 +1,5 @@
 """The command line of every task's ``test.py``: restore images with a checkpoint and measure them
-(``common.evaluate``), or test the newest demo."""
+(``common.evaluation.evaluate``), or test the newest demo."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from .cli import OneLineParser, common_flags, non_negative_int, run_guarded
-from .inference import MIN_TILE, TILE_CONTEXT
-from .report import ASSETS as REPORT_FOLDER
+from .evaluation.inference import MIN_TILE, TILE_CONTEXT
+from .evaluation.report import ASSETS as REPORT_FOLDER
 from .system.errors import InputError
 from .system.files import FolderLock, same_file
 from .system.text import note
@@ -119,7 +119,7 @@ def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None
 def check_roles(args, pairs: list, save_dir: Path) -> None:
     """--input, --gt and --save must each name a place of their own: restored images written into the
     input or ground-truth folder would replace the user's images (or be scored against themselves)."""
-    from .evaluate import check_scored_apart
+    from .evaluation.evaluate import check_scored_apart
 
     check_scored_apart(args.input, args.gt, pairs)
     folders: dict[Path, str] = {}
@@ -210,7 +210,7 @@ def why_not_replace(path: Path, outputs: dict[str, str]) -> str | None:
     that name; None where it may. Each result replaces an entry of its own kind only: a file a file,
     and the report's folder of pictures a folder that holds nothing but pictures named as the report
     names them (the folder is replaced whole)."""
-    from .report import ASSET_NAME
+    from .evaluation.report import ASSET_NAME
 
     name = path.name
     is_folder = path.is_dir() and not path.is_symlink()
@@ -303,13 +303,13 @@ def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: 
 def _test(task: Task, argv: list[str]) -> None:
     from .checkpoint import build_generator, read_checkpoint
     from .demo import demo_paths
-    from .evaluate import check_before_writing, evaluate, format_row, gain_summary
-    from .figures import side_by_side
+    from .evaluation.evaluate import check_before_writing, evaluate, format_row, gain_summary
+    from .evaluation.figures import side_by_side
     from .system.files import StagedFolder, check_can_write
-    from .metrics import LPIPS
+    from .evaluation.metrics import LPIPS
     from .data.pairs import find_pairs
     from .devices import resolve_device, resolve_precision
-    from .report import ResultsReport
+    from .evaluation.report import ResultsReport
 
     args = test_parser(task).parse_args(argv)
     if args.demo:

@@ -48,10 +48,10 @@ import torch  # noqa: E402
 from common.checkpoint import load_generator  # noqa: E402
 from common.config import RunConfig, flag_of, plan_resume  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
-from common.evaluate import evaluate  # noqa: E402
-from common.figures import study_curves  # noqa: E402
+from common.evaluation.evaluate import evaluate  # noqa: E402
+from common.evaluation.figures import study_curves  # noqa: E402
 from common.data.images import list_images, read_image  # noqa: E402
-from common.metrics import LPIPS  # noqa: E402
+from common.evaluation.metrics import LPIPS  # noqa: E402
 from common.data.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from common.devices import resolve_device  # noqa: E402

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.checkpoint import load_generator  # noqa: E402
-from common.evaluate import evaluate  # noqa: E402
+from common.evaluation.evaluate import evaluate  # noqa: E402
 from common.data.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 

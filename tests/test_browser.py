@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.report import ResultsReport
+from common.evaluation.report import ResultsReport
 from common.system.text import printable
 from common.tasks import TASKS
 from common.test_cli import test_main as run_test_script
@@ -224,7 +224,7 @@ def test_no_name_or_checkpoint_field_can_run_script_or_change_the_test_report(tm
 
 
 def test_no_name_or_field_can_run_script_or_change_the_training_report(tmp_path, browser):
-    from common.report import write_training_report
+    from common.evaluation.report import write_training_report
 
     run_root = hostile_folder(tmp_path, "run")
     sigmas = ["sigma-10", "sigma-{{DATA}}<img src=x onerror=window.pwned=6>"]

@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 
 from common.data.loader import UnpairedH5Dataset, UnpairedSampler  # noqa: E402
 from common.devices import Local  # noqa: E402
-from common.inference import restore  # noqa: E402
+from common.evaluation.inference import restore  # noqa: E402
 from common.networks import Critic, Generator  # noqa: E402
 from common.devices import to_device  # noqa: E402
 from common.sot import make_optimizers, train_step  # noqa: E402

@@ -4,7 +4,7 @@ import torch
 
 from common.data.images import read_image, write_image
 from common.data.pairs import find_pairs
-from common.evaluate import evaluate
+from common.evaluation.evaluate import evaluate
 from common.system.errors import InputError
 from common.tasks import TASKS
 

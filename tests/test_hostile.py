@@ -806,7 +806,7 @@ def test_an_output_that_is_not_finite_stops_test_py(tmp_path, capsys):
 
 def test_an_output_that_is_not_finite_stops_the_demos_scoring(tmp_path):
     from common.demo import demo_paths, score_wider
-    from common.evaluate import NonFiniteOutput
+    from common.evaluation.evaluate import NonFiniteOutput
     from common.tasks import TASKS
 
     paths = demo_paths(tmp_path / "demo-data")
@@ -1116,7 +1116,7 @@ def test_an_image_too_large_for_cpu_memory_is_tiled_or_refused(tmp_path, capsys,
     generator whose channel attention matters (its weights x10), the tiles share the image-wide
     statistics and land within one level of the whole image, where tiles that each pool only
     themselves are several levels off (the same run with the sharing taken out shows it)."""
-    import common.inference as inference
+    import common.evaluation.inference as inference
     from common.networks import ChannelAttention
 
     (tmp_path / "imgs").mkdir()

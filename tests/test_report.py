@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.report import ResultsReport, json_for_script
+from common.evaluation.report import ResultsReport, json_for_script
 from common.system.text import printable
 
 # the placeholders the page was once built from, markup, a comment opener, the end of the data block,
@@ -66,6 +66,6 @@ def test_the_test_report_keeps_every_name_and_field_as_text(tmp_path):
     data, code = page.texts["script"]
     assert [item["name"] for item in json.loads(data)["items"]] == [printable(n) for n in HOSTILE]
     # the page's own style and script, whole: nothing in them was read as template syntax
-    templates = Path(__file__).resolve().parents[1] / "common" / "templates"
+    templates = Path(__file__).resolve().parents[1] / "common" / "evaluation" / "templates"
     assert code == "\n" + (templates / "results_report.js").read_text()
     assert page.texts["style"] == ["\n" + (templates / "report.css").read_text()]

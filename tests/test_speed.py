@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.reference_step import reference_step
-from common.inference import SharedPooling, restore
+from common.evaluation.inference import SharedPooling, restore
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
 from conftest import run_script
@@ -127,7 +127,7 @@ class FitsOnly(torch.nn.Module):
 
 
 def test_out_of_memory_falls_back_to_tiles(monkeypatch, capsys):
-    import common.inference as inference
+    import common.evaluation.inference as inference
     monkeypatch.setattr(inference, "MIN_AUTO_TILE", 16)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     net = FitsOnly()

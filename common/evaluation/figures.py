@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from .data.images import write_image
+from ..data.images import write_image
 
 LABEL_HEIGHT = 26
 
@@ -73,7 +73,7 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
 
 
 def _save(fig, path: Path) -> Path:
-    from .system.files import atomic_write
+    from ..system.files import atomic_write
 
     def write(f):
         fig.savefig(f, format="png")

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.degrade import imresize
-from .data.images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
-from .data.pairs import Pair
+from ..data.degrade import imresize
+from ..data.images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
+from ..data.pairs import Pair
+from ..system.errors import InputError
+from ..system.signals import check_interrupted
+from ..system.text import spreadsheet_text
+from ..tasks import Task, UPSCALERS, model_input
 from .inference import TILE_CONTEXT, check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
-from .system.errors import InputError
-from .system.signals import check_interrupted
-from .system.text import spreadsheet_text
-from .tasks import Task, UPSCALERS, model_input
 
 
 def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel: bool,
@@ -49,7 +49,7 @@ def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel
 def check_scored_apart(input_dir, gt_dir, pairs: list[Pair], flags: tuple[str, str] = ("--input", "--gt")) -> None:
     """Refuse ground truth that is the input itself: every image would be scored against itself (and
     a validation that chooses best.pt on it would choose by nothing)."""
-    from .system.files import same_file
+    from ..system.files import same_file
 
     if gt_dir and same_file(input_dir, gt_dir):
         raise InputError(f"{flags[1]} {gt_dir} is the {flags[0]} folder: every image would be scored against itself; "
@@ -105,7 +105,7 @@ def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Ta
     is decoded where Pillow reads the format): an input too small for the reference's crop or too
     large for memory, a ground truth of the wrong size. So a run that would stop at its 400th
     image stops before its first, having written nothing."""
-    from .data.images import image_size
+    from ..data.images import image_size
 
     factor = 1 if prescaled else task.scale
     for pair in pairs:
@@ -192,7 +192,7 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
 
     ``transpose`` swaps height and width around G, for models trained on MATLAB-layout files read
     as they are (their patches were stored W x H), as the reference's deraining test does.
-    ``tile`` restores in tiles with ``tile_overlap`` pixels of context (see ``common.inference``).
+    ``tile`` restores in tiles with ``tile_overlap`` pixels of context (see ``common.evaluation.inference``).
     ``upscale`` (SR): ``"pytorch"`` upsamples inputs as training does (PyTorch's bicubic, a = -0.75);
     ``"matlab"`` with MATLAB's ``imresize`` (a = -0.5), as the paper's test inputs were made.
     ``reference_metrics`` measures as the authors' test scripts do: G's input cropped at the

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from .system.text import note
+from ..system.text import note
 
 PSNR_CAP = 100.0  # the reference reports 100 dB for identical images instead of infinity
 

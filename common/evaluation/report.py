@@ -2,7 +2,7 @@
 
 Each is one ``report.html`` that opens offline, from the disk (no server, no network: its CSS and
 script are inline), with its pictures as files beside it in ``report_files/``. Pages are rendered by
-Jinja2 from ``common/templates/`` with every value escaped: a name, a path or a checkpoint's field is
+Jinja2 from ``common/evaluation/templates/`` with every value escaped: a name, a path or a checkpoint's field is
 text on the page, whatever it holds.
 
 - :class:`ResultsReport` (``test.py``, in its results folder): the checkpoint, the data, the device and
@@ -16,7 +16,7 @@ text on the page, whatever it holds.
   open in about a second.
 - :func:`write_training_report` (each run folder, refreshed at every validation): validation PSNR
   and SSIM per sigma against the degraded input's, the critic's Wasserstein estimate, the transport
-  cost and the gradient penalty over steps (``common.figures.training_curves``, matplotlib), and
+  cost and the gradient penalty over steps (``common.evaluation.figures.training_curves``, matplotlib), and
   each sigma's sample pictures as a strip over epochs.
 """
 from __future__ import annotations
@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 from markupsafe import Markup
 
-from .data.images import write_image
-from .system.files import atomic_write
-from .system.text import printable
+from ..data.images import write_image
+from ..system.files import atomic_write
+from ..system.text import printable
 
 PREVIEW_SIDE = 1024  # the comparison view's images: at most this on their long side
 THUMB_SIDE = 160     # the table's thumbnails
@@ -69,7 +69,7 @@ def json_for_script(data) -> Markup:
 
 @functools.cache
 def _templates():
-    """The pages' templates (``common/templates``): Jinja2 escapes every value put into them, so a name, a
+    """The pages' templates (``common/evaluation/templates``): Jinja2 escapes every value put into them, so a name, a
     path or a checkpoint's field is always text on the page, never markup."""
     import jinja2
 
@@ -134,7 +134,7 @@ def write_training_report(run_root: Path, title: str, facts: list[tuple[str, str
     """``<run>/report.html``: the curves of every sigma's metrics.jsonl and its sample pictures; rewritten
     whole (atomically) each time, so that a browser's reload always finds a complete page."""
     from .figures import training_curves
-    from .run_folder import read_metrics
+    from ..run_folder import read_metrics
 
     logs = {path.parent.name: read_metrics(path) for path in sorted(run_root.glob("sigma-*/metrics.jsonl"))}
     curves = f"{ASSETS}/curves.png"
@@ -171,7 +171,7 @@ class ReportRefresher:
         try:
             write_training_report(*self.args)
         except Exception as exc:  # noqa: BLE001 - a report must never stop a run
-            from .system.text import note
+            from ..system.text import note
             note(f"{self.args[0] / 'report.html'}: not updated ({type(exc).__name__}: {exc})")
 
     def final(self) -> None:
