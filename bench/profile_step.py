@@ -32,7 +32,7 @@ from bench.reference_step import reference_step  # noqa: E402
 from bench.speed import batch_for, networks, sync  # noqa: E402
 from common.evaluation.inference import restore  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
-from common.devices import resolve_device  # noqa: E402
+from common.training.devices import resolve_device  # noqa: E402
 from common.sot import make_optimizers, train_step  # noqa: E402
 
 VARIANTS = {

@@ -39,7 +39,7 @@ from common.data.patch_file import H5PatchWriter  # noqa: E402
 from common.evaluation.inference import restore  # noqa: E402
 from common.networks import Critic, Generator, compile_blocks  # noqa: E402
 from common.tasks import TASKS, model_input  # noqa: E402
-from common.devices import CapturedStep, Local, resolve_device, resolve_threads  # noqa: E402
+from common.training.devices import CapturedStep, Local, resolve_device, resolve_threads  # noqa: E402
 from common.sot import make_optimizers, train_step  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """What every script's command line shares: typed flag values, one-line argparse errors, the device
 flags, and ``run_guarded``, which turns bad input into one line and exit status 2. The task scripts'
-own command lines are ``common.config`` (train.py, built from the run configuration) and
+own command lines are ``common.training.config`` (train.py, built from the run configuration) and
 ``common.test_cli``."""
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ class WiderScore:
 
 def score_wider(task: Task, checkpoint: Path, root: Path, device) -> WiderScore:
     """Restore the wider held-out photographs with ``checkpoint`` and measure them (nothing written)."""
-    from .checkpoint import load_generator
+    from .training.checkpoint import load_generator
     from .evaluation.evaluate import evaluate
     from .data.pairs import find_pairs
 

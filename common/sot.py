@@ -9,15 +9,15 @@ cost of the residual: the l0.5 or l1 norm of its 2-D spectrum (SOT) or its L2 no
 baseline). RMSprop for both networks, G at half the critic's learning rate, the rate divided by 10
 every ``step_size`` epochs. docs/METHOD.md derives each term and names the authors' script it
 follows. What this project adds for short runs (all off by default) is in ``common.recipe``; the run
-around the iteration (data, files, devices, processes) is ``common.runs``.
+around the iteration (data, files, devices, processes) is ``common.training.loop``.
 """
 from __future__ import annotations
 
 import torch
 
-from .devices import Local
 from .evaluation.inference import autocast
 from .networks import Critic, Generator
+from .training.devices import Local
 
 TRANSPORT_COSTS = ("sot-l0.5", "sot-l1", "ot")
 GP_WEIGHT = 10.0
@@ -224,7 +224,7 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     before it, are finite; otherwise it leaves the weights and optimiser states as they were
     (``stats["skipped"]``, a device tensor, is True). The decision stays on the device
     (:class:`GuardedRMSprop`): nothing in the iteration waits for the GPU. ``sync`` shares a batch
-    split across processes (``common.devices.Distributed``); None for one. Not in the paper
+    split across processes (``common.training.devices.Distributed``); None for one. Not in the paper
     (``common.recipe``): ``extra_cost`` is charged beside R (``--dc-weight``), and
     ``update_generator=False`` makes it a critic-only iteration (``--critic-warmup``).
     Returns detached statistics and G(x).

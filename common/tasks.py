@@ -22,7 +22,7 @@ class Task:
     degradation: str           # the synthetic degradation its demo uses (common.data.degrade)
     input_label: str           # what the degraded input is called next to the result
     patch: int = 128           # clean-side training patch; the critic takes exactly this size
-    # the RunConfig fields under --demo where this task's demo differs from common.config.DEMO_TRAINING
+    # the RunConfig fields under --demo where this task's demo differs from common.training.config.DEMO_TRAINING
     # (common/demo.py says why); "sigma" is always among them
     demo_flags: dict = field(default_factory=dict, hash=False)
     # dB over the degraded input the demo's best checkpoint must reach; SR's 0.01 is "above bicubic" by at

@@ -301,14 +301,14 @@ def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: 
 
 
 def _test(task: Task, argv: list[str]) -> None:
-    from .checkpoint import build_generator, read_checkpoint
+    from .training.checkpoint import build_generator, read_checkpoint
     from .demo import demo_paths
     from .evaluation.evaluate import check_before_writing, evaluate, format_row, gain_summary
     from .evaluation.figures import side_by_side
     from .system.files import StagedFolder, check_can_write
     from .evaluation.metrics import LPIPS
     from .data.pairs import find_pairs
-    from .devices import resolve_device, resolve_precision
+    from .training.devices import expose_gpus, resolve_device, resolve_precision
     from .evaluation.report import ResultsReport
 
     args = test_parser(task).parse_args(argv)
@@ -319,8 +319,7 @@ def _test(task: Task, argv: list[str]) -> None:
         args.input, args.gt = args.input or str(paths["wider_input"]), args.gt or str(paths["wider_gt"])
     if not args.checkpoint or not args.input:
         raise InputError("give --checkpoint and --input (or --demo)")
-    if args.gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
+    expose_gpus(args.gpus)
     if args.tile_overlap < TILE_CONTEXT:
         note(f"--tile-overlap {args.tile_overlap}: tiles see less of their surroundings than the {TILE_CONTEXT} pixels "
              "that keep them seamless; where the image is restored in tiles, their borders may show")

@@ -45,8 +45,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.checkpoint import load_generator  # noqa: E402
-from common.config import RunConfig, flag_of, plan_resume  # noqa: E402
+from common.training.checkpoint import load_generator  # noqa: E402
+from common.training.config import RunConfig, flag_of, plan_resume  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
 from common.evaluation.evaluate import evaluate  # noqa: E402
 from common.evaluation.figures import study_curves  # noqa: E402
@@ -54,9 +54,9 @@ from common.data.images import list_images, read_image  # noqa: E402
 from common.evaluation.metrics import LPIPS  # noqa: E402
 from common.data.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
-from common.devices import resolve_device  # noqa: E402
-from common.runs import train  # noqa: E402
-from common.run_folder import read_metrics, read_state, sigma_dir_name  # noqa: E402
+from common.training.devices import resolve_device  # noqa: E402
+from common.training.loop import train  # noqa: E402
+from common.training.run_folder import read_metrics, read_state, sigma_dir_name  # noqa: E402
 
 COSTS = ("ot", "sot-l1", "sot-l0.5")
 # Per task and cost, the sigmas to choose from on the validation split. The costs charge the same

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.checkpoint import load_generator  # noqa: E402
+from common.training.checkpoint import load_generator  # noqa: E402
 from common.evaluation.evaluate import evaluate  # noqa: E402
 from common.data.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402

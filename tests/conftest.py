@@ -65,7 +65,7 @@ def tiny_generator():
 
 def generator_checkpoint(path: Path, generator=None, **fields) -> Path:
     """``generator`` (default :func:`tiny_generator`) saved as one of our checkpoints, with ``fields``."""
-    from common.checkpoint import save_checkpoint
+    from common.training.checkpoint import save_checkpoint
 
     g = tiny_generator() if generator is None else generator
     save_checkpoint(path, {"arch": {"generator": g.arch}, "generator": g.state_dict(), **fields})

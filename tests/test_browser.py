@@ -147,7 +147,7 @@ def test_a_report_of_500_images_opens_in_about_a_second(tmp_path, browser):
 
 
 def test_the_training_report_shows_curves_and_samples(tmp_path, browser):
-    from common.runs import train_main
+    from common.training.loop import train_main
 
     sr_trainset(tmp_path / "data" / "a.h5", n=4)
     write_photos(tmp_path / "val" / "in", ["a.png"], side=16)

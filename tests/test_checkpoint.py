@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from common.checkpoint import load_generator, read_checkpoint, save_checkpoint
 from common.networks import Critic, Generator
 from common.system.errors import InputError
 from common.system.files import atomic_write
+from common.training.checkpoint import load_generator, read_checkpoint, save_checkpoint
 from conftest import ShellPayload
 
 
@@ -41,7 +41,7 @@ def test_authors_format_loads_without_their_code(authors_checkpoint):
     ckpt = read_checkpoint(path)
     assert ckpt["format"] == "authors" and ckpt["epoch"] == 200
     assert not any(k.startswith("shallow_feat2") for k in ckpt["generator"])
-    from common.checkpoint import build_critic
+    from common.training.checkpoint import build_critic
     d = build_critic(ckpt, path)
     assert d.arch["hidden"] == 640
     patch = torch.rand(2, 3, 128, 128)

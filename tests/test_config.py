@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from common.config import RunConfig, flag_of, parse_train_args, parse_train_command, train_parser
-from common.runs import train_main
 from common.tasks import TASKS
+from common.training.config import RunConfig, flag_of, parse_train_args, parse_train_command, train_parser
+from common.training.loop import train_main
 from conftest import small_nets, sr_trainset, write_photos
 
 SMALL = [*small_nets(), "--device", "cpu"]
@@ -173,7 +173,7 @@ SAME_RULES = [("gen_width", "3", 3), ("lr", "1e-320", 1e-320), ("lr", "-1", -1),
 def test_the_command_line_and_run_json_are_held_to_one_set_of_rules(capsys, name, token, value):
     """What the command line refuses, run.json may not hold either, in the same words: both pass through
     the field's own rules (its flag's type, choices and nargs), not through a second list."""
-    from common.config import FieldError, field_value
+    from common.training.config import FieldError, field_value
 
     with pytest.raises(SystemExit) as exit_info:
         parse_train_args(TASKS["sr"], [flag_of(name), token])
@@ -186,7 +186,7 @@ def test_the_command_line_and_run_json_are_held_to_one_set_of_rules(capsys, name
 
 
 def test_a_configuration_built_in_code_is_held_to_the_same_rules():
-    from common.config import FieldError, demo_settings
+    from common.training.config import FieldError, demo_settings
 
     with pytest.raises(FieldError, match='--gen-width "8": must be a whole number'):
         RunConfig.for_task(TASKS["sr"], gen_width="8")
@@ -202,7 +202,7 @@ def test_the_generator_width_rule_is_the_networks_own():
     (4), a generator builds and then fails in its first forward pass (the run folder was left behind)."""
     import argparse
     import torch
-    from common.config import generator_width
+    from common.training.config import generator_width
     from common.networks import Generator
 
     for width in range(1, 9):

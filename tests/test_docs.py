@@ -8,9 +8,9 @@ from unittest import mock
 
 import pytest
 
-from common.tasks import TASKS
 from common import test_cli
-from common.config import parse_train_args
+from common.tasks import TASKS
+from common.training.config import parse_train_args
 from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

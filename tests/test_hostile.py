@@ -35,13 +35,13 @@ import pytest
 import torch
 
 import common.system.files as files_module
-from common.checkpoint import FORMAT, save_checkpoint
 from common.cli import run_guarded
 from common.networks import Generator
-from common.runs import train_main
 from common.system.errors import InputError
 from common.system.files import RunLock
 from common.test_cli import test_main as run_test_script
+from common.training.checkpoint import FORMAT, save_checkpoint
+from common.training.loop import train_main
 from conftest import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
                       write_photos)
 
@@ -601,7 +601,7 @@ def test_damaged_run_files_are_refused_before_anything_is_written(tmp_path, caps
 def test_lines_of_a_metrics_log_that_are_not_records_are_dropped_with_a_note(tmp_path, capsys):
     """On resume the log is cut back to the checkpoint's step: a line that decodes to something other than
     a record (a list, a step that is text) was a TypeError traceback there; it is dropped, and said so."""
-    from common.run_folder import MetricsLog, read_metrics
+    from common.training.run_folder import MetricsLog, read_metrics
 
     log = tmp_path / "metrics.jsonl"
     lines = ['{"kind": "train", "step": 1}', "[1, 2]", '{"kind": "train", "step": "x"}', '"text"',
@@ -643,7 +643,7 @@ def _wrong_kinds(value) -> list:
 
 
 def _run_json_cases() -> list:
-    from common.config import RunConfig, Resolved, run_record
+    from common.training.config import Resolved, RunConfig, run_record
     from common.tasks import TASKS
 
     config = RunConfig.for_task(TASKS["sr"], **dict(zip(("seed", "max_steps", "name"), (1, 1, "r"))))
@@ -758,11 +758,11 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_p
     """Whatever stops it (here the first training step fails), a new run leaves nothing of itself: no
     run folder with a run.json that --resume auto would take for the newest run, no out/sr/ made for it.
     A run that saved a checkpoint keeps its folder."""
-    import common.runs as runs
+    import common.training.loop as loop
 
     (tmp_path / "data").mkdir()
     sr_trainset(tmp_path / "data" / "a.h5", n=4)
-    real_step, calls = runs.train_step, []
+    real_step, calls = loop.train_step, []
 
     def failing_step(*args, **kwargs):
         calls.append(1)
@@ -770,7 +770,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_p
             raise InputError("the training file went away")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "train_step", failing_step)
+    monkeypatch.setattr(loop, "train_step", failing_step)
     fail_at = 1
     refused(capsys, tmp_path, "train", tiny_run(tmp_path, "first"), "the training file went away")
     assert not (tmp_path / "out").exists()

@@ -48,8 +48,8 @@ def test_demo_train_then_test(tmp_path, task):
     assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
 
     if task == "sr":  # a demo that stopped part-way resumes as one, and gives its verdict at the end
-        from common.config import read_run
-        from common.runs import resume_command
+        from common.training.config import read_run
+        from common.training.loop import resume_command
 
         config, _ = read_run(run.parent / "run.json", spec)
         assert resume_command(spec, config).endswith(" --demo")  # what a stopped demo tells the user to run

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from common.config import parse_train_args
 from common.networks import Critic, Generator
-from common.tasks import TASKS
 from common.sot import learning_rate, make_optimizers, set_learning_rate, train_step
+from common.tasks import TASKS
+from common.training.config import parse_train_args
 
 
 def small_pair(seed=0):
@@ -59,7 +59,7 @@ def test_two_critic_updates_then_a_generator_step_that_leaves_critic_grads_alone
 def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
     import numpy as np
 
-    from common.runs import train_main
+    from common.training.loop import train_main
     from conftest import write_h5
 
     g, d = small_pair(3)
@@ -92,8 +92,8 @@ def test_null_space_is_part_of_the_saved_model(tmp_path):
     the other tasks have no such flag."""
     import numpy as np
 
-    from common.checkpoint import load_generator
-    from common.runs import train_main
+    from common.training.checkpoint import load_generator
+    from common.training.loop import train_main
     from conftest import write_h5
 
     rng = np.random.default_rng(0)
@@ -149,9 +149,9 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
     and a resume continues it."""
     import numpy as np
 
-    from common.checkpoint import load_generator, read_checkpoint
+    from common.training.checkpoint import load_generator, read_checkpoint
     from common.recipe import WeightAverage
-    from common.runs import train_main
+    from common.training.loop import train_main
     from conftest import write_h5
 
     g, _ = small_pair(2)
@@ -187,7 +187,7 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
 
 
 def test_the_run_says_how_long_it_will_take_and_warns_of_days_on_a_cpu():
-    from common.runs import time_estimate
+    from common.training.loop import time_estimate
 
     # deraining at the paper's sizes on two CPU cores: ~75 s a step, 6 sigmas x 200 epochs x 12 steps
     line = time_estimate(0.1, 75.0, 2400 - 10, 5, 2400, "cpu")
@@ -202,7 +202,7 @@ def test_progress_is_counted_against_the_runs_real_end(tmp_path, capsys):
     after its first steps the run says how long the rest will take."""
     import numpy as np
 
-    from common.runs import train_main
+    from common.training.loop import train_main
     from conftest import write_h5
 
     rng = np.random.default_rng(0)
@@ -251,7 +251,7 @@ def brightened_set(tmp_path, monkeypatch, paired: bool):
 
 def train_brightened(tmp_path, *flags, name="r", supervised=False):
     """SOT (or the supervised bound) on :func:`brightened_set`, G starting as the identity."""
-    from common.runs import train_main
+    from common.training.loop import train_main
 
     method = ["--supervised"] if supervised else ["--loss", "sot-l0.5", "--sigma", "10", "--critic-init", "kaiming",
                                                   "--critic-warmup", "20", "--critic-width", "8"]
@@ -272,7 +272,7 @@ def test_training_restores_an_easy_degradation(tmp_path, monkeypatch, method):
     the supervised bound 26.1 dB."""
     import numpy as np
 
-    from common.checkpoint import load_generator
+    from common.training.checkpoint import load_generator
 
     held_out = brightened_set(tmp_path, monkeypatch, paired=method == "supervised")
     folder = train_brightened(tmp_path, "--max-steps", "150", supervised=method == "supervised")
@@ -292,8 +292,8 @@ def test_best_pt_holds_the_best_validation_and_keeps_it_across_a_resume(tmp_path
 
     import numpy as np
 
-    from common.checkpoint import load_generator, read_checkpoint
-    from common.runs import train_main
+    from common.training.checkpoint import load_generator, read_checkpoint
+    from common.training.loop import train_main
 
     held_out = brightened_set(tmp_path, monkeypatch, paired=False)
     folder = train_brightened(tmp_path, "--max-steps", "42", "--val-steps", "5")

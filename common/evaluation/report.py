@@ -134,7 +134,7 @@ def write_training_report(run_root: Path, title: str, facts: list[tuple[str, str
     """``<run>/report.html``: the curves of every sigma's metrics.jsonl and its sample pictures; rewritten
     whole (atomically) each time, so that a browser's reload always finds a complete page."""
     from .figures import training_curves
-    from ..run_folder import read_metrics
+    from ..training.run_folder import read_metrics
 
     logs = {path.parent.name: read_metrics(path) for path in sorted(run_root.glob("sigma-*/metrics.jsonl"))}
     curves = f"{ASSETS}/curves.png"

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from .networks import Critic, Generator
-from .system.errors import InputError
-from .system.files import atomic_write, unreadable_reason
-from .system.text import note
+from ..networks import Critic, Generator
+from ..system.errors import InputError
+from ..system.files import atomic_write, unreadable_reason
+from ..system.text import note
 
 FORMAT = "sot-checkpoint"
 VERSION = 1

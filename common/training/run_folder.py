@@ -3,7 +3,7 @@ newest two step checkpoints kept, ``state.json`` pointing at the newest complete
 ``config.json`` and metrics log, and the JSON files beside them. A damaged checkpoint found on
 resume is named together with the newest intact one and the command that resumes from it.
 
-    <out>/<task>/<name>/run.json           the sweep's configuration (common.config)
+    <out>/<task>/<name>/run.json           the sweep's configuration (common.training.config)
     <out>/<task>/<name>/sigma-<s>/          one model per sigma: config.json, last.pt, step-NNNNNNNN.pt,
                                             best.pt, state.json, metrics.jsonl, samples/
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from ..system.errors import InputError, TrainingStopped
+from ..system.files import atomic_write, remove_stale_temporaries, write_failure
+from ..system.text import note
 from .checkpoint import named_tensors, read_checkpoint, save_checkpoint, state_bytes
-from .system.errors import InputError, TrainingStopped
-from .system.files import atomic_write, remove_stale_temporaries, write_failure
-from .system.text import note
 
 KEEP_STEP_CHECKPOINTS = 2
 STEP_CHECKPOINT = re.compile(r"step-(\d{8,})\.pt")  # f"step-{step:08d}.pt"

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from .data.loader import as_float
-from .system.errors import InputError
-from .system.text import note
+from ..data.loader import as_float
+from ..system.errors import InputError
+from ..system.text import note
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -55,6 +55,13 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return name
+
+
+def expose_gpus(gpus: str | None) -> None:
+    """--gpus: the GPUs this process may use, as CUDA_VISIBLE_DEVICES (e.g. '0' or '0,1'). Set by each
+    script's entry point, before anything asks CUDA for a device; nothing when not given."""
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
 
 
 def seed_everything(seed: int) -> None:

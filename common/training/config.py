@@ -12,7 +12,7 @@ The reference's flag spellings are kept (``--nEpochs``, ``--batchSize``, ``--lr`
 ``--sigma``, ``--trainset``, ``--resume``, ``--pretrained``, ``--threads``); the fields have names
 that say what they hold (``epochs``, ``batch_size``, ``lr_step_epochs``, ``loader_workers``).
 Code that trains builds a :class:`RunConfig` (``RunConfig.for_task``) and calls
-``common.runs.train`` with it; argv is only the command line's business.
+``common.training.loop.train`` with it; argv is only the command line's business.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .cli import (DEVICES, OneLineParser, PRECISIONS, common_flags, decay, finite_non_negative_float,
-                  finite_positive_float, non_negative_int, positive_int, run_name, seed_int, sigma_list)
-from .networks import CHANNEL_REDUCTION, CRITIC_INITS
-from .sot import TRANSPORT_COSTS
-from .system.errors import InputError
-from .system.text import note, printable
-from .tasks import TASKS, Task
+from ..cli import (DEVICES, OneLineParser, PRECISIONS, common_flags, decay, finite_non_negative_float,
+                   finite_positive_float, non_negative_int, positive_int, run_name, seed_int, sigma_list)
+from ..networks import CHANNEL_REDUCTION, CRITIC_INITS
+from ..sot import TRANSPORT_COSTS
+from ..system.errors import InputError
+from ..system.text import note, printable
+from ..tasks import TASKS, Task
 
 RUN_FORMAT = "sot-run"
 RUN_VERSION = 2  # run.json: {"config": what was asked, "resolved": what the machine made of it}
@@ -523,7 +523,7 @@ def newest_run(task_dir: Path) -> Path:
 def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
     """The folder of the run to resume and, for --resume CKPT, the checkpoint its sigma starts from."""
     from .checkpoint import read_checkpoint
-    from .system.files import same_file
+    from ..system.files import same_file
 
     if resume == "auto":
         task_dir = Path(given.get("out", RunConfig.out)) / task.name
