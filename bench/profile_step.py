@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from bench.reference_step import reference_step  # noqa: E402
 from bench.speed import batch_for, networks, sync  # noqa: E402
+from common.cli.flags import DEVICES  # noqa: E402
 from common.evaluation.inference import restore  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from common.training.devices import resolve_device  # noqa: E402
@@ -153,9 +154,9 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--task", choices=sorted(TASKS), default="sr")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch", type=int, default=None, help="patches per step (default: 32, quick: 2)")
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["fast-bf16", "reference"])
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3, quick: 1)")

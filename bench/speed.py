@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
 
 from bench.reference_step import reference_step  # noqa: E402
+from common.cli.flags import DEVICES  # noqa: E402
 from common.data.loader import UnpairedH5Dataset  # noqa: E402
 from common.data.patch_file import H5PatchWriter  # noqa: E402
 from common.evaluation.inference import restore  # noqa: E402
@@ -270,9 +271,9 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--task", choices=sorted(TASKS), default="sr")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch", type=int, default=None, help="patches per step (default: 32, quick: 2)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: 20, quick: 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5, quick: 1)")

@@ -45,6 +45,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common.cli.flags import DEVICES  # noqa: E402
 from common.training.checkpoint import load_generator  # noqa: E402
 from common.training.config import RunConfig, flag_of, plan_resume  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
@@ -255,7 +256,8 @@ def parse_sigmas(tokens: list[str], task: str) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="experiments/compare_costs.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--task", choices=sorted(TASKS), default="sr")
     p.add_argument("--quick", action="store_true", help="small networks, few photos and steps: a CPU smoke run")
     p.add_argument("--small", action="store_true",
@@ -300,7 +302,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a real unpaired training folder of .h5 files (instead of the proxy set)")
     p.add_argument("--paired-train", default=None, metavar="DIR", help="a real paired .h5 folder for the supervised bound")
     p.add_argument("--val-input"), p.add_argument("--val-gt"), p.add_argument("--test-input"), p.add_argument("--test-gt")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--out", default=None, help="default: results/compare_costs/<task>")
     return p
 

@@ -109,7 +109,7 @@ def markdown(checkpoint: Path, rows: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--task", choices=sorted(TASKS), required=True)
     p.add_argument("--input", required=True, metavar="DIR", help="degraded images (for SR: low-resolution)")
     p.add_argument("--gt", required=True, metavar="DIR", help="their ground truth, paired by file name")

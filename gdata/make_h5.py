@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.cli import add_script_flags, positive_int, run_guarded, script_parser, seed_int  # noqa: E402
+from common.cli.flags import add_script_flags, positive_int, script_parser, seed_int  # noqa: E402
+from common.cli.guard import run_guarded  # noqa: E402
 from common.data import building  # noqa: E402
 from common.data.degrade import DEGRADATIONS  # noqa: E402
 from common.data.patch_file import DTYPES  # noqa: E402

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.cli.test import test_main as run_test_script
 from common.evaluation.report import ResultsReport
 from common.system.text import printable
 from common.tasks import TASKS
-from common.test_cli import test_main as run_test_script
 from conftest import generator_checkpoint, small_nets, sr_trainset, write_photos
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -147,7 +147,7 @@ def test_a_report_of_500_images_opens_in_about_a_second(tmp_path, browser):
 
 
 def test_the_training_report_shows_curves_and_samples(tmp_path, browser):
-    from common.training.loop import train_main
+    from common.cli.train import train_main
 
     sr_trainset(tmp_path / "data" / "a.h5", n=4)
     write_photos(tmp_path / "val" / "in", ["a.png"], side=16)

@@ -465,7 +465,7 @@ import signal, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from common.data import patch_file
-from common.cli import run_guarded
+from common.cli.guard import run_guarded
 
 class Raw:  # the temporary's own file: SIGTERM comes during the 20th write HDF5 makes
     def __init__(self, raw):

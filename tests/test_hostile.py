@@ -35,13 +35,13 @@ import pytest
 import torch
 
 import common.system.files as files_module
-from common.cli import run_guarded
+from common.cli.guard import run_guarded
+from common.cli.test import test_main as run_test_script
+from common.cli.train import train_main
 from common.networks import Generator
 from common.system.errors import InputError
 from common.system.files import RunLock
-from common.test_cli import test_main as run_test_script
 from common.training.checkpoint import FORMAT, save_checkpoint
-from common.training.loop import train_main
 from conftest import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
                       write_photos)
 
@@ -955,7 +955,7 @@ FULL_DISK_RUNS = r"""
 import contextlib, importlib.util, io, json, os, resource, signal, sys
 root, out, how, runs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 sys.path.insert(0, root)
-from common.cli import run_guarded
+from common.cli.guard import run_guarded
 if how == "file size limit":  # past the limit a write fails (EFBIG) instead of killing the process
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from common.cli.test import test_main as run_test_script
+from common.cli.train import train_main
 from common.data.images import read_image
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
-from common.test_cli import test_main as run_test_script
 from common.training.checkpoint import load_generator, read_checkpoint, save_checkpoint
-from common.training.loop import train_main
 from conftest import ROOT, generator_checkpoint, run_script, small_nets, sr_trainset, write_h5
 
 SMALL = small_nets(16)

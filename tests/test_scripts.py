@@ -4,7 +4,7 @@ import json
 import pytest
 
 from common.data.images import read_image
-from common.demo import WIDER_PHOTOS, photo_name
+from common.demo import TASK_DEMOS, WIDER_PHOTOS, photo_name
 from common.tasks import TASKS
 from conftest import run_script
 
@@ -22,7 +22,7 @@ def test_demo_train_then_test(tmp_path, task):
     # two steps restore nothing: the verdict says so, and SR's adds what was measured of it
     assert "verdict: does NOT restore" in train.stdout
     assert ("unsupervised x4 SR does not beat bicubic" in train.stdout) == (task == "sr")
-    sigma = spec.demo_flags["sigma"]
+    sigma = TASK_DEMOS[task].flags["sigma"]
     runs = list((out / task).glob(f"demo-*/sigma-{sigma:g}"))
     assert len(runs) == 1
     run = runs[0]

@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
+from common.cli.train import parse_train_args
 from common.networks import Critic, Generator
 from common.sot import learning_rate, make_optimizers, set_learning_rate, train_step
 from common.tasks import TASKS
-from common.training.config import parse_train_args
 
 
 def small_pair(seed=0):
@@ -59,7 +59,7 @@ def test_two_critic_updates_then_a_generator_step_that_leaves_critic_grads_alone
 def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
     import numpy as np
 
-    from common.training.loop import train_main
+    from common.cli.train import train_main
     from conftest import write_h5
 
     g, d = small_pair(3)
@@ -93,7 +93,7 @@ def test_null_space_is_part_of_the_saved_model(tmp_path):
     import numpy as np
 
     from common.training.checkpoint import load_generator
-    from common.training.loop import train_main
+    from common.cli.train import train_main
     from conftest import write_h5
 
     rng = np.random.default_rng(0)
@@ -151,7 +151,7 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
 
     from common.training.checkpoint import load_generator, read_checkpoint
     from common.recipe import WeightAverage
-    from common.training.loop import train_main
+    from common.cli.train import train_main
     from conftest import write_h5
 
     g, _ = small_pair(2)
@@ -202,7 +202,7 @@ def test_progress_is_counted_against_the_runs_real_end(tmp_path, capsys):
     after its first steps the run says how long the rest will take."""
     import numpy as np
 
-    from common.training.loop import train_main
+    from common.cli.train import train_main
     from conftest import write_h5
 
     rng = np.random.default_rng(0)
@@ -251,7 +251,7 @@ def brightened_set(tmp_path, monkeypatch, paired: bool):
 
 def train_brightened(tmp_path, *flags, name="r", supervised=False):
     """SOT (or the supervised bound) on :func:`brightened_set`, G starting as the identity."""
-    from common.training.loop import train_main
+    from common.cli.train import train_main
 
     method = ["--supervised"] if supervised else ["--loss", "sot-l0.5", "--sigma", "10", "--critic-init", "kaiming",
                                                   "--critic-warmup", "20", "--critic-width", "8"]
@@ -293,7 +293,7 @@ def test_best_pt_holds_the_best_validation_and_keeps_it_across_a_resume(tmp_path
     import numpy as np
 
     from common.training.checkpoint import load_generator, read_checkpoint
-    from common.training.loop import train_main
+    from common.cli.train import train_main
 
     held_out = brightened_set(tmp_path, monkeypatch, paired=False)
     folder = train_brightened(tmp_path, "--max-steps", "42", "--val-steps", "5")

@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..cli import run_guarded
 from ..data.loader import UnpairedSampler
+from ..demo import is_demo_run
 from ..evaluation.evaluate import NonFiniteOutput, evaluate
 from ..evaluation.figures import save_samples
 from ..evaluation.report import ReportRefresher
@@ -38,11 +38,10 @@ from ..system.errors import InputError, TrainingStopped
 from ..system.files import LOCK_NAME, RunLock, folders_to_make, remove_made
 from ..system.signals import StopRequest
 from ..system.text import note, printable
-from ..tasks import TASKS, Task, model_input
+from ..tasks import Task, model_input
 from .checkpoint import load_weights
-from .config import ResumePlan, RunConfig, flag_of, parse_train_command, plan_resume, run_record
-from .devices import (CapturedStep, Distributed, Local, expose_gpus, make_deterministic, resolve_device, rng_state,
-                      seed_everything, set_rng_state, to_device)
+from .config import ResumePlan, RunConfig, run_record
+from .devices import CapturedStep, Local, make_deterministic, rng_state, seed_everything, set_rng_state, to_device
 from .preflight import Prepared, SigmaPlan, preflight, run_is_over
 from .run_folder import json_ready, read_state, remove_stale_run_temporaries, write_json
 
@@ -548,74 +547,3 @@ def time_estimate(sigma: float, per_step: float, left: int, later: int, steps_ea
         text += (". That is days on a CPU: --demo trains a small run in minutes, and a GPU trains the paper's sizes "
                  "some hundred times faster")
     return text
-
-
-# ----------------------------------------------------------------------------- train.py
-def train_main(task_name: str, argv: list[str] | None = None) -> None:
-    """Every task's train.py: parse, then start, resume or demo a run."""
-    run_guarded(lambda a: _train_command(TASKS[task_name], a), argv)
-
-
-def _train_command(task: Task, argv: list[str]) -> None:
-    command = parse_train_command(task, argv)
-    # Under torchrun with several processes this joins the process group; alone, it is a no-op.
-    dist = Distributed.from_environment(command.config.device)
-    started = time.time()
-    try:
-        if command.resume:
-            config, plan = plan_resume(task, command.resume, command.given, command.resume_new_data)
-            if command.demo and not is_demo_run(task, config):
-                raise InputError(f"{plan.run_root}: --demo resumes only a demo run, and this run trains on "
-                                 f"{config.trainset}; resume it without --demo")
-            expose_gpus(config.gpus)
-            results = train(task, config, dist, resume=plan)
-        else:
-            config = command.config
-            stamp = dist.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
-            if command.demo:
-                config = demo_config(task, config, command.given, stamp, dist)
-            config = replace(config, name=config.name or f"{config.cost}-{stamp}")
-            expose_gpus(config.gpus)
-            results = train(task, config, dist)
-        if command.demo and dist.is_main and results:
-            from ..demo import demo_report, score_wider
-            result = results[-1]
-            best = result.run_dir / ("best.pt" if (result.run_dir / "best.pt").is_file() else "last.pt")
-            wider = score_wider(task, best, demo_root(task, config), resolve_device(config.device))
-            print("\n" + demo_report(task, config, result, time.time() - started, wider, bool(command.resume)))
-    finally:
-        dist.close()
-
-
-DEMO_DATA_FLAGS = ("trainset", "val_input", "val_gt")  # the demo's own: it chooses and scores on its photographs
-
-
-def demo_root(task: Task, config: RunConfig) -> Path:
-    """Where the demo keeps its built-in data: beside its runs."""
-    return Path(config.out) / task.name / "demo-data"
-
-
-def is_demo_run(task: Task, config: RunConfig) -> bool:
-    """Whether a run trains on the demo's built-in data (a resumed demo gives its verdict again)."""
-    from ..demo import demo_paths
-    from ..system.files import same_file
-
-    trainset = demo_paths(demo_root(task, config))["trainset"]
-    return trainset.is_dir() and same_file(config.trainset, trainset)
-
-
-def demo_config(task: Task, config: RunConfig, given: dict, stamp: str, dist) -> RunConfig:
-    """The demo's run: its built-in data (made once) and a fresh name."""
-    from ..demo import build_demo_data, demo_paths
-
-    mixed = [flag_of(name) for name in DEMO_DATA_FLAGS if name in given]
-    if mixed:
-        raise InputError(f"{', '.join(mixed)}: --demo trains and validates on its own built-in photographs; "
-                         f"without --demo, the same flags train on your data")
-    root = demo_root(task, config)
-    if dist.is_main:
-        build_demo_data(task, root)
-    dist.barrier()
-    paths = demo_paths(root)
-    return replace(config, name=config.name or f"demo-{stamp}", trainset=str(paths["trainset"]),
-                   val_input=str(paths["val_input"]), val_gt=str(paths["val_gt"]))

@@ -6,13 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
-from .cli import OneLineParser, common_flags, non_negative_int, run_guarded
-from .evaluation.inference import MIN_TILE, TILE_CONTEXT
-from .evaluation.report import ASSETS as REPORT_FOLDER
-from .system.errors import InputError
-from .system.files import FolderLock, same_file
-from .system.text import note
-from .tasks import TASKS, Task, UPSCALERS
+from ..evaluation.inference import MIN_TILE, TILE_CONTEXT
+from ..evaluation.report import ASSETS as REPORT_FOLDER
+from ..system.errors import InputError
+from ..system.files import FolderLock, same_file
+from ..system.text import note
+from ..tasks import TASKS, Task, UPSCALERS
+from .flags import OneLineParser, common_flags, non_negative_int
+from .guard import run_guarded
 
 
 def tile_side(token: str) -> int:
@@ -87,15 +88,6 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
     return p
 
 
-def newest_demo_checkpoint(out: Path, task: Task) -> Path:
-    """The newest demo run's best checkpoint (its last one if it was never validated)."""
-    runs = sorted((out / task.name).glob("demo-*/sigma-*/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise InputError(f"{out / task.name}: no demo checkpoint; run python {task.name}/train.py --demo first")
-    best = runs[-1].with_name("best.pt")
-    return best if best.is_file() else runs[-1]
-
-
 def default_save_dir(task: Task, checkpoint: Path) -> Path:
     parent = checkpoint.parent
     name = f"{parent.parent.name}_{parent.name}_{checkpoint.stem}" if parent.name.startswith("sigma-") else checkpoint.stem
@@ -119,7 +111,7 @@ def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None
 def check_roles(args, pairs: list, save_dir: Path) -> None:
     """--input, --gt and --save must each name a place of their own: restored images written into the
     input or ground-truth folder would replace the user's images (or be scored against themselves)."""
-    from .evaluation.evaluate import check_scored_apart
+    from ..evaluation.evaluate import check_scored_apart
 
     check_scored_apart(args.input, args.gt, pairs)
     folders: dict[Path, str] = {}
@@ -171,7 +163,7 @@ def planned_outputs(pairs: list, side_by_side: bool, report: bool = False) -> di
 def _check_names(outputs: dict[str, str], folder: Path) -> None:
     """Every result's name fits the results folder's file system, and no two land on one file there
     (names that differ only by case, where it ignores case)."""
-    from .system.files import name_max, probe_file
+    from ..system.files import name_max, probe_file
 
     longest = name_max(folder)
     for name in outputs:
@@ -210,7 +202,7 @@ def why_not_replace(path: Path, outputs: dict[str, str]) -> str | None:
     that name; None where it may. Each result replaces an entry of its own kind only: a file a file,
     and the report's folder of pictures a folder that holds nothing but pictures named as the report
     names them (the folder is replaced whole)."""
-    from .evaluation.report import ASSET_NAME
+    from ..evaluation.report import ASSET_NAME
 
     name = path.name
     is_folder = path.is_dir() and not path.is_symlink()
@@ -301,20 +293,20 @@ def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: 
 
 
 def _test(task: Task, argv: list[str]) -> None:
-    from .training.checkpoint import build_generator, read_checkpoint
-    from .demo import demo_paths
-    from .evaluation.evaluate import check_before_writing, evaluate, format_row, gain_summary
-    from .evaluation.figures import side_by_side
-    from .system.files import StagedFolder, check_can_write
-    from .evaluation.metrics import LPIPS
-    from .data.pairs import find_pairs
-    from .training.devices import expose_gpus, resolve_device, resolve_precision
-    from .evaluation.report import ResultsReport
+    from ..training.checkpoint import build_generator, read_checkpoint
+    from ..demo import demo_paths, demo_root, newest_demo_checkpoint
+    from ..evaluation.evaluate import check_before_writing, evaluate, format_row, gain_summary
+    from ..evaluation.figures import side_by_side
+    from ..system.files import StagedFolder, check_can_write
+    from ..evaluation.metrics import LPIPS
+    from ..data.pairs import find_pairs
+    from ..training.devices import expose_gpus, resolve_device, resolve_precision
+    from ..evaluation.report import ResultsReport
 
     args = test_parser(task).parse_args(argv)
     if args.demo:
         args.checkpoint = args.checkpoint or str(newest_demo_checkpoint(Path(args.out), task))
-        paths = demo_paths(Path(args.out) / task.name / "demo-data")
+        paths = demo_paths(demo_root(args.out, task))
         # the wider held-out photographs: never trained on, never used to choose best.pt
         args.input, args.gt = args.input or str(paths["wider_input"]), args.gt or str(paths["wider_gt"])
     if not args.checkpoint or not args.input:

@@ -1,18 +1,16 @@
-"""What every script's command line shares: typed flag values, one-line argparse errors, the device
-flags, and ``run_guarded``, which turns bad input into one line and exit status 2. The task scripts'
-own command lines are ``common.training.config`` (train.py, built from the run configuration) and
-``common.test_cli``."""
+"""What every script's command line shares: typed flag values, the one-line argparse parser (no
+abbreviated flags), the flags every script that computes takes (``--device``, ``--gpus``,
+``--precision``, defined here once: train.py's run configuration takes their rules from here too)
+and the gdata scripts' own. The task scripts' command lines are ``common.cli.train`` and
+``common.cli.test``; how a script ends is ``common.cli.guard``."""
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 import textwrap
 
-from .data.patch_file import LAYOUT_CHOICES
-from .system.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, InputError, Interrupted, TrainingStopped
-from .system.signals import RaiseOnStopSignals
-from .system.text import close_progress_bars, escaping_streams, printable
+from ..data.patch_file import LAYOUT_CHOICES
+from ..system.errors import EXIT_BAD_INPUT
+from ..system.text import printable
 
 
 # Training runs in float32 (bf16 under autocast), whose largest number is 3.4e38: a weight or rate
@@ -111,7 +109,12 @@ def run_name(token: str) -> str:
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line, ``error: <flag>: <problem>``, and exit status 2 like any
-    other bad input (argparse's own would print the whole usage first)."""
+    other bad input (argparse's own would print the whole usage first). A flag is taken only as
+    spelled in full: argparse would take ``--dem`` for ``--demo``, while train.py chooses the demo's
+    defaults by the flag's own spelling."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"error: {printable(message)} (see {self.prog} --help)\n")
@@ -121,15 +124,23 @@ DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+# The flags of every script that computes: where, on which GPUs and in what arithmetic. train.py's
+# RunConfig takes their defaults and choices from here (common.training.config.shared_option).
+SHARED_FLAGS = {
+    "device": (("--device",), dict(choices=DEVICES, default="auto",
+                                   help="where to run; auto takes CUDA when available (default: %(default)s)")),
+    "gpus": (("--gpus",), dict(default=None, metavar="IDS",
+                               help="GPU ids to expose, as CUDA_VISIBLE_DEVICES (e.g. '0' or '0,1')")),
+    "precision": (("--precision",), dict(choices=PRECISIONS, default="auto",
+                                         help="network arithmetic; auto is bf16 autocast on CUDA and fp32 on the CPU "
+                                              "(the transport cost and gradient-penalty norm are always fp32)")),
+}
+
+
 def common_flags(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--gpus``, ``--precision`` and ``--debug``."""
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where to run; auto takes CUDA when available (default: %(default)s)")
-    parser.add_argument("--gpus", default=None, metavar="IDS",
-                        help="GPU ids to expose, as CUDA_VISIBLE_DEVICES (e.g. '0' or '0,1')")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="network arithmetic; auto is bf16 autocast on CUDA and fp32 on the CPU "
-                             "(the transport cost and gradient-penalty norm are always fp32)")
+    for flags, keywords in SHARED_FLAGS.values():
+        parser.add_argument(*flags, **keywords)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 
 
@@ -145,82 +156,3 @@ def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
     (layout_group or parser).add_argument("--layout", choices=LAYOUT_CHOICES, default="auto", help=layout_help)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
-
-
-def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = False) -> None:
-    """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
-    stop its message and its own status (128 + the signal, or 3 for a diverged run).
-
-    ``writes_files`` (test.py, gdata/): SIGINT and SIGTERM stop the script where it is; what it had
-    half-written is removed on the way out, one line says what, and the status is 130 or 143.
-
-    A reader that goes away (``test.py | head -1``) ends the script quietly, as SIGPIPE ends other
-    command-line tools: no traceback, status 141; what it was writing is cleaned up on the way out."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        _run_guarded(main, argv, debug_flag, writes_files)
-        sys.stdout.flush()  # what a pipe's buffer still holds is written now, where a closed pipe can be caught
-    except BrokenPipeError:
-        if not _silence_closed_output():
-            raise  # not this process's own output: a bug, with its traceback
-        sys.exit(EXIT_BROKEN_PIPE)
-    except SystemExit:
-        try:  # the exit would flush stdout again, and print a closed pipe's error as "Exception ignored"
-            sys.stdout.flush()
-        except BrokenPipeError:
-            _silence_closed_output()
-        raise
-
-
-def _silence_closed_output() -> bool:
-    """Point stdout and stderr, where their reader has closed them, at /dev/null (so that the exit's
-    own flush fails no more); whether either had been closed."""
-    import os
-    import select
-
-    closed = []
-    for fd in (1, 2):
-        try:
-            poll = select.poll()
-            poll.register(fd, select.POLLOUT)
-            if any(events & select.POLLERR for _, events in poll.poll(0)):  # a pipe without a reader
-                closed.append(fd)
-        except (AttributeError, OSError, ValueError):  # no poll(), or no such descriptor
-            continue
-    if closed:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd in closed:
-            os.dup2(devnull, fd)
-        os.close(devnull)
-    return bool(closed)
-
-
-def _run_guarded(main, argv, debug_flag: str, writes_files: bool) -> None:
-    # a name is printed with escapes for control characters and bytes that are not UTF-8: it can
-    # neither drive the terminal nor raise a UnicodeEncodeError
-    escaping_streams()
-    try:
-        if writes_files:
-            with RaiseOnStopSignals():
-                main(argv)
-        else:
-            main(argv)
-    except Interrupted as exc:
-        close_progress_bars()
-        name = signal.Signals(exc.signum).name
-        if exc.completed:
-            done = f" once {', '.join(exc.completed)}"
-        else:
-            done = f": removed {', '.join(exc.cleaned)}" if exc.cleaned else "; nothing was left half-written"
-        print(f"stopped by {name}{printable(done)}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except InputError as exc:
-        if debug_flag in argv:
-            raise
-        close_progress_bars()
-        print(f"error: {printable(str(exc))}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except TrainingStopped as exc:
-        close_progress_bars()
-        print(str(exc), file=sys.stderr)
-        sys.exit(exc.exit_code)
