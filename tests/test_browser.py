@@ -16,7 +16,7 @@ from common.cli.test import test_main as run_test_script
 from common.evaluation.report import ResultsReport
 from common.system.text import printable
 from common.tasks import TASKS
-from conftest import generator_checkpoint, small_nets, sr_trainset, write_photos
+from helpers import generator_checkpoint, small_nets, sr_trainset, write_photos
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

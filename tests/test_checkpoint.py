@@ -6,7 +6,7 @@ from common.networks import Critic, Generator
 from common.system.errors import InputError
 from common.system.files import atomic_write
 from common.training.checkpoint import load_generator, read_checkpoint, save_checkpoint
-from conftest import ShellPayload
+from helpers import ShellPayload, run_script, write_h5
 
 
 @pytest.mark.slow
@@ -52,7 +52,6 @@ def test_authors_format_loads_without_their_code(authors_checkpoint):
 @pytest.mark.slow
 def test_sr_test_script_accepts_authors_file(authors_checkpoint, tmp_path):
     from common.data.images import write_image
-    from conftest import run_script
     import numpy as np
 
     path, _, _ = authors_checkpoint
@@ -115,7 +114,6 @@ def test_dehazing_continues_from_an_authors_checkpoint_with_its_critic(authors_c
     import json
 
     import numpy as np
-    from conftest import run_script, write_h5
 
     path, _, net_d = authors_checkpoint
     assert net_d.fc1.weight.shape == (640, 8192)

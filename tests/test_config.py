@@ -11,7 +11,7 @@ from common.cli.flags import add_script_flags, script_parser
 from common.cli.train import parse_train_args, parse_train_command, train_main, train_parser
 from common.tasks import TASKS
 from common.training.config import RunConfig, flag_of
-from conftest import small_nets, sr_trainset, write_photos
+from helpers import small_nets, sr_trainset, write_photos
 
 SMALL = [*small_nets(), "--device", "cpu"]
 

@@ -8,7 +8,7 @@ import torch
 from common.data.loader import UnpairedH5Dataset
 from common.data.patch_file import H5PatchWriter, cut_patches
 from common.system.errors import InputError
-from conftest import write_h5
+from helpers import write_h5
 
 
 def indexed_patches(n, side, dtype=np.uint8, channels=3):

@@ -10,7 +10,7 @@ import torch
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
 from common.training.devices import Distributed, Local
-from conftest import ROOT, small_nets, sr_trainset
+from helpers import ROOT, small_nets, sr_trainset
 
 SMALL = small_nets(16)
 

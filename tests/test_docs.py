@@ -11,7 +11,7 @@ import pytest
 from common.cli import test as test_script
 from common.cli.train import parse_train_args
 from common.tasks import TASKS
-from conftest import ROOT
+from helpers import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

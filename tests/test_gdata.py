@@ -15,7 +15,7 @@ from common.data.images import IMAGE_KINDS, read_image, write_image
 from common.data.loader import UnpairedH5Dataset
 from common.data.patch_file import H5PatchWriter, cut_patches, find_h5_files
 from common.system.errors import InputError
-from conftest import ROOT, run_script, write_h5
+from helpers import ROOT, run_script, write_h5
 
 
 def make_folder(folder, sizes, seed=0):

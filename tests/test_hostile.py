@@ -42,7 +42,7 @@ from common.networks import Generator
 from common.system.errors import InputError
 from common.system.files import RunLock
 from common.training.checkpoint import FORMAT, save_checkpoint
-from conftest import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
+from helpers import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
                       write_photos)
 
 SMALL = small_nets()

@@ -18,7 +18,7 @@ from common.data.images import read_image
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
 from common.training.checkpoint import load_generator, read_checkpoint, save_checkpoint
-from conftest import ROOT, generator_checkpoint, run_script, small_nets, sr_trainset, write_h5
+from helpers import ROOT, generator_checkpoint, run_script, small_nets, sr_trainset, write_h5
 
 SMALL = small_nets(16)
 

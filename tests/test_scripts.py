@@ -6,7 +6,7 @@ import pytest
 from common.data.images import read_image
 from common.demo import TASK_DEMOS, WIDER_PHOTOS, photo_name
 from common.tasks import TASKS
-from conftest import run_script
+from helpers import run_script
 
 
 @pytest.mark.slow

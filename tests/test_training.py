@@ -7,6 +7,7 @@ from common.cli.train import parse_train_args
 from common.networks import Critic, Generator
 from common.sot import learning_rate, make_optimizers, set_learning_rate, train_step
 from common.tasks import TASKS
+from helpers import write_h5
 
 
 def small_pair(seed=0):
@@ -60,7 +61,6 @@ def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
     import numpy as np
 
     from common.cli.train import train_main
-    from conftest import write_h5
 
     g, d = small_pair(3)
     opt_g, opt_d = make_optimizers(g, d, 1e-4)
@@ -94,7 +94,6 @@ def test_null_space_is_part_of_the_saved_model(tmp_path):
 
     from common.training.checkpoint import load_generator
     from common.cli.train import train_main
-    from conftest import write_h5
 
     rng = np.random.default_rng(0)
     write_h5(tmp_path / "train" / "t.h5", (rng.random((4, 3, 32, 32)) * 255).astype(np.uint8),
@@ -152,7 +151,6 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
     from common.training.checkpoint import load_generator, read_checkpoint
     from common.recipe import WeightAverage
     from common.cli.train import train_main
-    from conftest import write_h5
 
     g, _ = small_pair(2)
     average = WeightAverage(g, 0.9)
@@ -203,7 +201,6 @@ def test_progress_is_counted_against_the_runs_real_end(tmp_path, capsys):
     import numpy as np
 
     from common.cli.train import train_main
-    from conftest import write_h5
 
     rng = np.random.default_rng(0)
     patches = (rng.random((4, 3, 128, 128)) * 255).astype(np.uint8)
@@ -236,7 +233,6 @@ def brightened_set(tmp_path, monkeypatch, paired: bool):
     import cv2
 
     import common.tasks as tasks
-    from conftest import write_h5
 
     monkeypatch.setitem(tasks.TASKS, "deraining", dataclasses.replace(TASKS["deraining"], patch=32, critic_hidden=16))
     clean, other = _smooth_photos(64, 1), _smooth_photos(64, 2)
