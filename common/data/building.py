@@ -188,6 +188,38 @@ def folder_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def check_make_flags(input_dir, patch: int, stride: int, degradation: str | None, degraded_dir, split,
+                     as_name: str | None, scale: int | None, two_sides: bool) -> tuple[int, float | None]:
+    """:func:`plan_make`'s arguments that contradict each other, or a patch grid the scale cannot
+    align, refused before any image is read; the scale and the split's fraction (None: both sides)."""
+    if patch < 1 or stride < 1:
+        raise InputError(f"--patch {patch} --stride {stride}: both must be at least 1")
+    if degradation is not None and degradation not in DEGRADATIONS:
+        raise InputError(f"--degrade {degradation}: unknown; choose from {', '.join(DEGRADATIONS)}")
+    if as_name not in (None, "data", "label"):
+        raise InputError(f"--as {as_name}: expected data or label")
+    if as_name == "label" and degradation:
+        raise InputError(f"--as label --degrade {degradation}: clean patches are not degraded; use --as data")
+    if degraded_dir is not None and as_name is not None:
+        raise InputError("--as makes one dataset from one folder; it does not go with --degraded-input")
+    if split is not None and not two_sides:
+        raise InputError("--split chooses the images of the degraded and the clean side; it needs --degrade "
+                         "or --degraded-input (and no --as)")
+    if degradation and scale and scale != degradation_scale(degradation):
+        raise InputError(f"--scale {scale} contradicts --degrade {degradation} "
+                         f"(which makes x{degradation_scale(degradation)} smaller images)")
+    s = degradation_scale(degradation) if degradation else (scale or 1)
+    if patch % s or stride % s:
+        raise InputError(f"--patch {patch} and --stride {stride} must be multiples of the scale {s}, so that "
+                         "degraded and clean patch grids align")
+    fraction = parse_split(split)
+    if degraded_dir is not None and degradation is None and same_file(degraded_dir, input_dir):
+        raise InputError(f"--degraded-input {degraded_dir} is the --input folder: 'data' and 'label' would hold "
+                         "the same clean patches, with nothing to learn; give the degraded photographs' folder, "
+                         "or --degrade to degrade these")
+    return s, fraction
+
+
 def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: str | None = None,
               degraded_dir: str | Path | None = None, split: str | float | None = None,
               as_name: str | None = None, scale: int | None = None) -> tuple[list[PatchJob], dict]:
@@ -208,33 +240,9 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
     ``patch / scale`` on a ``stride / scale`` grid, ``scale`` being the degradation's (4 for
     bicubic-x4) or ``scale``.
     """
-    if patch < 1 or stride < 1:
-        raise InputError(f"--patch {patch} --stride {stride}: both must be at least 1")
-    if degradation is not None and degradation not in DEGRADATIONS:
-        raise InputError(f"--degrade {degradation}: unknown; choose from {', '.join(DEGRADATIONS)}")
-    if as_name not in (None, "data", "label"):
-        raise InputError(f"--as {as_name}: expected data or label")
-    if as_name == "label" and degradation:
-        raise InputError(f"--as label --degrade {degradation}: clean patches are not degraded; use --as data")
-    if degraded_dir is not None and as_name is not None:
-        raise InputError("--as makes one dataset from one folder; it does not go with --degraded-input")
     two_sides = degraded_dir is not None or (degradation is not None and as_name is None)
-    if split is not None and not two_sides:
-        raise InputError("--split chooses the images of the degraded and the clean side; it needs --degrade "
-                         "or --degraded-input (and no --as)")
-    if degradation and scale and scale != degradation_scale(degradation):
-        raise InputError(f"--scale {scale} contradicts --degrade {degradation} "
-                         f"(which makes x{degradation_scale(degradation)} smaller images)")
-    s = degradation_scale(degradation) if degradation else (scale or 1)
-    if patch % s or stride % s:
-        raise InputError(f"--patch {patch} and --stride {stride} must be multiples of the scale {s}, so that "
-                         "degraded and clean patch grids align")
-    fraction = parse_split(split)
-    if degraded_dir is not None and degradation is None and same_file(degraded_dir, input_dir):
-        raise InputError(f"--degraded-input {degraded_dir} is the --input folder: 'data' and 'label' would hold "
-                         "the same clean patches, with nothing to learn; give the degraded photographs' folder, "
-                         "or --degrade to degrade these")
-
+    s, fraction = check_make_flags(input_dir, patch, stride, degradation, degraded_dir, split, as_name, scale,
+                                   two_sides)
     images = folder_images(input_dir)
     degraded_images = folder_images(degraded_dir) if degraded_dir is not None else images
     if not two_sides:

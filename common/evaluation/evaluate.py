@@ -17,9 +17,10 @@ import torch
 from tqdm import tqdm
 
 from ..data.degrade import imresize
-from ..data.images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
+from ..data.images import image_size, image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
 from ..data.pairs import Pair
 from ..system.errors import InputError
+from ..system.files import same_file
 from ..system.signals import check_interrupted
 from ..system.text import spreadsheet_text
 from ..tasks import Task, UPSCALERS, model_input
@@ -49,8 +50,6 @@ def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel
 def check_scored_apart(input_dir, gt_dir, pairs: list[Pair], flags: tuple[str, str] = ("--input", "--gt")) -> None:
     """Refuse ground truth that is the input itself: every image would be scored against itself (and
     a validation that chooses best.pt on it would choose by nothing)."""
-    from ..system.files import same_file
-
     if gt_dir and same_file(input_dir, gt_dir):
         raise InputError(f"{flags[1]} {gt_dir} is the {flags[0]} folder: every image would be scored against itself; "
                          "give the ground truth's own folder (a folder holding both sides in a known layout, "
@@ -105,8 +104,6 @@ def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Ta
     is decoded where Pillow reads the format): an input too small for the reference's crop or too
     large for memory, a ground truth of the wrong size. So a run that would stop at its 400th
     image stops before its first, having written nothing."""
-    from ..data.images import image_size
-
     factor = 1 if prescaled else task.scale
     for pair in pairs:
         if pair.gt is not None and pair.name == MEANS_ROW:
@@ -217,15 +214,7 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
         x = upsampled_input(img, task, device, align_corners, prescaled, upscale)
         if reference_metrics:
             x = crop_to_multiple(x, task.reference_crop, pair)
-        try:
-            if transpose:
-                restored = restore(generator, x.transpose(-1, -2), precision, tile, tile_overlap).transpose(-1, -2)
-            else:
-                restored = restore(generator, x, precision, tile, tile_overlap)
-        except InputError as exc:  # the image is too large for memory: name it
-            raise InputError(f"{pair.input}: {exc}") from None
-        if not torch.isfinite(restored).all():  # on the device, before anything is written or scored
-            raise NonFiniteOutput(model, pair.input)
+        restored = restored_image(generator, x, pair, precision, tile, tile_overlap, transpose, model)
         unclamped = restored[0].permute(1, 2, 0).float().cpu().numpy() if reference_metrics else None
         restored = to_uint8(tensor_to_image(restored))
         if save_dir is not None:
@@ -247,6 +236,21 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
     if save_dir is not None and any(len(r) > 1 for r in result.rows):
         write_metrics_csv(save_dir / "metrics.csv", result)
     return result
+
+
+def restored_image(generator: torch.nn.Module, x: torch.Tensor, pair: Pair, precision: str, tile: int | None,
+                   tile_overlap: int, transpose: bool, model: str) -> torch.Tensor:
+    """G's output for one input (see :func:`evaluate`), refused where it holds NaN or infinite values."""
+    try:
+        if transpose:
+            restored = restore(generator, x.transpose(-1, -2), precision, tile, tile_overlap).transpose(-1, -2)
+        else:
+            restored = restore(generator, x, precision, tile, tile_overlap)
+    except InputError as exc:  # the image is too large for memory: name it
+        raise InputError(f"{pair.input}: {exc}") from None
+    if not torch.isfinite(restored).all():  # on the device, before anything is written or scored
+        raise NonFiniteOutput(model, pair.input)
+    return restored
 
 
 def _fmt(v) -> str:

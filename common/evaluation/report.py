@@ -24,17 +24,22 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 import time
 import urllib.parse
 from pathlib import Path
 
 import cv2
+import jinja2
 import numpy as np
+from jinja2.utils import htmlsafe_json_dumps
 from markupsafe import Markup
 
 from ..data.images import write_image
 from ..system.files import atomic_write
-from ..system.text import printable
+from ..system.text import note, printable
+from ..training.run_folder import read_metrics
+from .figures import training_curves
 
 PREVIEW_SIDE = 1024  # the comparison view's images: at most this on their long side
 THUMB_SIDE = 160     # the table's thumbnails
@@ -62,8 +67,6 @@ def json_for_script(data) -> Markup:
     decoded: ``<``, ``>``, ``&`` and ``'`` as ``\\u003c``-style escapes (Jinja2's own), and every character
     past ASCII, U+2028 and U+2029 included, as ``\\u`` escapes too (``ensure_ascii``). Nothing in it can
     end the element or open a comment there, and ``JSON.parse`` gives back the same strings."""
-    from jinja2.utils import htmlsafe_json_dumps
-
     return htmlsafe_json_dumps(data, ensure_ascii=True)
 
 
@@ -71,8 +74,6 @@ def json_for_script(data) -> Markup:
 def _templates():
     """The pages' templates (``common/evaluation/templates``): Jinja2 escapes every value put into them, so a name, a
     path or a checkpoint's field is always text on the page, never markup."""
-    import jinja2
-
     return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                               autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
@@ -133,9 +134,6 @@ class ResultsReport:
 def write_training_report(run_root: Path, title: str, facts: list[tuple[str, str]]) -> Path:
     """``<run>/report.html``: the curves of every sigma's metrics.jsonl and its sample pictures; rewritten
     whole (atomically) each time, so that a browser's reload always finds a complete page."""
-    from .figures import training_curves
-    from ..training.run_folder import read_metrics
-
     logs = {path.parent.name: read_metrics(path) for path in sorted(run_root.glob("sigma-*/metrics.jsonl"))}
     curves = f"{ASSETS}/curves.png"
     training_curves(run_root / curves, logs)
@@ -159,8 +157,6 @@ class ReportRefresher:
         self.last = -float("inf")
 
     def request(self) -> None:
-        import threading
-
         if (self.thread is not None and self.thread.is_alive()) or time.monotonic() - self.last < self.every:
             return
         self.last = time.monotonic()
@@ -171,7 +167,6 @@ class ReportRefresher:
         try:
             write_training_report(*self.args)
         except Exception as exc:  # noqa: BLE001 - a report must never stop a run
-            from ..system.text import note
             note(f"{self.args[0] / 'report.html'}: not updated ({type(exc).__name__}: {exc})")
 
     def final(self) -> None:

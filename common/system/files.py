@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Collection
@@ -274,8 +275,6 @@ def unreadable_reason(path: str | os.PathLike, what: str = "a file") -> str | No
     Tells apart what ``Path.is_file()`` lumps together as False: a missing file, a broken symbolic
     link, a link loop, a folder, a FIFO or device (reading one would block or never end) and a file
     without read permission. ``what`` names what was expected ("an image", "a checkpoint file")."""
-    import stat
-
     path = Path(path)
     try:
         st = path.stat()

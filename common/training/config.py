@@ -28,8 +28,11 @@ from ..cli.flags import (SHARED_FLAGS, decay, finite_non_negative_float, finite_
 from ..networks import CHANNEL_REDUCTION, CRITIC_INITS, PAPER_WIDTHS
 from ..sot import TRANSPORT_COSTS
 from ..system.errors import InputError
+from ..system.files import same_file
 from ..system.text import note, printable
 from ..tasks import TASKS, Task
+from .checkpoint import read_checkpoint
+from .run_folder import read_json, sigma_dir_name
 
 RUN_FORMAT = "sot-run"
 RUN_VERSION = 2  # run.json: {"config": what was asked, "resolved": what the machine made of it}
@@ -321,8 +324,6 @@ def read_run(path: Path, task: Task) -> tuple[RunConfig, dict]:
     ``trainset_files``, the values a resume takes back); older files converted. Every value is held
     to the rules of its flag before anything is written: a damaged or hand-edited field is refused
     in one line that names it."""
-    from .run_folder import read_json
-
     saved = read_json(path)
     if saved.get("format") == RUN_FORMAT:
         asked, resolved = saved.get("config"), saved.get("resolved")
@@ -400,9 +401,6 @@ def newest_run(task_dir: Path) -> Path:
 
 def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
     """The folder of the run to resume and, for --resume CKPT, the checkpoint its sigma starts from."""
-    from .checkpoint import read_checkpoint
-    from ..system.files import same_file
-
     if resume == "auto":
         task_dir = Path(given.get("out", RunConfig.out)) / task.name
         run_root = task_dir / given["name"] if given.get("name") else newest_run(task_dir)
@@ -434,8 +432,6 @@ def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
 def plan_resume(task: Task, resume: str, given: dict, new_data: bool = False) -> tuple[RunConfig, ResumePlan]:
     """The configuration of the run being resumed (its run.json, with ``given`` on top) and where it
     continues. A defining field that ``given`` changes is refused: the run would not be itself."""
-    from .run_folder import sigma_dir_name
-
     run_root, checkpoints = _resumed_root(task, resume, given)
     saved, resolved = read_run(run_root / "run.json", task)
     for sigma, checkpoint in checkpoints.items():  # else the sweep would pass it over and resume from the newest

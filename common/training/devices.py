@@ -18,6 +18,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.loader import as_float
 from ..system.errors import InputError
@@ -179,8 +180,6 @@ class Distributed(Local):
         return Local()
 
     def wrap_generator(self, generator: torch.nn.Module) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(generator, device_ids=ids)
 

@@ -234,7 +234,8 @@ def check_resumed_data(config: RunConfig, resume: ResumePlan, files: list[dict])
 
 def plan_sigmas(task: Task, config: RunConfig, run_root: Path, resume: ResumePlan | None,
                 main: bool) -> list[SigmaPlan]:
-    """Where each sigma starts, and whether it is done. The state files and the checkpoints to resume from are read now: a damaged one stops the run here."""
+    """Where each sigma starts, and whether it is done. The state files and the checkpoints to resume
+    from are read now: a damaged one stops the run here."""
     plan = []
     for i, sigma in enumerate(config.sigma):
         folder = SigmaFolder(run_root / sigma_dir_name(sigma), main)

@@ -41,7 +41,7 @@ class MetricsLog:
             self._truncate_after(resume_step)
         self.writer = None
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # only where installed and asked for
             self.writer = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step or None)
 
     def _truncate_after(self, step: int) -> None:
