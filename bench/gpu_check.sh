@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run of at most 9 minutes on one H100 or H200.
+# Everything that needs a GPU, in one run on one GPU that keeps to --budget (9 minutes by default), so that
+# one sitting measures every part and a run cut short still leaves the parts it finished.
 #
 # Parts, in order, each under its own time limit; a part that fails or runs out of time is reported
 # as such and the next one runs:

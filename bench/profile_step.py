@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench.reference_step import reference_step  # noqa: E402
 from bench.speed import batch_for, networks, sync  # noqa: E402
-from common.inference import restore  # noqa: E402
+from common.cli.flags import DEVICES  # noqa: E402
+from common.evaluation.inference import restore  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
-from common.devices import resolve_device  # noqa: E402
-from common.sot import make_optimizers, train_step  # noqa: E402
+from common.training.devices import resolve_device  # noqa: E402
+from common.sot import make_optimizers, reference_iteration, train_step  # noqa: E402
 
 VARIANTS = {
     "fast-bf16": ("our step, bf16 autocast + channels_last", "fast", "bf16"),
@@ -84,7 +84,7 @@ def profile_variant(key: str, task, device, args, out: Path) -> dict:
 
     def step():
         if kind == "reference":
-            reference_step(g, d, opt_g, opt_d, x, clean, sigma, cost)
+            reference_iteration(g, d, opt_g, opt_d, x, clean, sigma, cost)
         elif kind == "inference":
             restore(g, image, precision)
         else:
@@ -153,9 +153,9 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--task", choices=sorted(TASKS), default="sr")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch", type=int, default=None, help="patches per step (default: 32, quick: 2)")
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["fast-bf16", "reference"])
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3, quick: 1)")

@@ -117,7 +117,7 @@ def from_junit(path: Path, log: Path | None) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--json", default=None, metavar="FILE", help="write the results here")
     p.add_argument("--filter", default="", metavar="A,B", help="only tests whose names contain one of these")
     p.add_argument("--no-pytest", action="store_true", help="make `import pytest` fail, as where it is missing")

@@ -33,14 +33,14 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
 
-from bench.reference_step import reference_step  # noqa: E402
-from common.data import UnpairedH5Dataset  # noqa: E402
-from common.h5format import H5PatchWriter  # noqa: E402
-from common.inference import restore  # noqa: E402
+from common.cli.flags import DEVICES  # noqa: E402
+from common.data.loader import UnpairedH5Dataset  # noqa: E402
+from common.data.patch_file import H5PatchWriter  # noqa: E402
+from common.evaluation.inference import restore  # noqa: E402
 from common.networks import Critic, Generator, compile_blocks  # noqa: E402
 from common.tasks import TASKS, model_input  # noqa: E402
-from common.devices import CapturedStep, Local, resolve_device, resolve_threads  # noqa: E402
-from common.sot import make_optimizers, train_step  # noqa: E402
+from common.training.devices import CapturedStep, Local, resolve_device, resolve_threads  # noqa: E402
+from common.sot import make_optimizers, reference_iteration, train_step  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -125,7 +125,7 @@ class HostChecks(Local):
 def make_step(kind: str, g, d, opt_g, opt_d, x, clean, sigma: float, cost: str, precision: str):
     """The iteration a variant times, as a function of nothing."""
     if kind == "reference":
-        return lambda: reference_step(g, d, opt_g, opt_d, x, clean, sigma, cost)
+        return lambda: reference_iteration(g, d, opt_g, opt_d, x, clean, sigma, cost)
     if kind == "graph":
         captured = CapturedStep(lambda key, a, b: train_step(g, d, opt_g, opt_d, a, b, sigma, cost, precision))
         return lambda: captured((True,), x, clean)
@@ -168,8 +168,9 @@ def training_rows(task, device, args) -> list[dict]:
             rg, rd = networks(task, device, args.quick, False, reference=True)
             ropt_g, ropt_d = make_optimizers(rg, rd, 1e-4)
             rx, rclean = batch_for(task, size, patch, device, False)
-            reference_ms[size], _ = time_it(lambda: reference_step(rg, rd, ropt_g, ropt_d, rx, rclean, sigma, cost),
-                                            device, args.steps, args.warmup)
+            reference_ms[size], _ = time_it(
+                lambda: reference_iteration(rg, rd, ropt_g, ropt_d, rx, rclean, sigma, cost),
+                device, args.steps, args.warmup)
             del rg, rd, ropt_g, ropt_d
         ms, peak = time_it(step, device, args.steps, args.warmup)
         if kind == "reference":
@@ -270,9 +271,9 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--task", choices=sorted(TASKS), default="sr")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch", type=int, default=None, help="patches per step (default: 32, quick: 2)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: 20, quick: 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5, quick: 1)")

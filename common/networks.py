@@ -7,16 +7,27 @@ classes by name.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
+class Widths(NamedTuple):
+    """A generator's base width and U-Net increment per level, and a critic's base width."""
+    generator: int
+    increment: int
+    critic: int
+
+
 GENERATOR_MULTIPLE = 4  # two bilinear halvings in the encoder
 # The generator's channel attention squeezes its features to width // reduction channels: a width
 # below the reduction keeps none, and the first forward pass fails (the increments only widen).
 CHANNEL_REDUCTION = 4
-REFERENCE_CRITIC_WIDTH = 64
+# The paper's network widths: the generator's base width and its U-Net increment per level, and the
+# critic's base width. Training defaults to them (common.training.config); the demo narrows them.
+PAPER_WIDTHS = Widths(generator=80, increment=48, critic=64)
 # How the critic's weights start. "reference": N(0, 0.02) as the authors' scripts (docs/METHOD.md); its ten
 # layers each shrink the signal, so the gradient of the score with respect to the input starts about
 # 500x below the penalty's target norm of 1 and the critic spends its first few hundred steps growing
@@ -237,8 +248,8 @@ class Generator(nn.Module):
     low-resolution input does not already fix, not shift its colours or shading. 1: the paper's G.
     """
 
-    def __init__(self, channels: int = 3, width: int = 80, increment: int = 48, reduction: int = CHANNEL_REDUCTION,
-                 kernel_size: int = 3, null_space_scale: int = 1):
+    def __init__(self, channels: int = 3, width: int = PAPER_WIDTHS.generator, increment: int = PAPER_WIDTHS.increment,
+                 reduction: int = CHANNEL_REDUCTION, kernel_size: int = 3, null_space_scale: int = 1):
         super().__init__()
         if width < reduction:
             raise ValueError(f"a generator of width {width} cannot run: its channel attention squeezes the width "
@@ -272,7 +283,7 @@ class Critic(nn.Module):
     reference's 128x128 patches the flattened features are 8192 wide. Returns one score per sample.
     """
 
-    def __init__(self, channels: int = 3, hidden: int = 640, input_size: int = 128, width: int = 64,
+    def __init__(self, channels: int = 3, hidden: int = 640, input_size: int = 128, width: int = PAPER_WIDTHS.critic,
                  init: str = "reference"):
         super().__init__()
         if init not in CRITIC_INITS:
@@ -298,7 +309,7 @@ class Critic(nn.Module):
         # The reference's N(0, 0.02) at its width 64. A narrower critic (quick experiments) gets the
         # same per-layer signal gain, std 0.02 * sqrt(64 / width): with 0.02 its ten layers would shrink
         # the input's signal about 1000x more at width 16, leaving a critic that cannot see its input.
-        std = 0.02 * math.sqrt(REFERENCE_CRITIC_WIDTH / width)
+        std = 0.02 * math.sqrt(PAPER_WIDTHS.critic / width)
         if self.fc1.weight.is_meta:
             # sizes only (the run's preflight): meta tensors hold no values, and drawing them would
             # import torch's compiler (about 2 s of every train.py start)

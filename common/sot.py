@@ -9,15 +9,15 @@ cost of the residual: the l0.5 or l1 norm of its 2-D spectrum (SOT) or its L2 no
 baseline). RMSprop for both networks, G at half the critic's learning rate, the rate divided by 10
 every ``step_size`` epochs. docs/METHOD.md derives each term and names the authors' script it
 follows. What this project adds for short runs (all off by default) is in ``common.recipe``; the run
-around the iteration (data, files, devices, processes) is ``common.runs``.
+around the iteration (data, files, devices, processes) is ``common.training.loop``.
 """
 from __future__ import annotations
 
 import torch
 
-from .devices import Local
-from .inference import autocast
+from .evaluation.inference import autocast
 from .networks import Critic, Generator
+from .training.devices import Local
 
 TRANSPORT_COSTS = ("sot-l0.5", "sot-l1", "ot")
 GP_WEIGHT = 10.0
@@ -224,7 +224,7 @@ def train_step(generator: Generator, critic: Critic, opt_g, opt_d, x: torch.Tens
     before it, are finite; otherwise it leaves the weights and optimiser states as they were
     (``stats["skipped"]``, a device tensor, is True). The decision stays on the device
     (:class:`GuardedRMSprop`): nothing in the iteration waits for the GPU. ``sync`` shares a batch
-    split across processes (``common.devices.Distributed``); None for one. Not in the paper
+    split across processes (``common.training.devices.Distributed``); None for one. Not in the paper
     (``common.recipe``): ``extra_cost`` is charged beside R (``--dc-weight``), and
     ``update_generator=False`` makes it a critic-only iteration (``--critic-warmup``).
     Returns detached statistics and G(x).
@@ -283,3 +283,37 @@ def supervised_step(generator: Generator, opt_g, x: torch.Tensor, clean: torch.T
     ok = sync.all_true(finite_update(loss, opt_g))
     opt_g.guarded_step(ok)
     return {"l1": loss.detach(), "skipped": ~ok}, fake.detach()
+
+
+def reference_iteration(generator, critic, opt_g, opt_d, x: torch.Tensor, clean: torch.Tensor, sigma: float,
+                        cost: str) -> None:
+    """The authors' iteration, written plainly: the yardstick that :func:`train_step` is timed and
+    tested against (same math). It keeps their structure (docs/METHOD.md, "One iteration"): critic
+    loss on real and fake in two critic passes and one optimiser step; a separate gradient-penalty
+    pass and step; then a second generator forward for the generator step. Plain optimiser steps:
+    no guard against non-finite updates, no autocast, one process."""
+    n = clean.shape[0]
+    # critic step
+    critic.zero_grad()
+    d_real_loss = -critic(clean).mean()
+    fake = generator(x)
+    d_fake_loss = critic(fake.detach()).mean()
+    (d_real_loss + d_fake_loss).backward()
+    opt_d.step()
+    # gradient-penalty step
+    critic.zero_grad()
+    alpha = torch.rand(n, 1, 1, 1, device=x.device, dtype=clean.dtype).expand_as(clean)
+    interpolated = (alpha * clean + (1 - alpha) * fake.detach()).requires_grad_(True)
+    out = critic(interpolated)
+    grad = torch.autograd.grad(out, interpolated, grad_outputs=torch.ones_like(out), retain_graph=True,
+                               create_graph=True)[0]
+    norm = torch.sqrt(torch.sum(grad.reshape(n, -1) ** 2, dim=1))
+    (GP_WEIGHT * torch.mean((norm - 1) ** 2)).backward()
+    opt_d.step()
+    # generator step, with G forwarded again
+    critic.zero_grad()
+    generator.zero_grad()
+    fake = generator(x)
+    loss_g = -critic(fake).mean() + sigma * transport_cost(fake - x, cost)
+    loss_g.backward()
+    opt_g.step()

@@ -1,10 +1,11 @@
 """The three restoration tasks, side by side: a task is its defaults and what its input needs before G.
 
-Everything else (networks, losses, training loop, checkpoints, evaluation) is shared.
+Everything else (networks, losses, training loop, checkpoints, evaluation) is shared; what each
+task's demo trains and asks of its model is ``common.demo.TASK_DEMOS``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,39 +20,23 @@ class Task:
     critic_hidden: int         # width of the critic's hidden linear layer (docs/METHOD.md, "Critic")
     sigmas: tuple[float, ...]  # transport weights; one model is trained per value (docs/METHOD.md)
     default_loss: str
-    degradation: str           # the synthetic degradation its demo uses (common.degrade)
+    degradation: str           # the synthetic degradation its demo uses (common.data.degrade)
     input_label: str           # what the degraded input is called next to the result
     patch: int = 128           # clean-side training patch; the critic takes exactly this size
-    # the RunConfig fields under --demo where this task's demo differs from common.config.DEMO_TRAINING
-    # (common/demo.py says why); "sigma" is always among them
-    demo_flags: dict = field(default_factory=dict, hash=False)
-    # dB over the degraded input the demo's best checkpoint must reach; SR's 0.01 is "above bicubic" by at
-    # least what the printed figures resolve (an identity G scores 1e-4 dB above it by round-off)
-    demo_gain: float = 1.0
-    # what is known where the demo falls short of demo_gain as measured (docs/RESULTS.md), printed after
-    # its verdict so that the verdict is not read as one unlucky run
-    demo_shortfall: str = ""
     reference_crop: int = 64   # the authors' test scripts crop inputs to multiples of this (docs/METHOD.md)
 
 
 TASKS: dict[str, Task] = {
     "sr": Task("sr", "x4 super-resolution", scale=4, batch_size=32, critic_hidden=640,
                sigmas=(100, 50, 30, 10), default_loss="sot-l0.5", degradation="bicubic-x4",
-               input_label="bicubic", demo_gain=0.01,
-               demo_flags={"sigma": 0.01, "critic_init": "kaiming", "critic_warmup_steps": 200, "null_space": True,
-                           "max_steps": 300},
-               demo_shortfall="As measured (docs/RESULTS.md, \"The demos beyond their own photographs\"): at the "
-                              "demo's scale unsupervised x4 SR does not beat bicubic, with any seed, sigma or stopping "
-                              "point tried: at best it is level with it (300 steps); its added detail helps textured "
-                              "photographs a little and costs smooth ones, and longer runs lose dB. The paper's sizes "
-                              "need a GPU."),
+               input_label="bicubic"),
     "deraining": Task("deraining", "deraining", scale=1, batch_size=48, critic_hidden=64,
                       sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="rain-heavy",
-                      input_label="rainy input", reference_crop=16, demo_flags={"sigma": 10.0, "dc_weight": 10.0}),
+                      input_label="rainy input", reference_crop=16),
     # The authors' dehazing/ folder ships sr/'s network file byte for byte: its critic is 640 wide too.
     "dehazing": Task("dehazing", "dehazing", scale=1, batch_size=48, critic_hidden=640,
                      sigmas=(0.1, 1, 10, 50, 100, 500), default_loss="sot-l1", degradation="haze",
-                     input_label="hazy input", demo_flags={"sigma": 100.0}),
+                     input_label="hazy input"),
 }
 
 

@@ -45,18 +45,19 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.checkpoint import load_generator  # noqa: E402
-from common.config import RunConfig, flag_of, plan_resume  # noqa: E402
+from common.cli.flags import DEVICES  # noqa: E402
+from common.training.checkpoint import load_generator  # noqa: E402
+from common.training.config import RunConfig, flag_of, plan_resume  # noqa: E402
 from common.demo import load_photo, write_heldout, write_training_file  # noqa: E402
-from common.evaluate import evaluate  # noqa: E402
-from common.figures import study_curves  # noqa: E402
-from common.images import list_images, read_image  # noqa: E402
-from common.metrics import LPIPS  # noqa: E402
-from common.pairs import find_pairs  # noqa: E402
+from common.evaluation.evaluate import evaluate  # noqa: E402
+from common.evaluation.figures import study_curves  # noqa: E402
+from common.data.images import list_images, read_image  # noqa: E402
+from common.evaluation.metrics import LPIPS  # noqa: E402
+from common.data.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
-from common.devices import resolve_device  # noqa: E402
-from common.runs import train  # noqa: E402
-from common.run_folder import read_metrics, read_state, sigma_dir_name  # noqa: E402
+from common.training.devices import resolve_device  # noqa: E402
+from common.training.loop import train  # noqa: E402
+from common.training.run_folder import read_metrics, read_state, sigma_dir_name  # noqa: E402
 
 COSTS = ("ot", "sot-l1", "sot-l0.5")
 # Per task and cost, the sigmas to choose from on the validation split. The costs charge the same
@@ -255,7 +256,8 @@ def parse_sigmas(tokens: list[str], task: str) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="experiments/compare_costs.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--task", choices=sorted(TASKS), default="sr")
     p.add_argument("--quick", action="store_true", help="small networks, few photos and steps: a CPU smoke run")
     p.add_argument("--small", action="store_true",
@@ -300,7 +302,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a real unpaired training folder of .h5 files (instead of the proxy set)")
     p.add_argument("--paired-train", default=None, metavar="DIR", help="a real paired .h5 folder for the supervised bound")
     p.add_argument("--val-input"), p.add_argument("--val-gt"), p.add_argument("--test-input"), p.add_argument("--test-gt")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--out", default=None, help="default: results/compare_costs/<task>")
     return p
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from common.data import UnpairedH5Dataset  # noqa: E402
+from common.data.loader import UnpairedH5Dataset  # noqa: E402
 from common.networks import CRITIC_INITS, Critic, Generator  # noqa: E402
 from common.recipe import start_as_identity  # noqa: E402
 from common.sot import make_optimizers, train_step  # noqa: E402
@@ -37,7 +37,7 @@ from common.tasks import TASKS, model_input  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--trainset", required=True, help="a paired .h5 file or folder (data[i] degraded from label[i])")
     p.add_argument("--critic-init", choices=CRITIC_INITS, default="reference")

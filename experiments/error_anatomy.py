@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.checkpoint import load_generator  # noqa: E402
-from common.evaluate import evaluate  # noqa: E402
-from common.pairs import find_pairs  # noqa: E402
+from common.training.checkpoint import load_generator  # noqa: E402
+from common.evaluation.evaluate import evaluate  # noqa: E402
+from common.data.pairs import find_pairs  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 
 BANDS = (("low", 0.0, 1 / 8), ("mid", 1 / 8, 1 / 4), ("high", 1 / 4, 0.71))  # cycles per pixel, to the corner
@@ -109,7 +109,7 @@ def markdown(checkpoint: Path, rows: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--task", choices=sorted(TASKS), required=True)
     p.add_argument("--input", required=True, metavar="DIR", help="degraded images (for SR: low-resolution)")
     p.add_argument("--gt", required=True, metavar="DIR", help="their ground truth, paired by file name")

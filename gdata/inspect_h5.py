@@ -5,10 +5,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import h5report, h5tools  # noqa: E402
-from common.cli import positive_int, run_guarded  # noqa: E402
-from common.h5format import find_h5_files  # noqa: E402
-from common.errors import InputError  # noqa: E402
+from common.cli.flags import add_script_flags, positive_int, script_parser  # noqa: E402
+from common.cli.guard import run_guarded  # noqa: E402
+from common.data import inspection  # noqa: E402
+from common.data.patch_file import find_h5_files  # noqa: E402
+from common.system.errors import InputError  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -19,7 +20,7 @@ examples:
 
 
 def parser():
-    p = h5tools.script_parser(
+    p = script_parser(
         "gdata/inspect_h5.py", examples=EXAMPLES,
         description="For each file: its datasets with shape, dtype, patch size in our layout, value range "
                     "(a full scan, streamed) and chunking, its layout and attributes. --check exits with "
@@ -33,7 +34,7 @@ def parser():
     p.add_argument("--scale", type=positive_int, default=None,
                    help="with --check: clean patches must be SCALE times the degraded ones (default: the "
                         "file's 'scale' attribute, else any whole factor)")
-    h5tools.add_script_flags(p, "matlab (N x C x W x H), ours, or auto (the 'layout' attribute, else ours)")
+    add_script_flags(p, "matlab (N x C x W x H), ours, or auto (the 'layout' attribute, else ours)")
     return p
 
 
@@ -43,15 +44,15 @@ def main(argv):
     failures = []
     for path in files:
         try:
-            report = h5report.scan_h5(path, args.layout, progress=not args.quiet)
+            report = inspection.scan_h5(path, args.layout, progress=not args.quiet)
         except InputError as exc:  # unreadable: report it with the others
             if args.debug:
                 raise
             failures.append(exc)
             continue
-        print(h5report.format_report(report, args.layout))
+        print(inspection.format_report(report, args.layout))
         if args.check:
-            problems = h5report.h5_problems(report, args.scale)
+            problems = inspection.h5_problems(report, args.scale)
             if problems:
                 failures.append(InputError(f"{path}: {problems[0]}"))
             else:

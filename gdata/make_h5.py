@@ -5,10 +5,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import h5tools  # noqa: E402
-from common.cli import positive_int, run_guarded, seed_int  # noqa: E402
-from common.degrade import DEGRADATIONS  # noqa: E402
-from common.errors import InputError, note  # noqa: E402
+from common.cli.flags import add_script_flags, positive_int, script_parser, seed_int  # noqa: E402
+from common.cli.guard import run_guarded  # noqa: E402
+from common.data import building  # noqa: E402
+from common.data.degrade import DEGRADATIONS  # noqa: E402
+from common.data.patch_file import DTYPES  # noqa: E402
+from common.system.errors import InputError  # noqa: E402
+from common.system.text import note  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -26,7 +29,7 @@ examples:
 
 
 def parser():
-    p = h5tools.script_parser(
+    p = script_parser(
         "gdata/make_h5.py", examples=EXAMPLES,
         description="Cut every image of a folder into square patches and write them, streamed in batches, "
                     "into an HDF5 training file: 'data' (degraded patches) and 'label' (clean patches), "
@@ -56,16 +59,16 @@ def parser():
     p.add_argument("--scale", type=positive_int, default=None,
                    help="degraded images are SCALE times smaller than clean ones (e.g. 4 for a folder of LR "
                         "images): 'data' patches are patch/SCALE (default: the degradation's, else 1)")
-    p.add_argument("--dtype", choices=h5tools.DTYPES, default=None,
+    p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="stored type: uint8 [0, 255] (default, 4x smaller) or float32 [0, 1] (the reference's); "
                         "--convert keeps the source's by default")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the random degradations (default: %(default)s)")
-    p.add_argument("--batch", type=positive_int, default=h5tools.DEFAULT_BATCH,
+    p.add_argument("--batch", type=positive_int, default=building.DEFAULT_BATCH,
                    help="patches held in memory and written at a time (default: %(default)s)")
     c = p.add_argument_group("conversion")
     c.add_argument("--convert", metavar="IN.h5", default=None,
                    help="rewrite IN.h5 in our layout (N x C x H x W) to --out instead of cutting images")
-    h5tools.add_script_flags(p, "IN.h5's layout: matlab (N x C x W x H), ours, or auto (its 'layout' attribute)", c)
+    add_script_flags(p, "IN.h5's layout: matlab (N x C x W x H), ours, or auto (its 'layout' attribute)", c)
     return p
 
 
@@ -76,16 +79,16 @@ def main(argv):
         if args.input or args.degraded_input or args.degrade:
             raise InputError("--convert rewrites an .h5 file; it does not go with --input, --degraded-input "
                              "or --degrade")
-        counts = h5tools.convert_layout(args.convert, args.out, layout=args.layout, dtype=args.dtype,
+        counts = building.convert_layout(args.convert, args.out, layout=args.layout, dtype=args.dtype,
                                         batch=args.batch, progress=progress)
     else:
         if not args.input:
             raise InputError("give --input DIR (a folder of images) or --convert IN.h5")
-        jobs, attrs = h5tools.plan_make(args.input, args.patch, args.stride, degradation=args.degrade,
+        jobs, attrs = building.plan_make(args.input, args.patch, args.stride, degradation=args.degrade,
                                         degraded_dir=args.degraded_input, split=args.split,
                                         as_name=args.as_name, scale=args.scale)
         attrs["command"] = " ".join(["python", "gdata/make_h5.py", *argv])
-        counts = h5tools.make_h5(args.out, jobs, dtype=args.dtype or "uint8", seed=args.seed, batch=args.batch,
+        counts = building.make_h5(args.out, jobs, dtype=args.dtype or "uint8", seed=args.seed, batch=args.batch,
                                  attrs=attrs, progress=progress)
     summary = ", ".join(f"{name} {n} patches" for name, n in counts.items())
     print(f"wrote {args.out}: {summary}")

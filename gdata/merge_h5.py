@@ -5,9 +5,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import h5tools  # noqa: E402
-from common.cli import positive_int, run_guarded, seed_int  # noqa: E402
-from common.errors import InputError  # noqa: E402
+from common.cli.flags import add_script_flags, positive_int, script_parser, seed_int  # noqa: E402
+from common.cli.guard import run_guarded  # noqa: E402
+from common.data import building  # noqa: E402
+from common.data.patch_file import DTYPES  # noqa: E402
+from common.system.errors import InputError  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -22,7 +24,7 @@ examples:
 
 
 def parser():
-    p = h5tools.script_parser(
+    p = script_parser(
         "gdata/merge_h5.py", examples=EXAMPLES,
         description="Build a training file from the patches of some files as 'data' (degraded) and of others "
                     "as 'label' (clean): each file gives its 'data' (resp. 'label') dataset, or its only "
@@ -36,11 +38,11 @@ def parser():
     p.add_argument("--out", metavar="FILE.h5", required=True, help="the file to write (replaced if it exists)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the permutation (default: %(default)s)")
     p.add_argument("--no-shuffle", action="store_true", help="keep the sources' order (still trimmed)")
-    p.add_argument("--dtype", choices=h5tools.DTYPES, default=None,
+    p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="stored type (default: uint8 if every source is uint8, else float32)")
-    p.add_argument("--batch", type=positive_int, default=h5tools.DEFAULT_BATCH,
+    p.add_argument("--batch", type=positive_int, default=building.DEFAULT_BATCH,
                    help="patches read and written at a time (default: %(default)s)")
-    h5tools.add_script_flags(p, "the sources' layout: matlab (N x C x W x H), ours, or auto (each file's "
+    add_script_flags(p, "the sources' layout: matlab (N x C x W x H), ours, or auto (each file's "
                                 "'layout' attribute, else ours)")
     return p
 
@@ -51,9 +53,9 @@ def main(argv):
     if args.concat:
         if args.data or args.label:
             raise InputError("--concat does not go with --data/--label")
-        counts = h5tools.concat_h5(args.concat, args.out, **common)
+        counts = building.concat_h5(args.concat, args.out, **common)
     elif args.data and args.label:
-        counts = h5tools.merge_h5(args.data, args.label, args.out, seed=args.seed, shuffle=not args.no_shuffle,
+        counts = building.merge_h5(args.data, args.label, args.out, seed=args.seed, shuffle=not args.no_shuffle,
                                   **common)
     else:
         raise InputError("give --data FILE.h5 ... and --label FILE.h5 ..., or --concat FILE.h5 ...")

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common.test_cli import test_main  # noqa: E402
+from common.cli.test import test_main  # noqa: E402
 
 if __name__ == "__main__":
     test_main("sr")

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import printable
-from common.report import ResultsReport
+from common.cli.test import test_main as run_test_script
+from common.evaluation.report import ResultsReport
+from common.system.text import printable
 from common.tasks import TASKS
-from common.test_cli import test_main as run_test_script
-from conftest import generator_checkpoint, small_nets, sr_trainset, write_photos
+from helpers import generator_checkpoint, small_nets, sr_trainset, write_photos
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -147,7 +147,7 @@ def test_a_report_of_500_images_opens_in_about_a_second(tmp_path, browser):
 
 
 def test_the_training_report_shows_curves_and_samples(tmp_path, browser):
-    from common.runs import train_main
+    from common.cli.train import train_main
 
     sr_trainset(tmp_path / "data" / "a.h5", n=4)
     write_photos(tmp_path / "val" / "in", ["a.png"], side=16)
@@ -206,7 +206,7 @@ def test_no_name_or_checkpoint_field_can_run_script_or_change_the_test_report(tm
     page = tmp_path / "res" / "report.html"
     open_page(browser, page)
     state = page_state(browser)
-    # as test.py names it; a name's line separators show as escapes, as on the terminal (common.errors.printable)
+    # as test.py names it; a name's line separators show as escapes, as on the terminal (common.system.text.printable)
     title = printable(f"{TASKS['deraining'].title}: {checkpoint}")
     names = sorted(printable(n) for n in HOSTILE_NAMES)
     assert state["pwned"] is None and state["handlers"] == 0 and state["comments"] == 0
@@ -224,7 +224,7 @@ def test_no_name_or_checkpoint_field_can_run_script_or_change_the_test_report(tm
 
 
 def test_no_name_or_field_can_run_script_or_change_the_training_report(tmp_path, browser):
-    from common.report import write_training_report
+    from common.evaluation.report import write_training_report
 
     run_root = hostile_folder(tmp_path, "run")
     sigmas = ["sigma-10", "sigma-{{DATA}}<img src=x onerror=window.pwned=6>"]

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from common.checkpoint import (atomic_write, load_generator, read_checkpoint, save_checkpoint)
-from common.errors import InputError
 from common.networks import Critic, Generator
-from conftest import ShellPayload
+from common.system.errors import InputError
+from common.system.files import atomic_write
+from common.training.checkpoint import load_generator, read_checkpoint, save_checkpoint
+from helpers import ShellPayload, run_script, write_h5
 
 
 @pytest.mark.slow
@@ -40,7 +41,7 @@ def test_authors_format_loads_without_their_code(authors_checkpoint):
     ckpt = read_checkpoint(path)
     assert ckpt["format"] == "authors" and ckpt["epoch"] == 200
     assert not any(k.startswith("shallow_feat2") for k in ckpt["generator"])
-    from common.checkpoint import build_critic
+    from common.training.checkpoint import build_critic
     d = build_critic(ckpt, path)
     assert d.arch["hidden"] == 640
     patch = torch.rand(2, 3, 128, 128)
@@ -50,8 +51,7 @@ def test_authors_format_loads_without_their_code(authors_checkpoint):
 
 @pytest.mark.slow
 def test_sr_test_script_accepts_authors_file(authors_checkpoint, tmp_path):
-    from common.images import write_image
-    from conftest import run_script
+    from common.data.images import write_image
     import numpy as np
 
     path, _, _ = authors_checkpoint
@@ -114,7 +114,6 @@ def test_dehazing_continues_from_an_authors_checkpoint_with_its_critic(authors_c
     import json
 
     import numpy as np
-    from conftest import run_script, write_h5
 
     path, _, net_d = authors_checkpoint
     assert net_d.fc1.weight.shape == (640, 8192)

@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from common.config import RunConfig, flag_of, parse_train_args, parse_train_command, train_parser
-from common.runs import train_main
+from common.cli import test as test_script
+from common.cli.flags import add_script_flags, script_parser
+from common.cli.train import parse_train_args, parse_train_command, train_main, train_parser
 from common.tasks import TASKS
-from conftest import small_nets, sr_trainset, write_photos
+from common.training.config import RunConfig, flag_of
+from helpers import small_nets, sr_trainset, write_photos
 
 SMALL = [*small_nets(), "--device", "cpu"]
 
@@ -116,6 +118,24 @@ def test_a_resume_that_changes_a_defining_field_is_refused(seeded_run, capsys, n
     assert (run / "run.json").read_text() == before
 
 
+
+def test_a_flag_is_taken_only_as_spelled_in_full(capsys):
+    """argparse would take --dem for --demo, while train.py picks the demo's defaults by the flag's full
+    spelling (a run on the demo's data with the paper's settings): no parser takes a flag cut short."""
+    task = TASKS["sr"]
+    gdata = script_parser("gdata/make_h5.py", "", "")
+    add_script_flags(gdata, "layout")
+    shortened = [(lambda argv: parse_train_command(task, argv), ["--dem"]),
+                 (lambda argv: parse_train_command(task, argv), ["--max-step", "3"]),
+                 (lambda argv: test_script.test_parser(task).parse_args(argv), ["--dem"]),
+                 (gdata.parse_args, ["--qui"])]
+    for parse, argv in shortened:
+        with pytest.raises(SystemExit) as exit_info:
+            parse(argv)
+        assert exit_info.value.code == 2, argv
+        assert f"unrecognized arguments: {argv[0]}" in capsys.readouterr().err, argv
+
+
 def refused_commands(root, run):
     """(task, argv, what the one error line must hold) for commands that mix what cannot go together."""
     ckpt = run / "sigma-10" / "last.pt"
@@ -173,7 +193,7 @@ SAME_RULES = [("gen_width", "3", 3), ("lr", "1e-320", 1e-320), ("lr", "-1", -1),
 def test_the_command_line_and_run_json_are_held_to_one_set_of_rules(capsys, name, token, value):
     """What the command line refuses, run.json may not hold either, in the same words: both pass through
     the field's own rules (its flag's type, choices and nargs), not through a second list."""
-    from common.config import FieldError, field_value
+    from common.training.config import FieldError, field_value
 
     with pytest.raises(SystemExit) as exit_info:
         parse_train_args(TASKS["sr"], [flag_of(name), token])
@@ -186,7 +206,8 @@ def test_the_command_line_and_run_json_are_held_to_one_set_of_rules(capsys, name
 
 
 def test_a_configuration_built_in_code_is_held_to_the_same_rules():
-    from common.config import FieldError, demo_settings
+    from common.training.config import FieldError
+    from common.demo import demo_settings
 
     with pytest.raises(FieldError, match='--gen-width "8": must be a whole number'):
         RunConfig.for_task(TASKS["sr"], gen_width="8")
@@ -202,7 +223,7 @@ def test_the_generator_width_rule_is_the_networks_own():
     (4), a generator builds and then fails in its first forward pass (the run folder was left behind)."""
     import argparse
     import torch
-    from common.config import generator_width
+    from common.training.config import generator_width
     from common.networks import Generator
 
     for width in range(1, 9):

@@ -50,11 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.data import UnpairedH5Dataset, UnpairedSampler  # noqa: E402
-from common.devices import Local  # noqa: E402
-from common.inference import restore  # noqa: E402
+from common.data.loader import UnpairedH5Dataset, UnpairedSampler  # noqa: E402
+from common.training.devices import Local  # noqa: E402
+from common.evaluation.inference import restore  # noqa: E402
 from common.networks import Critic, Generator  # noqa: E402
-from common.devices import to_device  # noqa: E402
+from common.training.devices import to_device  # noqa: E402
 from common.sot import make_optimizers, train_step  # noqa: E402
 
 try:
@@ -537,7 +537,7 @@ def test_captured_step_matches_eager_over_several_steps():
     """--cuda-graphs on: the iteration captured once and replayed against the same iterations run eagerly,
     over steps that cross the warm-up, a critic-only key and the generator's updates; weights and losses
     to the bf16 tolerance (the same kernels; only launch order and workspace may differ)."""
-    from common.devices import CapturedStep
+    from common.training.devices import CapturedStep
 
     dev = cuda_graphs_device()
     runs = {}
@@ -612,7 +612,7 @@ def _nccl_worker(out: str) -> None:
     differ by nothing but the collectives (the bilinear resampling's backward still adds atomically)."""
     import torch.distributed as torch_dist
 
-    from common.devices import Distributed
+    from common.training.devices import Distributed
 
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False

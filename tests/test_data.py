@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import UnpairedH5Dataset
-from common.h5format import H5PatchWriter, cut_patches
-from common.errors import InputError
-from conftest import write_h5
+from common.data.loader import UnpairedH5Dataset
+from common.data.patch_file import H5PatchWriter, cut_patches
+from common.system.errors import InputError
+from helpers import write_h5
 
 
 def indexed_patches(n, side, dtype=np.uint8, channels=3):
@@ -31,7 +31,7 @@ def test_labels_are_drawn_independently_of_the_data_index(tmp_path):
 
 
 def test_raw_uint8_mode_moves_bytes_and_as_float_scales_them(tmp_path):
-    from common.data import as_float
+    from common.data.loader import as_float
     write_h5(tmp_path / "a.h5", indexed_patches(4, 8) * 50, indexed_patches(4, 8))
     raw, plain = UnpairedH5Dataset(tmp_path, raw_uint8=True), UnpairedH5Dataset(tmp_path)
     assert raw[2][0].dtype == torch.uint8 and plain[2][0].dtype == torch.float32

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from common.degrade import DEGRADATIONS, add_haze, bicubic_down, depth_proxy, rain_streaks
+from common.data.degrade import DEGRADATIONS, add_haze, bicubic_down, depth_proxy, rain_streaks
 from common.demo import load_photo
 
 

@@ -3,11 +3,11 @@ import h5py
 import numpy as np
 import pytest
 
-from common.data import UnpairedH5Dataset, UnpairedSampler
-from common.h5format import cut_patches
+from common.data.images import read_image, to_uint8
+from common.data.loader import UnpairedH5Dataset, UnpairedSampler
+from common.data.patch_file import cut_patches
 from common.demo import (DEMO_STRIDE, HELDOUT_PHOTOS, TRAIN_PHOTOS, WIDER_PHOTOS, WiderScore, build_demo_data,
                          centre_crop, demo_verdict, load_photo, photo_name)
-from common.images import read_image, to_uint8
 from common.tasks import TASKS
 
 

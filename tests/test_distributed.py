@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from common.devices import Distributed, Local
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
-from conftest import ROOT, small_nets, sr_trainset
+from common.training.devices import Distributed, Local
+from helpers import ROOT, small_nets, sr_trainset
 
 SMALL = small_nets(16)
 

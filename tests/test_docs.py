@@ -8,10 +8,10 @@ from unittest import mock
 
 import pytest
 
+from common.cli import test as test_script
+from common.cli.train import parse_train_args
 from common.tasks import TASKS
-from common import test_cli
-from common.config import parse_train_args
-from conftest import ROOT
+from helpers import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -47,7 +47,7 @@ def parse_only(script: str, argv: list[str]) -> None:
         parse_train_args(TASKS[task], argv)
         return
     if task in TASKS and name == "test.py":
-        test_cli.test_parser(TASKS[task]).parse_args(argv)
+        test_script.test_parser(TASKS[task]).parse_args(argv)
         return
     spec = importlib.util.spec_from_file_location(f"doc_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)

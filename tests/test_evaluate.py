@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import InputError
-from common.evaluate import evaluate
-from common.images import read_image, write_image
-from common.pairs import find_pairs
+from common.data.images import read_image, write_image
+from common.data.pairs import find_pairs
+from common.evaluation.evaluate import evaluate
+from common.system.errors import InputError
 from common.tasks import TASKS
 
 
@@ -69,7 +69,7 @@ def test_y_channel_metrics(tmp_path):
 def test_matlab_upscale_equals_prescaling_with_imresize_and_differs_from_pytorch(tmp_path):
     """--upscale matlab feeds G what MATLAB's imresize x4 makes (the paper's test inputs), which is what
     --prescaled on such pre-upscaled images does; PyTorch's kernel (a = -0.75) gives another input."""
-    from common.degrade import imresize
+    from common.data.degrade import imresize
 
     rng = np.random.default_rng(3)
     lr = rng.random((10, 12, 3))

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import UnpairedSampler
-from common.recipe import mean_shift_cost
-from common.sot import transport_cost
+from common.data.loader import UnpairedSampler
 from common.networks import Generator
-from common.sot import make_optimizers, supervised_step
-from conftest import run_script
+from common.recipe import mean_shift_cost
+from common.sot import make_optimizers, supervised_step, transport_cost
+from helpers import ROOT, generator_checkpoint, run_script, write_h5
 
 
 def test_dc_weight_charges_a_colour_shift():
@@ -97,8 +96,6 @@ def experiment(name: str, monkeypatch):
     import importlib.util
     import sys
 
-    from conftest import ROOT
-
     monkeypatch.setattr(sys, "path", list(sys.path))
     spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -107,8 +104,6 @@ def experiment(name: str, monkeypatch):
 
 
 def test_critic_probe_measures_rank_w_cosine_and_colour(tmp_path, monkeypatch):
-    from conftest import write_h5
-
     critic_probe = experiment("critic_probe", monkeypatch)
 
     class Linear(torch.nn.Module):  # D(x) = <w, x>: its input gradient is w everywhere
@@ -166,9 +161,8 @@ def test_error_anatomy_splits_the_added_error_by_band_region_and_colour(tmp_path
     assert parts["flat"] > 0.9 * added and parts["edges"] < 0.1 * added
 
     # the script end to end: G the identity restores nothing, so every change is zero and the gain 0 dB
-    from common.images import write_image
+    from common.data.images import write_image
     from common.recipe import start_as_identity
-    from conftest import generator_checkpoint
 
     generator_checkpoint(tmp_path / "g.pt", start_as_identity(Generator(width=8, increment=8)), task="dehazing")
     for side, offset in (("in", 30), ("gt", 0)):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from common import h5report, h5tools
-from common.data import UnpairedH5Dataset
-from common.h5format import H5PatchWriter, cut_patches, find_h5_files
-from common.errors import InputError
-from common.images import IMAGE_KINDS, read_image, write_image
-from common.degrade import imresize
-from conftest import ROOT, run_script, write_h5
+from common.data import building, inspection
+from common.data.degrade import imresize
+from common.data.images import IMAGE_KINDS, read_image, write_image
+from common.data.loader import UnpairedH5Dataset
+from common.data.patch_file import H5PatchWriter, cut_patches, find_h5_files
+from common.system.errors import InputError
+from helpers import ROOT, run_script, write_h5
 
 
 def make_folder(folder, sizes, seed=0):
@@ -35,9 +35,9 @@ def first_values(ds):
     return [int(v) for v in ds[:, 0, 0, 0]]
 
 
-def build(out, input_dir, patch, stride, dtype="uint8", batch=h5tools.DEFAULT_BATCH, seed=0, **plan):
-    jobs, attrs = h5tools.plan_make(input_dir, patch, stride, **plan)
-    return h5tools.make_h5(out, jobs, dtype=dtype, seed=seed, batch=batch, attrs=attrs)
+def build(out, input_dir, patch, stride, dtype="uint8", batch=building.DEFAULT_BATCH, seed=0, **plan):
+    jobs, attrs = building.plan_make(input_dir, patch, stride, **plan)
+    return building.make_h5(out, jobs, dtype=dtype, seed=seed, batch=batch, attrs=attrs)
 
 
 # ----------------------------------------------------------------------------- make
@@ -243,8 +243,8 @@ def test_matlab_layout_is_read_and_converted(tmp_path):
     matlab = ours.transpose(0, 1, 3, 2).copy()                              # N x C x W x H
     src = write_h5(tmp_path / "m.h5", matlab, matlab, patch=8)
     with pytest.raises(InputError, match="--layout matlab"):
-        h5tools.convert_layout(src, tmp_path / "out.h5")  # no attribute: the layout must be said
-    assert h5tools.convert_layout(src, tmp_path / "out" / "c.h5", layout="matlab", batch=3) == {"data": 4, "label": 4}
+        building.convert_layout(src, tmp_path / "out.h5")  # no attribute: the layout must be said
+    assert building.convert_layout(src, tmp_path / "out" / "c.h5", layout="matlab", batch=3) == {"data": 4, "label": 4}
     with h5py.File(tmp_path / "out" / "c.h5") as f:
         np.testing.assert_array_equal(f["data"][:], ours)
         assert f.attrs["layout"] == "NCHW" and f.attrs["patch"] == 8 and f.attrs["converted_layout"] == "matlab"
@@ -253,9 +253,9 @@ def test_matlab_layout_is_read_and_converted(tmp_path):
     torch.testing.assert_close(converted[2][0], as_matlab[2][0])
 
     tagged = write_h5(tmp_path / "t.h5", matlab, matlab, layout="NCWH")
-    report = h5report.scan_h5(tagged)
+    report = inspection.scan_h5(tagged)
     assert report.transposed and report.datasets["data"].patch == (3, 8, 12)
-    assert "NCWH (MATLAB" in h5report.format_report(report)
+    assert "NCWH (MATLAB" in inspection.format_report(report)
     result = run_script("gdata/make_h5.py", "--convert", str(tagged), "--out", str(tmp_path / "t2.h5"),
                         "--dtype", "float32", "--quiet")
     assert result.returncode == 0, result.stderr
@@ -269,7 +269,7 @@ def test_merge_trims_and_shuffles_both_sides_with_one_permutation(tmp_path):
     with h5py.File(tmp_path / "clean.h5", "w") as f:
         f.create_dataset("patches", data=indexed(7, 16, 100))           # the only dataset: taken as label
     out = tmp_path / "train.h5"
-    counts = h5tools.merge_h5([tmp_path / "deg.h5"], [tmp_path / "clean.h5"], out, seed=5, batch=3)
+    counts = building.merge_h5([tmp_path / "deg.h5"], [tmp_path / "clean.h5"], out, seed=5, batch=3)
     assert counts == {"data": 7, "label": 7}
     with h5py.File(out) as f:
         data, label = first_values(f["data"]), first_values(f["label"])
@@ -278,8 +278,8 @@ def test_merge_trims_and_shuffles_both_sides_with_one_permutation(tmp_path):
     assert label == [100 + d for d in data]
     assert UnpairedH5Dataset(tmp_path / "train.h5", scale=4).describe().startswith("1 file(s), 7 degraded")
 
-    h5tools.merge_h5([tmp_path / "deg.h5"], [tmp_path / "clean.h5"], tmp_path / "again.h5", seed=5)
-    h5tools.merge_h5([tmp_path / "deg.h5"], [tmp_path / "clean.h5"], tmp_path / "plain.h5", shuffle=False)
+    building.merge_h5([tmp_path / "deg.h5"], [tmp_path / "clean.h5"], tmp_path / "again.h5", seed=5)
+    building.merge_h5([tmp_path / "deg.h5"], [tmp_path / "clean.h5"], tmp_path / "plain.h5", shuffle=False)
     with h5py.File(tmp_path / "again.h5") as a, h5py.File(tmp_path / "plain.h5") as b:
         assert first_values(a["data"]) == data and first_values(b["data"]) == list(range(7))
 
@@ -291,7 +291,7 @@ def test_concatenate_files_in_order_across_dtypes_and_layouts(tmp_path):
     ours = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 6), dtype=np.uint8)
     c = write_h5(tmp_path / "c.h5", ours.transpose(0, 1, 3, 2).copy(), indexed(1, 8, 70), layout="NCWH")
     out = tmp_path / "all.h5"
-    assert h5tools.concat_h5([a, b], out, batch=2) == {"data": 7, "label": 3}
+    assert building.concat_h5([a, b], out, batch=2) == {"data": 7, "label": 3}
     with h5py.File(out) as f:
         assert f["data"].dtype == np.float32  # uint8 and float sources: float32 in [0, 1]
         np.testing.assert_allclose(f["data"][:, 0, 0, 0] * 255, [0, 1, 2, 10, 11, 12, 13], atol=1e-4)
@@ -301,9 +301,9 @@ def test_concatenate_files_in_order_across_dtypes_and_layouts(tmp_path):
     with h5py.File(tmp_path / "aa.h5") as f:
         assert first_values(f["data"]) == [0, 1, 2, 0, 1, 2] and f["data"].dtype == np.uint8
     with pytest.raises(InputError, match="patches are 3x6x4"):
-        h5tools.concat_h5([a, c], tmp_path / "bad.h5", layout="ours")  # c read without its transpose
+        building.concat_h5([a, c], tmp_path / "bad.h5", layout="ours")  # c read without its transpose
     d = write_h5(tmp_path / "d.h5", np.zeros((2, 3, 4, 6), np.uint8), indexed(1, 8))
-    assert h5tools.concat_h5([d, c], tmp_path / "dc.h5") == {"data": 4, "label": 2}
+    assert building.concat_h5([d, c], tmp_path / "dc.h5") == {"data": 4, "label": 2}
     with h5py.File(tmp_path / "dc.h5") as f:
         np.testing.assert_array_equal(f["data"][2:], ours)
 
@@ -352,12 +352,12 @@ def test_a_missing_file_is_not_called_a_missing_folder(tmp_path):
 
 @pytest.mark.parametrize("message", list(BAD_FILES))
 def test_check_names_the_file_and_the_problem(tmp_path, monkeypatch, message):
-    monkeypatch.setattr(h5report, "SCAN_BYTES", 1000)  # many blocks: the scan streams
+    monkeypatch.setattr(inspection, "SCAN_BYTES", 1000)  # many blocks: the scan streams
     path = tmp_path / "bad.h5"
     with h5py.File(path, "w") as f:
         BAD_FILES[message](f)
     with pytest.raises(InputError, match=message) as err:
-        h5report.check_h5(path)
+        inspection.check_h5(path)
     assert str(err.value).startswith(f"{path}: ")
 
 
@@ -377,7 +377,7 @@ def test_inspect_script_prints_and_checks(tmp_path):
     with h5py.File(label_only, "a") as f:
         del f["data"]
     with pytest.raises(InputError, match="merged with a file of the other"):
-        h5report.check_h5(label_only)
+        inspection.check_h5(label_only)
 
 
 @pytest.mark.slow
@@ -390,7 +390,7 @@ def test_inspect_shows_each_sides_colour_statistics_and_warns_on_mismatched_sr_s
     mismatched = write_h5(tmp_path / "mismatched.h5", dark, bright, scale=4)
     hazy = write_h5(tmp_path / "hazy.h5", (155 + rng.random((4, 3, 16, 16)) * 100).astype(np.uint8),
                     np.repeat(np.repeat(dark, 4, 2), 4, 3))  # haze brightens: a gap is expected, no warning
-    report = h5report.scan_h5(matched)
+    report = inspection.scan_h5(matched)
     expected = dark.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1) / 255
     np.testing.assert_allclose(report.datasets["data"].channel_mean, expected.mean(1), rtol=1e-12)
     np.testing.assert_allclose(report.datasets["data"].channel_std, expected.std(1), rtol=1e-9)
@@ -418,9 +418,9 @@ def test_a_soft_link_within_the_file_is_read_as_its_target(tmp_path):
         f["patches/hr"] = indexed(3, 16, 10)
         f["data"] = h5py.SoftLink("/patches/lr")
         f["label"] = h5py.SoftLink("patches/hr")  # relative to the root, where the link is
-    assert h5report.check_h5(tmp_path / "linked.h5", scale=4).datasets["data"].shape == (3, 3, 4, 4)
+    assert inspection.check_h5(tmp_path / "linked.h5", scale=4).datasets["data"].shape == (3, 3, 4, 4)
     assert len(UnpairedH5Dataset(tmp_path / "linked.h5", scale=4)) == 3
-    h5tools.merge_h5([tmp_path / "linked.h5"], [tmp_path / "linked.h5"], tmp_path / "out.h5", shuffle=False)
+    building.merge_h5([tmp_path / "linked.h5"], [tmp_path / "linked.h5"], tmp_path / "out.h5", shuffle=False)
     with h5py.File(tmp_path / "out.h5") as f:
         assert first_values(f["data"]) == [0, 1, 2] and first_values(f["label"]) == [10, 11, 12]
     with h5py.File(tmp_path / "linked.h5", "a") as f:
@@ -436,7 +436,7 @@ def test_convert_keeps_attributes_but_not_object_references(tmp_path, capsys):
     with h5py.File(tmp_path / "m.h5", "w") as f:
         f["data"], f["label"] = indexed(2, 4), indexed(2, 16)
         f.attrs["note"], f.attrs["points_at"] = "kept", f["data"].ref
-    h5tools.convert_layout(tmp_path / "m.h5", tmp_path / "c.h5", layout="ours")
+    building.convert_layout(tmp_path / "m.h5", tmp_path / "c.h5", layout="ours")
     with h5py.File(tmp_path / "c.h5") as f:
         assert f.attrs["note"] == "kept" and "points_at" not in f.attrs
     assert "not copied (object references, which mean nothing in another file): attribute(s) points_at" in \
@@ -446,15 +446,15 @@ def test_convert_keeps_attributes_but_not_object_references(tmp_path, capsys):
 # ----------------------------------------------------------------------------- writing
 @pytest.mark.parametrize("degrade", [None, "bicubic-x4"])
 def test_the_space_a_file_needs_is_known_before_it_is_written(tmp_path, degrade):
-    """What a full disk is said to lack (h5tools.planned_bytes, from the images' headers) is the size
+    """What a full disk is said to lack (building.planned_bytes, from the images' headers) is the size
     of the patches the file then holds."""
     make_folder(tmp_path / "imgs", [(64, 48), (40, 72), (16, 16)])
-    jobs, attrs = h5tools.plan_make(tmp_path / "imgs", 16, 8, degradation=degrade)
-    counts = h5tools.make_h5(tmp_path / "o.h5", jobs, attrs=attrs)
+    jobs, attrs = building.plan_make(tmp_path / "imgs", 16, 8, degradation=degrade)
+    counts = building.make_h5(tmp_path / "o.h5", jobs, attrs=attrs)
     with h5py.File(tmp_path / "o.h5") as f:
         stored = sum(f[name].nbytes for name in counts)
-    assert h5tools.planned_bytes(jobs, "uint8") == stored
-    assert h5tools.planned_bytes(jobs, "float32") == 4 * stored
+    assert building.planned_bytes(jobs, "uint8") == stored
+    assert building.planned_bytes(jobs, "float32") == 4 * stored
 
 
 # A stop signal that arrives while HDF5 is inside the writer's file (its Python 'fileobj' driver
@@ -464,8 +464,8 @@ SIGNAL_MID_WRITE = r"""
 import signal, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from common import h5format
-from common.cli import run_guarded
+from common.data import patch_file
+from common.cli.guard import run_guarded
 
 class Raw:  # the temporary's own file: SIGTERM comes during the 20th write HDF5 makes
     def __init__(self, raw):
@@ -478,14 +478,14 @@ class Raw:  # the temporary's own file: SIGTERM comes during the 20th write HDF5
     def __getattr__(self, name):
         return getattr(self.raw, name)
 
-opened = h5format._TemporaryFile.__init__
+opened = patch_file._TemporaryFile.__init__
 def watched(self, path):
     opened(self, path)
     self.raw = Raw(self.raw)
-h5format._TemporaryFile.__init__ = watched
+patch_file._TemporaryFile.__init__ = watched
 
 def main(argv):
-    with h5format.H5PatchWriter(argv[0]) as writer:
+    with patch_file.H5PatchWriter(argv[0]) as writer:
         for _ in range(100):
             writer.append("data", np.ones((64, 3, 16, 16), np.uint8))
 run_guarded(main, sys.argv[2:], writes_files=True)

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 PARTS = ["env", "cuda_tests", "speed", "compile", "inference", "profile", "quality"]
 

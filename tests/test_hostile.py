@@ -34,16 +34,15 @@ import numpy as np
 import pytest
 import torch
 
-import common.checkpoint as checkpoint_module
-from common.checkpoint import FORMAT, save_checkpoint
-from common.cli import run_guarded
-from common.errors import InputError
-from common.test_cli import test_main as run_test_script
-from common.runs import train_main
-from common.errors import InputError
-from common.files import RunLock
+import common.system.files as files_module
+from common.cli.guard import run_guarded
+from common.cli.test import test_main as run_test_script
+from common.cli.train import train_main
 from common.networks import Generator
-from conftest import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
+from common.system.errors import InputError
+from common.system.files import RunLock
+from common.training.checkpoint import FORMAT, save_checkpoint
+from helpers import (ROOT, ShellPayload, generator_checkpoint, small_nets, sr_trainset, tiny_generator,
                       write_photos)
 
 SMALL = small_nets()
@@ -602,7 +601,7 @@ def test_damaged_run_files_are_refused_before_anything_is_written(tmp_path, caps
 def test_lines_of_a_metrics_log_that_are_not_records_are_dropped_with_a_note(tmp_path, capsys):
     """On resume the log is cut back to the checkpoint's step: a line that decodes to something other than
     a record (a list, a step that is text) was a TypeError traceback there; it is dropped, and said so."""
-    from common.run_folder import MetricsLog, read_metrics
+    from common.training.run_folder import MetricsLog, read_metrics
 
     log = tmp_path / "metrics.jsonl"
     lines = ['{"kind": "train", "step": 1}', "[1, 2]", '{"kind": "train", "step": "x"}', '"text"',
@@ -644,7 +643,7 @@ def _wrong_kinds(value) -> list:
 
 
 def _run_json_cases() -> list:
-    from common.config import RunConfig, Resolved, run_record
+    from common.training.config import Resolved, RunConfig, run_record
     from common.tasks import TASKS
 
     config = RunConfig.for_task(TASKS["sr"], **dict(zip(("seed", "max_steps", "name"), (1, 1, "r"))))
@@ -759,11 +758,11 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_p
     """Whatever stops it (here the first training step fails), a new run leaves nothing of itself: no
     run folder with a run.json that --resume auto would take for the newest run, no out/sr/ made for it.
     A run that saved a checkpoint keeps its folder."""
-    import common.runs as runs
+    import common.training.loop as loop
 
     (tmp_path / "data").mkdir()
     sr_trainset(tmp_path / "data" / "a.h5", n=4)
-    real_step, calls = runs.train_step, []
+    real_step, calls = loop.train_step, []
 
     def failing_step(*args, **kwargs):
         calls.append(1)
@@ -771,7 +770,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_p
             raise InputError("the training file went away")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "train_step", failing_step)
+    monkeypatch.setattr(loop, "train_step", failing_step)
     fail_at = 1
     refused(capsys, tmp_path, "train", tiny_run(tmp_path, "first"), "the training file went away")
     assert not (tmp_path / "out").exists()
@@ -807,7 +806,7 @@ def test_an_output_that_is_not_finite_stops_test_py(tmp_path, capsys):
 
 def test_an_output_that_is_not_finite_stops_the_demos_scoring(tmp_path):
     from common.demo import demo_paths, score_wider
-    from common.evaluate import NonFiniteOutput
+    from common.evaluation.evaluate import NonFiniteOutput
     from common.tasks import TASKS
 
     paths = demo_paths(tmp_path / "demo-data")
@@ -849,7 +848,7 @@ def test_a_run_folder_is_locked_for_the_life_of_its_run(tmp_path, capsys):
     run = tmp_path / "out" / "sr" / "locked"
     # another process holds the folder, as a training run would
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "from common.files import RunLock; RunLock(sys.argv[2]).acquire(); "
+                               "from common.system.files import RunLock; RunLock(sys.argv[2]).acquire(); "
                                "print('held', flush=True); time.sleep(120)", str(ROOT), str(run)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -937,7 +936,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_the_space_needed(tmp_path,
                 return FullDisk(f)
         return f
 
-    monkeypatch.setattr(checkpoint_module, "open", filling_open, raising=False)
+    monkeypatch.setattr(files_module, "open", filling_open, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         train_main("sr", tiny_run(tmp_path, "full", steps=3))
     err = capsys.readouterr().err.strip().splitlines()
@@ -956,7 +955,7 @@ FULL_DISK_RUNS = r"""
 import contextlib, importlib.util, io, json, os, resource, signal, sys
 root, out, how, runs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 sys.path.insert(0, root)
-from common.cli import run_guarded
+from common.cli.guard import run_guarded
 if how == "file size limit":  # past the limit a write fails (EFBIG) instead of killing the process
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
@@ -977,7 +976,7 @@ print(json.dumps(results))
 
 
 def size_in_bytes(text: str) -> float:
-    """'4.8 MiB' (common.files.human_bytes) as bytes."""
+    """'4.8 MiB' (common.system.files.human_bytes) as bytes."""
     number, unit = text.split()
     return float(number) * 1024 ** ("bytes KiB MiB GiB TiB".split().index(unit))
 
@@ -1117,7 +1116,7 @@ def test_an_image_too_large_for_cpu_memory_is_tiled_or_refused(tmp_path, capsys,
     generator whose channel attention matters (its weights x10), the tiles share the image-wide
     statistics and land within one level of the whole image, where tiles that each pool only
     themselves are several levels off (the same run with the sharing taken out shows it)."""
-    import common.inference as inference
+    import common.evaluation.inference as inference
     from common.networks import ChannelAttention
 
     (tmp_path / "imgs").mkdir()
@@ -1347,7 +1346,7 @@ def test_test_py_writes_results_only_where_asked(tmp_path, capsys, monkeypatch):
 def test_without_ground_truth_the_picture_and_its_line_show_two_columns(tmp_path, capsys):
     """The side-by-side picture is input | restored where nothing is there to compare with, and its line
     says so; a --tile-overlap under the seamless one gets a note."""
-    from common.images import read_image
+    from common.data.images import read_image
 
     write_photos(tmp_path / "photos", side=64)
     ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
@@ -1643,7 +1642,7 @@ def exif_image(path, pixels: np.ndarray, orientation: int):
 def test_images_are_read_as_viewers_show_them(tmp_path, capsys, suffix):
     """All eight EXIF orientations, against Pillow's own exif_transpose as the oracle."""
     from PIL import Image, ImageOps
-    from common.images import image_size, read_image
+    from common.data.images import image_size, read_image
 
     yy, xx = np.mgrid[0:12, 0:20]
     pixels = np.stack([xx * 12, yy * 20, (xx * 7 + yy * 5) % 256], -1).astype(np.uint8)  # no symmetry
@@ -1828,7 +1827,7 @@ def test_progress_bars_still_draw_through_the_escaping_stream():
     """tqdm's own carriage returns and cursor moves between nested bars pass; a description's do not."""
     import io
     from tqdm import tqdm
-    from common.errors import EscapingStream, note
+    from common.system.text import EscapingStream, note
 
     screen = io.StringIO()
     stream = EscapingStream(screen)
@@ -1872,7 +1871,7 @@ def test_pages_frames_scales_and_clipped_values_are_named(tmp_path, capsys):
     float TIFF's values outside [0, 1] are clipped with a note that gives their count and range; a
     PGM/PPM is scaled by its declared largest value. Formats read right without a word stay so."""
     from PIL import Image
-    from common.images import read_image
+    from common.data.images import read_image
 
     first, second = (Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200))
     for name in ("pages.tif", "anim.webp", "anim.png"):

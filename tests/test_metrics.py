@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.signal import convolve2d
 
-from common.metrics import LPIPS, psnr, rgb_to_y, ssim
+from common.evaluation.metrics import LPIPS, psnr, rgb_to_y, ssim
 
 
 def test_psnr_known_values():

@@ -3,9 +3,9 @@ import re
 import numpy as np
 import pytest
 
-from common.errors import InputError
-from common.images import IMAGE_KINDS, write_image
-from common.pairs import find_pairs
+from common.data.images import IMAGE_KINDS, write_image
+from common.data.pairs import find_pairs
+from common.system.errors import InputError
 
 
 def touch(folder, *names):

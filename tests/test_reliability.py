@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoint import load_generator, read_checkpoint, save_checkpoint
-from common.test_cli import test_main as run_test_script
-from common.runs import train_main
-from common.images import read_image
+from common.cli.test import test_main as run_test_script
+from common.cli.train import train_main
+from common.data.images import read_image
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
-from conftest import ROOT, generator_checkpoint, run_script, small_nets, sr_trainset, write_h5
+from common.training.checkpoint import load_generator, read_checkpoint, save_checkpoint
+from helpers import ROOT, generator_checkpoint, run_script, small_nets, sr_trainset, write_h5
 
 SMALL = small_nets(16)
 
@@ -107,9 +107,9 @@ def signals_during_step(monkeypatch, step: int, *signums: int) -> None:
     """Deliver ``signums`` to this process in the middle of training iteration ``step`` (counted over
     every sigma of the run), each one handled before the next is sent, as a person pressing Ctrl-C
     twice would."""
-    import common.runs as runs
+    import common.training.loop as loop
 
-    real, calls = runs.train_step, [0]
+    real, calls = loop.train_step, [0]
 
     def step_with_signals(*args, **kwargs):
         calls[0] += 1
@@ -118,7 +118,7 @@ def signals_during_step(monkeypatch, step: int, *signums: int) -> None:
                 os.kill(os.getpid(), signum)  # its handler runs before os.kill returns to this frame
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "train_step", step_with_signals)
+    monkeypatch.setattr(loop, "train_step", step_with_signals)
 
 
 def run_in_process(data, out, name, steps, *extra):
@@ -345,7 +345,7 @@ def test_full_disk_at_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_full_disk_during_training_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    import common.checkpoint as checkpoint
+    import common.training.checkpoint as checkpoint
 
     data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
     real_replace = os.replace

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import printable
-from common.report import ResultsReport, json_for_script
+from common.evaluation.report import ResultsReport, json_for_script
+from common.system.text import printable
 
 # the placeholders the page was once built from, markup, a comment opener, the end of the data block,
 # quotes, and the line separators that end a string in older JavaScript
@@ -61,11 +61,11 @@ def test_the_test_report_keeps_every_name_and_field_as_text(tmp_path):
     assert [t for t, _ in page.tags].count("script") == 2 and [t for t, _ in page.tags].count("img") == 2
     assert not any(k.startswith("on") for _, attrs in page.tags for k in attrs)
     assert page.texts["title"] == ["{{DATA}}</title><script>alert(1)</script>"]
-    # as on the terminal, a name's line separators show as escapes (common.errors.printable)
+    # as on the terminal, a name's line separators show as escapes (common.system.text.printable)
     assert page.texts["td"] == [printable(f"cost {n}") for n in HOSTILE]
     data, code = page.texts["script"]
     assert [item["name"] for item in json.loads(data)["items"]] == [printable(n) for n in HOSTILE]
     # the page's own style and script, whole: nothing in them was read as template syntax
-    templates = Path(__file__).resolve().parents[1] / "common" / "templates"
+    templates = Path(__file__).resolve().parents[1] / "common" / "evaluation" / "templates"
     assert code == "\n" + (templates / "results_report.js").read_text()
     assert page.texts["style"] == ["\n" + (templates / "report.css").read_text()]

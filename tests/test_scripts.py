@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from common.demo import WIDER_PHOTOS, photo_name
-from common.images import read_image
+from common.data.images import read_image
+from common.demo import TASK_DEMOS, WIDER_PHOTOS, photo_name
 from common.tasks import TASKS
-from conftest import run_script
+from helpers import run_script
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ def test_demo_train_then_test(tmp_path, task):
     # two steps restore nothing: the verdict says so, and SR's adds what was measured of it
     assert "verdict: does NOT restore" in train.stdout
     assert ("unsupervised x4 SR does not beat bicubic" in train.stdout) == (task == "sr")
-    sigma = spec.demo_flags["sigma"]
+    sigma = TASK_DEMOS[task].flags["sigma"]
     runs = list((out / task).glob(f"demo-*/sigma-{sigma:g}"))
     assert len(runs) == 1
     run = runs[0]
@@ -48,8 +48,8 @@ def test_demo_train_then_test(tmp_path, task):
     assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
 
     if task == "sr":  # a demo that stopped part-way resumes as one, and gives its verdict at the end
-        from common.config import read_run
-        from common.runs import resume_command
+        from common.training.config import read_run
+        from common.training.loop import resume_command
 
         config, _ = read_run(run.parent / "run.json", spec)
         assert resume_command(spec, config).endswith(" --demo")  # what a stopped demo tells the user to run

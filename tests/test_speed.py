@@ -4,11 +4,10 @@ import copy
 import pytest
 import torch
 
-from bench.reference_step import reference_step
-from common.inference import SharedPooling, restore
+from common.evaluation.inference import SharedPooling, restore
 from common.networks import Critic, Generator
-from common.sot import make_optimizers, train_step
-from conftest import run_script
+from common.sot import make_optimizers, reference_iteration, train_step
+from helpers import run_script
 
 
 def small_pair(seed=0):
@@ -42,7 +41,7 @@ def test_fast_step_is_the_reference_structure_in_float64(steps):
     g, d = small_pair()
     x, clean = data()
     g, d, x, clean = g.double(), d.double(), x.double(), clean.double()
-    ref = run(reference_step, copy.deepcopy(g), copy.deepcopy(d), x, clean, steps)
+    ref = run(reference_iteration, copy.deepcopy(g), copy.deepcopy(d), x, clean, steps)
     fast = run(train_step, g, d, x, clean, steps, precision="fp32")
     assert weight_differences(ref, fast).max() < 1e-9
     start = small_pair()[0].double().state_dict()
@@ -60,7 +59,7 @@ def test_fast_step_in_fp32_matches_the_reference_structure(steps):
     """
     g, d = small_pair()
     x, clean = data()
-    ref = run(reference_step, copy.deepcopy(g), copy.deepcopy(d), x, clean, steps)
+    ref = run(reference_iteration, copy.deepcopy(g), copy.deepcopy(d), x, clean, steps)
     fast = run(train_step, g, d, x, clean, steps, precision="fp32")
     diff = weight_differences(ref, fast)
     assert (diff > 1e-5).sum() <= 3 and diff.max() < 1e-4
@@ -127,7 +126,7 @@ class FitsOnly(torch.nn.Module):
 
 
 def test_out_of_memory_falls_back_to_tiles(monkeypatch, capsys):
-    import common.inference as inference
+    import common.evaluation.inference as inference
     monkeypatch.setattr(inference, "MIN_AUTO_TILE", 16)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     net = FitsOnly()

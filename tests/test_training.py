@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from common.config import parse_train_args
+from common.cli.train import parse_train_args
 from common.networks import Critic, Generator
-from common.tasks import TASKS
 from common.sot import learning_rate, make_optimizers, set_learning_rate, train_step
+from common.tasks import TASKS
+from helpers import write_h5
 
 
 def small_pair(seed=0):
@@ -59,8 +60,7 @@ def test_two_critic_updates_then_a_generator_step_that_leaves_critic_grads_alone
 def test_critic_warmup_trains_only_the_critic_for_its_steps(tmp_path):
     import numpy as np
 
-    from common.runs import train_main
-    from conftest import write_h5
+    from common.cli.train import train_main
 
     g, d = small_pair(3)
     opt_g, opt_d = make_optimizers(g, d, 1e-4)
@@ -92,9 +92,8 @@ def test_null_space_is_part_of_the_saved_model(tmp_path):
     the other tasks have no such flag."""
     import numpy as np
 
-    from common.checkpoint import load_generator
-    from common.runs import train_main
-    from conftest import write_h5
+    from common.training.checkpoint import load_generator
+    from common.cli.train import train_main
 
     rng = np.random.default_rng(0)
     write_h5(tmp_path / "train" / "t.h5", (rng.random((4, 3, 32, 32)) * 255).astype(np.uint8),
@@ -149,10 +148,9 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
     and a resume continues it."""
     import numpy as np
 
-    from common.checkpoint import load_generator, read_checkpoint
+    from common.training.checkpoint import load_generator, read_checkpoint
     from common.recipe import WeightAverage
-    from common.runs import train_main
-    from conftest import write_h5
+    from common.cli.train import train_main
 
     g, _ = small_pair(2)
     average = WeightAverage(g, 0.9)
@@ -187,7 +185,7 @@ def test_weight_average_follows_the_generator_and_is_what_validation_and_test_us
 
 
 def test_the_run_says_how_long_it_will_take_and_warns_of_days_on_a_cpu():
-    from common.runs import time_estimate
+    from common.training.loop import time_estimate
 
     # deraining at the paper's sizes on two CPU cores: ~75 s a step, 6 sigmas x 200 epochs x 12 steps
     line = time_estimate(0.1, 75.0, 2400 - 10, 5, 2400, "cpu")
@@ -202,8 +200,7 @@ def test_progress_is_counted_against_the_runs_real_end(tmp_path, capsys):
     after its first steps the run says how long the rest will take."""
     import numpy as np
 
-    from common.runs import train_main
-    from conftest import write_h5
+    from common.cli.train import train_main
 
     rng = np.random.default_rng(0)
     patches = (rng.random((4, 3, 128, 128)) * 255).astype(np.uint8)
@@ -236,7 +233,6 @@ def brightened_set(tmp_path, monkeypatch, paired: bool):
     import cv2
 
     import common.tasks as tasks
-    from conftest import write_h5
 
     monkeypatch.setitem(tasks.TASKS, "deraining", dataclasses.replace(TASKS["deraining"], patch=32, critic_hidden=16))
     clean, other = _smooth_photos(64, 1), _smooth_photos(64, 2)
@@ -251,7 +247,7 @@ def brightened_set(tmp_path, monkeypatch, paired: bool):
 
 def train_brightened(tmp_path, *flags, name="r", supervised=False):
     """SOT (or the supervised bound) on :func:`brightened_set`, G starting as the identity."""
-    from common.runs import train_main
+    from common.cli.train import train_main
 
     method = ["--supervised"] if supervised else ["--loss", "sot-l0.5", "--sigma", "10", "--critic-init", "kaiming",
                                                   "--critic-warmup", "20", "--critic-width", "8"]
@@ -272,7 +268,7 @@ def test_training_restores_an_easy_degradation(tmp_path, monkeypatch, method):
     the supervised bound 26.1 dB."""
     import numpy as np
 
-    from common.checkpoint import load_generator
+    from common.training.checkpoint import load_generator
 
     held_out = brightened_set(tmp_path, monkeypatch, paired=method == "supervised")
     folder = train_brightened(tmp_path, "--max-steps", "150", supervised=method == "supervised")
@@ -292,8 +288,8 @@ def test_best_pt_holds_the_best_validation_and_keeps_it_across_a_resume(tmp_path
 
     import numpy as np
 
-    from common.checkpoint import load_generator, read_checkpoint
-    from common.runs import train_main
+    from common.training.checkpoint import load_generator, read_checkpoint
+    from common.cli.train import train_main
 
     held_out = brightened_set(tmp_path, monkeypatch, paired=False)
     folder = train_brightened(tmp_path, "--max-steps", "42", "--val-steps", "5")

@@ -17,10 +17,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .errors import InputError
-from .h5format import (RANGE_TOLERANCE, SAME_SIDES, declared_size_problem, dtype_problem, empty_patch_problem,
-                       is_transposed, members, open_h5_file, patch_shape, read_attr, rgb_problem, same_dataset,
-                       stored_layout)
+from ..system.errors import InputError
+from .patch_file import (RANGE_TOLERANCE, SAME_SIDES, declared_size_problem, dtype_problem, empty_patch_problem,
+                         is_transposed, members, open_h5_file, patch_shape, read_attr, rgb_problem, same_dataset,
+                         stored_layout)
 
 SCAN_BYTES = 64 << 20        # bytes read at a time when scanning a dataset's values
 

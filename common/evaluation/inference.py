@@ -15,9 +15,10 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from .errors import InputError, note
-from .files import available_memory, human_bytes
-from .networks import GENERATOR_MULTIPLE, pad_to_multiple
+from ..networks import GENERATOR_MULTIPLE, pad_to_multiple
+from ..system.errors import InputError
+from ..system.files import available_memory, human_bytes
+from ..system.text import note
 
 MIN_AUTO_TILE = 128
 MIN_TILE = 32      # a smaller tile would spend most of its time on its context (--tile 4: 300x the work)

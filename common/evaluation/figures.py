@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import torch
 
-from .images import write_image
+from ..data.images import write_image
+from ..system.files import atomic_write
 
 LABEL_HEIGHT = 26
 
@@ -64,6 +65,8 @@ def save_samples(path: Path, x: torch.Tensor, fake: torch.Tensor, clean: torch.T
 # ----------------------------------------------------------------------------- curves (matplotlib)
 def _figure(rows: int, cols: int, size: tuple[float, float]):
     """A matplotlib figure on the Agg canvas, without pyplot's global state (safe beside training)."""
+    # here, not at the top: matplotlib takes half a second to import, which test.py and every
+    # train.py would pay before their first picture
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -73,8 +76,6 @@ def _figure(rows: int, cols: int, size: tuple[float, float]):
 
 
 def _save(fig, path: Path) -> Path:
-    from .checkpoint import atomic_write
-
     def write(f):
         fig.savefig(f, format="png")
     atomic_write(path, write)

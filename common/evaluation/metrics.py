@@ -7,11 +7,13 @@ on the stated scale.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
+import torch
 from skimage.metrics import structural_similarity
 
-from .errors import note
+from ..system.text import note
 
 PSNR_CAP = 100.0  # the reference reports 100 dB for identical images instead of infinity
 
@@ -74,9 +76,7 @@ class LPIPS:
     def _load(self):
         if self._model is None and self.unavailable is None:
             try:
-                import warnings
-
-                import lpips
+                import lpips  # here: it loads torchvision (two seconds), which only LPIPS needs
                 with warnings.catch_warnings():  # lpips still calls torchvision's deprecated `pretrained=`
                     warnings.simplefilter("ignore", UserWarning)
                     model = lpips.LPIPS(net="alex", version="0.1", verbose=False,
@@ -99,8 +99,6 @@ class LPIPS:
         model = self._load()
         if model is None or min(np.shape(a)[:2]) < LPIPS_MIN_SIDE:
             return None
-        import torch
-
         def prep(x: np.ndarray) -> torch.Tensor:
             t = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(2, 0, 1)))
             return (t.unsqueeze(0) * 2 - 1).to(self.device)

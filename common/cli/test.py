@@ -1,17 +1,27 @@
 """The command line of every task's ``test.py``: restore images with a checkpoint and measure them
-(``common.evaluate``), or test the newest demo."""
+(``common.evaluation.evaluate``), or test the newest demo."""
 from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
-from .cli import OneLineParser, common_flags, non_negative_int, run_guarded
-from .files import FolderLock, same_file
-from .inference import MIN_TILE, TILE_CONTEXT
-from .errors import InputError, note
-from .report import ASSETS as REPORT_FOLDER
-from .tasks import TASKS, UPSCALERS, Task
+from ..data.pairs import find_pairs
+from ..demo import demo_paths, demo_root, newest_demo_checkpoint
+from ..evaluation.evaluate import check_before_writing, check_scored_apart, evaluate, format_row, gain_summary
+from ..evaluation.figures import side_by_side
+from ..evaluation.inference import MIN_TILE, TILE_CONTEXT
+from ..evaluation.metrics import LPIPS
+from ..evaluation.report import ASSETS as REPORT_FOLDER, ASSET_NAME, ResultsReport
+from ..system.errors import InputError
+from ..system.files import FolderLock, StagedFolder, check_can_write, name_max, probe_file, same_file
+from ..system.text import note
+from ..tasks import TASKS, Task, UPSCALERS
+from ..training.checkpoint import build_generator, read_checkpoint
+from ..training.devices import expose_gpus, resolve_device, resolve_precision
+from .flags import OneLineParser, common_flags, non_negative_int
+from .guard import run_guarded
 
 
 def tile_side(token: str) -> int:
@@ -20,6 +30,18 @@ def tile_side(token: str) -> int:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_TILE} pixels (a smaller tile spends most of its time "
                                          f"on the context around it), got {value}")
     return value
+
+
+def add_upsampling_flags(p: argparse.ArgumentParser) -> None:
+    """SR's own: how its low-resolution inputs are upsampled before G."""
+    p.add_argument("--prescaled", action="store_true",
+                   help="inputs are already upsampled to the output size (the authors' test setup)")
+    p.add_argument("--align-corners", action="store_true", default=None,
+                   help="upsample with align_corners=True (default: as the checkpoint was trained)")
+    p.add_argument("--upscale", choices=UPSCALERS, default="pytorch",
+                   help="bicubic kernel that upsamples the inputs: pytorch (a = -0.75, what training feeds G; "
+                        "the default) or matlab (imresize, a = -0.5, how the paper's test inputs and its "
+                        "'bicubic' row were made) (default: %(default)s)")
 
 
 def test_parser(task: Task) -> argparse.ArgumentParser:
@@ -47,14 +69,7 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
                    help=f"test a checkpoint trained for another task with {task.name}'s conventions (default: "
                         "refused, naming the checkpoint's task)")
     if task.scale > 1:
-        p.add_argument("--prescaled", action="store_true",
-                       help="inputs are already upsampled to the output size (the authors' test setup)")
-        p.add_argument("--align-corners", action="store_true", default=None,
-                       help="upsample with align_corners=True (default: as the checkpoint was trained)")
-        p.add_argument("--upscale", choices=UPSCALERS, default="pytorch",
-                       help="bicubic kernel that upsamples the inputs: pytorch (a = -0.75, what training feeds G; "
-                            "the default) or matlab (imresize, a = -0.5, how the paper's test inputs and its "
-                            "'bicubic' row were made) (default: %(default)s)")
+        add_upsampling_flags(p)
     p.add_argument("--y-channel", action="store_true",
                    help="PSNR/SSIM on the BT.601 Y channel (Y = 16 + 65.481 R + 128.553 G + 24.966 B) instead of RGB")
     p.add_argument("--transpose", action="store_true",
@@ -86,15 +101,6 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
     return p
 
 
-def newest_demo_checkpoint(out: Path, task: Task) -> Path:
-    """The newest demo run's best checkpoint (its last one if it was never validated)."""
-    runs = sorted((out / task.name).glob("demo-*/sigma-*/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise InputError(f"{out / task.name}: no demo checkpoint; run python {task.name}/train.py --demo first")
-    best = runs[-1].with_name("best.pt")
-    return best if best.is_file() else runs[-1]
-
-
 def default_save_dir(task: Task, checkpoint: Path) -> Path:
     parent = checkpoint.parent
     name = f"{parent.parent.name}_{parent.name}_{checkpoint.stem}" if parent.name.startswith("sigma-") else checkpoint.stem
@@ -118,8 +124,6 @@ def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None
 def check_roles(args, pairs: list, save_dir: Path) -> None:
     """--input, --gt and --save must each name a place of their own: restored images written into the
     input or ground-truth folder would replace the user's images (or be scored against themselves)."""
-    from .evaluate import check_scored_apart
-
     check_scored_apart(args.input, args.gt, pairs)
     folders: dict[Path, str] = {}
     for pair in pairs:
@@ -170,8 +174,6 @@ def planned_outputs(pairs: list, side_by_side: bool, report: bool = False) -> di
 def _check_names(outputs: dict[str, str], folder: Path) -> None:
     """Every result's name fits the results folder's file system, and no two land on one file there
     (names that differ only by case, where it ignores case)."""
-    from .files import name_max, probe_file
-
     longest = name_max(folder)
     for name in outputs:
         if len(os.fsencode(name)) > longest:
@@ -209,8 +211,6 @@ def why_not_replace(path: Path, outputs: dict[str, str]) -> str | None:
     that name; None where it may. Each result replaces an entry of its own kind only: a file a file,
     and the report's folder of pictures a folder that holds nothing but pictures named as the report
     names them (the folder is replaced whole)."""
-    from .report import ASSET_NAME
-
     name = path.name
     is_folder = path.is_dir() and not path.is_symlink()
     if is_folder != (name in FOLDER_OUTPUTS):
@@ -282,8 +282,6 @@ def lock_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[str
 
 def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: int) -> list:
     """The report's header: what was tested, on what, where and when."""
-    import time
-
     config = ckpt.get("config") or {}
     arch = (ckpt.get("arch") or {}).get("generator") or {}
     if ckpt.get("format") == "authors":
@@ -300,26 +298,15 @@ def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: 
 
 
 def _test(task: Task, argv: list[str]) -> None:
-    from .checkpoint import build_generator, read_checkpoint
-    from .demo import demo_paths
-    from .evaluate import check_before_writing, evaluate, format_row, gain_summary
-    from .figures import side_by_side
-    from .files import StagedFolder, check_can_write
-    from .metrics import LPIPS
-    from .pairs import find_pairs
-    from .devices import resolve_device, resolve_precision
-    from .report import ResultsReport
-
     args = test_parser(task).parse_args(argv)
     if args.demo:
         args.checkpoint = args.checkpoint or str(newest_demo_checkpoint(Path(args.out), task))
-        paths = demo_paths(Path(args.out) / task.name / "demo-data")
+        paths = demo_paths(demo_root(args.out, task))
         # the wider held-out photographs: never trained on, never used to choose best.pt
         args.input, args.gt = args.input or str(paths["wider_input"]), args.gt or str(paths["wider_gt"])
     if not args.checkpoint or not args.input:
         raise InputError("give --checkpoint and --input (or --demo)")
-    if args.gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
+    expose_gpus(args.gpus)
     if args.tile_overlap < TILE_CONTEXT:
         note(f"--tile-overlap {args.tile_overlap}: tiles see less of their surroundings than the {TILE_CONTEXT} pixels "
              "that keep them seamless; where the image is restored in tiles, their borders may show")
@@ -329,10 +316,6 @@ def _test(task: Task, argv: list[str]) -> None:
     ckpt = read_checkpoint(checkpoint)
     check_task(ckpt, task, checkpoint, args.any_task)
     generator = build_generator(ckpt, checkpoint).to(device).eval()
-    trained = (ckpt.get("config") or {})
-    align_corners = getattr(args, "align_corners", None)
-    if align_corners is None:
-        align_corners = bool(trained.get("align_corners", False))
     pairs = find_pairs(args.input, args.gt, verbose=True)
     keep = len(pairs) if args.demo else args.side_by_side
     outputs = planned_outputs(pairs, side_by_side=keep > 0, report=not args.no_report)
@@ -353,21 +336,39 @@ def _test(task: Task, argv: list[str]) -> None:
         print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
         with StagedFolder(results, lambda path: replaceable(path, outputs, args.overwrite)) as staged:
             report = None if args.no_report else ResultsReport(staged.path, f"{task.title}: {checkpoint}")
-            ev = evaluate(generator, pairs, task, device, align_corners=align_corners, prescaled=prescaled,
-                          save_dir=staged.path, lpips=lpips, y_channel=args.y_channel, precision=precision,
-                          transpose=args.transpose, tile=args.tile, tile_overlap=args.tile_overlap,
-                          upscale=getattr(args, "upscale", "pytorch"), reference_metrics=args.reference_metrics,
-                          keep=keep, on_image=report.add if report is not None else None,
-                          model=str(checkpoint))
+            ev = evaluate(generator, pairs, task, device, align_corners=align_corners_of(args, ckpt),
+                          prescaled=prescaled, save_dir=staged.path, lpips=lpips, y_channel=args.y_channel,
+                          precision=precision, transpose=args.transpose, tile=args.tile,
+                          tile_overlap=args.tile_overlap, upscale=getattr(args, "upscale", "pytorch"),
+                          reference_metrics=args.reference_metrics, keep=keep,
+                          on_image=report.add if report is not None else None, model=str(checkpoint))
             if report is not None:
                 report.write(report_facts(checkpoint, ckpt, args, device, precision, len(pairs)), ev.means)
             if ev.examples:
-                side_by_side(staged.path / "side_by_side.png", [
-                    [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
-                     ("restored" + (f" {row['psnr']:.2f} dB" if row.get("psnr") else ""), restored)]
-                    + ([("clean", gt)] if gt is not None else [])
-                    for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
+                write_side_by_side(staged.path / "side_by_side.png", ev, task)
             staged.commit()
+    print_results(ev, pairs, task, save_dir, report=not args.no_report)
+
+
+def align_corners_of(args, ckpt: dict) -> bool:
+    """--align-corners where given (SR), else as the checkpoint was trained."""
+    align_corners = getattr(args, "align_corners", None)
+    if align_corners is None:
+        align_corners = bool((ckpt.get("config") or {}).get("align_corners", False))
+    return align_corners
+
+
+def write_side_by_side(path: Path, ev, task: Task) -> None:
+    """side_by_side.png: input | restored | clean, a row per image kept, each with its PSNR."""
+    side_by_side(path, [
+        [(f"{task.input_label}" + (f" {row['input_psnr']:.2f} dB" if row.get("input_psnr") else ""), x),
+         ("restored" + (f" {row['psnr']:.2f} dB" if row.get("psnr") else ""), restored)]
+        + ([("clean", gt)] if gt is not None else [])
+        for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
+
+
+def print_results(ev, pairs: list, task: Task, save_dir: Path, report: bool) -> None:
+    """The metrics per image and on average, and where the results went."""
     for row in ev.rows:
         print(format_row(row, task.input_label))
     if any(p.gt is not None for p in pairs):
@@ -379,7 +380,7 @@ def _test(task: Task, argv: list[str]) -> None:
     if ev.examples:
         columns = f"{task.input_label} | restored" + (" | clean" if any(gt is not None for *_, gt in ev.examples) else "")
         print(f"side by side ({columns}): {save_dir / 'side_by_side.png'}")
-    if not args.no_report:
+    if report:
         print(f"report (open it in a browser): {save_dir / 'report.html'}")
 
 

@@ -3,7 +3,7 @@ newest two step checkpoints kept, ``state.json`` pointing at the newest complete
 ``config.json`` and metrics log, and the JSON files beside them. A damaged checkpoint found on
 resume is named together with the newest intact one and the command that resumes from it.
 
-    <out>/<task>/<name>/run.json           the sweep's configuration (common.config)
+    <out>/<task>/<name>/run.json           the sweep's configuration (common.training.config)
     <out>/<task>/<name>/sigma-<s>/          one model per sigma: config.json, last.pt, step-NNNNNNNN.pt,
                                             best.pt, state.json, metrics.jsonl, samples/
 """
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write, named_tensors, read_checkpoint, save_checkpoint, state_bytes
-from .errors import InputError, TrainingStopped, note
-from .files import remove_stale_temporaries, write_failure
+from ..system.errors import InputError, TrainingStopped
+from ..system.files import atomic_write, remove_stale_temporaries, write_failure
+from ..system.text import note
+from .checkpoint import named_tensors, read_checkpoint, save_checkpoint, state_bytes
 
 KEEP_STEP_CHECKPOINTS = 2
 STEP_CHECKPOINT = re.compile(r"step-(\d{8,})\.pt")  # f"step-{step:08d}.pt"
@@ -40,7 +41,7 @@ class MetricsLog:
             self._truncate_after(resume_step)
         self.writer = None
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # only where installed and asked for
             self.writer = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step or None)
 
     def _truncate_after(self, step: int) -> None:

@@ -1,5 +1,5 @@
 """The file system and memory as the scripts meet them: run-folder locks, stale temporary files,
-writable output folders, free disk space and available memory.
+writable output folders, atomic writes, free disk space and available memory.
 
 Light on purpose (no torch): a lock can be taken and a folder checked before anything heavy loads.
 """
@@ -12,11 +12,14 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Collection
 
-from .errors import InputError, Interrupted, note, stop_signals_deferred
+from .errors import InputError, Interrupted
+from .signals import check_interrupted, stop_signals_held
+from .text import note
 
 LOCK_NAME = ".lock"
 # Every temporary this program writes is named .sot-tmp-<PID>-<what it becomes>: a name no other
@@ -272,8 +275,6 @@ def unreadable_reason(path: str | os.PathLike, what: str = "a file") -> str | No
     Tells apart what ``Path.is_file()`` lumps together as False: a missing file, a broken symbolic
     link, a link loop, a folder, a FIFO or device (reading one would block or never end) and a file
     without read permission. ``what`` names what was expected ("an image", "a checkpoint file")."""
-    import stat
-
     path = Path(path)
     try:
         st = path.stat()
@@ -427,7 +428,7 @@ class StagedFolder:
             if why:
                 raise InputError(f"{target}: {why}; nothing of this run was put into {self.folder}")
         moved: list[tuple[Path, Path, Path | None]] = []
-        with stop_signals_deferred():
+        with stop_signals_held():
             try:
                 for entry in staged:
                     target, earlier = self.folder / entry.name, None
@@ -450,6 +451,7 @@ class StagedFolder:
             shutil.rmtree(self.replaced, ignore_errors=True)  # earlier results this run was asked to replace
             shutil.rmtree(self.path, ignore_errors=True)  # empty now
             fsync_folder(self.folder)
+        check_interrupted()  # a stop whose exception was lost before the commit: raised now that it is whole
         return [target for _, target, _ in moved]
 
     def _undo(self, moved: list[tuple[Path, Path, Path | None]]) -> str:
@@ -497,6 +499,30 @@ def fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it into place.
+
+    If anything fails (a full disk, a kill), the previous file at ``path`` is untouched and the
+    temporary file is removed where possible.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    fsync_folder(path.parent)
 
 
 def free_bytes(path: str | os.PathLike) -> int | None:

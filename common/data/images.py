@@ -10,9 +10,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
-from .errors import InputError, note
-from .files import available_memory, check_readable_file, human_bytes, unreadable_reason
+from ..system.errors import InputError
+from ..system.files import (available_memory, check_readable_file, human_bytes, temporary_path, unreadable_reason,
+                            write_failure)
+from ..system.text import note
 
 # OpenCV's own warnings ("PNG input buffer is incomplete") would come before our one-line error
 try:
@@ -150,10 +153,6 @@ ORIENTATIONS = {2: "mirrored left to right", 3: "turned 180 degrees", 4: "mirror
 def read_header(path: str | os.PathLike) -> Header | None:
     """The size and EXIF orientation an image's header declares (Pillow reads only the header and,
     for EXIF, the metadata before the pixels), or None for a format Pillow does not know."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow comes with torchvision
-        return None
     limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None  # the size is what we want to know; nothing is decoded here
@@ -182,8 +181,6 @@ def _frames(im) -> int:
 
 def _orientation(im) -> int:
     """The EXIF orientation tag (274) of an opened Pillow image, 1 when absent or not in 1-8."""
-    from PIL import Image
-
     try:
         if isinstance(im.info.get("exif"), bytes):
             # Image.getexif() would decode a PNG's pixels to look for a late eXIf chunk; the
@@ -359,8 +356,6 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
 
     Encoded in memory and written under a temporary name, then renamed: no path reaches OpenCV (see
     :func:`read_image`), and an interrupted write leaves no half image."""
-    from .files import temporary_path, write_failure
-
     path = Path(path)
     data = img if img.dtype == np.uint8 else to_uint8(img)
     if data.ndim == 3:

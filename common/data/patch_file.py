@@ -1,6 +1,6 @@
 """The HDF5 training-file format and every rule a patch file must follow, in one place: the loader
-(``common.data``), the writers (``common.h5tools``, ``common.demo``) and the inspector
-(``common.h5report``) all open and check files here.
+(``common.data.loader``), the writers (``common.data.building``, ``common.demo``) and the inspector
+(``common.data.inspection``) all open and check files here.
 
 A training file holds two datasets, ``data`` (degraded patches) and ``label`` (clean patches),
 N x C x H x W, uint8 in [0, 255] or float in [0, 1] (the reference's float32); their counts may
@@ -12,7 +12,6 @@ unless read with ``--layout matlab`` (:data:`LAYOUT_CHOICES`). Files are written
 from __future__ import annotations
 
 import os
-import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import InputError, Interrupted, check_interrupted, printable
-from .files import (folders_to_make, human_bytes, remove_made, remove_stale_temporaries, temporary_path,
-                    unreadable_reason, write_failure)
+from ..system.errors import InputError, Interrupted
+from ..system.files import (folders_to_make, human_bytes, remove_made, remove_stale_temporaries, temporary_path,
+                            unreadable_reason, write_failure)
+from ..system.signals import check_interrupted, stop_signals_held
+from ..system.text import printable
 
 AXIS_ORDERS = {"NCHW": False, "NCWH": True}  # the 'layout' attribute -> patches stored transposed (C x W x H)
 LAYOUT_CHOICES = ("auto", "ours", "matlab")  # --layout: the attribute, or either axis order whatever it says
@@ -425,37 +426,6 @@ def cut_patches(img: np.ndarray, patch: int, stride: int) -> np.ndarray:
     lefts = range(0, w - patch + 1, stride)
     out = np.stack([img[t:t + patch, l:l + patch] for t in tops for l in lefts])
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
-
-
-STOP_SIGNALS = ("SIGINT", "SIGTERM")
-
-
-@contextmanager
-def stop_signals_held():
-    """SIGINT and SIGTERM that arrive inside the block reach their handlers as it ends, not inside
-    it: the block calls HDF5, which calls back into Python to write (see :class:`_TemporaryFile`),
-    and a handler's exception raised there would be a failed write inside HDF5."""
-    held: list[int] = []
-    previous = {}
-    try:
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name)
-            handler = signal.getsignal(sig)
-            if handler is not None:  # None: set outside Python, left alone
-                previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
-    except ValueError:  # not the main thread, whose handlers these are
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if held:
-            handler = previous[held[0]]
-            if callable(handler):
-                handler(held[0], None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(held[0])
 
 
 class _Abandoned(Exception):

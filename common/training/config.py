@@ -12,7 +12,7 @@ The reference's flag spellings are kept (``--nEpochs``, ``--batchSize``, ``--lr`
 ``--sigma``, ``--trainset``, ``--resume``, ``--pretrained``, ``--threads``); the fields have names
 that say what they hold (``epochs``, ``batch_size``, ``lr_step_epochs``, ``loader_workers``).
 Code that trains builds a :class:`RunConfig` (``RunConfig.for_task``) and calls
-``common.runs.train`` with it; argv is only the command line's business.
+``common.training.loop.train`` with it; argv is only the command line's business.
 """
 from __future__ import annotations
 
@@ -23,12 +23,16 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .cli import (DEVICES, PRECISIONS, OneLineParser, common_flags, decay, finite_non_negative_float,
-                  finite_positive_float, non_negative_int, positive_int, run_name, seed_int, sigma_list)
-from .errors import InputError, note, printable
-from .networks import CHANNEL_REDUCTION, CRITIC_INITS
-from .sot import TRANSPORT_COSTS
-from .tasks import TASKS, Task
+from ..cli.flags import (SHARED_FLAGS, decay, finite_non_negative_float, finite_positive_float, non_negative_int,
+                         positive_int, run_name, seed_int, sigma_list)
+from ..networks import CHANNEL_REDUCTION, CRITIC_INITS, PAPER_WIDTHS
+from ..sot import TRANSPORT_COSTS
+from ..system.errors import InputError
+from ..system.files import same_file
+from ..system.text import note, printable
+from ..tasks import TASKS, Task
+from .checkpoint import read_checkpoint
+from .run_folder import read_json, sigma_dir_name
 
 RUN_FORMAT = "sot-run"
 RUN_VERSION = 2  # run.json: {"config": what was asked, "resolved": what the machine made of it}
@@ -49,6 +53,14 @@ def option(default, *flags: str, group: str, help: str, defines: bool = False, s
     """A :class:`RunConfig` field: its default, its command-line flags and what argparse needs."""
     return field(default=default, metadata=dict(flags=flags, group=group, help=help, defines=defines,
                                                 sr_only=sr_only, argparse=argparse_kw))
+
+
+def shared_option(name: str):
+    """A field for one of the flags every script shares (``common.cli.flags.SHARED_FLAGS``): the command
+    line adds the flag itself (``common_flags``); the field takes its default and choices from there."""
+    flags, keywords = SHARED_FLAGS[name]
+    rules = {"choices": keywords["choices"]} if "choices" in keywords else {}
+    return option(keywords["default"], group="machine", help=flags[0], **rules)
 
 
 TASK_DEFAULT = None  # for fields whose default is the task's (filled by RunConfig.for_task)
@@ -104,12 +116,12 @@ class RunConfig:
     max_steps: int | None = option(None, "--max-steps", group="schedule", type=positive_int, metavar="N",
                                    help="stop each sigma's run after N steps, whatever --nEpochs says")
     # networks
-    gen_width: int = option(80, "--gen-width", group="networks", defines=True, type=generator_width, metavar="N",
+    gen_width: int = option(PAPER_WIDTHS.generator, "--gen-width", group="networks", defines=True, type=generator_width, metavar="N",
                             help="generator width (the paper's: %(default)s); smaller for quick experiments and tests")
-    gen_increment: int = option(48, "--gen-increment", group="networks", defines=True, type=positive_int,
+    gen_increment: int = option(PAPER_WIDTHS.increment, "--gen-increment", group="networks", defines=True, type=positive_int,
                                 metavar="N", help="generator U-Net width increment per level (the paper's: "
                                                   "%(default)s)")
-    critic_width: int = option(64, "--critic-width", group="networks", defines=True, type=positive_int,
+    critic_width: int = option(PAPER_WIDTHS.critic, "--critic-width", group="networks", defines=True, type=positive_int,
                                metavar="N", help="critic base width (the paper's: %(default)s)")
     pretrained: str = option("", "--pretrained", group="networks", defines=True, metavar="CKPT",
                              help="start from the weights of a checkpoint (ours or the authors')")
@@ -167,7 +179,7 @@ class RunConfig:
     max_nonfinite: int = option(5, "--max-nonfinite", group="output", type=positive_int, metavar="N",
                                 help="stop after N steps in a row with a non-finite loss or gradient (each is "
                                      "skipped) (default: %(default)s)")
-    # machine (--device, --gpus, --precision come from common.cli.common_flags)
+    # machine (--device, --gpus, --precision: shared_option)
     loader_workers: int | None = option(None, "--threads", group="machine", type=non_negative_int, metavar="N",
                                         help="data-loader worker processes (default: 4 on CUDA, 0 on the CPU)")
     cuda_graphs: str = option("auto", "--cuda-graphs", group="machine", choices=("auto", "on", "off"),
@@ -177,10 +189,10 @@ class RunConfig:
     deterministic: bool = option(False, "--deterministic", group="machine", action="store_true",
                                  help="bit-for-bit repeatable runs (deterministic kernels, no cuDNN autotuning; "
                                       "slower on CUDA)")
-    # their flags come from common.cli.common_flags, which every script shares; the rules are the same
-    device: str = option("auto", group="machine", help="--device", choices=DEVICES)
-    gpus: str | None = option(None, group="machine", help="--gpus")
-    precision: str = option("auto", group="machine", help="--precision", choices=PRECISIONS)
+    # the flags every script shares (common.cli.flags.SHARED_FLAGS), which add them; their rules are the same
+    device: str = shared_option("device")
+    gpus: str | None = shared_option("gpus")
+    precision: str = shared_option("precision")
 
     @classmethod
     def for_task(cls, task: Task, **values) -> "RunConfig":
@@ -293,136 +305,6 @@ class Resolved:
     cuda_graphs: bool = False
 
 
-# ----------------------------------------------------------------------------- the demo's run
-# What --demo trains: two CPU cores finish it in under 10 minutes. The networks are narrower than the
-# paper's (generator 80 -> 16, critic 64 -> 16), so that a CPU can take enough steps for the critic
-# to learn what the degradation looks like and the generator to follow it; real training keeps the
-# paper's sizes. G starts as the identity (its output is its input). In runs this short and at a
-# batch of 4, G's weights swing around where the game is heading (validation PSNR moved by 4 dB
-# within a dozen steps), so the demo validates and keeps a moving average of them (--ema 0.995).
-# The learning rate stays constant: a drop mid-swing freezes whatever phase the swing is in.
-# Deraining also charges the residual's mean (--dc-weight 10): removing bright streaks darkens an
-# image, and the spectral costs barely charge a global shift, so without it G learned to darken every
-# image by the training set's average rain (0.07) instead of removing each image's own streaks.
-# SR starts from a He-initialised critic trained alone for 200 steps (--critic-init kaiming
-# --critic-warmup 200): from the reference's init the critic takes most of the run to learn what blur
-# looks like. Its gradient then also carries an incidental colour and contrast preference, which G
-# followed first; --null-space keeps G to the detail the LR input does not fix, and sigma 0.01 lets
-# it move (at 100 the transport cost held G at the input). It stops at 300 steps: at this size G
-# places only part of the missing detail right (correlation 0.1-0.4 with the true residual) and adds
-# mid-frequency detail everywhere, flat areas included; on photographs nobody chose on, that costs
-# bicubic's PSNR from about step 300 on (-0.01 dB at 300, -1.4 at 600, -2.7 at 800, seed 0), while
-# the three validation photographs, all textured, keep rising. docs/RESULTS.md has the measurements.
-DEMO_TRAINING = {"max_steps": 1000, "batch_size": 4, "lr": 1e-4, "lr_step_epochs": 1000, "generator_init": "identity",
-                 "epochs": 1000, "val_every_epochs": 1, "val_every_steps": 50, "gen_width": 16, "gen_increment": 8,
-                 "critic_width": 16, "ema_decay": 0.995, "seed": 0}  # a fixed seed: the demo figures are reproducible
-
-
-def demo_settings(task: Task) -> dict:
-    """The demo's training settings (RunConfig fields) with the task's own on top."""
-    settings = {**DEMO_TRAINING, **task.demo_flags}
-    return {**settings, "sigma": (float(settings["sigma"]),)}
-
-
-def _flag_text(name: str, value) -> str:
-    """How a setting reads on the command line: ``--null-space``, ``--dc-weight 10``."""
-    if value is True:
-        return flag_of(name)
-    return f"{flag_of(name)} {format(value, 'g') if isinstance(value, float) else value}"
-
-
-def demo_flags_text(task: Task) -> str:
-    d = demo_settings(task)
-    own = ", ".join(_flag_text(k, v) for k, v in task.demo_flags.items() if k not in ("sigma", "max_steps"))
-    return (f"{d['max_steps']} steps of {d['batch_size']} patches, sigma {d['sigma'][0]:g}{', ' + own if own else ''}, "
-            f"--lr {d['lr']:g}, --init {d['generator_init']}, --ema {d['ema_decay']:g}, generator width "
-            f"{d['gen_width']} and critic width {d['critic_width']}, validated every {d['val_every_steps']} steps, "
-            f"seed {d['seed']}")
-
-
-# ----------------------------------------------------------------------------- the command line
-@dataclass(frozen=True)
-class TrainCommand:
-    """One ``train.py`` command: the configuration it asks for, which fields it gave explicitly, and
-    what this invocation does with them (start a demo, resume a run)."""
-    config: RunConfig
-    given: dict                 # field -> value, the flags on the command line (not the defaults)
-    resume: str = ""            # "", "auto" or a checkpoint
-    resume_new_data: bool = False
-    demo: bool = False
-
-
-def train_parser(task: Task, defaults: dict | None = None, given_only: bool = False) -> OneLineParser:
-    """train.py's parser, built from :class:`RunConfig`'s fields. ``defaults`` (field -> value)
-    replaces the task's, e.g. the demo's; ``given_only``: no defaults at all, so that the parsed
-    namespace holds just the flags on the command line."""
-    sigmas = " ".join(f"{s:g}" for s in task.sigmas)
-    p = OneLineParser(
-        prog=f"{task.name}/train.py",
-        description=f"Train SOT for {task.title} from unpaired degraded and clean patches (HDF5). One model is "
-                    "trained per value of --sigma, the weight of the transport cost. The reference's flag "
-                    "spellings work as in the authors' scripts.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"examples:\n  python {task.name}/train.py --demo\n"
-               f"  python {task.name}/train.py --trainset data/{task.name}/ --sigma {sigmas} "
-               f"--val-input VAL_IN/ --val-gt VAL_GT/\n"
-               f"  python {task.name}/train.py --trainset data/{task.name}/ --loss ot --sigma=[{task.sigmas[0]:g}]")
-    defaults = {**task_defaults(task), **(defaults or {})}
-    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
-    for f in fields(RunConfig):
-        meta = f.metadata
-        if not meta.get("flags") or (meta["sr_only"] and task.scale == 1):
-            continue
-        default = defaults.get(f.name, f.default)
-        if f.name == "sigma":
-            default = [list(default)]  # as --sigma parses: a list of lists
-        text = meta["help"].format(sigmas=sigmas, commas=sigmas.replace(" ", ","))
-        groups[meta["group"]].add_argument(*meta["flags"], dest=f.name, default=default, help=text, **meta["argparse"])
-    r = p.add_argument_group("resuming")
-    r.add_argument("--resume", default="", metavar="auto|CKPT",
-                   help="continue a run where it stopped: 'auto' takes the newest run of this task (of --name if "
-                        "given), or name one of our checkpoints (its sigma continues from it, the sweep's other "
-                        "sigmas from their newest); finished sigmas of the sweep are skipped")
-    r.add_argument("--resume-new-data", action="store_true",
-                   help="with --resume: continue although the training files changed since the run started "
-                        "(added, removed, resized or recounted; refused without this flag)")
-    p.add_argument("--demo", action="store_true",
-                   help="build a small unpaired set from scikit-image's photographs and train a short run that two "
-                        f"CPU cores finish in under 10 minutes ({demo_flags_text(task)}); any flag given as well "
-                        "overrides these, but its data are its own (--trainset, --val-input and --val-gt are "
-                        "refused with it); --demo --resume auto continues a stopped demo. See docs/TRAINING.md")
-    common_flags(p)
-    if given_only:  # every flag, ours and the shared ones: absent from the namespace unless given
-        for action in p._actions:
-            action.default = argparse.SUPPRESS
-    return p
-
-
-def _config_values(namespace: argparse.Namespace) -> dict:
-    """The RunConfig fields of a parsed namespace (--sigma's groups flattened)."""
-    names = {f.name for f in fields(RunConfig)}
-    values = {k: v for k, v in vars(namespace).items() if k in names}
-    if "sigma" in values:
-        values["sigma"] = tuple(s for group in values["sigma"] for s in group)
-    return values
-
-
-def parse_train_command(task: Task, argv: list[str]) -> TrainCommand:
-    """Parse train.py's flags; with --demo, the demo's settings stand in for the task's defaults."""
-    demo = "--demo" in argv
-    args = train_parser(task, demo_settings(task) if demo else None).parse_args(argv)
-    given = _config_values(train_parser(task, given_only=True).parse_args(argv))
-    if args.resume_new_data and not args.resume:
-        raise InputError("--resume-new-data continues a run on changed training files: it needs --resume")
-    config = RunConfig.for_task(task, **_config_values(args))
-    return TrainCommand(config, given, args.resume, args.resume_new_data, args.demo)
-
-
-def parse_train_args(task: Task, argv: list[str]) -> RunConfig:
-    """The configuration a train.py command line asks for."""
-    return parse_train_command(task, argv).config
-
-
 # ----------------------------------------------------------------------------- run.json
 # run.json before version 2 was train.py's flat argparse namespace, resolved values and all.
 LEGACY_NAMES = {"nEpochs": "epochs", "batchSize": "batch_size", "step": "lr_step_epochs", "loss": "cost",
@@ -442,8 +324,6 @@ def read_run(path: Path, task: Task) -> tuple[RunConfig, dict]:
     ``trainset_files``, the values a resume takes back); older files converted. Every value is held
     to the rules of its flag before anything is written: a damaged or hand-edited field is refused
     in one line that names it."""
-    from .run_folder import read_json
-
     saved = read_json(path)
     if saved.get("format") == RUN_FORMAT:
         asked, resolved = saved.get("config"), saved.get("resolved")
@@ -521,9 +401,6 @@ def newest_run(task_dir: Path) -> Path:
 
 def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
     """The folder of the run to resume and, for --resume CKPT, the checkpoint its sigma starts from."""
-    from .checkpoint import read_checkpoint
-    from .files import same_file
-
     if resume == "auto":
         task_dir = Path(given.get("out", RunConfig.out)) / task.name
         run_root = task_dir / given["name"] if given.get("name") else newest_run(task_dir)
@@ -555,8 +432,6 @@ def _resumed_root(task: Task, resume: str, given: dict) -> tuple[Path, dict]:
 def plan_resume(task: Task, resume: str, given: dict, new_data: bool = False) -> tuple[RunConfig, ResumePlan]:
     """The configuration of the run being resumed (its run.json, with ``given`` on top) and where it
     continues. A defining field that ``given`` changes is refused: the run would not be itself."""
-    from .run_folder import sigma_dir_name
-
     run_root, checkpoints = _resumed_root(task, resume, given)
     saved, resolved = read_run(run_root / "run.json", task)
     for sigma, checkpoint in checkpoints.items():  # else the sweep would pass it over and resume from the newest

@@ -25,40 +25,16 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, note
-from .files import fsync_folder, temporary_path, unreadable_reason
-from .networks import Critic, Generator
+from ..networks import Critic, Generator
+from ..system.errors import InputError
+from ..system.files import atomic_write, unreadable_reason
+from ..system.text import note
 
 FORMAT = "sot-checkpoint"
 VERSION = 1
 
 # Branches the authors' _NetG creates and never calls (docs/METHOD.md): present in their files, not in ours.
 UNUSED_AUTHOR_BRANCHES = ("shallow_feat2.", "shallow_feat3.")
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it into place.
-
-    If anything fails (a full disk, a kill), the previous file at ``path`` is untouched and the
-    temporary file is removed where possible.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    fsync_folder(path.parent)
 
 
 class _RecordingWriter:

@@ -2,7 +2,7 @@
 
 Each is one ``report.html`` that opens offline, from the disk (no server, no network: its CSS and
 script are inline), with its pictures as files beside it in ``report_files/``. Pages are rendered by
-Jinja2 from ``common/templates/`` with every value escaped: a name, a path or a checkpoint's field is
+Jinja2 from ``common/evaluation/templates/`` with every value escaped: a name, a path or a checkpoint's field is
 text on the page, whatever it holds.
 
 - :class:`ResultsReport` (``test.py``, in its results folder): the checkpoint, the data, the device and
@@ -16,7 +16,7 @@ text on the page, whatever it holds.
   open in about a second.
 - :func:`write_training_report` (each run folder, refreshed at every validation): validation PSNR
   and SSIM per sigma against the degraded input's, the critic's Wasserstein estimate, the transport
-  cost and the gradient penalty over steps (``common.figures.training_curves``, matplotlib), and
+  cost and the gradient penalty over steps (``common.evaluation.figures.training_curves``, matplotlib), and
   each sigma's sample pictures as a strip over epochs.
 """
 from __future__ import annotations
@@ -24,17 +24,22 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 import time
 import urllib.parse
 from pathlib import Path
 
 import cv2
+import jinja2
 import numpy as np
+from jinja2.utils import htmlsafe_json_dumps
 from markupsafe import Markup
 
-from .checkpoint import atomic_write
-from .errors import printable
-from .images import write_image
+from ..data.images import write_image
+from ..system.files import atomic_write
+from ..system.text import note, printable
+from ..training.run_folder import read_metrics
+from .figures import training_curves
 
 PREVIEW_SIDE = 1024  # the comparison view's images: at most this on their long side
 THUMB_SIDE = 160     # the table's thumbnails
@@ -62,17 +67,13 @@ def json_for_script(data) -> Markup:
     decoded: ``<``, ``>``, ``&`` and ``'`` as ``\\u003c``-style escapes (Jinja2's own), and every character
     past ASCII, U+2028 and U+2029 included, as ``\\u`` escapes too (``ensure_ascii``). Nothing in it can
     end the element or open a comment there, and ``JSON.parse`` gives back the same strings."""
-    from jinja2.utils import htmlsafe_json_dumps
-
     return htmlsafe_json_dumps(data, ensure_ascii=True)
 
 
 @functools.cache
 def _templates():
-    """The pages' templates (``common/templates``): Jinja2 escapes every value put into them, so a name, a
+    """The pages' templates (``common/evaluation/templates``): Jinja2 escapes every value put into them, so a name, a
     path or a checkpoint's field is always text on the page, never markup."""
-    import jinja2
-
     return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                               autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
@@ -86,7 +87,7 @@ def _render(template: str, path: Path, **values) -> Path:
 
 
 def _facts(facts: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A report header's (label, text) lines as they are shown (see :func:`~common.errors.printable`)."""
+    """A report header's (label, text) lines as they are shown (see :func:`~common.system.text.printable`)."""
     return [(printable(k), printable(v)) for k, v in facts]
 
 
@@ -133,9 +134,6 @@ class ResultsReport:
 def write_training_report(run_root: Path, title: str, facts: list[tuple[str, str]]) -> Path:
     """``<run>/report.html``: the curves of every sigma's metrics.jsonl and its sample pictures; rewritten
     whole (atomically) each time, so that a browser's reload always finds a complete page."""
-    from .figures import training_curves
-    from .run_folder import read_metrics
-
     logs = {path.parent.name: read_metrics(path) for path in sorted(run_root.glob("sigma-*/metrics.jsonl"))}
     curves = f"{ASSETS}/curves.png"
     training_curves(run_root / curves, logs)
@@ -159,8 +157,6 @@ class ReportRefresher:
         self.last = -float("inf")
 
     def request(self) -> None:
-        import threading
-
         if (self.thread is not None and self.thread.is_alive()) or time.monotonic() - self.last < self.every:
             return
         self.last = time.monotonic()
@@ -171,7 +167,6 @@ class ReportRefresher:
         try:
             write_training_report(*self.args)
         except Exception as exc:  # noqa: BLE001 - a report must never stop a run
-            from .errors import note
             note(f"{self.args[0] / 'report.html'}: not updated ({type(exc).__name__}: {exc})")
 
     def final(self) -> None:

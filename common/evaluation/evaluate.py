@@ -16,13 +16,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import InputError, check_interrupted, spreadsheet_text
-from .images import image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
+from ..data.degrade import imresize
+from ..data.images import image_size, image_to_tensor, read_image, tensor_to_image, to_uint8, write_image
+from ..data.pairs import Pair
+from ..system.errors import InputError
+from ..system.files import same_file
+from ..system.signals import check_interrupted
+from ..system.text import spreadsheet_text
+from ..tasks import Task, UPSCALERS, model_input
 from .inference import TILE_CONTEXT, check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
-from .pairs import Pair
-from .degrade import imresize
-from .tasks import UPSCALERS, Task, model_input
 
 
 def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel: bool,
@@ -47,8 +50,6 @@ def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel
 def check_scored_apart(input_dir, gt_dir, pairs: list[Pair], flags: tuple[str, str] = ("--input", "--gt")) -> None:
     """Refuse ground truth that is the input itself: every image would be scored against itself (and
     a validation that chooses best.pt on it would choose by nothing)."""
-    from .files import same_file
-
     if gt_dir and same_file(input_dir, gt_dir):
         raise InputError(f"{flags[1]} {gt_dir} is the {flags[0]} folder: every image would be scored against itself; "
                          "give the ground truth's own folder (a folder holding both sides in a known layout, "
@@ -103,8 +104,6 @@ def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Ta
     is decoded where Pillow reads the format): an input too small for the reference's crop or too
     large for memory, a ground truth of the wrong size. So a run that would stop at its 400th
     image stops before its first, having written nothing."""
-    from .images import image_size
-
     factor = 1 if prescaled else task.scale
     for pair in pairs:
         if pair.gt is not None and pair.name == MEANS_ROW:
@@ -190,7 +189,7 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
 
     ``transpose`` swaps height and width around G, for models trained on MATLAB-layout files read
     as they are (their patches were stored W x H), as the reference's deraining test does.
-    ``tile`` restores in tiles with ``tile_overlap`` pixels of context (see ``common.inference``).
+    ``tile`` restores in tiles with ``tile_overlap`` pixels of context (see ``common.evaluation.inference``).
     ``upscale`` (SR): ``"pytorch"`` upsamples inputs as training does (PyTorch's bicubic, a = -0.75);
     ``"matlab"`` with MATLAB's ``imresize`` (a = -0.5), as the paper's test inputs were made.
     ``reference_metrics`` measures as the authors' test scripts do: G's input cropped at the
@@ -215,15 +214,7 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
         x = upsampled_input(img, task, device, align_corners, prescaled, upscale)
         if reference_metrics:
             x = crop_to_multiple(x, task.reference_crop, pair)
-        try:
-            if transpose:
-                restored = restore(generator, x.transpose(-1, -2), precision, tile, tile_overlap).transpose(-1, -2)
-            else:
-                restored = restore(generator, x, precision, tile, tile_overlap)
-        except InputError as exc:  # the image is too large for memory: name it
-            raise InputError(f"{pair.input}: {exc}") from None
-        if not torch.isfinite(restored).all():  # on the device, before anything is written or scored
-            raise NonFiniteOutput(model, pair.input)
+        restored = restored_image(generator, x, pair, precision, tile, tile_overlap, transpose, model)
         unclamped = restored[0].permute(1, 2, 0).float().cpu().numpy() if reference_metrics else None
         restored = to_uint8(tensor_to_image(restored))
         if save_dir is not None:
@@ -247,6 +238,21 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
     return result
 
 
+def restored_image(generator: torch.nn.Module, x: torch.Tensor, pair: Pair, precision: str, tile: int | None,
+                   tile_overlap: int, transpose: bool, model: str) -> torch.Tensor:
+    """G's output for one input (see :func:`evaluate`), refused where it holds NaN or infinite values."""
+    try:
+        if transpose:
+            restored = restore(generator, x.transpose(-1, -2), precision, tile, tile_overlap).transpose(-1, -2)
+        else:
+            restored = restore(generator, x, precision, tile, tile_overlap)
+    except InputError as exc:  # the image is too large for memory: name it
+        raise InputError(f"{pair.input}: {exc}") from None
+    if not torch.isfinite(restored).all():  # on the device, before anything is written or scored
+        raise NonFiniteOutput(model, pair.input)
+    return restored
+
+
 def _fmt(v) -> str:
     if v is None:
         return "n/a"
@@ -255,7 +261,7 @@ def _fmt(v) -> str:
 
 def write_metrics_csv(path: Path, result: Evaluation) -> None:
     """One row per image, then the means in the row named :data:`MEANS_ROW`. A name is text: written
-    with escapes and never as a formula (see common.errors.spreadsheet_text)."""
+    with escapes and never as a formula (see common.system.text.spreadsheet_text)."""
     keys = [k for k in result.rows[0] if k != "name"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -1,16 +1,16 @@
-"""User-facing errors: one line that names the file and the problem.
+"""How names and messages are shown: on the terminal, in one-line errors and notes, in CSV cells.
 
-Scripts catch :class:`InputError` at the top, print its message and exit with status 2 (no traceback
-unless ``--debug``). Anything else that escapes is a bug and keeps its traceback.
+A file name is data: it may hold control characters that drive the terminal, bytes that are not UTF-8,
+or text a spreadsheet takes for a formula. Everything a script writes goes through :func:`printable`
+(or the escaping streams that apply it), so that an error stays one line whatever a file is called.
 """
 from __future__ import annotations
 
 import codecs
-import contextlib
 import re
 import sys
 
-EXIT_BAD_INPUT = 2
+from tqdm import tqdm
 
 
 # Characters a terminal acts on instead of showing: C0 controls (ESC starts the sequences that set the
@@ -120,101 +120,8 @@ def escaping_streams() -> None:
         sys.stderr = EscapingStream(sys.stderr)
 
 
-class InputError(Exception):
-    """Bad input from the user: a file, folder, flag or checkpoint that cannot be used as given."""
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        # Raised in a DataLoader worker, it comes back with the worker's traceback in its message:
-        # keep the original one line.
-        marker = "InputError: "
-        if text.startswith("Caught InputError") and marker in text:
-            return text.rsplit(marker, 1)[1].strip()
-        return text
-
-
-class TrainingStopped(Exception):
-    """A run stopped early on purpose (a signal, or too many non-finite steps); the message says what
-    was saved and how to resume. ``exit_code`` is what the script exits with."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM in a script that writes files (``test.py``, ``gdata/``), raised where the
-    signal lands so that each ``with`` block on the way out removes what it had half-written and
-    says so in ``cleaned``. A BaseException, like KeyboardInterrupt: ``except Exception`` must not
-    swallow it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-        self.cleaned: list[str] = []
-        self.completed: list[str] = []  # what was finished whole before the stop (results moved into place)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-# The stop signal received and not yet acted on. A signal handler's exception can be lost: raised
-# while Python runs a __del__ or a C extension's callback, it is printed as "ignored" and the code
-# goes on. So the loops that write also look here, between two writes (check_interrupted).
-_pending_stop: list[int] = []
-
-
-def check_interrupted() -> None:
-    """Raise :class:`Interrupted` if a stop signal came and its exception was lost on the way."""
-    if _pending_stop:
-        raise Interrupted(_pending_stop[0])
-
-
-_deferring = 0  # inside stop_signals_deferred: a stop signal waits for the end of the block
-
-
-@contextlib.contextmanager
-def stop_signals_deferred():
-    """A stop signal that arrives inside the block is raised at its end instead (by
-    :func:`check_interrupted`): a few renames that belong together are never cut in two."""
-    global _deferring
-    _deferring += 1
-    try:
-        yield
-    finally:
-        _deferring -= 1
-    if not _deferring:
-        check_interrupted()
-
-
-def on_stop_signals(handler) -> dict:
-    """Route SIGINT and SIGTERM to ``handler``; returns the previous handlers for
-    :func:`restore_signal_handlers`. Outside the main thread signals are left alone."""
-    import signal
-
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread
-            pass
-    return previous
-
-
-def restore_signal_handlers(previous: dict) -> None:
-    import signal
-
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
 def close_progress_bars() -> None:
     """Close the progress bars an error interrupted, so that its line starts a line of its own."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return
     for bar in list(getattr(tqdm, "_instances", ())):
         try:
             bar.close()
@@ -224,8 +131,4 @@ def close_progress_bars() -> None:
 
 def note(message: str) -> None:
     """A one-line notice on stderr that does not break tqdm progress bars."""
-    try:
-        from tqdm import tqdm
-        tqdm.write(f"note: {printable(message)}", file=sys.stderr)
-    except ImportError:  # pragma: no cover - tqdm is a requirement
-        print(f"note: {printable(message)}", file=sys.stderr)
+    tqdm.write(f"note: {printable(message)}", file=sys.stderr)

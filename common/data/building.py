@@ -1,22 +1,20 @@
 """Build, convert and merge HDF5 training files: the functions behind ``gdata/make_h5.py`` and
-``gdata/merge_h5.py`` (what ``gdata/inspect_h5.py`` shows and checks is ``common.h5report``; the
-format's rules are ``common.h5format``).
+``gdata/merge_h5.py`` (what ``gdata/inspect_h5.py`` shows and checks is ``common.data.inspection``; the
+format's rules are ``common.data.patch_file``).
 
 Everything streams: images are read one at a time and cut into patches row by row, patches reach the
 file in batches of at most ``batch``, and merging, converting and scanning read a batch of patches at
 a time. Memory stays bounded by one image plus one batch, whatever the size of the folder or file.
 
-Files are written with :class:`common.h5format.H5PatchWriter` (``N x C x H x W``, uint8 or float32,
+Files are written with :class:`common.data.patch_file.H5PatchWriter` (``N x C x H x W``, uint8 or float32,
 chunked, written under a temporary name and renamed on success, ``layout`` attribute ``"NCHW"``).
 Files written by MATLAB hold patches transposed (``N x C x W x H``, ``layout`` ``"NCWH"`` or no
 attribute at all); they are read through ``layout`` (``"auto"``, ``"ours"`` or ``"matlab"``).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import textwrap
 import time
 import zlib
 from contextlib import ExitStack
@@ -28,34 +26,17 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .h5format import (DTYPES, LAYOUT_CHOICES, SAME_PATCHES, H5PatchWriter, as_stored_in_ours,
-                       check_declared_size, check_patch_dtype, check_sides_apart, check_values, cut_patches,
-                       is_transposed, open_h5_file, patch_dataset, patch_datasets, patch_shape, read_attr,
-                       same_dataset, stored_layout)
+from ..system.errors import InputError
+from ..system.files import check_can_write, same_file
+from ..system.text import note, printable
 from .degrade import DEGRADATIONS, degradation_scale
-from .errors import InputError, note, printable
-from .files import check_can_write, same_file
-from .images import (IMAGE_KINDS, describe_contents, folder_contents, image_size, list_images, note_skipped,
-                     read_image)
+from .images import IMAGE_KINDS, describe_contents, folder_contents, image_size, list_images, note_skipped, read_image
+from .patch_file import (DTYPES, H5PatchWriter, SAME_PATCHES, as_stored_in_ours, check_declared_size, check_patch_dtype,
+                         check_sides_apart, check_values, cut_patches, is_transposed, open_h5_file, patch_dataset,
+                         patch_datasets, patch_shape, read_attr, same_dataset, stored_layout)
 
 DEFAULT_BATCH = 256          # patches per write (and per read when merging or converting)
 BATCH_BYTES = 64 << 20       # at most this many bytes of float32 patches read at a time when merging
-
-
-# ----------------------------------------------------------------------------- the scripts' shared flags
-def script_parser(prog: str, description: str, examples: str):
-    """An argparse parser for a gdata/ script, its examples shown verbatim after the flags."""
-    from .cli import OneLineParser
-
-    return OneLineParser(prog=prog, description=textwrap.fill(description, 100), epilog=examples,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def add_script_flags(parser, layout_help: str, layout_group=None) -> None:
-    """``--layout``, ``--quiet`` and ``--debug``, which every gdata/ script takes."""
-    (layout_group or parser).add_argument("--layout", choices=LAYOUT_CHOICES, default="auto", help=layout_help)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -111,7 +92,7 @@ class PatchJob:
     images: list[Path]
     patch: int                       # side of the patches cut (from the degraded image, if degraded)
     stride: int
-    degradation: str | None = None   # a name of common.degrade.DEGRADATIONS, applied before cutting
+    degradation: str | None = None   # a name of common.data.degrade.DEGRADATIONS, applied before cutting
     source: str = ""                 # the folder, for messages and attributes
 
 
@@ -121,7 +102,7 @@ def image_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def patch_rows(img: np.ndarray, patch: int, stride: int) -> Iterator[np.ndarray]:
-    """:func:`common.data.cut_patches`'s patches, one grid row at a time (N x C x p x p each)."""
+    """:func:`common.data.patch_file.cut_patches`'s patches, one grid row at a time (N x C x p x p each)."""
     for top in range(0, img.shape[0] - patch + 1, stride):
         yield cut_patches(img[top:top + patch], patch, stride)
 
@@ -207,6 +188,38 @@ def folder_images(folder: str | Path) -> list[Path]:
     return images
 
 
+def check_make_flags(input_dir, patch: int, stride: int, degradation: str | None, degraded_dir, split,
+                     as_name: str | None, scale: int | None, two_sides: bool) -> tuple[int, float | None]:
+    """:func:`plan_make`'s arguments that contradict each other, or a patch grid the scale cannot
+    align, refused before any image is read; the scale and the split's fraction (None: both sides)."""
+    if patch < 1 or stride < 1:
+        raise InputError(f"--patch {patch} --stride {stride}: both must be at least 1")
+    if degradation is not None and degradation not in DEGRADATIONS:
+        raise InputError(f"--degrade {degradation}: unknown; choose from {', '.join(DEGRADATIONS)}")
+    if as_name not in (None, "data", "label"):
+        raise InputError(f"--as {as_name}: expected data or label")
+    if as_name == "label" and degradation:
+        raise InputError(f"--as label --degrade {degradation}: clean patches are not degraded; use --as data")
+    if degraded_dir is not None and as_name is not None:
+        raise InputError("--as makes one dataset from one folder; it does not go with --degraded-input")
+    if split is not None and not two_sides:
+        raise InputError("--split chooses the images of the degraded and the clean side; it needs --degrade "
+                         "or --degraded-input (and no --as)")
+    if degradation and scale and scale != degradation_scale(degradation):
+        raise InputError(f"--scale {scale} contradicts --degrade {degradation} "
+                         f"(which makes x{degradation_scale(degradation)} smaller images)")
+    s = degradation_scale(degradation) if degradation else (scale or 1)
+    if patch % s or stride % s:
+        raise InputError(f"--patch {patch} and --stride {stride} must be multiples of the scale {s}, so that "
+                         "degraded and clean patch grids align")
+    fraction = parse_split(split)
+    if degraded_dir is not None and degradation is None and same_file(degraded_dir, input_dir):
+        raise InputError(f"--degraded-input {degraded_dir} is the --input folder: 'data' and 'label' would hold "
+                         "the same clean patches, with nothing to learn; give the degraded photographs' folder, "
+                         "or --degrade to degrade these")
+    return s, fraction
+
+
 def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: str | None = None,
               degraded_dir: str | Path | None = None, split: str | float | None = None,
               as_name: str | None = None, scale: int | None = None) -> tuple[list[PatchJob], dict]:
@@ -227,33 +240,9 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
     ``patch / scale`` on a ``stride / scale`` grid, ``scale`` being the degradation's (4 for
     bicubic-x4) or ``scale``.
     """
-    if patch < 1 or stride < 1:
-        raise InputError(f"--patch {patch} --stride {stride}: both must be at least 1")
-    if degradation is not None and degradation not in DEGRADATIONS:
-        raise InputError(f"--degrade {degradation}: unknown; choose from {', '.join(DEGRADATIONS)}")
-    if as_name not in (None, "data", "label"):
-        raise InputError(f"--as {as_name}: expected data or label")
-    if as_name == "label" and degradation:
-        raise InputError(f"--as label --degrade {degradation}: clean patches are not degraded; use --as data")
-    if degraded_dir is not None and as_name is not None:
-        raise InputError("--as makes one dataset from one folder; it does not go with --degraded-input")
     two_sides = degraded_dir is not None or (degradation is not None and as_name is None)
-    if split is not None and not two_sides:
-        raise InputError("--split chooses the images of the degraded and the clean side; it needs --degrade "
-                         "or --degraded-input (and no --as)")
-    if degradation and scale and scale != degradation_scale(degradation):
-        raise InputError(f"--scale {scale} contradicts --degrade {degradation} "
-                         f"(which makes x{degradation_scale(degradation)} smaller images)")
-    s = degradation_scale(degradation) if degradation else (scale or 1)
-    if patch % s or stride % s:
-        raise InputError(f"--patch {patch} and --stride {stride} must be multiples of the scale {s}, so that "
-                         "degraded and clean patch grids align")
-    fraction = parse_split(split)
-    if degraded_dir is not None and degradation is None and same_file(degraded_dir, input_dir):
-        raise InputError(f"--degraded-input {degraded_dir} is the --input folder: 'data' and 'label' would hold "
-                         "the same clean patches, with nothing to learn; give the degraded photographs' folder, "
-                         "or --degrade to degrade these")
-
+    s, fraction = check_make_flags(input_dir, patch, stride, degradation, degraded_dir, split, as_name, scale,
+                                   two_sides)
     images = folder_images(input_dir)
     degraded_images = folder_images(degraded_dir) if degraded_dir is not None else images
     if not two_sides:

@@ -1,7 +1,7 @@
 """Unpaired training data: the data set over a folder of HDF5 patch files, and its sampler.
 
 Sample ``i`` is degraded patch ``i`` with a clean patch drawn afresh at random from all files:
-nothing pairs them. The files' format and rules are ``common.h5format``'s (docs/METHOD.md, "Training
+nothing pairs them. The files' format and rules are ``common.data.patch_file``'s (docs/METHOD.md, "Training
 data", says why unpaired sides must come from the same kind of scene).
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import InputError
-from .h5format import (LAYOUT_CHOICES, as_stored_in_ours, check_training_file, check_values, find_h5_files,
-                       open_h5_file, patch_dataset)
+from ..system.errors import InputError
+from .patch_file import (LAYOUT_CHOICES, as_stored_in_ours, check_training_file, check_values, find_h5_files,
+                         open_h5_file, patch_dataset)
 
 
 def as_float(batch: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError, note
-from .images import (IMAGE_KINDS, check_folder, describe_contents, folder_contents, list_images, note_once,
-                     note_skipped, some_names)
+from ..system.errors import InputError
+from ..system.text import note
+from .images import (IMAGE_KINDS, check_folder, describe_contents, folder_contents, list_images, note_once, note_skipped,
+                     some_names)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel
 
-from .data import as_float
-from .errors import InputError, note
+from ..data.loader import as_float
+from ..system.errors import InputError
+from ..system.text import note
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -54,6 +56,13 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return name
+
+
+def expose_gpus(gpus: str | None) -> None:
+    """--gpus: the GPUs this process may use, as CUDA_VISIBLE_DEVICES (e.g. '0' or '0,1'). Set by each
+    script's entry point, before anything asks CUDA for a device; nothing when not given."""
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
 
 
 def seed_everything(seed: int) -> None:
@@ -171,8 +180,6 @@ class Distributed(Local):
         return Local()
 
     def wrap_generator(self, generator: torch.nn.Module) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(generator, device_ids=ids)
 

@@ -1,0 +1,88 @@
+"""How every script ends: :func:`run_guarded` turns bad input into one line and exit status 2, a
+deliberate stop into its message and its own status, and a reader that goes away into a quiet exit."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+
+from ..system.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, InputError, Interrupted, TrainingStopped
+from ..system.signals import RaiseOnStopSignals
+from ..system.text import close_progress_bars, escaping_streams, printable
+
+
+def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = False) -> None:
+    """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
+    stop its message and its own status (128 + the signal, or 3 for a diverged run).
+
+    ``writes_files`` (test.py, gdata/): SIGINT and SIGTERM stop the script where it is; what it had
+    half-written is removed on the way out, one line says what, and the status is 130 or 143.
+
+    A reader that goes away (``test.py | head -1``) ends the script quietly, as SIGPIPE ends other
+    command-line tools: no traceback, status 141; what it was writing is cleaned up on the way out."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _run_guarded(main, argv, debug_flag, writes_files)
+        sys.stdout.flush()  # what a pipe's buffer still holds is written now, where a closed pipe can be caught
+    except BrokenPipeError:
+        if not _silence_closed_output():
+            raise  # not this process's own output: a bug, with its traceback
+        sys.exit(EXIT_BROKEN_PIPE)
+    except SystemExit:
+        try:  # the exit would flush stdout again, and print a closed pipe's error as "Exception ignored"
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_closed_output()
+        raise
+
+
+def _silence_closed_output() -> bool:
+    """Point stdout and stderr, where their reader has closed them, at /dev/null (so that the exit's
+    own flush fails no more); whether either had been closed."""
+    closed = []
+    for fd in (1, 2):
+        try:
+            poll = select.poll()
+            poll.register(fd, select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poll.poll(0)):  # a pipe without a reader
+                closed.append(fd)
+        except (AttributeError, OSError, ValueError):  # no poll(), or no such descriptor
+            continue
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in closed:
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    return bool(closed)
+
+
+def _run_guarded(main, argv, debug_flag: str, writes_files: bool) -> None:
+    # a name is printed with escapes for control characters and bytes that are not UTF-8: it can
+    # neither drive the terminal nor raise a UnicodeEncodeError
+    escaping_streams()
+    try:
+        if writes_files:
+            with RaiseOnStopSignals():
+                main(argv)
+        else:
+            main(argv)
+    except Interrupted as exc:
+        close_progress_bars()
+        name = signal.Signals(exc.signum).name
+        if exc.completed:
+            done = f" once {', '.join(exc.completed)}"
+        else:
+            done = f": removed {', '.join(exc.cleaned)}" if exc.cleaned else "; nothing was left half-written"
+        print(f"stopped by {name}{printable(done)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except InputError as exc:
+        if debug_flag in argv:
+            raise
+        close_progress_bars()
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except TrainingStopped as exc:
+        close_progress_bars()
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)

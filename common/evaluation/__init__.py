@@ -1,0 +1,7 @@
+"""Restoring images and measuring them: what ``test.py``, training's validation and the demo's
+verdict share.
+
+``inference`` runs the generator on a whole image (in tiles where it does not fit), ``metrics`` holds
+PSNR, SSIM and LPIPS, ``evaluate`` restores a list of pairs and scores them, ``figures`` draws the
+pictures (side by side, samples, curves) and ``report`` renders the report pages from ``templates/``.
+"""
