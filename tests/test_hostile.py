@@ -703,6 +703,32 @@ def test_a_damaged_or_edited_run_json_is_refused_field_by_field(trained_run, cap
     assert json.dumps(entry)[:40] in line and "the run folder is damaged or was edited" in line, line
 
 
+RUN_JSON_FORMATS = {  # an edit of run.json's own tags, and what the one line says
+    "no format": (lambda r: {k: v for k, v in r.items() if k != "format"}, "it has no format, not \"sot-run\""),
+    "another format": (lambda r: {**r, "format": "xyz"}, 'its format is "xyz", not "sot-run"'),
+    "no tags, no settings": (lambda r: {}, "it has no format"),
+    "a newer version": (lambda r: {**r, "version": 99}, "its version 99 is newer than the run records this code reads"),
+    "version as text": (lambda r: {**r, "version": "2"}, 'version is "2", not 2'),
+    "no version": (lambda r: {k: v for k, v in r.items() if k != "version"}, "version is null, not 2")}
+
+
+@pytest.mark.parametrize("case", RUN_JSON_FORMATS)
+def test_a_run_json_of_no_known_format_or_a_newer_version_is_refused(trained_run, capsys, case):
+    """A run.json without "format" (or another one) was read as an old-style file whose every setting
+    is the default: a new sigma-100, width-80 model started inside the run and run.json was rewritten,
+    or a false error about --trainset or --batchSize. A newer version was accepted and rewritten as 2."""
+    root, run = trained_run
+    original = (run / "run.json").read_text()
+    edit, fragment = RUN_JSON_FORMATS[case]
+    (run / "run.json").write_text(json.dumps(edit(json.loads(original))))
+    try:
+        line = refused(capsys, root, "train", ["--resume", "auto", "--name", "r", "--out", str(root / "out"),
+                                               "--max-steps", "2"], "run.json: ")
+    finally:
+        (run / "run.json").write_text(original)
+    assert fragment in line, line
+
+
 # ----------------------------------------------------------------------------- what a resume reads from a checkpoint
 def _edited(ckpt: dict, case: str) -> tuple[dict, str]:
     """A training checkpoint edited as ``case`` says, and what the one error line must hold."""
