@@ -749,11 +749,28 @@ def _edited(ckpt: dict, case: str) -> tuple[dict, str]:
                                             "floating-point")
     if case == "another sigma than its folder's":  # the sweep would pass it over and resume from the newest
         return {**ckpt, "sigma": 30.0}, "its sigma 30 is not its folder's (sigma-10)"
+    # a position no run can reach (the run: 2 batches an epoch, 200 epochs; the checkpoint at epoch 1, batch 1, step 1)
+    if case == "epoch and step of 1e30":  # the run counted as finished: "999...9 full epoch(s)"
+        big = 10**30
+        return {**ckpt, "epoch": big, "step": big}, _unreached(big, 1, big, f"epoch {big} is past the run's 200 epochs")
+    if case == "step of 1e30":
+        return {**ckpt, "step": 10**30}, _unreached(1, 1, 10**30, f"step {10**30} is more than 0 epoch(s) of 2 batches")
+    if case == "batch past the epoch's end":  # skipped silently to the next epoch
+        return {**ckpt, "batch_in_epoch": 10**9}, _unreached(1, 10**9, 1, "1000000000 batches of its epoch done, "
+                                                                       "where an epoch has 2")
+    if case == "fewer steps than its batches":
+        return {**ckpt, "epoch": 3}, _unreached(3, 1, 1, "step 1 is fewer than its 2 epoch(s) before")
     raise ValueError(case)
 
 
+def _unreached(epoch, batch, step, why: str) -> str:
+    return (f"the checkpoint's position (epoch {epoch}, batch {batch}, step {step}) is not one its run can have "
+            f"reached: {why}")
+
+
 RESUME_CASES = ["NaN best PSNR", "skipped steps as text", "no step", "NaN in the optimiser's running averages",
-                "int64 optimiser state", "another sigma than its folder's"]
+                "int64 optimiser state", "another sigma than its folder's", "epoch and step of 1e30", "step of 1e30",
+                "batch past the epoch's end", "fewer steps than its batches"]
 
 
 @pytest.mark.parametrize("case", RESUME_CASES)
