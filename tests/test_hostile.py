@@ -452,6 +452,11 @@ def bad_checkpoint(case: str, path):
                    "meta weights": "a meta tensor", "quantised weights": "a quantised tensor (qint8)",
                    "complex weights": "of dtype complex64, not floating-point",
                    "int64 weights": "of dtype int64, not floating-point"}[case])
+    if case == "expanded weights":  # each tensor one stored value: a 322 KB file asked for a 38 GiB generator
+        one_value = {k: v.flatten()[:1].clone().reshape((1,) * v.dim()).expand(v.shape) for k, v in state.items()}
+        save_checkpoint(path, {"arch": {"generator": arch}, "generator": one_value})
+        return ("the checkpoint's tensor generator.shallow_feat1.0.weight is of shape (8, 3, 3, 3) over a storage of "
+                "4 bytes (one value repeated")
     if case == "a sparse tensor beside the weights":
         generator_checkpoint(path, rng={"torch": torch.eye(3).to_sparse()})
         return "the checkpoint's tensor rng.torch is a sparse_coo tensor"
@@ -486,7 +491,7 @@ CHECKPOINT_CASES = ["no generator key", "unknown architecture setting", "negativ
                     "architecture value as text", "architecture against its weights", "string version", "truncated",
                     "NaN weights", "a list", "config of the wrong type", "even kernel", "a folder",
                     "code in the pickle", "code in a protocol-2 pickle", "sparse weights", "sparse CSR weights",
-                    "meta weights", "quantised weights", "complex weights", "int64 weights",
+                    "meta weights", "quantised weights", "complex weights", "int64 weights", "expanded weights",
                     "a sparse tensor beside the weights", "float64 weights beyond float32", "task that is not text",
                     "NaN sigma", "negative step", "step as text", "best PSNR as text", "align_corners as text",
                     "generator average that is not weights"]
@@ -507,6 +512,27 @@ def test_damaged_and_crafted_checkpoints(tmp_path, capsys, case):
                                             "--device", "cpu", "--gen-width", "8", "--gen-increment", "8",
                                             "--critic-width", "8", "--no-tensorboard"], fragment)
     assert not (tmp_path / "payload-ran").exists()
+
+
+def test_a_checkpoints_network_must_fit_in_memory_before_it_is_built(tmp_path, capsys, monkeypatch):
+    """A checkpoint's widths are checked against memory as training checks its own, before the network is
+    allocated: a wide one was built whatever the memory, and under a memory limit the system killed
+    test.py without a word. Here 3 MiB are available and the 64-wide generator's weights take 5.5 MiB."""
+    import common.training.checkpoint as checkpoint_module
+
+    torch.manual_seed(0)
+    ckpt = generator_checkpoint(tmp_path / "wide.pt", Generator(width=64, increment=8))
+    write_photos(tmp_path / "imgs", ("a.png",))
+    sr_trainset(tmp_path / "d.h5")
+    monkeypatch.setattr(checkpoint_module, "available_memory", lambda: 3 << 20, raising=False)
+    fragment = (f"wide.pt: the checkpoint's generator is 64 wide (increment 8): the networks (generator 1,434,721 "
+                "parameters) need about 5.5 MiB for their float32 weights alone; 3.0 MiB is available on cpu")
+    refused(capsys, tmp_path, "test", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "imgs"), "--device", "cpu",
+                                       "--no-lpips", "--save", str(tmp_path / "res")], fragment)
+    # --pretrained too (--supervised: no critic, so that training's own 8-wide networks fit in the 3 MiB)
+    refused(capsys, tmp_path, "train", ["--trainset", str(tmp_path / "d.h5"), "--pretrained", str(ckpt), "--supervised",
+                                        "--out", str(tmp_path / "out"), "--max-steps", "1", "--batchSize", "2",
+                                        "--device", "cpu", *SMALL], fragment)
 
 
 # ----------------------------------------------------------------------------- where results go

@@ -315,7 +315,7 @@ def _test(task: Task, argv: list[str]) -> None:
     checkpoint = Path(args.checkpoint)
     ckpt = read_checkpoint(checkpoint)
     check_task(ckpt, task, checkpoint, args.any_task)
-    generator = build_generator(ckpt, checkpoint).to(device).eval()
+    generator = build_generator(ckpt, checkpoint, device=device).to(device).eval()
     pairs = find_pairs(args.input, args.gt, verbose=True)
     keep = len(pairs) if args.demo else args.side_by_side
     outputs = planned_outputs(pairs, side_by_side=keep > 0, report=not args.no_report)

@@ -24,10 +24,10 @@ from ..data.patch_file import rgb_problem
 from ..evaluation.evaluate import check_scored_apart, match_gt
 from ..networks import Critic, Generator
 from ..system.errors import InputError
-from ..system.files import available_memory, check_can_write, human_bytes
+from ..system.files import check_can_write
 from ..system.text import note
 from ..tasks import Task
-from .checkpoint import build_generator, load_weights, read_checkpoint
+from .checkpoint import build_generator, check_network_memory, load_weights, read_checkpoint
 from .config import Resolved, ResumePlan, RunConfig
 from .devices import resolve_device, resolve_precision, resolve_threads
 from .run_folder import SigmaFolder, sigma_dir_name
@@ -164,19 +164,13 @@ def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
 def check_network_sizes(task: Task, config: RunConfig, device: torch.device) -> None:
     """Refuse network widths whose weights alone cannot be held (a --gen-width of 200000 would ask the
     allocator for terabytes and die with its traceback): counted on the meta device, nothing allocated."""
-    with torch.device("meta"):
-        networks = {"generator": Generator(width=config.gen_width, increment=config.gen_increment)}
-        if not config.supervised:
-            networks["critic"] = Critic(hidden=task.critic_hidden, input_size=task.patch, width=config.critic_width)
+    networks = {"generator": lambda: Generator(width=config.gen_width, increment=config.gen_increment)}
+    if not config.supervised:
+        networks["critic"] = lambda: Critic(hidden=task.critic_hidden, input_size=task.patch, width=config.critic_width)
     # float32 weights, their gradients and RMSprop's running average, and a copy (--ema, checkpoints)
-    needed = sum(4 * 4 * sum(p.numel() for p in net.parameters()) for net in networks.values())
-    available = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else available_memory()
-    if available is not None and needed > available:
-        counts = ", ".join(f"{name} {sum(p.numel() for p in net.parameters()):,} parameters"
-                           for name, net in networks.items())
-        raise InputError(f"--gen-width {config.gen_width} --gen-increment {config.gen_increment} --critic-width "
-                         f"{config.critic_width}: the networks ({counts}) need about {human_bytes(needed)} for their "
-                         f"weights and optimiser state alone; {human_bytes(available)} is available on {device}")
+    check_network_memory(networks, 4 * 4, device, f"--gen-width {config.gen_width} --gen-increment "
+                         f"{config.gen_increment} --critic-width {config.critic_width}",
+                         "their weights and optimiser state alone")
 
 
 def check_pretrained(task: Task, config: RunConfig) -> dict:
