@@ -1680,6 +1680,59 @@ def test_a_reader_that_goes_away_ends_a_script_quietly(tmp_path, case):
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
 
 
+# ----------------------------------------------------------------------------- output that cannot be written
+OUTPUT_CASES = {"stdout closed (>&-)": ("stdout", None), "stderr closed (2>&-)": ("stderr", None),
+                "stdout on a full disk (>/dev/full)": ("stdout", "/dev/full"),
+                "stderr on a full disk (2>/dev/full)": ("stderr", "/dev/full")}
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_output_that_cannot_be_written_loses_no_results(tmp_path, capsys, monkeypatch, case):
+    """A closed stdout or stderr (Python's is None) was an AttributeError traceback at the first line or
+    progress bar, and the results were lost; stdout on a full disk an OSError traceback, exit 1, the
+    results lost too. The results are written either way; a closed stream is what was asked for (exit
+    0), a full one is one line on stderr (if stderr works) and status 2."""
+    write_photos(tmp_path / "photos", ("a.png",), side=8)
+    write_photos(tmp_path / "clean", ("a.png",), side=32)
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    name, target = OUTPUT_CASES[case]
+    stream = None if target is None else open(target, "w")
+    monkeypatch.setattr(sys, name, stream)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            ENTRY["test"](["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--gt", str(tmp_path / "clean"),
+                           "--device", "cpu", "--no-lpips", "--no-report", "--save", str(tmp_path / "res")])
+            raise SystemExit(0)
+    finally:
+        monkeypatch.undo()
+        if stream is not None:
+            stream.close()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == (0 if target is None else 2), err
+    assert sorted(os.listdir(tmp_path / "res")) == ["a.png", "metrics.csv"]
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    if case.startswith("stdout on a full disk"):
+        assert err.splitlines()[-1] == ("error: standard output: could not be written (No space left on device), and "
+                                        "what the script printed there after that was lost"), err
+
+
+@pytest.mark.slow
+def test_a_script_started_with_its_output_closed_writes_nothing_into_its_files(tmp_path):
+    """A descriptor closed at the start (``>&- 2>&-``) is the first one a file opened by the script gets:
+    it is held on /dev/null, so that nothing printed lands in a result (inspect_h5 was a traceback)."""
+    write_photos(tmp_path / "photos", side=8)
+    sr_trainset(tmp_path / "d.h5")
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    for argv in (["sr/test.py", "--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--device", "cpu",
+                  "--save", str(tmp_path / "res")], ["gdata/inspect_h5.py", str(tmp_path / "d.h5")]):
+        command = " ".join(map(shlex.quote, [sys.executable, *argv])) + " >&- 2>&-"
+        result = subprocess.run(["bash", "-c", command], cwd=ROOT, timeout=300)
+        assert result.returncode == 0, argv
+    assert sorted(os.listdir(tmp_path / "res")) == ["a.png", "b.png", "c.png", "report.html", "report_files"]
+    assert (tmp_path / "res" / "report.html").read_text().rstrip().endswith("</html>")  # nothing printed into it
+    assert all(cv2.imread(str(tmp_path / "res" / name)) is not None for name in ("a.png", "b.png", "c.png"))
+
+
 # ----------------------------------------------------------------------------- gdata: one file, one role
 def test_gdata_never_writes_over_what_it_reads(tmp_path, capsys):
     sr_trainset(tmp_path / "d.h5")
