@@ -1450,10 +1450,11 @@ def stopped_by(sig, argv: list[str], when, then: float = 0.0) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
     """Stopped while its restored images are half written: the staged ones go, the results folder it
-    made goes, one line says so, and the exit status is 128 + the signal."""
+    made goes, one line says so, and the exit status is 128 + the signal. SIGHUP (an ssh connection
+    dropped) killed test.py where it was, its staging folder left in the results folder it made."""
     write_photos(tmp_path / "photos", [f"{i:02d}.png" for i in range(60)], side=96)
     ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
     before = snapshot(tmp_path)
@@ -1463,6 +1464,23 @@ def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
                       when=lambda: any(save.glob(".sot-tmp-*-staging/*.png")))
     assert last.startswith(f"stopped by {signal.Signals(sig).name}: removed the ") and "unfinished result file(s)" in last
     assert snapshot(tmp_path) == before  # no out/, no out/res/, the photographs untouched
+
+
+def test_a_hangup_stops_a_script_unless_it_was_started_to_ignore_it():
+    """SIGHUP is routed with SIGINT and SIGTERM (to training's stop request, and to the clean-up of the
+    scripts that write files), except where the script was started with it ignored (nohup)."""
+    from common.system.signals import RaiseOnStopSignals, StopRequest
+
+    for stop in (RaiseOnStopSignals, StopRequest):
+        previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        try:
+            with stop() as handler:
+                assert signal.getsignal(signal.SIGHUP) == handler._handle
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+            with stop():
+                assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.mark.slow

@@ -16,8 +16,8 @@ def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = Fa
     """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
     stop its message and its own status (128 + the signal, or 3 for a diverged run).
 
-    ``writes_files`` (test.py, gdata/): SIGINT and SIGTERM stop the script where it is; what it had
-    half-written is removed on the way out, one line says what, and the status is 130 or 143.
+    ``writes_files`` (test.py, gdata/): SIGINT, SIGTERM and SIGHUP stop the script where it is; what it
+    had half-written is removed on the way out, one line says what, and the status is 130, 143 or 129.
 
     A reader that goes away (``test.py | head -1``) ends the script quietly, as SIGPIPE ends other
     command-line tools: no traceback, status 141; what it was writing is cleaned up on the way out.

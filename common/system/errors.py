@@ -37,7 +37,7 @@ class TrainingStopped(Exception):
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM in a script that writes files (``test.py``, ``gdata/``), raised where the
+    """SIGINT, SIGTERM or SIGHUP in a script that writes files (``test.py``, ``gdata/``), raised where the
     signal lands so that each ``with`` block on the way out removes what it had half-written and
     says so in ``cleaned``. A BaseException, like KeyboardInterrupt: ``except Exception`` must not
     swallow it."""
