@@ -38,6 +38,7 @@ import common.system.files as files_module
 from common.cli.guard import run_guarded
 from common.cli.test import test_main as run_test_script
 from common.cli.train import train_main
+from common.evaluation.evaluate import format_row
 from common.networks import Generator
 from common.system.errors import InputError
 from common.system.files import RunLock
@@ -1961,6 +1962,33 @@ def test_names_and_paths_reach_the_terminal_as_escapes(tmp_path, capsys):
                                                  "--patch", "8"], "bad\\x9b2K.png: not a readable image")
     err = capsys.readouterr().err
     assert not terminal_controls(line + err)
+
+
+def test_line_breaks_and_tabs_in_names_stay_on_their_line(tmp_path, capsys):
+    """The escaping stream keeps line breaks and tabs (its callers' own): a name's reached the terminal
+    raw. An input named 'line\\nfake note.png' printed a line of its own, 'fake note: restored'; a
+    leading tab printed a tab; with --gt such a name could not be paired (and the error named none);
+    inspect_h5 printed a 'layout' attribute 'weird\\nfake: ok' as a second line of its header."""
+    names = ["line\nfake note.png", "\tlead.png"]
+    write_photos(tmp_path / "in", names, side=8)
+    write_photos(tmp_path / "gt", names, side=32)
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    with _no_exit():
+        run_test_script("sr", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "in"), "--gt", str(tmp_path / "gt"),
+                               "--device", "cpu", "--no-lpips", "--no-report", "--save", str(tmp_path / "res")])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split(": PSNR ")[0] for line in lines if ": PSNR " in line]
+    assert sorted(rows) == ["\\tlead", "line\\nfake note", "mean"], lines
+    assert not any(line.startswith(("fake note", "\t")) for line in lines), lines
+    assert format_row({"name": "line\nfake note"}) == "line\\nfake note: restored"  # the line without --gt
+    sr_trainset(tmp_path / "d.h5")
+    with h5py.File(tmp_path / "d.h5", "a") as f:
+        f.attrs["layout"] = "weird\nfake: ok"
+    with pytest.raises(SystemExit):  # an unknown layout: refused with --check, shown without
+        ENTRY["inspect_h5"]([str(tmp_path / "d.h5")])
+        raise SystemExit(0)
+    out = capsys.readouterr().out
+    assert "weird\\nfake: ok" in out.splitlines()[0] and not any(line.startswith("fake") for line in out.splitlines())
 
 
 def test_progress_bars_still_draw_through_the_escaping_stream():

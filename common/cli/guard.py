@@ -98,5 +98,5 @@ def _run_guarded(main, argv, debug_flag: str, writes_files: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except TrainingStopped as exc:
         close_progress_bars()
-        print(str(exc), file=sys.stderr)
+        print("\n".join(printable(line) for line in exc.lines), file=sys.stderr)
         sys.exit(exc.exit_code)

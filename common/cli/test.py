@@ -16,7 +16,7 @@ from ..evaluation.metrics import LPIPS
 from ..evaluation.report import ASSETS as REPORT_FOLDER, ASSET_NAME, ResultsReport
 from ..system.errors import InputError
 from ..system.files import FolderLock, StagedFolder, check_can_write, name_max, probe_file, same_file
-from ..system.text import note
+from ..system.text import note, printable
 from ..tasks import TASKS, Task, UPSCALERS
 from ..training.checkpoint import build_generator, read_checkpoint
 from ..training.devices import expose_gpus, resolve_device, resolve_precision
@@ -333,7 +333,8 @@ def _test(task: Task, argv: list[str]) -> None:
         check_before_writing(generator, pairs, task, device, prescaled=prescaled,
                              reference_metrics=args.reference_metrics, tile_overlap=args.tile_overlap)
         lpips = None if args.no_lpips or all(p.gt is None for p in pairs) else LPIPS(str(device))
-        print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
+        print(f"{printable(checkpoint)} ({ckpt['format']}) on {len(pairs)} image(s) from {printable(args.input)}; "
+              f"device {device} ({precision})")
         with StagedFolder(results, lambda path: replaceable(path, outputs, args.overwrite)) as staged:
             report = None if args.no_report else ResultsReport(staged.path, f"{task.title}: {checkpoint}")
             ev = evaluate(generator, pairs, task, device, align_corners=align_corners_of(args, ckpt),
@@ -374,14 +375,14 @@ def print_results(ev, pairs: list, task: Task, save_dir: Path, report: bool) -> 
     if any(p.gt is not None for p in pairs):
         print(format_row({"name": "mean", **ev.means}, task.input_label))
         print(gain_summary(ev, task.input_label))
-        print(f"restored images and metrics.csv in {save_dir}")
+        print(f"restored images and metrics.csv in {printable(save_dir)}")
     else:
-        print(f"restored images in {save_dir}")
+        print(f"restored images in {printable(save_dir)}")
     if ev.examples:
         columns = f"{task.input_label} | restored" + (" | clean" if any(gt is not None for *_, gt in ev.examples) else "")
-        print(f"side by side ({columns}): {save_dir / 'side_by_side.png'}")
+        print(f"side by side ({columns}): {printable(save_dir / 'side_by_side.png')}")
     if report:
-        print(f"report (open it in a browser): {save_dir / 'report.html'}")
+        print(f"report (open it in a browser): {printable(save_dir / 'report.html')}")
 
 
 def test_main(task_name: str, argv: list[str] | None = None) -> None:
