@@ -1062,10 +1062,15 @@ def test_gdata_on_a_full_disk_is_one_line_with_the_space_needed(tmp_path, how):
     rng = np.random.default_rng(0)
     h5_file(tmp_path / "both.h5", data=rng.integers(0, 256, (1000, 3, 16, 16), dtype=np.uint8),
             label=rng.integers(0, 256, (1000, 3, 32, 32), dtype=np.uint8), attrs={"layout": "NCHW"})
+    # 24 patches, 1.2 MiB of them, in a chunk of 64 (3.2 MiB): it was said to need 1.2 MiB, with 2 MiB free
+    h5_file(tmp_path / "few.h5", data=rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8),
+            label=rng.integers(0, 256, (24, 3, 128, 128), dtype=np.uint8), attrs={"layout": "NCHW"})
     out = tmp_path / "out"
     out.mkdir()
     source = str(tmp_path / "both.h5")
-    runs = [["make_h5", ["--input", str(tmp_path / "imgs"), "--out", str(out / "o.h5"), "--patch", "8", "--stride",
+    runs = [["merge_h5", ["--data", str(tmp_path / "few.h5"), "--label", str(tmp_path / "few.h5"), "--out",
+                          str(out / "o.h5"), "--quiet"]],
+            ["make_h5", ["--input", str(tmp_path / "imgs"), "--out", str(out / "o.h5"), "--patch", "8", "--stride",
                          "1", "--quiet"]],
             ["merge_h5", ["--data", source, "--label", source, "--out", str(out / "o.h5"), "--quiet"]],
             ["merge_h5", ["--concat", source, "--out", str(out / "o.h5"), "--quiet"]],
@@ -1088,10 +1093,11 @@ def test_gdata_on_a_full_disk_is_one_line_with_the_space_needed(tmp_path, how):
         assert sum(line.startswith("error: ") for line in lines) == 1, (argv, lines)
         assert left == [], (argv, left)  # the temporary is gone
         if how == "a 2 MiB file system":
-            assert "(No space left on device): it needs about " in lines[-1], lines[-1]
-            needed = size_in_bytes(lines[-1].split("it needs about ")[1].split(",")[0])
-            assert needed > 3 << 20, lines[-1]  # the whole file (3.7 MiB and more), not the batch that failed
-            assert lines[-1].endswith(" is free there")
+            assert "(No space left on device): it needs at least " in lines[-1], lines[-1]
+            needed = size_in_bytes(lines[-1].split("it needs at least ")[1].split(",")[0])
+            assert needed > 3 << 20, lines[-1]  # the whole file (3.2 MiB and more), not the batch that failed
+            free = size_in_bytes(lines[-1].split(", ")[-1].split(" is free there")[0])
+            assert needed > free and lines[-1].endswith(" is free there"), lines[-1]
         else:
             assert "(File too large)" in lines[-1], lines[-1]
     assert snapshot(out) == {}
