@@ -1296,6 +1296,11 @@ def user_files_case(case: str, d) -> tuple[str, list[str], str]:
         entry, argv = run("--overwrite", save="res")
         argv[argv.index("--input") + 1] = str(d / "input-link")
         return entry, argv, "the input images are inside the results folder --save " + str(d / "res") + " (through a link)"
+    if case == "an earlier report beside results replaced with --overwrite --no-report":  # it described two runs
+        write_photos(d / "res", ("a.png",))
+        (d / "res" / "report.html").write_text("<!doctype html><title>an earlier run</title>")
+        return (*run("--overwrite", "--no-report", save="res"), "res/report.html: an earlier run's report, which "
+                "would describe the results this run replaces (--overwrite), not this run's")
     if case == "the report's folder holds a file of the user's, with --overwrite":
         write_photos(d / "res" / "report_files", ("00000-input.png", "holiday.jpg"))
         return (*run("--overwrite", save="res"), "report_files: holds holiday.jpg, which test.py's report did not write")
@@ -1368,7 +1373,8 @@ USER_FILE_CASES = [
     "a deraining checkpoint through sr/test.py", "a link loop named like an image", "a broken link named like an image",
     "a FIFO named like an image", "a sparse 1 TB file named like an image", "an input folder that is a link loop",
     "--gt inside --save, with --overwrite", "--input a link into --save, with --overwrite",
-    "the report's folder holds a file of the user's, with --overwrite"]
+    "the report's folder holds a file of the user's, with --overwrite",
+    "an earlier report beside results replaced with --overwrite --no-report"]
 
 
 @pytest.mark.parametrize("case", USER_FILE_CASES)

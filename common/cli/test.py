@@ -228,6 +228,17 @@ def why_not_replace(path: Path, outputs: dict[str, str]) -> str | None:
     return None
 
 
+def check_no_earlier_report(folder: Path, outputs: dict[str, str]) -> None:
+    """--overwrite --no-report: an earlier report left beside the results this run replaces would
+    describe the earlier run. It is refused rather than removed: --no-report asks that no report.html
+    be written, and a file of that name in a folder of the user's may be the user's own."""
+    for name in ("report.html", REPORT_FOLDER):
+        if name not in outputs and os.path.lexists(folder / name):
+            raise InputError(f"{folder / name}: an earlier run's report, which would describe the results this run "
+                             "replaces (--overwrite), not this run's (--no-report writes none); remove it, or leave "
+                             "out --no-report to replace it with this run's")
+
+
 def replaceable(path: Path, outputs: dict[str, str], overwrite: bool) -> str | None:
     """At the commit: why ``path``, found where a result goes, may not be replaced (None: it may)."""
     if not overwrite:  # the folder held none of this run's names when it was chosen
@@ -260,6 +271,8 @@ def lock_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[str
                     why = why_not_replace(folder / name, outputs)
                     if why:
                         raise InputError(f"{folder / name}: {why}")
+            if earlier and overwrite:
+                check_no_earlier_report(folder, outputs)
             shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
             if earlier and explicit and not overwrite:
                 raise InputError(f"{folder}: holds earlier results that this run would replace ({shown}); give "
