@@ -314,7 +314,7 @@ LEGACY_NAMES = {"nEpochs": "epochs", "batchSize": "batch_size", "step": "lr_step
 LEGACY_RESOLVED = ("precision", "threads", "device")  # stored resolved in old files: asked for again instead
 # What every old file held (argparse wrote every flag), in its own spellings: a file without them is not
 # one, and is refused rather than read as one whose every setting is the default
-LEGACY_KEYS = ("trainset", "sigma", "nEpochs", "batchSize", "loss")
+LEGACY_KEYS = ("trainset", "sigma", "batchSize")
 
 
 def run_record(config: RunConfig, resolved: Resolved) -> dict:
