@@ -112,8 +112,8 @@ class RaiseOnStopSignals:
 
 
 class StopRequest:
-    """Turns a stop signal (SIGINT, SIGTERM, SIGHUP) into a request that the loop honours after the current step; a second
-    Ctrl-C stops at once."""
+    """Turns a stop signal (SIGINT, SIGTERM, SIGHUP) into a request that the loop honours after the
+    current step; a second Ctrl-C stops at once."""
 
     def __init__(self):
         self.signum: int | None = None

@@ -327,8 +327,8 @@ def _tensor_problem(t: torch.Tensor, floating: bool) -> str | None:
     if t.is_meta:
         return "a meta tensor (a shape without values)"
     if t.untyped_storage().nbytes() < t.numel() * t.element_size():  # a training checkpoint holds each value
-        return (f"of shape {tuple(t.shape)} over a storage of {t.untyped_storage().nbytes()} bytes (one value repeated, "
-                "as expand() makes: a small file that asks for a large network)")
+        return (f"of shape {tuple(t.shape)} over a storage of {t.untyped_storage().nbytes()} bytes (one value "
+                "repeated, as expand() makes: a small file that asks for a large network)")
     if t.is_complex() or (floating and not t.is_floating_point()):
         return f"of dtype {str(t.dtype).replace('torch.', '')}, not floating-point"
     return None

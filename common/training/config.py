@@ -368,8 +368,8 @@ def check_run_format(path: Path, saved: dict) -> None:
                          f"an older one, which holds {', '.join(LEGACY_KEYS)}); {damaged}")
     version = saved.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > RUN_VERSION:
-        raise InputError(f"{path}: its version {version} is newer than the run records this code reads ({RUN_VERSION}); "
-                         "resume the run with the later version of this code that wrote it")
+        raise InputError(f"{path}: its version {version} is newer than the run records this code reads "
+                         f"({RUN_VERSION}); resume the run with the later version of this code that wrote it")
     if version != RUN_VERSION or isinstance(version, bool):
         raise InputError(f"{path}: version is {shown(version)}, not {RUN_VERSION}; {damaged}")
 
