@@ -38,7 +38,7 @@ def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = Fa
             _flush_stdout()
         except BrokenPipeError:
             _silence_closed_output()
-        if exc.code not in (0, None):
+        if exc.code not in (0, None) or not lost_output():
             raise
     lost = lost_output()
     if lost:
