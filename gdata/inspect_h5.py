@@ -10,6 +10,7 @@ from common.cli.guard import run_guarded  # noqa: E402
 from common.data import inspection  # noqa: E402
 from common.data.patch_file import find_h5_files  # noqa: E402
 from common.system.errors import InputError  # noqa: E402
+from common.system.text import printable  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -59,7 +60,7 @@ def main(argv):
                 print(f"  check: ok ({report.datasets['data'].shape[0]} degraded, "
                       f"{report.datasets['label'].shape[0]} clean patches)")
     for exc in failures[:-1]:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
     if failures:
         raise failures[-1]
 

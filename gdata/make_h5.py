@@ -11,7 +11,7 @@ from common.data import building  # noqa: E402
 from common.data.degrade import DEGRADATIONS  # noqa: E402
 from common.data.patch_file import DTYPES  # noqa: E402
 from common.system.errors import InputError  # noqa: E402
-from common.system.text import note  # noqa: E402
+from common.system.text import note, printable  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -91,7 +91,7 @@ def main(argv):
         counts = building.make_h5(args.out, jobs, dtype=args.dtype or "uint8", seed=args.seed, batch=args.batch,
                                  attrs=attrs, progress=progress)
     summary = ", ".join(f"{name} {n} patches" for name, n in counts.items())
-    print(f"wrote {args.out}: {summary}")
+    print(f"wrote {printable(args.out)}: {summary}")
     missing = [n for n in ("data", "label") if n not in counts]
     if missing:
         note(f"{args.out} has no '{missing[0]}' yet: merge it with a file of the other side "

@@ -10,6 +10,7 @@ from common.cli.guard import run_guarded  # noqa: E402
 from common.data import building  # noqa: E402
 from common.data.patch_file import DTYPES  # noqa: E402
 from common.system.errors import InputError  # noqa: E402
+from common.system.text import printable  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -59,7 +60,7 @@ def main(argv):
                                   **common)
     else:
         raise InputError("give --data FILE.h5 ... and --label FILE.h5 ..., or --concat FILE.h5 ...")
-    print(f"wrote {args.out}: " + ", ".join(f"{name} {n} patches" for name, n in counts.items()))
+    print(f"wrote {printable(args.out)}: " + ", ".join(f"{name} {n} patches" for name, n in counts.items()))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """gdata/: building, converting, merging, inspecting and checking HDF5 training files."""
 import importlib.util
 import math
+import os
 import tracemalloc
 
 import cv2
@@ -446,15 +447,31 @@ def test_convert_keeps_attributes_but_not_object_references(tmp_path, capsys):
 # ----------------------------------------------------------------------------- writing
 @pytest.mark.parametrize("degrade", [None, "bicubic-x4"])
 def test_the_space_a_file_needs_is_known_before_it_is_written(tmp_path, degrade):
-    """What a full disk is said to lack (building.planned_bytes, from the images' headers) is the size
-    of the patches the file then holds."""
+    """What a full disk is said to lack (building.planned_patches, from the images' headers) is the
+    patches the file then holds."""
     make_folder(tmp_path / "imgs", [(64, 48), (40, 72), (16, 16)])
     jobs, attrs = building.plan_make(tmp_path / "imgs", 16, 8, degradation=degrade)
     counts = building.make_h5(tmp_path / "o.h5", jobs, attrs=attrs)
     with h5py.File(tmp_path / "o.h5") as f:
-        stored = sum(f[name].nbytes for name in counts)
-    assert building.planned_bytes(jobs, "uint8") == stored
-    assert building.planned_bytes(jobs, "float32") == 4 * stored
+        stored = {name: (f[name].shape[0], f[name].nbytes // f[name].shape[0]) for name in counts}
+    assert building.planned_patches(jobs, "uint8") == stored
+    assert building.planned_patches(jobs, "float32") == {name: (n, 4 * size) for name, (n, size) in stored.items()}
+
+
+@pytest.mark.parametrize("patches", [24, 64, 100])
+def test_the_space_a_file_is_said_to_need_is_no_more_than_it_takes(tmp_path, patches):
+    """HDF5 allocates a dataset's chunks whole: 24 patches in a chunk of 64 take the space of 64. The
+    full disk's message said a file of 24 128x128 patches needed about 1.2 MiB while 2 MiB were free
+    (it takes 3.2 MiB); what it says now is at least that of whole chunks, and not much less than the
+    file's size."""
+    rng = np.random.default_rng(0)
+    plan = {"data": (patches, 3 * 32 * 32), "label": (patches, 3 * 128 * 128)}
+    with H5PatchWriter(tmp_path / "o.h5", plan=plan) as writer:
+        writer.append("data", rng.integers(0, 256, (patches, 3, 32, 32), dtype=np.uint8))
+        writer.append("label", rng.integers(0, 256, (patches, 3, 128, 128), dtype=np.uint8))
+        said = writer.bytes_needed()
+    size = os.path.getsize(tmp_path / "o.h5")
+    assert said <= size < said + (64 << 10), (said, size)
 
 
 # A stop signal that arrives while HDF5 is inside the writer's file (its Python 'fileobj' driver

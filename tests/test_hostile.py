@@ -38,6 +38,7 @@ import common.system.files as files_module
 from common.cli.guard import run_guarded
 from common.cli.test import test_main as run_test_script
 from common.cli.train import train_main
+from common.evaluation.evaluate import format_row
 from common.networks import Generator
 from common.system.errors import InputError
 from common.system.files import RunLock
@@ -452,6 +453,11 @@ def bad_checkpoint(case: str, path):
                    "meta weights": "a meta tensor", "quantised weights": "a quantised tensor (qint8)",
                    "complex weights": "of dtype complex64, not floating-point",
                    "int64 weights": "of dtype int64, not floating-point"}[case])
+    if case == "expanded weights":  # each tensor one stored value: a 322 KB file asked for a 38 GiB generator
+        one_value = {k: v.flatten()[:1].clone().reshape((1,) * v.dim()).expand(v.shape) for k, v in state.items()}
+        save_checkpoint(path, {"arch": {"generator": arch}, "generator": one_value})
+        return ("the checkpoint's tensor generator.shallow_feat1.0.weight is of shape (8, 3, 3, 3) over a storage of "
+                "4 bytes (one value repeated")
     if case == "a sparse tensor beside the weights":
         generator_checkpoint(path, rng={"torch": torch.eye(3).to_sparse()})
         return "the checkpoint's tensor rng.torch is a sparse_coo tensor"
@@ -486,7 +492,7 @@ CHECKPOINT_CASES = ["no generator key", "unknown architecture setting", "negativ
                     "architecture value as text", "architecture against its weights", "string version", "truncated",
                     "NaN weights", "a list", "config of the wrong type", "even kernel", "a folder",
                     "code in the pickle", "code in a protocol-2 pickle", "sparse weights", "sparse CSR weights",
-                    "meta weights", "quantised weights", "complex weights", "int64 weights",
+                    "meta weights", "quantised weights", "complex weights", "int64 weights", "expanded weights",
                     "a sparse tensor beside the weights", "float64 weights beyond float32", "task that is not text",
                     "NaN sigma", "negative step", "step as text", "best PSNR as text", "align_corners as text",
                     "generator average that is not weights"]
@@ -507,6 +513,27 @@ def test_damaged_and_crafted_checkpoints(tmp_path, capsys, case):
                                             "--device", "cpu", "--gen-width", "8", "--gen-increment", "8",
                                             "--critic-width", "8", "--no-tensorboard"], fragment)
     assert not (tmp_path / "payload-ran").exists()
+
+
+def test_a_checkpoints_network_must_fit_in_memory_before_it_is_built(tmp_path, capsys, monkeypatch):
+    """A checkpoint's widths are checked against memory as training checks its own, before the network is
+    allocated: a wide one was built whatever the memory, and under a memory limit the system killed
+    test.py without a word. Here 3 MiB are available and the 64-wide generator's weights take 5.5 MiB."""
+    import common.training.checkpoint as checkpoint_module
+
+    torch.manual_seed(0)
+    ckpt = generator_checkpoint(tmp_path / "wide.pt", Generator(width=64, increment=8))
+    write_photos(tmp_path / "imgs", ("a.png",))
+    sr_trainset(tmp_path / "d.h5")
+    monkeypatch.setattr(checkpoint_module, "available_memory", lambda: 3 << 20, raising=False)
+    fragment = (f"wide.pt: the checkpoint's generator is 64 wide (increment 8): the networks (generator 1,434,721 "
+                "parameters) need about 5.5 MiB for their float32 weights alone; 3.0 MiB is available on cpu")
+    refused(capsys, tmp_path, "test", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "imgs"), "--device", "cpu",
+                                       "--no-lpips", "--save", str(tmp_path / "res")], fragment)
+    # --pretrained too (--supervised: no critic, so that training's own 8-wide networks fit in the 3 MiB)
+    refused(capsys, tmp_path, "train", ["--trainset", str(tmp_path / "d.h5"), "--pretrained", str(ckpt), "--supervised",
+                                        "--out", str(tmp_path / "out"), "--max-steps", "1", "--batchSize", "2",
+                                        "--device", "cpu", *SMALL], fragment)
 
 
 # ----------------------------------------------------------------------------- where results go
@@ -703,6 +730,32 @@ def test_a_damaged_or_edited_run_json_is_refused_field_by_field(trained_run, cap
     assert json.dumps(entry)[:40] in line and "the run folder is damaged or was edited" in line, line
 
 
+RUN_JSON_FORMATS = {  # an edit of run.json's own tags, and what the one line says
+    "no format": (lambda r: {k: v for k, v in r.items() if k != "format"}, "it has no format, not \"sot-run\""),
+    "another format": (lambda r: {**r, "format": "xyz"}, 'its format is "xyz", not "sot-run"'),
+    "no tags, no settings": (lambda r: {}, "it has no format"),
+    "a newer version": (lambda r: {**r, "version": 99}, "its version 99 is newer than the run records this code reads"),
+    "version as text": (lambda r: {**r, "version": "2"}, 'version is "2", not 2'),
+    "no version": (lambda r: {k: v for k, v in r.items() if k != "version"}, "version is null, not 2")}
+
+
+@pytest.mark.parametrize("case", RUN_JSON_FORMATS)
+def test_a_run_json_of_no_known_format_or_a_newer_version_is_refused(trained_run, capsys, case):
+    """A run.json without "format" (or another one) was read as an old-style file whose every setting
+    is the default: a new sigma-100, width-80 model started inside the run and run.json was rewritten,
+    or a false error about --trainset or --batchSize. A newer version was accepted and rewritten as 2."""
+    root, run = trained_run
+    original = (run / "run.json").read_text()
+    edit, fragment = RUN_JSON_FORMATS[case]
+    (run / "run.json").write_text(json.dumps(edit(json.loads(original))))
+    try:
+        line = refused(capsys, root, "train", ["--resume", "auto", "--name", "r", "--out", str(root / "out"),
+                                               "--max-steps", "2"], "run.json: ")
+    finally:
+        (run / "run.json").write_text(original)
+    assert fragment in line, line
+
+
 # ----------------------------------------------------------------------------- what a resume reads from a checkpoint
 def _edited(ckpt: dict, case: str) -> tuple[dict, str]:
     """A training checkpoint edited as ``case`` says, and what the one error line must hold."""
@@ -723,11 +776,28 @@ def _edited(ckpt: dict, case: str) -> tuple[dict, str]:
                                             "floating-point")
     if case == "another sigma than its folder's":  # the sweep would pass it over and resume from the newest
         return {**ckpt, "sigma": 30.0}, "its sigma 30 is not its folder's (sigma-10)"
+    # a position no run can reach (the run: 2 batches an epoch, 200 epochs; the checkpoint at epoch 1, batch 1, step 1)
+    if case == "epoch and step of 1e30":  # the run counted as finished: "999...9 full epoch(s)"
+        big = 10**30
+        return {**ckpt, "epoch": big, "step": big}, _unreached(big, 1, big, f"epoch {big} is past the run's 200 epochs")
+    if case == "step of 1e30":
+        return {**ckpt, "step": 10**30}, _unreached(1, 1, 10**30, f"step {10**30} is more than 0 epoch(s) of 2 batches")
+    if case == "batch past the epoch's end":  # skipped silently to the next epoch
+        return {**ckpt, "batch_in_epoch": 10**9}, _unreached(1, 10**9, 1, "1000000000 batches of its epoch done, "
+                                                                       "where an epoch has 2")
+    if case == "fewer steps than its batches":
+        return {**ckpt, "epoch": 3}, _unreached(3, 1, 1, "step 1 is fewer than its 2 epoch(s) before")
     raise ValueError(case)
 
 
+def _unreached(epoch, batch, step, why: str) -> str:
+    return (f"the checkpoint's position (epoch {epoch}, batch {batch}, step {step}) is not one its run can have "
+            f"reached: {why}")
+
+
 RESUME_CASES = ["NaN best PSNR", "skipped steps as text", "no step", "NaN in the optimiser's running averages",
-                "int64 optimiser state", "another sigma than its folder's"]
+                "int64 optimiser state", "another sigma than its folder's", "epoch and step of 1e30", "step of 1e30",
+                "batch past the epoch's end", "fewer steps than its batches"]
 
 
 @pytest.mark.parametrize("case", RESUME_CASES)
@@ -992,10 +1062,15 @@ def test_gdata_on_a_full_disk_is_one_line_with_the_space_needed(tmp_path, how):
     rng = np.random.default_rng(0)
     h5_file(tmp_path / "both.h5", data=rng.integers(0, 256, (1000, 3, 16, 16), dtype=np.uint8),
             label=rng.integers(0, 256, (1000, 3, 32, 32), dtype=np.uint8), attrs={"layout": "NCHW"})
+    # 24 patches, 1.2 MiB of them, in a chunk of 64 (3.2 MiB): it was said to need 1.2 MiB, with 2 MiB free
+    h5_file(tmp_path / "few.h5", data=rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8),
+            label=rng.integers(0, 256, (24, 3, 128, 128), dtype=np.uint8), attrs={"layout": "NCHW"})
     out = tmp_path / "out"
     out.mkdir()
     source = str(tmp_path / "both.h5")
-    runs = [["make_h5", ["--input", str(tmp_path / "imgs"), "--out", str(out / "o.h5"), "--patch", "8", "--stride",
+    runs = [["merge_h5", ["--data", str(tmp_path / "few.h5"), "--label", str(tmp_path / "few.h5"), "--out",
+                          str(out / "o.h5"), "--quiet"]],
+            ["make_h5", ["--input", str(tmp_path / "imgs"), "--out", str(out / "o.h5"), "--patch", "8", "--stride",
                          "1", "--quiet"]],
             ["merge_h5", ["--data", source, "--label", source, "--out", str(out / "o.h5"), "--quiet"]],
             ["merge_h5", ["--concat", source, "--out", str(out / "o.h5"), "--quiet"]],
@@ -1018,10 +1093,11 @@ def test_gdata_on_a_full_disk_is_one_line_with_the_space_needed(tmp_path, how):
         assert sum(line.startswith("error: ") for line in lines) == 1, (argv, lines)
         assert left == [], (argv, left)  # the temporary is gone
         if how == "a 2 MiB file system":
-            assert "(No space left on device): it needs about " in lines[-1], lines[-1]
-            needed = size_in_bytes(lines[-1].split("it needs about ")[1].split(",")[0])
-            assert needed > 3 << 20, lines[-1]  # the whole file (3.7 MiB and more), not the batch that failed
-            assert lines[-1].endswith(" is free there")
+            assert "(No space left on device): it needs at least " in lines[-1], lines[-1]
+            needed = size_in_bytes(lines[-1].split("it needs at least ")[1].split(",")[0])
+            assert needed > 3 << 20, lines[-1]  # the whole file (3.2 MiB and more), not the batch that failed
+            free = size_in_bytes(lines[-1].split(", ")[-1].split(" is free there")[0])
+            assert needed > free and lines[-1].endswith(" is free there"), lines[-1]
         else:
             assert "(File too large)" in lines[-1], lines[-1]
     assert snapshot(out) == {}
@@ -1220,6 +1296,11 @@ def user_files_case(case: str, d) -> tuple[str, list[str], str]:
         entry, argv = run("--overwrite", save="res")
         argv[argv.index("--input") + 1] = str(d / "input-link")
         return entry, argv, "the input images are inside the results folder --save " + str(d / "res") + " (through a link)"
+    if case == "an earlier report beside results replaced with --overwrite --no-report":  # it described two runs
+        write_photos(d / "res", ("a.png",))
+        (d / "res" / "report.html").write_text("<!doctype html><title>an earlier run</title>")
+        return (*run("--overwrite", "--no-report", save="res"), "res/report.html: an earlier run's report, which "
+                "would describe the results this run replaces (--overwrite), not this run's")
     if case == "the report's folder holds a file of the user's, with --overwrite":
         write_photos(d / "res" / "report_files", ("00000-input.png", "holiday.jpg"))
         return (*run("--overwrite", save="res"), "report_files: holds holiday.jpg, which test.py's report did not write")
@@ -1292,7 +1373,8 @@ USER_FILE_CASES = [
     "a deraining checkpoint through sr/test.py", "a link loop named like an image", "a broken link named like an image",
     "a FIFO named like an image", "a sparse 1 TB file named like an image", "an input folder that is a link loop",
     "--gt inside --save, with --overwrite", "--input a link into --save, with --overwrite",
-    "the report's folder holds a file of the user's, with --overwrite"]
+    "the report's folder holds a file of the user's, with --overwrite",
+    "an earlier report beside results replaced with --overwrite --no-report"]
 
 
 @pytest.mark.parametrize("case", USER_FILE_CASES)
@@ -1381,10 +1463,11 @@ def stopped_by(sig, argv: list[str], when, then: float = 0.0) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
     """Stopped while its restored images are half written: the staged ones go, the results folder it
-    made goes, one line says so, and the exit status is 128 + the signal."""
+    made goes, one line says so, and the exit status is 128 + the signal. SIGHUP (an ssh connection
+    dropped) killed test.py where it was, its staging folder left in the results folder it made."""
     write_photos(tmp_path / "photos", [f"{i:02d}.png" for i in range(60)], side=96)
     ckpt = task_checkpoint(tmp_path / "g.pt", "deraining")
     before = snapshot(tmp_path)
@@ -1394,6 +1477,23 @@ def test_a_signal_mid_test_py_leaves_no_results_folder(tmp_path, sig):
                       when=lambda: any(save.glob(".sot-tmp-*-staging/*.png")))
     assert last.startswith(f"stopped by {signal.Signals(sig).name}: removed the ") and "unfinished result file(s)" in last
     assert snapshot(tmp_path) == before  # no out/, no out/res/, the photographs untouched
+
+
+def test_a_hangup_stops_a_script_unless_it_was_started_to_ignore_it():
+    """SIGHUP is routed with SIGINT and SIGTERM (to training's stop request, and to the clean-up of the
+    scripts that write files), except where the script was started with it ignored (nohup)."""
+    from common.system.signals import RaiseOnStopSignals, StopRequest
+
+    for stop in (RaiseOnStopSignals, StopRequest):
+        previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        try:
+            with stop() as handler:
+                assert signal.getsignal(signal.SIGHUP) == handler._handle
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+            with stop():
+                assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.mark.slow
@@ -1611,6 +1711,59 @@ def test_a_reader_that_goes_away_ends_a_script_quietly(tmp_path, case):
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
 
 
+# ----------------------------------------------------------------------------- output that cannot be written
+OUTPUT_CASES = {"stdout closed (>&-)": ("stdout", None), "stderr closed (2>&-)": ("stderr", None),
+                "stdout on a full disk (>/dev/full)": ("stdout", "/dev/full"),
+                "stderr on a full disk (2>/dev/full)": ("stderr", "/dev/full")}
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_output_that_cannot_be_written_loses_no_results(tmp_path, capsys, monkeypatch, case):
+    """A closed stdout or stderr (Python's is None) was an AttributeError traceback at the first line or
+    progress bar, and the results were lost; stdout on a full disk an OSError traceback, exit 1, the
+    results lost too. The results are written either way; a closed stream is what was asked for (exit
+    0), a full one is one line on stderr (if stderr works) and status 2."""
+    write_photos(tmp_path / "photos", ("a.png",), side=8)
+    write_photos(tmp_path / "clean", ("a.png",), side=32)
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    name, target = OUTPUT_CASES[case]
+    stream = None if target is None else open(target, "w")
+    monkeypatch.setattr(sys, name, stream)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            ENTRY["test"](["--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--gt", str(tmp_path / "clean"),
+                           "--device", "cpu", "--no-lpips", "--no-report", "--save", str(tmp_path / "res")])
+            raise SystemExit(0)
+    finally:
+        monkeypatch.undo()
+        if stream is not None:
+            stream.close()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == (0 if target is None else 2), err
+    assert sorted(os.listdir(tmp_path / "res")) == ["a.png", "metrics.csv"]
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    if case.startswith("stdout on a full disk"):
+        assert err.splitlines()[-1] == ("error: standard output: could not be written (No space left on device), and "
+                                        "what the script printed there after that was lost"), err
+
+
+@pytest.mark.slow
+def test_a_script_started_with_its_output_closed_writes_nothing_into_its_files(tmp_path):
+    """A descriptor closed at the start (``>&- 2>&-``) is the first one a file opened by the script gets:
+    it is held on /dev/null, so that nothing printed lands in a result (inspect_h5 was a traceback)."""
+    write_photos(tmp_path / "photos", side=8)
+    sr_trainset(tmp_path / "d.h5")
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    for argv in (["sr/test.py", "--checkpoint", str(ckpt), "--input", str(tmp_path / "photos"), "--device", "cpu",
+                  "--save", str(tmp_path / "res")], ["gdata/inspect_h5.py", str(tmp_path / "d.h5")]):
+        command = " ".join(map(shlex.quote, [sys.executable, *argv])) + " >&- 2>&-"
+        result = subprocess.run(["bash", "-c", command], cwd=ROOT, timeout=300)
+        assert result.returncode == 0, argv
+    assert sorted(os.listdir(tmp_path / "res")) == ["a.png", "b.png", "c.png", "report.html", "report_files"]
+    assert (tmp_path / "res" / "report.html").read_text().rstrip().endswith("</html>")  # nothing printed into it
+    assert all(cv2.imread(str(tmp_path / "res" / name)) is not None for name in ("a.png", "b.png", "c.png"))
+
+
 # ----------------------------------------------------------------------------- gdata: one file, one role
 def test_gdata_never_writes_over_what_it_reads(tmp_path, capsys):
     sr_trainset(tmp_path / "d.h5")
@@ -1821,6 +1974,33 @@ def test_names_and_paths_reach_the_terminal_as_escapes(tmp_path, capsys):
                                                  "--patch", "8"], "bad\\x9b2K.png: not a readable image")
     err = capsys.readouterr().err
     assert not terminal_controls(line + err)
+
+
+def test_line_breaks_and_tabs_in_names_stay_on_their_line(tmp_path, capsys):
+    """The escaping stream keeps line breaks and tabs (its callers' own): a name's reached the terminal
+    raw. An input named 'line\\nfake note.png' printed a line of its own, 'fake note: restored'; a
+    leading tab printed a tab; with --gt such a name could not be paired (and the error named none);
+    inspect_h5 printed a 'layout' attribute 'weird\\nfake: ok' as a second line of its header."""
+    names = ["line\nfake note.png", "\tlead.png"]
+    write_photos(tmp_path / "in", names, side=8)
+    write_photos(tmp_path / "gt", names, side=32)
+    ckpt = generator_checkpoint(tmp_path / "g.pt")
+    with _no_exit():
+        run_test_script("sr", ["--checkpoint", str(ckpt), "--input", str(tmp_path / "in"), "--gt", str(tmp_path / "gt"),
+                               "--device", "cpu", "--no-lpips", "--no-report", "--save", str(tmp_path / "res")])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split(": PSNR ")[0] for line in lines if ": PSNR " in line]
+    assert sorted(rows) == ["\\tlead", "line\\nfake note", "mean"], lines
+    assert not any(line.startswith(("fake note", "\t")) for line in lines), lines
+    assert format_row({"name": "line\nfake note"}) == "line\\nfake note: restored"  # the line without --gt
+    sr_trainset(tmp_path / "d.h5")
+    with h5py.File(tmp_path / "d.h5", "a") as f:
+        f.attrs["layout"] = "weird\nfake: ok"
+    with pytest.raises(SystemExit):  # an unknown layout: refused with --check, shown without
+        ENTRY["inspect_h5"]([str(tmp_path / "d.h5")])
+        raise SystemExit(0)
+    out = capsys.readouterr().out
+    assert "weird\\nfake: ok" in out.splitlines()[0] and not any(line.startswith("fake") for line in out.splitlines())
 
 
 def test_progress_bars_still_draw_through_the_escaping_stream():

@@ -196,7 +196,9 @@ def test_deterministic_runs_are_bit_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_finishes_the_step_saves_and_says_how_to_resume(tmp_path, sig):
+    """SIGHUP (an ssh connection dropped) ended training where it was, the step's work unsaved."""
     data, out = sr_data(tmp_path / "data"), tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, *train_args(data, out, "term", 1000, "--save-every", "0")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -205,10 +207,10 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
     while time.time() < deadline and not (metrics.exists() and '"train"' in metrics.read_text()):
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by SIGTERM" in err and "--resume auto --name term" in err
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {signal.Signals(sig).name}" in err and "--resume auto --name term" in err
     saved = state(out, "term")
     assert saved["step"] >= 1 and not saved["finished"]
     assert read_checkpoint(out / "sr" / "term" / "sigma-10" / saved["checkpoint"])["step"] == saved["step"]

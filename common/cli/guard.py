@@ -9,32 +9,46 @@ import sys
 
 from ..system.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, InputError, Interrupted, TrainingStopped
 from ..system.signals import RaiseOnStopSignals
-from ..system.text import close_progress_bars, escaping_streams, printable
+from ..system.text import close_progress_bars, escaping_streams, lost_output, printable
 
 
 def run_guarded(main, argv, debug_flag: str = "--debug", writes_files: bool = False) -> None:
     """Run ``main(argv)``; an InputError becomes one line on stderr and exit status 2, a deliberate
     stop its message and its own status (128 + the signal, or 3 for a diverged run).
 
-    ``writes_files`` (test.py, gdata/): SIGINT and SIGTERM stop the script where it is; what it had
-    half-written is removed on the way out, one line says what, and the status is 130 or 143.
+    ``writes_files`` (test.py, gdata/): SIGINT, SIGTERM and SIGHUP stop the script where it is; what it
+    had half-written is removed on the way out, one line says what, and the status is 130, 143 or 129.
 
     A reader that goes away (``test.py | head -1``) ends the script quietly, as SIGPIPE ends other
-    command-line tools: no traceback, status 141; what it was writing is cleaned up on the way out."""
+    command-line tools: no traceback, status 141; what it was writing is cleaned up on the way out.
+
+    Output that cannot be written (stdout on a full disk, ``>/dev/full``) stops only the output: the
+    script does its work, then says so in one line on stderr and exits with status 2. A stream closed
+    before the start (``>&-``) is left closed, and what was meant for it is dropped."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         _run_guarded(main, argv, debug_flag, writes_files)
-        sys.stdout.flush()  # what a pipe's buffer still holds is written now, where a closed pipe can be caught
+        _flush_stdout()  # what a pipe's buffer still holds is written now, where a closed pipe can be caught
     except BrokenPipeError:
         if not _silence_closed_output():
             raise  # not this process's own output: a bug, with its traceback
         sys.exit(EXIT_BROKEN_PIPE)
-    except SystemExit:
+    except SystemExit as exc:
         try:  # the exit would flush stdout again, and print a closed pipe's error as "Exception ignored"
-            sys.stdout.flush()
+            _flush_stdout()
         except BrokenPipeError:
             _silence_closed_output()
-        raise
+        if exc.code not in (0, None) or not lost_output():
+            raise
+    lost = lost_output()
+    if lost:
+        print(f"error: {lost}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is not None:
+        sys.stdout.flush()
 
 
 def _silence_closed_output() -> bool:
@@ -84,5 +98,5 @@ def _run_guarded(main, argv, debug_flag: str, writes_files: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
     except TrainingStopped as exc:
         close_progress_bars()
-        print(str(exc), file=sys.stderr)
+        print("\n".join(printable(line) for line in exc.lines), file=sys.stderr)
         sys.exit(exc.exit_code)

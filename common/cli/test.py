@@ -16,7 +16,7 @@ from ..evaluation.metrics import LPIPS
 from ..evaluation.report import ASSETS as REPORT_FOLDER, ASSET_NAME, ResultsReport
 from ..system.errors import InputError
 from ..system.files import FolderLock, StagedFolder, check_can_write, name_max, probe_file, same_file
-from ..system.text import note
+from ..system.text import note, printable
 from ..tasks import TASKS, Task, UPSCALERS
 from ..training.checkpoint import build_generator, read_checkpoint
 from ..training.devices import expose_gpus, resolve_device, resolve_precision
@@ -228,6 +228,17 @@ def why_not_replace(path: Path, outputs: dict[str, str]) -> str | None:
     return None
 
 
+def check_no_earlier_report(folder: Path, outputs: dict[str, str]) -> None:
+    """--overwrite --no-report: an earlier report left beside the results this run replaces would
+    describe the earlier run. It is refused rather than removed: --no-report asks that no report.html
+    be written, and a file of that name in a folder of the user's may be the user's own."""
+    for name in ("report.html", REPORT_FOLDER):
+        if name not in outputs and os.path.lexists(folder / name):
+            raise InputError(f"{folder / name}: an earlier run's report, which would describe the results this run "
+                             "replaces (--overwrite), not this run's (--no-report writes none); remove it, or leave "
+                             "out --no-report to replace it with this run's")
+
+
 def replaceable(path: Path, outputs: dict[str, str], overwrite: bool) -> str | None:
     """At the commit: why ``path``, found where a result goes, may not be replaced (None: it may)."""
     if not overwrite:  # the folder held none of this run's names when it was chosen
@@ -260,6 +271,8 @@ def lock_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[str
                     why = why_not_replace(folder / name, outputs)
                     if why:
                         raise InputError(f"{folder / name}: {why}")
+            if earlier and overwrite:
+                check_no_earlier_report(folder, outputs)
             shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
             if earlier and explicit and not overwrite:
                 raise InputError(f"{folder}: holds earlier results that this run would replace ({shown}); give "
@@ -315,7 +328,7 @@ def _test(task: Task, argv: list[str]) -> None:
     checkpoint = Path(args.checkpoint)
     ckpt = read_checkpoint(checkpoint)
     check_task(ckpt, task, checkpoint, args.any_task)
-    generator = build_generator(ckpt, checkpoint).to(device).eval()
+    generator = build_generator(ckpt, checkpoint, device=device).to(device).eval()
     pairs = find_pairs(args.input, args.gt, verbose=True)
     keep = len(pairs) if args.demo else args.side_by_side
     outputs = planned_outputs(pairs, side_by_side=keep > 0, report=not args.no_report)
@@ -333,7 +346,8 @@ def _test(task: Task, argv: list[str]) -> None:
         check_before_writing(generator, pairs, task, device, prescaled=prescaled,
                              reference_metrics=args.reference_metrics, tile_overlap=args.tile_overlap)
         lpips = None if args.no_lpips or all(p.gt is None for p in pairs) else LPIPS(str(device))
-        print(f"{checkpoint} ({ckpt['format']}) on {len(pairs)} image(s) from {args.input}; device {device} ({precision})")
+        print(f"{printable(checkpoint)} ({ckpt['format']}) on {len(pairs)} image(s) from {printable(args.input)}; "
+              f"device {device} ({precision})")
         with StagedFolder(results, lambda path: replaceable(path, outputs, args.overwrite)) as staged:
             report = None if args.no_report else ResultsReport(staged.path, f"{task.title}: {checkpoint}")
             ev = evaluate(generator, pairs, task, device, align_corners=align_corners_of(args, ckpt),
@@ -374,14 +388,14 @@ def print_results(ev, pairs: list, task: Task, save_dir: Path, report: bool) -> 
     if any(p.gt is not None for p in pairs):
         print(format_row({"name": "mean", **ev.means}, task.input_label))
         print(gain_summary(ev, task.input_label))
-        print(f"restored images and metrics.csv in {save_dir}")
+        print(f"restored images and metrics.csv in {printable(save_dir)}")
     else:
-        print(f"restored images in {save_dir}")
+        print(f"restored images in {printable(save_dir)}")
     if ev.examples:
         columns = f"{task.input_label} | restored" + (" | clean" if any(gt is not None for *_, gt in ev.examples) else "")
-        print(f"side by side ({columns}): {save_dir / 'side_by_side.png'}")
+        print(f"side by side ({columns}): {printable(save_dir / 'side_by_side.png')}")
     if report:
-        print(f"report (open it in a browser): {save_dir / 'report.html'}")
+        print(f"report (open it in a browser): {printable(save_dir / 'report.html')}")
 
 
 def test_main(task_name: str, argv: list[str] | None = None) -> None:

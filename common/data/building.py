@@ -269,17 +269,20 @@ def plan_make(input_dir: str | Path, patch: int, stride: int, *, degradation: st
     return jobs, attrs
 
 
-def planned_bytes(jobs: list[PatchJob], dtype: str) -> int:
-    """About how many bytes the jobs' patches take, from the images' sizes (their headers): what a
-    full disk is said to lack. Degraded images are taken as the degradation's scale smaller."""
-    total = 0
+def planned_patches(jobs: list[PatchJob], dtype: str) -> dict[str, tuple[int, int]]:
+    """For each dataset the jobs fill, how many patches it will hold and the bytes of one, from the
+    images' sizes (their headers): what a full disk is said to lack (``H5PatchWriter``'s plan).
+    Degraded images are taken as the degradation's scale smaller."""
+    plan: dict[str, tuple[int, int]] = {}
     for job in jobs:
         s = degradation_scale(job.degradation) if job.degradation else 1
+        count = 0
         for path in job.images:
             w, h = (side // s for side in image_size(path))
             if h >= job.patch and w >= job.patch:
-                total += ((h - job.patch) // job.stride + 1) * ((w - job.patch) // job.stride + 1) * 3 * job.patch ** 2
-    return total * np.dtype(dtype).itemsize
+                count += ((h - job.patch) // job.stride + 1) * ((w - job.patch) // job.stride + 1)
+        plan[job.name] = (plan.get(job.name, (0, 0))[0] + count, 3 * job.patch ** 2 * np.dtype(dtype).itemsize)
+    return plan
 
 
 def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed: int = 0,
@@ -291,7 +294,7 @@ def make_h5(out: str | Path, jobs: list[PatchJob], *, dtype: str = "uint8", seed
     attrs = {**(attrs or {}), "dtype": dtype, "seed": seed, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
              "tool": "gdata/make_h5.py"}
     too_small: dict[Path, list] = {}
-    with H5PatchWriter(out, dtype=dtype, attrs=attrs, size_hint=lambda: planned_bytes(jobs, dtype)) as writer:
+    with H5PatchWriter(out, dtype=dtype, attrs=attrs, plan=lambda: planned_patches(jobs, dtype)) as writer:
         for job in jobs:
             n = 0
             for patches in job_batches(job, seed, batch, progress, too_small):
@@ -441,8 +444,8 @@ def _copy(writer: H5PatchWriter, name: str, batches: Iterable[np.ndarray], total
 def _write_sets(out: Path, sets: dict[str, PatchSet], dtype: str, attrs: dict, batch: int,
                 progress: bool) -> dict[str, int]:
     """Every patch of each set into the dataset of its name (concatenating and converting)."""
-    size = sum(source.nbytes(len(source), dtype) for source in sets.values())  # what a full disk lacks
-    with H5PatchWriter(out, dtype=dtype, attrs=attrs, size_hint=size) as writer:
+    plan = {name: (len(source), source.nbytes(1, dtype)) for name, source in sets.items()}  # what a full disk lacks
+    with H5PatchWriter(out, dtype=dtype, attrs=attrs, plan=plan) as writer:
         for name, source in sets.items():
             _copy(writer, name, source.batches(batch), len(source), progress)
         return writer.counts()
@@ -490,8 +493,8 @@ def merge_h5(data_files: list[str | Path], label_files: list[str | Path], out: s
                  "count": n, "shuffled": bool(shuffle), "seed": seed, "tool": "gdata/merge_h5.py",
                  "created": time.strftime("%Y-%m-%d %H:%M:%S"), **_scale_attr(data.shape, label.shape)}
         out_dtype = output_dtype(data.dtypes + label.dtypes, dtype)
-        size = data.nbytes(n, out_dtype) + label.nbytes(n, out_dtype)
-        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs, size_hint=size) as writer:
+        plan = {"data": (n, data.nbytes(1, out_dtype)), "label": (n, label.nbytes(1, out_dtype))}
+        with H5PatchWriter(out, dtype=out_dtype, attrs=attrs, plan=plan) as writer:
             for name, source in (("data", data), ("label", label)):
                 step = source.rows_per_batch(batch)
                 _copy(writer, name, (source.read(order[i:i + step]) for i in range(0, n, step)), n, progress)

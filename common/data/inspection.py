@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..system.errors import InputError
+from ..system.text import printable
 from .patch_file import (RANGE_TOLERANCE, SAME_SIDES, declared_size_problem, dtype_problem, empty_patch_problem,
                          is_transposed, members, open_h5_file, patch_shape, read_attr, rgb_problem, same_dataset,
                          stored_layout)
@@ -305,4 +306,4 @@ def format_report(report: H5Report, layout: str = "auto") -> str:
     lines += [f"  {name}" for name in report.others]
     lines += side_statistics(report)
     lines += [f"  @{key} = {_show_attr(value)}" for key, value in sorted(report.attrs.items())]
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))  # a name or attribute of the file is one line, its breaks escaped

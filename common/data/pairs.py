@@ -33,11 +33,11 @@ class NameLayout:
     gt_pattern: str
 
     def input_key(self, stem: str) -> str | None:
-        m = re.fullmatch(self.input_pattern, stem)
+        m = re.fullmatch(self.input_pattern, stem, re.S)  # a name may hold a line break
         return m.group(1) if m else None
 
     def gt_key(self, stem: str) -> str | None:
-        m = re.fullmatch(self.gt_pattern, stem)
+        m = re.fullmatch(self.gt_pattern, stem, re.S)
         return m.group(1) if m else None
 
 

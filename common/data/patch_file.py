@@ -496,21 +496,22 @@ class H5PatchWriter:
     Patches arrive as N x C x H x W, float in [0, 1] or uint8; they are stored as ``dtype`` (uint8
     rounds to nearest). The file appears at ``path`` only when :meth:`close` succeeds (it is written
     under a temporary name and renamed), so an interrupted run leaves no half-written training file.
-    A full disk is one :class:`InputError` that says how much the file needs (``size_hint``: its
-    bytes, or a function that estimates them, asked only then) and how much is free; the temporary
-    is removed first.
+    A full disk is one :class:`InputError` that says how much the file needs at least (``plan``: for
+    each dataset, how many patches it will hold and the bytes of one, or a function that estimates
+    them, asked only then; see :meth:`bytes_needed`) and how much is free; the temporary is removed
+    first.
     """
 
     def __init__(self, path: str | os.PathLike, dtype: str = "uint8", chunk: int = 64,
-                 attrs: dict | None = None, size_hint=None):
+                 attrs: dict | None = None, plan=None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}")
         self.path = Path(path)
         self.tmp = temporary_path(self.path)
         self.dtype = np.dtype(dtype)
         self.chunk = chunk
-        self.size_hint = size_hint
-        self.written = 0  # bytes of patches given so far
+        self.plan = plan
+        self.given: dict[str, tuple[int, int]] = {}  # per dataset: patches given so far, bytes of one
         self.file = self.disk = None
         self.datasets: dict[str, h5py.Dataset] = {}
         self.removed: list[Path] | None = None  # what abort() removed, once it has run
@@ -535,7 +536,7 @@ class H5PatchWriter:
                 self.file.attrs[key] = printable(value, one_line=False) if isinstance(value, str) else value
 
     @contextmanager
-    def _writing(self, nbytes: int = 0):
+    def _writing(self):
         """Around every HDF5 call that may write: a failure recorded by the file (see
         :class:`_TemporaryFile`) removes the temporary and is raised here, a full disk as one line."""
         try:
@@ -552,17 +553,22 @@ class H5PatchWriter:
             return
         self.abort()
         if isinstance(failure, OSError):
-            raise InputError(write_failure(self.path, failure, self.bytes_needed(nbytes), "file")) from None
+            raise InputError(write_failure(self.path, failure, self.bytes_needed(), "file", at_least=True)) from None
         raise failure
 
-    def bytes_needed(self, nbytes: int = 0) -> int | None:
-        """The file's size as far as it is known: ``size_hint``, else at least what was given so far."""
-        hint = self.size_hint
+    def bytes_needed(self) -> int | None:
+        """At least the file's size: each dataset's patches, of the plan or given so far (the batch being
+        written included), in whole chunks, as HDF5 allocates them (24 patches take a chunk of 64);
+        HDF5's own records come on top."""
+        plan = self.plan
         try:
-            hint = hint() if callable(hint) else hint
+            plan = plan() if callable(plan) else plan
         except InputError:  # an estimate that cannot be made now (an image gone since): no estimate
-            hint = None
-        return max(hint or 0, self.written + nbytes) or None
+            plan = None
+        sizes = dict(plan or {})
+        for name, (count, patch_bytes) in self.given.items():
+            sizes[name] = (max(count, sizes.get(name, (0, 0))[0]), patch_bytes)
+        return sum(-(-count // self.chunk) * self.chunk * patch_bytes for count, patch_bytes in sizes.values()) or None
 
     def counts(self) -> dict[str, int]:
         return {name: int(ds.shape[0]) for name, ds in sorted(self.datasets.items())}
@@ -578,7 +584,9 @@ class H5PatchWriter:
         elif self.dtype == np.float32:
             patches = (patches.astype(np.float32) / 255.0 if patches.dtype == np.uint8
                        else patches.astype(np.float32))
-        with self._writing(patches.nbytes):
+        count, _ = self.given.get(name, (0, 0))
+        self.given[name] = (count + len(patches), patches[0].nbytes)
+        with self._writing():
             if name not in self.datasets:
                 # kept open until the file closes: HDF5 writes out a dataset's cached chunks when its
                 # last handle closes, which must happen inside _writing, not wherever Python frees it
@@ -591,7 +599,6 @@ class H5PatchWriter:
             n = ds.shape[0]
             ds.resize(n + len(patches), axis=0)
             ds[n:] = patches
-        self.written += patches.nbytes
 
     def close(self) -> None:
         with self._writing():

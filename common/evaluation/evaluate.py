@@ -22,7 +22,7 @@ from ..data.pairs import Pair
 from ..system.errors import InputError
 from ..system.files import same_file
 from ..system.signals import check_interrupted
-from ..system.text import spreadsheet_text
+from ..system.text import printable, spreadsheet_text
 from ..tasks import Task, UPSCALERS, model_input
 from .inference import TILE_CONTEXT, check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
@@ -280,7 +280,7 @@ def gain_summary(ev: Evaluation, input_label: str = "input") -> str | None:
     better, worse = sum(g > 0 for _, g in gains), sum(g < 0 for _, g in gains)
     name, gain = min(gains, key=lambda item: item[1])
     return (f"better than the {input_label} on {better} of {len(gains)} image(s), worse on {worse}; "
-            f"the {'worst' if gain < 0 else 'least gain'}: {name} ({gain:+.2f} dB)")
+            f"the {'worst' if gain < 0 else 'least gain'}: {printable(name)} ({gain:+.2f} dB)")
 
 
 def format_row(row: dict, input_label: str = "input") -> str:
@@ -288,6 +288,7 @@ def format_row(row: dict, input_label: str = "input") -> str:
     def part(prefix: str) -> str:
         return (f"PSNR {_fmt(row.get(prefix + 'psnr'))} dB  SSIM {_fmt(row.get(prefix + 'ssim'))}  "
                 f"LPIPS {_fmt(row.get(prefix + 'lpips'))}")
+    name = printable(row["name"])  # one line, whatever the image is called
     if row.get("psnr") is None:
-        return f"{row['name']}: restored"
-    return f"{row['name']}: {part('')}   ({input_label}: {part('input_')})"
+        return f"{name}: restored"
+    return f"{name}: {part('')}   ({input_label}: {part('input_')})"

@@ -29,15 +29,17 @@ class InputError(Exception):
 
 class TrainingStopped(Exception):
     """A run stopped early on purpose (a signal, or too many non-finite steps); the message says what
-    was saved and how to resume. ``exit_code`` is what the script exits with."""
+    was saved and how to resume, in ``lines`` (a message of several is given as a tuple of them: a line
+    break inside one is a path's, shown escaped). ``exit_code`` is what the script exits with."""
 
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
+    def __init__(self, message: str | tuple[str, ...], exit_code: int):
+        self.lines = (message,) if isinstance(message, str) else tuple(message)
+        super().__init__("\n".join(self.lines))
         self.exit_code = exit_code
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM in a script that writes files (``test.py``, ``gdata/``), raised where the
+    """SIGINT, SIGTERM or SIGHUP in a script that writes files (``test.py``, ``gdata/``), raised where the
     signal lands so that each ``with`` block on the way out removes what it had half-written and
     says so in ``cleaned``. A BaseException, like KeyboardInterrupt: ``except Exception`` must not
     swallow it."""

@@ -536,16 +536,17 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return None
 
 
-def write_failure(path: str | os.PathLike, exc: OSError, needed: int | None, what: str) -> str:
-    """``<path>: could not write the <what> (No space left on device): about 1.2 GiB needed, 10.0 MiB
-    free``: the reason, and the space it would take when that is likely the cause."""
+def write_failure(path: str | os.PathLike, exc: OSError, needed: int | None, what: str, at_least: bool = False) -> str:
+    """``<path>: could not write the <what> (No space left on device): it needs about 1.2 GiB, 10.0 MiB
+    is free there``: the reason, and the space it would take when that is likely the cause
+    (``at_least``: ``needed`` is a lower bound)."""
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)  # HDF5 keeps no errno
     reason = "No space left on device" if full and not exc.strerror else (exc.strerror or str(exc))
     text = f"{path}: could not write the {what} ({reason.splitlines()[0] if reason else type(exc).__name__})"
     free = free_bytes(Path(path).parent)
     if full or (needed and free is not None and free < needed):
         if needed:
-            text += f": it needs about {human_bytes(needed)}"
+            text += f": it needs {'at least' if at_least else 'about'} {human_bytes(needed)}"
             text += f", {human_bytes(free)} is free there" if free is not None else ""
         elif free is not None:
             text += f": {human_bytes(free)} is free there"

@@ -1,4 +1,8 @@
-"""SIGINT and SIGTERM, as the scripts take them: the one place that installs handlers for them.
+"""SIGINT, SIGTERM and SIGHUP, as the scripts take them: the one place that installs handlers for them.
+
+SIGHUP (the terminal gone: an ssh connection dropped) stops a script as SIGTERM does, with the same
+clean-up and status (129), unless the script was started with it ignored (``nohup``): then it stays
+ignored, as asked.
 
 Two ways to stop, chosen by what a script does when a stop comes:
 
@@ -20,7 +24,7 @@ from tqdm import tqdm
 
 from .errors import Interrupted
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # The stop signal received and not yet acted on. A signal handler's exception can be lost: raised
 # while Python runs a __del__ or a C extension's callback, it is printed as "ignored" and the code
@@ -35,10 +39,13 @@ def check_interrupted() -> None:
 
 
 def on_stop_signals(handler) -> dict:
-    """Route SIGINT and SIGTERM to ``handler``; returns the previous handlers for
-    :func:`restore_signal_handlers`. Outside the main thread signals are left alone."""
+    """Route the stop signals to ``handler``; returns the previous handlers for
+    :func:`restore_signal_handlers`. Outside the main thread signals are left alone, and so is a
+    SIGHUP that the script was started to ignore (``nohup``)."""
     previous = {}
     for sig in STOP_SIGNALS:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
         try:
             previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread
@@ -53,7 +60,7 @@ def restore_signal_handlers(previous: dict) -> None:
 
 @contextmanager
 def stop_signals_held():
-    """SIGINT and SIGTERM that arrive inside the block reach their handlers as it ends, not inside
+    """Stop signals that arrive inside the block reach their handlers as it ends, not inside
     it: a few renames that belong together are never cut in two, and a handler's exception never
     lands inside HDF5, which calls back into Python to write (a failed write there). Whatever the
     handler is (:class:`RaiseOnStopSignals`, :class:`StopRequest`, Python's own); blocks nest."""
@@ -79,7 +86,7 @@ def stop_signals_held():
 
 
 class RaiseOnStopSignals:
-    """SIGINT and SIGTERM raise :class:`Interrupted` (once: a second signal during the clean-up is
+    """The stop signals raise :class:`Interrupted` (once: a second signal during the clean-up is
     ignored, the clean-up takes milliseconds); the previous handlers come back on exit."""
 
     def __enter__(self):
@@ -105,8 +112,8 @@ class RaiseOnStopSignals:
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a request that the loop honours after the current step; a second
-    Ctrl-C stops at once."""
+    """Turns a stop signal (SIGINT, SIGTERM, SIGHUP) into a request that the loop honours after the
+    current step; a second Ctrl-C stops at once."""
 
     def __init__(self):
         self.signum: int | None = None

@@ -7,6 +7,7 @@ or text a spreadsheet takes for a formula. Everything a script writes goes throu
 from __future__ import annotations
 
 import codecs
+import os
 import re
 import sys
 
@@ -93,31 +94,93 @@ def terminal_text(text: str) -> str:
 
 class EscapingStream:
     """A script's stdout or stderr with :func:`terminal_text` applied to everything written to it:
-    a name in any message, progress bar or summary shows as escapes, whoever prints it."""
+    a name in any message, progress bar or summary shows as escapes, whoever prints it.
+
+    A write that fails (stdout on a full disk, a terminal gone with its ssh connection) must not stop
+    the work half-way, its results lost, for want of a place to say so: the error is kept in ``lost``,
+    the rest of what is written here is dropped, and the script says so at its end (``run_guarded``).
+    A reader that went away (BrokenPipeError) still ends the script, as SIGPIPE ends other tools."""
 
     def __init__(self, stream):
         self.stream = stream
+        self.lost: OSError | None = None  # the error that stopped this stream's output
 
     def write(self, text: str) -> int:
-        self.stream.write(terminal_text(text))
+        self._guarded(lambda: self.stream.write(terminal_text(text)))
         return len(text)
 
     def writelines(self, lines) -> None:
         for line in lines:
             self.write(line)
 
-    def __getattr__(self, name):  # flush, fileno, isatty, encoding, buffer...: the stream's own
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, act) -> None:
+        if self.lost is not None:
+            return
+        try:
+            act()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self.lost = exc
+            discard_output(self.stream)
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, buffer...: the stream's own
         return getattr(self.stream, name)
+
+
+def discard_output(stream) -> None:
+    """Point ``stream``'s descriptor at /dev/null, so that what its buffer still holds, flushed at the
+    process's exit, fails no more ("Exception ignored ... OSError")."""
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):  # no descriptor of its own (a test's capture)
+        return
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def escaping_streams() -> None:
     """From here on, sys.stdout and sys.stderr are :class:`EscapingStream` (and tolerant, see
-    :func:`tolerant_streams`), to the end of the process: a traceback that follows is escaped too."""
+    :func:`tolerant_streams`), to the end of the process: a traceback that follows is escaped too.
+
+    A stream that was closed when the script started (``>&-``; Python's is None, and a progress bar or
+    note written to it was an AttributeError traceback, the results lost) is what was asked for: a
+    stream that keeps nothing, on /dev/null, which also holds its descriptor, so that no file the
+    script opens gets it (nor what C code prints there)."""
     tolerant_streams()
-    if not isinstance(sys.stdout, EscapingStream):
-        sys.stdout = EscapingStream(sys.stdout)
-    if not isinstance(sys.stderr, EscapingStream):
-        sys.stderr = EscapingStream(sys.stderr)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if stream is None:
+            stream = _discarding_stream(fd)
+        if not isinstance(stream, EscapingStream):
+            setattr(sys, name, EscapingStream(stream))
+
+
+def _discarding_stream(fd: int):
+    """A text stream on descriptor ``fd``, pointed at /dev/null where it is closed."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        return open(fd, "w", encoding="utf-8", errors="sot-printable", closefd=False)
+    return open(os.devnull, "w", encoding="utf-8")  # open, but not Python's: not ours to write to
+
+
+def lost_output() -> str | None:
+    """Which of stdout and stderr could not be written, and why (one line), or None."""
+    lost = [(name, stream.lost) for name, stream in (("standard output", sys.stdout), ("standard error", sys.stderr))
+            if isinstance(stream, EscapingStream) and stream.lost is not None]
+    if not lost:
+        return None
+    return "; ".join(f"{name}: could not be written ({exc.strerror or exc}), and what the script printed there after "
+                     "that was lost" for name, exc in lost)
 
 
 def close_progress_bars() -> None:

@@ -27,7 +27,7 @@ import torch
 
 from ..networks import Critic, Generator
 from ..system.errors import InputError
-from ..system.files import atomic_write, unreadable_reason
+from ..system.files import atomic_write, available_memory, human_bytes, unreadable_reason
 from ..system.text import note
 
 FORMAT = "sot-checkpoint"
@@ -216,6 +216,23 @@ def infer_critic_arch(state: dict) -> dict:
                 input_size=32 * side, width=int(width))
 
 
+# ----------------------------------------------------------------------------- the memory a network needs
+def check_network_memory(networks: dict, bytes_per_parameter: int, device: torch.device, what: str,
+                         held: str) -> None:
+    """Refuse networks whose parameters alone cannot be held on ``device`` (a width of 200000 asked the
+    allocator for terabytes and died with its traceback, or the system killed the process without a
+    word). ``networks``: name -> a function that builds it, called on the meta device: counted, nothing
+    allocated. ``what`` begins the line (the flags, or the checkpoint); ``held``: what the bytes are."""
+    with torch.device("meta"):
+        counts = {name: sum(p.numel() for p in build().parameters()) for name, build in networks.items()}
+    needed = bytes_per_parameter * sum(counts.values())
+    available = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else available_memory()
+    if available is not None and needed > available:
+        listed = ", ".join(f"{name} {count:,} parameters" for name, count in counts.items())
+        raise InputError(f"{what}: the networks ({listed}) need about {human_bytes(needed)} for {held}; "
+                         f"{human_bytes(available)} is available on {device}")
+
+
 # ----------------------------------------------------------------------------- reading either format
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint of either format into a dict with at least ``format``, ``arch``,
@@ -309,6 +326,9 @@ def _tensor_problem(t: torch.Tensor, floating: bool) -> str | None:
         return f"a quantised tensor ({str(t.dtype).replace('torch.', '')})"
     if t.is_meta:
         return "a meta tensor (a shape without values)"
+    if t.untyped_storage().nbytes() < t.numel() * t.element_size():  # a training checkpoint holds each value
+        return (f"of shape {tuple(t.shape)} over a storage of {t.untyped_storage().nbytes()} bytes (one value "
+                "repeated, as expand() makes: a small file that asks for a large network)")
     if t.is_complex() or (floating and not t.is_floating_point()):
         return f"of dtype {str(t.dtype).replace('torch.', '')}, not floating-point"
     return None
@@ -377,10 +397,11 @@ def load_weights(module: torch.nn.Module, state: dict, path, what: str) -> None:
              f"{', '.join(unexpected[:3])}")
 
 
-def build_generator(ckpt: dict, path, averaged: bool = True) -> Generator:
+def build_generator(ckpt: dict, path, averaged: bool = True, device=None) -> Generator:
     """The checkpoint's generator. Its size comes from its weights' shapes; a recorded ``arch`` must
-    agree with them. A run trained with ``--ema`` also holds the generator's weight average, which is
-    the model to use (``averaged``); ``averaged=False`` takes the weights training continues from."""
+    agree with them, and its weights must fit in memory (where it is built, and on ``device``, where it
+    goes next). A run trained with ``--ema`` also holds the generator's weight average, which is the
+    model to use (``averaged``); ``averaged=False`` takes the weights training continues from."""
     if not _is_state_dict(ckpt.get("generator")):
         raise InputError(f"{path}: the checkpoint holds no generator weights")
     # The weights' names do not depend on the sizes: a tiny generator tells which are missing.
@@ -400,6 +421,9 @@ def build_generator(ckpt: dict, path, averaged: bool = True) -> Generator:
     if arch["channels"] != 3:
         raise InputError(f"{path}: the generator takes {arch['channels']}-channel images; this code restores "
                          "RGB (3 channels)")
+    sizes = f"{path}: the checkpoint's generator is {arch['width']} wide (increment {arch['increment']})"
+    for place in {torch.device("cpu"), torch.device(device or "cpu")}:
+        check_network_memory({"generator": lambda: Generator(**arch)}, 4, place, sizes, "their float32 weights alone")
     try:
         gen = Generator(**arch)
     except (ValueError, RuntimeError) as exc:
@@ -437,4 +461,4 @@ def build_critic(ckpt: dict, path) -> Critic | None:
 def load_generator(path: str | os.PathLike, map_location="cpu") -> Generator:
     """A :class:`Generator` in eval mode with the weights of a checkpoint of either format."""
     ckpt = read_checkpoint(path, map_location)
-    return build_generator(ckpt, path).to(map_location).eval()
+    return build_generator(ckpt, path, device=map_location).to(map_location).eval()

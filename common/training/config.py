@@ -312,6 +312,9 @@ LEGACY_NAMES = {"nEpochs": "epochs", "batchSize": "batch_size", "step": "lr_step
                 "val_every": "val_every_epochs", "val_steps": "val_every_steps", "save_every": "save_every_steps",
                 "log_every": "log_every_steps", "threads": "loader_workers"}
 LEGACY_RESOLVED = ("precision", "threads", "device")  # stored resolved in old files: asked for again instead
+# What every old file held (argparse wrote every flag), in its own spellings: a file without them is not
+# one, and is refused rather than read as one whose every setting is the default
+LEGACY_KEYS = ("trainset", "sigma", "batchSize")
 
 
 def run_record(config: RunConfig, resolved: Resolved) -> dict:
@@ -325,7 +328,8 @@ def read_run(path: Path, task: Task) -> tuple[RunConfig, dict]:
     to the rules of its flag before anything is written: a damaged or hand-edited field is refused
     in one line that names it."""
     saved = read_json(path)
-    if saved.get("format") == RUN_FORMAT:
+    if "format" in saved or not all(key in saved for key in LEGACY_KEYS):
+        check_run_format(path, saved)
         asked, resolved = saved.get("config"), saved.get("resolved")
         if not isinstance(asked, dict) or not isinstance(resolved, dict):
             raise InputError(f"{path}: its 'config' or 'resolved' is not a table; the run folder is damaged")
@@ -353,6 +357,21 @@ def read_run(path: Path, task: Task) -> tuple[RunConfig, dict]:
     files = resolved.get("trainset_files")
     return config, {"seed": seed, "trainset_files": None if files is None else
                     _trainset_files(files, f"{path}: {stored}trainset_files")}
+
+
+def check_run_format(path: Path, saved: dict) -> None:
+    """A run.json of this format and version, or one line that says which it is not."""
+    damaged = "the run folder is damaged or was edited"
+    if saved.get("format") != RUN_FORMAT:
+        what = f"its format is {shown(saved['format'])}" if "format" in saved else "it has no format"
+        raise InputError(f"{path}: not a run record this code reads ({what}, not {shown(RUN_FORMAT)}, and it is not "
+                         f"an older one, which holds {', '.join(LEGACY_KEYS)}); {damaged}")
+    version = saved.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > RUN_VERSION:
+        raise InputError(f"{path}: its version {version} is newer than the run records this code reads "
+                         f"({RUN_VERSION}); resume the run with the later version of this code that wrote it")
+    if version != RUN_VERSION or isinstance(version, bool):
+        raise InputError(f"{path}: version is {shown(version)}, not {RUN_VERSION}; {damaged}")
 
 
 def _damaged(path: Path, key: str, exc: FieldError) -> InputError:

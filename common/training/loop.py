@@ -102,7 +102,7 @@ def announce(p: Prepared) -> None:
     method = "supervised L1 (paired)" if p.config.supervised else f"cost {p.config.cost}"
     world = f", {p.dist.world} processes" if p.dist.world > 1 else ""
     print(f"{p.task.title}: {p.dataset.describe()}; device {p.device} ({p.resolved.precision}{world}); {method}; "
-          f"sigma {', '.join(f'{s:g}' for s in p.config.sigma)}; writing to {p.run_root}")
+          f"sigma {', '.join(f'{s:g}' for s in p.config.sigma)}; writing to {printable(p.run_root)}")
 
 
 def train_sigmas(p: Prepared) -> list[RunResult]:
@@ -120,7 +120,7 @@ def train_sigmas(p: Prepared) -> list[RunResult]:
                 val = f", validation PSNR {r.last_val['psnr']:.2f} dB" if r.last_val else ""
                 skipped = f" ({r.skipped_run} of this run's {r.steps_run} skipped as non-finite)" if r.skipped_run else ""
                 print(f"sigma {sigma:g}: {r.step} step(s){skipped}, {r.epoch} full epoch(s){val}; "
-                      f"checkpoints in {r.run_dir}")
+                      f"checkpoints in {printable(r.run_dir)}")
                 if r.skipped_run * 2 > r.steps_run:
                     note(f"sigma {sigma:g}: most steps were skipped as non-finite; the model trained on fewer than "
                          "half of them (see 'skipped' in metrics.jsonl)")
@@ -172,7 +172,7 @@ class Networks:
             if p.pretrained.get("critic") and critic is not None:
                 load_weights(critic, p.pretrained["critic"], config.pretrained, "critic")
             if dist.is_main:
-                print(f"initialised from {config.pretrained}")
+                print(f"initialised from {printable(config.pretrained)}")
         memory_format = torch.channels_last if p.device.type == "cuda" else torch.contiguous_format
         self.generator = generator.to(p.device, memory_format=memory_format)
         self.critic = critic.to(p.device, memory_format=memory_format) if critic is not None else None
@@ -367,8 +367,8 @@ class SigmaRun:
         signum = self.stop.signum or signal.SIGTERM
         path = self.save(ckpt_name)
         name = signal.Signals(signum).name
-        raise TrainingStopped(f"stopped by {name} at step {self.position.step} (sigma {self.sigma:g}); saved {path}.\n"
-                              f"Resume with: {resume_command(self.task, self.config, self.dist)}", 128 + signum)
+        raise TrainingStopped((f"stopped by {name} at step {self.position.step} (sigma {self.sigma:g}); saved {path}.",
+                               f"Resume with: {resume_command(self.task, self.config, self.dist)}"), 128 + signum)
 
     # -- building, resuming, saving
     def _resume(self, path: Path) -> int:
@@ -388,7 +388,8 @@ class SigmaRun:
                              f"{reason}){self.folder.intact_alternative(self.task.name, path)}") from None
         self.folder.last_good = path
         if self.main:
-            print(f"sigma {self.sigma:g}: resuming from {path} (epoch {self.position.epoch}, step {self.position.step})")
+            print(f"sigma {self.sigma:g}: resuming from {printable(path)} (epoch {self.position.epoch}, "
+                  f"step {self.position.step})")
             newest = read_state(self.folder.path) or {}
             if isinstance(newest.get("step"), int) and newest["step"] > self.position.step:
                 note(f"sigma {self.sigma:g}: {path.name} is at step {self.position.step}, behind this sigma's newest "

@@ -24,10 +24,10 @@ from ..data.patch_file import rgb_problem
 from ..evaluation.evaluate import check_scored_apart, match_gt
 from ..networks import Critic, Generator
 from ..system.errors import InputError
-from ..system.files import available_memory, check_can_write, human_bytes
+from ..system.files import check_can_write
 from ..system.text import note
 from ..tasks import Task
-from .checkpoint import build_generator, load_weights, read_checkpoint
+from .checkpoint import build_generator, check_network_memory, load_weights, read_checkpoint
 from .config import Resolved, ResumePlan, RunConfig
 from .devices import resolve_device, resolve_precision, resolve_threads
 from .run_folder import SigmaFolder, sigma_dir_name
@@ -77,7 +77,7 @@ def preflight(task: Task, config: RunConfig, dist, resume: ResumePlan | None) ->
     files = data_files(dataset)
     if resume is not None:
         check_resumed_data(config, resume, files)
-    sigmas = plan_sigmas(task, config, run_root, resume, dist.is_main)
+    sigmas = plan_sigmas(task, config, run_root, resume, dist.is_main, len(dataset) // config.batch_size)
     seed = resume.seed if resume is not None and resume.seed is not None else config.seed
     if seed is None:
         seed = dist.broadcast_object(random.SystemRandom().randint(1, 10**6))
@@ -164,19 +164,13 @@ def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
 def check_network_sizes(task: Task, config: RunConfig, device: torch.device) -> None:
     """Refuse network widths whose weights alone cannot be held (a --gen-width of 200000 would ask the
     allocator for terabytes and die with its traceback): counted on the meta device, nothing allocated."""
-    with torch.device("meta"):
-        networks = {"generator": Generator(width=config.gen_width, increment=config.gen_increment)}
-        if not config.supervised:
-            networks["critic"] = Critic(hidden=task.critic_hidden, input_size=task.patch, width=config.critic_width)
+    networks = {"generator": lambda: Generator(width=config.gen_width, increment=config.gen_increment)}
+    if not config.supervised:
+        networks["critic"] = lambda: Critic(hidden=task.critic_hidden, input_size=task.patch, width=config.critic_width)
     # float32 weights, their gradients and RMSprop's running average, and a copy (--ema, checkpoints)
-    needed = sum(4 * 4 * sum(p.numel() for p in net.parameters()) for net in networks.values())
-    available = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else available_memory()
-    if available is not None and needed > available:
-        counts = ", ".join(f"{name} {sum(p.numel() for p in net.parameters()):,} parameters"
-                           for name, net in networks.items())
-        raise InputError(f"--gen-width {config.gen_width} --gen-increment {config.gen_increment} --critic-width "
-                         f"{config.critic_width}: the networks ({counts}) need about {human_bytes(needed)} for their "
-                         f"weights and optimiser state alone; {human_bytes(available)} is available on {device}")
+    check_network_memory(networks, 4 * 4, device, f"--gen-width {config.gen_width} --gen-increment "
+                         f"{config.gen_increment} --critic-width {config.critic_width}",
+                         "their weights and optimiser state alone")
 
 
 def check_pretrained(task: Task, config: RunConfig) -> dict:
@@ -233,9 +227,9 @@ def check_resumed_data(config: RunConfig, resume: ResumePlan, files: list[dict])
 
 
 def plan_sigmas(task: Task, config: RunConfig, run_root: Path, resume: ResumePlan | None,
-                main: bool) -> list[SigmaPlan]:
+                main: bool, batches: int) -> list[SigmaPlan]:
     """Where each sigma starts, and whether it is done. The state files and the checkpoints to resume
-    from are read now: a damaged one stops the run here."""
+    from are read now (``batches``: an epoch's, on this data): a damaged one stops the run here."""
     plan = []
     for i, sigma in enumerate(config.sigma):
         folder = SigmaFolder(run_root / sigma_dir_name(sigma), main)
@@ -245,9 +239,37 @@ def plan_sigmas(task: Task, config: RunConfig, run_root: Path, resume: ResumePla
             raise InputError(f"{folder.path}: holds an earlier run's checkpoints; continue it with --resume auto "
                              f"--name {config.name}, or give another --name")
         if start is not None and not done:
-            folder.read_for_resume(task.name, start)
+            check_position(folder.read_for_resume(task.name, start), start, config, batches, resume.new_data)
         plan.append(SigmaPlan(i, sigma, folder, start, done))
     return plan
+
+
+def check_position(ckpt: dict, path: Path, config: RunConfig, batches: int, new_data: bool) -> None:
+    """A checkpoint's place in its run (its epoch, the batches of it done, its step: whole numbers, as
+    read_checkpoint checked) must be one that the run can have reached: an epoch at most one past its
+    --nEpochs (this resume's or the one it was saved under), no more batches than an epoch of
+    ``batches`` has, and as many steps as the epochs before and the batches of this one make. An edited
+    epoch or step of 1e30 would count the run as finished; a batch of 1e9 would skip to the next epoch.
+    On changed data (``new_data``) epochs had other lengths: only what holds whatever their length."""
+    epoch, batch, step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+    saved_epochs = (ckpt.get("config") or {}).get("epochs")
+    epochs = max(config.epochs, saved_epochs if isinstance(saved_epochs, int) and not isinstance(saved_epochs, bool)
+                 else 0)
+    change = "; if the training data changed while the run trained, give --resume-new-data"
+    if epoch > epochs + 1:
+        why = f"epoch {epoch} is past the run's {epochs} epochs (--nEpochs)"
+    elif not new_data and batch > batches:
+        why = (f"{batch} batches of its epoch done, where an epoch has {batches} (--batchSize {config.batch_size} "
+               f"over the training data's patches){change}")
+    elif step < epoch - 1 + batch:
+        why = f"step {step} is fewer than its {epoch - 1} epoch(s) before and {batch} batches of this one took"
+    elif not new_data and step > (epoch - 1) * batches + batch:
+        why = (f"step {step} is more than {epoch - 1} epoch(s) of {batches} batches and {batch} batches of this one "
+               f"make{change}")
+    else:
+        return
+    raise InputError(f"{path}: the checkpoint's position (epoch {epoch}, batch {batch}, step {step}) is not one its "
+                     f"run can have reached: {why}; the file is damaged or was edited")
 
 
 def run_is_over(config: RunConfig, step: int, next_epoch: int) -> bool:
