@@ -248,3 +248,25 @@ def test_no_name_or_field_can_run_script_or_change_the_training_report(tmp_path,
     assert state["images"] == 1 + len(samples)  # the curves and every sample
     check_every_image_and_link_resolves(browser, page)
     assert console_errors(browser) == []
+
+
+def test_without_ground_truth_the_report_shows_the_no_reference_score_worst_change_first(tmp_path, browser):
+    generator_checkpoint(tmp_path / "g.pt", task="deraining")
+    names = ["a", "b", "c"]
+    write_photos(tmp_path / "in", [f"{n}.png" for n in names], side=48, wider=8)
+    write_photos(tmp_path / "clean", ["x.png", "y.png"], side=64, seed=3)
+    run_test_script("deraining", ["--checkpoint", str(tmp_path / "g.pt"), "--input", str(tmp_path / "in"), "--clean",
+                                  str(tmp_path / "clean"), "--save", str(tmp_path / "res"), "--device", "cpu"])
+    page = tmp_path / "res" / "report.html"
+    open_page(browser, page)
+    assert console_errors(browser) == []
+    means = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+             for tr in browser.find_elements(By.CSS_SELECTOR, "#means tr")[1:]]
+    assert [row[0] for row in means] == ["no-reference score"] and all(float(v) > 0 for v in means[0][1:3])
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#images th")]
+    assert headers[2:] == ["input no-reference score", "restored no-reference score", "score change"]
+    changes = [float(tr.find_elements(By.TAG_NAME, "td")[-1].text)
+               for tr in browser.find_elements(By.CSS_SELECTOR, "#images tbody tr")]
+    assert len(changes) == 3 and changes == sorted(changes, reverse=True)  # the image made most unlike clean first
+    assert "clean images in" in browser.find_element(By.TAG_NAME, "body").text  # what it was compared with
+    check_every_image_and_link_resolves(browser, page)

@@ -7,12 +7,17 @@ import os
 import time
 from pathlib import Path
 
+from ..data.loader import UnpairedH5Dataset
 from ..data.pairs import find_pairs
+from ..data.patch_file import LAYOUT_CHOICES
 from ..demo import demo_paths, demo_root, newest_demo_checkpoint
-from ..evaluation.evaluate import check_before_writing, check_scored_apart, evaluate, format_row, gain_summary
+from ..evaluation.evaluate import (check_before_writing, check_scored_apart, evaluate, format_row, gain_summary,
+                                   score_summary)
 from ..evaluation.figures import side_by_side
 from ..evaluation.inference import MIN_TILE, TILE_CONTEXT
 from ..evaluation.metrics import LPIPS
+from ..evaluation.no_reference import (CleanReference, reference_from_folder, reference_from_training_data,
+                                       score_reliability)
 from ..evaluation.report import ASSETS as REPORT_FOLDER, ASSET_NAME, ResultsReport
 from ..system.errors import InputError
 from ..system.files import FolderLock, StagedFolder, check_can_write, name_max, probe_file, same_file
@@ -88,6 +93,12 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--side-by-side", type=non_negative_int, default=0, metavar="N",
                    help="also write side_by_side.png: input | restored | ground truth for the first N images "
                         "(--demo: all of them)")
+    p.add_argument("--clean", default=None, metavar="DIR",
+                   help="clean images, unpaired and ideally not trained on, that the no-reference score compares the "
+                        "restored images with, to say without ground truth whether the model helped and on which "
+                        "images (default: the clean side of the checkpoint's training set, where its files are still "
+                        "where the checkpoint says; see docs/TESTING.md)")
+    p.add_argument("--no-score", action="store_true", help="skip the no-reference score")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html (a page to open in a browser, offline: the metrics per image, "
@@ -153,10 +164,11 @@ def _within(path: str, folder: str) -> bool:
 FOLDER_OUTPUTS = {REPORT_FOLDER}  # the results that are folders; every other one is a file
 
 
-def planned_outputs(pairs: list, side_by_side: bool, report: bool = False) -> dict[str, str]:
+def planned_outputs(pairs: list, side_by_side: bool, report: bool = False, scored: bool = False) -> dict[str, str]:
     """The files a run writes into its results folder, each with what it is; two results may never
-    share a name (on a file system that ignores case, not even names that differ only by case)."""
-    outputs = {"metrics.csv": "the metrics"} if any(p.gt is not None for p in pairs) else {}
+    share a name (on a file system that ignores case, not even names that differ only by case).
+    ``scored``: the no-reference score is measured (metrics.csv is written without ground truth too)."""
+    outputs = {"metrics.csv": "the metrics"} if scored or any(p.gt is not None for p in pairs) else {}
     if side_by_side:
         outputs["side_by_side.png"] = "the side-by-side picture"
     if report:
@@ -293,7 +305,36 @@ def lock_save_dir(base: Path, explicit: bool, overwrite: bool, outputs: dict[str
         return lock
 
 
-def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: int) -> list:
+def clean_reference(args, ckpt: dict, checkpoint: Path, task: Task, pairs: list) -> CleanReference | None:
+    """What the no-reference score compares the restored images with: --clean, else the clean side of the
+    training set the checkpoint records, where its files still are; None (with a note where there is no
+    ground truth either) where there is neither, or with --no-score."""
+    if args.no_score:
+        return None
+    if args.clean:
+        for folder, flag in ((args.input, "--input"), (args.gt, "--gt")):
+            if folder and same_file(folder, args.clean):
+                raise InputError(f"--clean {args.clean} is the {flag} folder: the score would compare the restored "
+                                 "images with their own inputs or answers; give clean images of their own")
+        return reference_from_folder(args.clean)
+    config = ckpt.get("config") or {}
+    trainset = config.get("trainset")
+    try:
+        if isinstance(trainset, str) and Path(trainset).is_dir():
+            layout = config.get("layout") if config.get("layout") in LAYOUT_CHOICES else "auto"
+            return reference_from_training_data(UnpairedH5Dataset(trainset, scale=task.scale, layout=layout))
+    except InputError as exc:
+        note(f"no no-reference score: the checkpoint's training set cannot be read ({exc}); give --clean DIR")
+        return None
+    if all(p.gt is None for p in pairs):
+        where = f"not where the checkpoint says ({trainset})" if isinstance(trainset, str) else "not recorded in it"
+        note(f"{checkpoint}: its training set is {where}, so nothing here says whether the model helped: give "
+             "--clean DIR, clean photographs (unpaired, ideally not trained on), for the no-reference score")
+    return None
+
+
+def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: int,
+                 reference: CleanReference | None = None) -> list:
     """The report's header: what was tested, on what, where and when."""
     config = ckpt.get("config") or {}
     arch = (ckpt.get("arch") or {}).get("generator") or {}
@@ -305,9 +346,12 @@ def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: 
     widths = (f"generator {arch.get('width', '?')}/{arch.get('increment', '?')}, critic {config.get('critic_width', '?')}"
               if arch else "as in its weights")
     data = f"{n} image(s) from {args.input}" + (f", ground truth {args.gt}" if args.gt else "")
-    return [("checkpoint", str(checkpoint)), ("model", model), ("network widths", widths), ("data", data),
-            ("device", f"{device} ({precision})"), ("metrics", "RGB" if not args.y_channel else "BT.601 Y"),
-            ("date", time.strftime("%Y-%m-%d %H:%M:%S"))]
+    facts = [("checkpoint", str(checkpoint)), ("model", model), ("network widths", widths), ("data", data),
+             ("device", f"{device} ({precision})"), ("metrics", "RGB" if not args.y_channel else "BT.601 Y")]
+    if reference is not None:
+        facts.append(("no-reference score", f"against {reference.source}; lower is closer to clean. "
+                                            + score_reliability(reference)))
+    return facts + [("date", time.strftime("%Y-%m-%d %H:%M:%S"))]
 
 
 def _test(task: Task, argv: list[str]) -> None:
@@ -330,8 +374,9 @@ def _test(task: Task, argv: list[str]) -> None:
     check_task(ckpt, task, checkpoint, args.any_task)
     generator = build_generator(ckpt, checkpoint, device=device).to(device).eval()
     pairs = find_pairs(args.input, args.gt, verbose=True)
+    reference = clean_reference(args, ckpt, checkpoint, task, pairs)
     keep = len(pairs) if args.demo else args.side_by_side
-    outputs = planned_outputs(pairs, side_by_side=keep > 0, report=not args.no_report)
+    outputs = planned_outputs(pairs, side_by_side=keep > 0, report=not args.no_report, scored=reference is not None)
     save_dir = Path(args.save) if args.save else default_save_dir(task, checkpoint)
     check_roles(args, pairs, save_dir)
     check_can_write(save_dir, "results folder")  # a file there or a read-only mount: refused before any work
@@ -355,13 +400,14 @@ def _test(task: Task, argv: list[str]) -> None:
                           precision=precision, transpose=args.transpose, tile=args.tile,
                           tile_overlap=args.tile_overlap, upscale=getattr(args, "upscale", "pytorch"),
                           reference_metrics=args.reference_metrics, keep=keep,
-                          on_image=report.add if report is not None else None, model=str(checkpoint))
+                          on_image=report.add if report is not None else None, model=str(checkpoint),
+                          reference=reference)
             if report is not None:
-                report.write(report_facts(checkpoint, ckpt, args, device, precision, len(pairs)), ev.means)
+                report.write(report_facts(checkpoint, ckpt, args, device, precision, len(pairs), reference), ev.means)
             if ev.examples:
                 write_side_by_side(staged.path / "side_by_side.png", ev, task)
             staged.commit()
-    print_results(ev, pairs, task, save_dir, report=not args.no_report)
+    print_results(ev, pairs, task, save_dir, report=not args.no_report, reference=reference)
 
 
 def align_corners_of(args, ckpt: dict) -> bool:
@@ -381,13 +427,20 @@ def write_side_by_side(path: Path, ev, task: Task) -> None:
         for row, (_, x, restored, gt) in zip(ev.rows, ev.examples)])
 
 
-def print_results(ev, pairs: list, task: Task, save_dir: Path, report: bool) -> None:
+def print_results(ev, pairs: list, task: Task, save_dir: Path, report: bool,
+                  reference: CleanReference | None = None) -> None:
     """The metrics per image and on average, and where the results went."""
     for row in ev.rows:
         print(format_row(row, task.input_label))
-    if any(p.gt is not None for p in pairs):
+    with_gt = any(p.gt is not None for p in pairs)
+    if with_gt or reference is not None:
         print(format_row({"name": "mean", **ev.means}, task.input_label))
+    if with_gt:
         print(gain_summary(ev, task.input_label))
+    if reference is not None:
+        print(score_summary(ev, task.input_label))
+        print(f"  (against {printable(reference.source)}; {score_reliability(reference)})")
+    if with_gt or reference is not None:
         print(f"restored images and metrics.csv in {printable(save_dir)}")
     else:
         print(f"restored images in {printable(save_dir)}")

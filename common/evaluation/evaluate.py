@@ -26,6 +26,7 @@ from ..system.text import printable, spreadsheet_text
 from ..tasks import Task, UPSCALERS, model_input
 from .inference import TILE_CONTEXT, check_cpu_memory, restore
 from .metrics import LPIPS, psnr, rgb_to_y, ssim
+from .no_reference import CleanReference, SetScore
 
 
 def measure(restored: np.ndarray, gt: np.ndarray, lpips: LPIPS | None, y_channel: bool,
@@ -172,10 +173,15 @@ class Evaluation:
         return [(row["name"], row["psnr"] - row["input_psnr"]) for row in self.rows
                 if row.get("psnr") is not None and row.get("input_psnr") is not None]
 
+    # the no-reference score of the images together (``score`` restored, ``input_score`` their inputs): not
+    # the mean of each image's, which also measures how unlike the clean images each scene is
+    together: dict = field(default_factory=dict)
+
     @property
     def means(self) -> dict:
+        """The mean of each metric over the images; for the no-reference score, the images' together."""
         keys = [k for k in (self.rows[0] if self.rows else {}) if k != "name"]
-        return {k: self.mean(k) for k in keys}
+        return {k: self.together.get(k, self.mean(k)) for k in keys}
 
 
 def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: torch.device, *,
@@ -183,7 +189,8 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
              lpips: LPIPS | None = None, y_channel: bool = False, precision: str = "fp32",
              transpose: bool = False, tile: int | None = None, tile_overlap: int = TILE_CONTEXT,
              upscale: str = "pytorch", reference_metrics: bool = False, keep: int = 0,
-             progress: bool = True, on_image=None, model: str = "the generator") -> Evaluation:
+             progress: bool = True, on_image=None, model: str = "the generator",
+             reference: CleanReference | None = None) -> Evaluation:
     """Restore every pair's input, write it under ``save_dir`` (if given) and measure it (if it has a
     ground truth). Returns one row per image with the restored and the input's metrics.
 
@@ -201,9 +208,13 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
     ``model`` names the generator (its checkpoint) in the error that stops the run where its output
     holds NaN or infinite values (:class:`NonFiniteOutput`): such an image would be written black and
     scored as if restored.
+    ``reference`` (clean images, ``common.evaluation.no_reference``): each row also gets the no-reference
+    score of the restored image and of the input (``score``, ``input_score``; lower is closer to clean),
+    with or without ground truth.
     """
     generator.eval()
     result = Evaluation()
+    scores = {k: SetScore(reference, len(pairs)) for k in ("score", "input_score")} if reference is not None else {}
     save_dir = Path(save_dir) if save_dir is not None else None
     for pair in tqdm(pairs, desc="restoring", unit="img", disable=not progress, leave=False):
         check_interrupted()  # test.py: a stop signal whose exception was lost stops here
@@ -228,11 +239,15 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
             baseline_unclamped = x[0].permute(1, 2, 0).float().cpu().numpy() if reference_metrics else None
             row.update(measure(restored, gt, lpips, y_channel, unclamped))
             row.update({f"input_{k}": v for k, v in measure(baseline, gt, lpips, y_channel, baseline_unclamped).items()})
+        if scores:  # on the 8-bit images as every metric here; last, so that the columns of metrics.csv stay put
+            row.update(score=scores["score"].add(restored / np.float32(255)),
+                       input_score=scores["input_score"].add(baseline / np.float32(255)))
         result.rows.append(row)
         if on_image is not None:
             on_image(row, baseline, restored, gt)
         if len(result.examples) < keep:
             result.examples.append((pair.name, baseline, restored, gt))
+    result.together = {k: pooled.total() for k, pooled in scores.items()}
     if save_dir is not None and any(len(r) > 1 for r in result.rows):
         write_metrics_csv(save_dir / "metrics.csv", result)
     return result
@@ -268,7 +283,8 @@ def write_metrics_csv(path: Path, result: Evaluation) -> None:
         writer.writerow(["name", *keys])
         for row in result.rows:
             writer.writerow([spreadsheet_text(row["name"]), *(_fmt(row.get(k)) for k in keys)])
-        writer.writerow([MEANS_ROW, *(_fmt(result.mean(k)) for k in keys)])
+        means = result.means
+        writer.writerow([MEANS_ROW, *(_fmt(means[k]) for k in keys)])
 
 
 def gain_summary(ev: Evaluation, input_label: str = "input") -> str | None:
@@ -283,12 +299,32 @@ def gain_summary(ev: Evaluation, input_label: str = "input") -> str | None:
             f"the {'worst' if gain < 0 else 'least gain'}: {printable(name)} ({gain:+.2f} dB)")
 
 
+def score_summary(ev: Evaluation, input_label: str = "input") -> str | None:
+    """``no-reference score of the images together (lower is closer to clean): hazy input 0.612, restored 0.495;
+    each image's own score fell on 9 of 10, rose on 1; the most: moon (+0.031)``. None where nothing was scored."""
+    changes = [(row["name"], row["score"] - row["input_score"]) for row in ev.rows if row.get("score") is not None]
+    if not changes:
+        return None
+    closer, further = sum(c < 0 for _, c in changes), sum(c > 0 for _, c in changes)
+    name, change = max(changes, key=lambda item: item[1])
+    return (f"no-reference score of the images together (lower is closer to clean): {input_label} "
+            f"{ev.means['input_score']:.3f}, restored {ev.means['score']:.3f}; each image's own score fell on {closer} "
+            f"of {len(changes)}, rose on {further}; the {'most risen' if change > 0 else 'least fallen'}: {printable(name)} "
+            f"({change:+.3f})")
+
+
 def format_row(row: dict, input_label: str = "input") -> str:
-    """``name  PSNR 28.31 dB  SSIM 0.8012  LPIPS 0.0612  (bicubic: 26.77 dB ...)``."""
+    """``name  PSNR 28.31 dB  SSIM 0.8012  LPIPS 0.0612  (bicubic: 26.77 dB ...)``, with the no-reference
+    score where there is one."""
     def part(prefix: str) -> str:
         return (f"PSNR {_fmt(row.get(prefix + 'psnr'))} dB  SSIM {_fmt(row.get(prefix + 'ssim'))}  "
-                f"LPIPS {_fmt(row.get(prefix + 'lpips'))}")
+                f"LPIPS {_fmt(row.get(prefix + 'lpips'))}" + score(prefix))
+
+    def score(prefix: str) -> str:
+        return f"  score {row[prefix + 'score']:.3f}" if row.get(prefix + "score") is not None else ""
     name = printable(row["name"])  # one line, whatever the image is called
     if row.get("psnr") is None:
-        return f"{name}: restored"
+        if row.get("score") is None:
+            return f"{name}: restored"
+        return f"{name}: restored, no-reference score {row['score']:.3f}   ({input_label}: {row['input_score']:.3f})"
     return f"{name}: {part('')}   ({input_label}: {part('input_')})"

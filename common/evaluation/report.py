@@ -38,6 +38,7 @@ from markupsafe import Markup
 from ..data.images import write_image
 from ..system.files import atomic_write
 from ..system.text import note, printable
+from ..training.choice import recommendation_line, recommended, sigma_choices
 from ..training.run_folder import read_metrics
 from .figures import training_curves
 
@@ -114,16 +115,17 @@ class ResultsReport:
         write_image(self.folder / files["thumb"], _shrunk(restored, THUMB_SIDE))
         metrics = {k: (None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v)
                    for k, v in row.items() if k != "name"}
-        gain = (metrics["psnr"] - metrics["input_psnr"]) if metrics.get("psnr") is not None and \
-            metrics.get("input_psnr") is not None else None
+        def change(key: str) -> float | None:  # restored minus input
+            have = metrics.get(key) is not None and metrics.get(f"input_{key}") is not None
+            return metrics[key] - metrics[f"input_{key}"] if have else None
         self.items.append({"name": printable(row["name"]), "full": _href(f"{row['name']}.png"),
                            "size": [int(restored.shape[1]), int(restored.shape[0])], "files": files,
-                           "metrics": metrics, "gain": gain})
+                           "metrics": metrics, "gain": change("psnr"), "score_change": change("score")})
 
     def write(self, facts: list[tuple[str, str]], means: dict) -> Path:
         """report.html, from what :meth:`add` collected; ``facts``: (label, text) lines of the header."""
         data = {"items": self.items, "means": means,
-                "metrics": [m for m in ("psnr", "ssim", "lpips") if any(it["metrics"].get(m) is not None
+                "metrics": [m for m in ("psnr", "ssim", "lpips", "score") if any(it["metrics"].get(m) is not None
                                                                          for it in self.items)],
                 "has_gt": any("gt" in it["files"] for it in self.items)}
         return _render("results_report.html", self.folder / "report.html", title=printable(self.title),
@@ -142,8 +144,14 @@ def write_training_report(run_root: Path, title: str, facts: list[tuple[str, str
         pictures = sorted((run_root / name / "samples").glob("epoch-*.png"))[-12:]  # the newest twelve epochs
         strips.append({"sigma": printable(name), "samples": [
             {"name": printable(p.stem), "href": _href(f"{name}/samples/{p.name}")} for p in pictures]})
+    choices = sigma_choices(run_root)
+    pick = recommended(choices)
+    table = [{"sigma": f"{c.sigma:g}", "step": c.step, "by": c.select_by or "", "recommended": c is pick,
+              "score": "n/a" if c.score is None else f"{c.score:.3f}", "psnr": "n/a" if c.psnr is None else f"{c.psnr:.2f}"}
+             for c in choices]
     return _render("training_report.html", run_root / "report.html", title=printable(title), facts=_facts(facts),
-                   updated=time.strftime("%Y-%m-%d %H:%M:%S"), curves=curves, strips=strips)
+                   updated=time.strftime("%Y-%m-%d %H:%M:%S"), curves=curves, strips=strips, choices=table,
+                   recommendation=printable(recommendation_line(choices) or ""))
 
 
 class ReportRefresher:

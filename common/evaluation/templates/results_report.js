@@ -2,13 +2,14 @@
 const data = JSON.parse(document.getElementById("data").textContent);
 const $ = (id) => document.getElementById(id);
 const fmt = (v, d) => (v === null || v === undefined) ? "n/a" : Number(v).toFixed(d);
-const digits = { psnr: 2, ssim: 4, lpips: 4 };
-const names = { psnr: "PSNR (dB)", ssim: "SSIM", lpips: "LPIPS" };
+const signed = (v, d) => (v !== null && v !== undefined && v >= 0 ? "+" : "") + fmt(v, d);
+const digits = { psnr: 2, ssim: 4, lpips: 4, score: 3 };
+const names = { psnr: "PSNR (dB)", ssim: "SSIM", lpips: "LPIPS", score: "no-reference score" };
 
 // the means: input, restored and the gain
 (function means() {
   const t = $("means");
-  const head = t.insertRow(); ["", "input", "restored", "gain"].forEach((h) => {
+  const head = t.insertRow(); ["", "input", "restored", "restored \u2212 input"].forEach((h) => {
     const th = document.createElement("th"); th.textContent = h; head.appendChild(th); });
   for (const m of data.metrics) {
     const r = t.insertRow(), a = data.means["input_" + m], b = data.means[m];
@@ -26,7 +27,11 @@ for (const m of data.metrics) {
   columns.push({ key: m, label: "restored " + names[m], sort: (it) => it.metrics[m] });
 }
 if (data.metrics.includes("psnr")) columns.push({ key: "gain", label: "gain (dB)", sort: (it) => it.gain });
-let order = { key: data.metrics.includes("psnr") ? "gain" : "name", desc: false };
+// the no-reference score: lower is closer to clean, so a rise is the bad direction
+if (data.metrics.includes("score")) columns.push({ key: "score_change", label: "score change", sort: (it) => it.score_change });
+// worst first: the least PSNR gain with ground truth; without it, the largest rise of the score
+let order = data.metrics.includes("psnr") ? { key: "gain", desc: false }
+  : data.metrics.includes("score") ? { key: "score_change", desc: true } : { key: "name", desc: false };
 const tbody = document.querySelector("#images tbody");
 (function header() {
   const tr = document.createElement("tr");
@@ -62,9 +67,13 @@ function render() {
     const name = tr.insertCell(); name.className = "name"; name.textContent = it.name;
     for (const c of columns.slice(2)) {
       const td = tr.insertCell(), v = c.sort(it);
-      const d = c.key === "gain" ? 2 : digits[c.key.replace("input_", "")];
-      td.textContent = (c.key === "gain" && v !== null && v >= 0 ? "+" : "") + fmt(v, d);
-      if (c.key === "gain" && v !== null) td.className = v < 0 ? "gain-neg" : "gain-pos";
+      if (c.key === "gain" || c.key === "score_change") {
+        td.textContent = signed(v, c.key === "gain" ? 2 : 3);
+        const worse = c.key === "gain" ? v < 0 : v > 0;
+        if (v !== null && v !== undefined) td.className = worse ? "gain-neg" : "gain-pos";
+      } else {
+        td.textContent = fmt(v, digits[c.key.replace("input_", "")]);
+      }
     }
     tr.addEventListener("click", () => show(i));
     rows.appendChild(tr);
