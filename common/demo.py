@@ -194,6 +194,9 @@ def demo_report(task: Task, config, result, seconds: float, wider: WiderScore, r
     narrowed = [f"{k.split('_')[0].replace('gen', 'generator')} width {getattr(config, k)} (the paper's {v})"
                 for k, v in paper.items() if getattr(config, k) != v]
     val = result.last_val
+    best = result.kept_val.get("psnr", result.best_psnr)  # best.pt's, whichever measure kept it
+    chosen = ("which chose best.pt" if result.kept_val.get("select_by") != "no-reference" else
+              "which chose best.pt by the no-reference score, not by their ground truth")
     lines = [f"demo {'resumed and ' if resumed else ''}done in {seconds / 60:.1f} min"
              + (" since it resumed" if resumed else "") + f" ({result.step} steps of {config.batch_size} patches"
              + (f"; {', '.join(narrowed)}, narrowed so that a CPU can train; real training keeps the paper's sizes"
@@ -201,14 +204,14 @@ def demo_report(task: Task, config, result, seconds: float, wider: WiderScore, r
              f"Data: degraded and clean patches of the same {len(TRAIN_PHOTOS)} photographs; each degraded patch "
              "is trained against a clean patch drawn at random, so training is unpaired, and the two sides differ "
              "by the degradation alone, as in the paper's large sets.",
-             f"PSNR on the {len(HELDOUT_PHOTOS)} validation photographs (which chose best.pt): {task.input_label} "
+             f"PSNR on the {len(HELDOUT_PHOTOS)} validation photographs ({chosen}): {task.input_label} "
              f"{val['input_psnr']:.2f} dB; SOT ({config.cost}, sigma {result.sigma:g}"
              + (", the moving average of G's weights" if config.ema_decay else "")
-             + f"): best checkpoint {result.best_psnr:.2f} dB (best.pt), last step {val['psnr']:.2f} dB.",
+             + f"): best checkpoint {best:.2f} dB (best.pt), last step {val['psnr']:.2f} dB.",
              f"PSNR on {wider.count} more held-out photographs (never trained on, never used to choose): "
              f"{task.input_label} {wider.input_psnr:.2f} dB, best checkpoint {wider.psnr:.2f} dB ({wider.gain:+.2f} dB; "
              f"better on {wider.better} of {wider.count}, worst {wider.worst[0]} {wider.worst[1]:+.2f} dB).",
-             demo_verdict(task, val["input_psnr"], result.best_psnr, val["psnr"], wider),
+             demo_verdict(task, val["input_psnr"], best, val["psnr"], wider),
              *([TASK_DEMOS[task.name].shortfall] if TASK_DEMOS[task.name].shortfall
                and wider.gain < TASK_DEMOS[task.name].gain else []),
              f"Test it: python {task.name}/test.py --demo (on the {wider.count} held-out photographs)"]

@@ -2,6 +2,7 @@
 the networks' small sizes, and running a script as a user would."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from common.networks import Generator
+from common.tasks import TASKS
 from common.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,14 @@ def write_photos(folder: Path, names=("a.png", "b.png", "c.png"), side: int = 16
     return folder
 
 
+def write_images(folder: Path, images: np.ndarray) -> Path:
+    """uint8 images (N x 3 x H x W, RGB) written as ``0.png``, ``1.png``, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{i}.png"), image.transpose(1, 2, 0)[..., ::-1])
+    return folder
+
+
 class ShellPayload:
     """Unpickled, it would run a shell command that leaves ``marker`` behind: whether it ran can be seen."""
 
@@ -80,3 +90,24 @@ class ShellPayload:
 def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run one of the task scripts as a user would, from the repository root."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def smooth_photos(n: int, seed: int, side: int = 32):
+    """Smooth random colour fields in 26..178 (uint8, N x 3 x side x side): room to brighten by 51."""
+    low = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+    fields = torch.nn.functional.interpolate(low, size=side, mode="bicubic", align_corners=False).clamp(0, 1)
+    return (26 + 152 * fields).round().to(torch.uint8).numpy()
+
+
+def brightened_set(tmp_path, monkeypatch, paired: bool):
+    """An easy, fast set at 32x32 (the deraining task with 32-pixel patches and a 16-wide critic): each
+    degraded image is a clean one brightened by 51 levels. Unpaired, the brightened ones are of other
+    photographs than the clean ones; ``paired``, data[i] is label[i] brightened. Returns the held-out
+    photographs (16, clean), written brightened to ``in/`` and as they are to ``gt/``."""
+    monkeypatch.setitem(TASKS, "deraining", dataclasses.replace(TASKS["deraining"], patch=32, critic_hidden=16))
+    clean, other = smooth_photos(64, 1), smooth_photos(64, 2)
+    write_h5(tmp_path / "train" / "t.h5", (clean if paired else other) + 51, clean)
+    held_out = smooth_photos(16, 3)
+    write_images(tmp_path / "in", held_out + 51)
+    write_images(tmp_path / "gt", held_out)
+    return held_out

@@ -14,10 +14,13 @@ from helpers import run_script
 def test_demo_train_then_test(tmp_path, task):
     spec = TASKS[task]
     out = tmp_path / "ckpt"
+    # dehazing's keeps best.pt without looking at the ground truth; its verdict still scores it with it
+    select = ["--select-by", "no-reference"] if task == "dehazing" else []
     train = run_script(f"{task}/train.py", "--demo", "--max-steps", "2", "--batchSize", "2", "--out", str(out),
-                       "--seed", "1", "--no-tensorboard")
+                       "--seed", "1", "--no-tensorboard", *select)
     assert train.returncode == 0, train.stderr[-3000:]
-    assert f"validation photographs (which chose best.pt): {spec.input_label}" in train.stdout
+    chose = "which chose best.pt by the no-reference score, not by their ground truth" if select else "which chose best.pt"
+    assert f"validation photographs ({chose}): {spec.input_label}" in train.stdout
     assert "more held-out photographs (never trained on, never used to choose)" in train.stdout
     # two steps restore nothing: the verdict says so, and SR's adds what was measured of it
     assert "verdict: does NOT restore" in train.stdout
@@ -32,7 +35,8 @@ def test_demo_train_then_test(tmp_path, task):
     assert config["sigma"] == sigma and config["seed"] == 1 and config["cost"] == spec.default_loss
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["train", "train", "val"]
-    assert records[-1]["input_psnr"] > 10
+    assert records[-1]["input_psnr"] > 10 and records[-1]["score"] > 0  # both measured, ground truth or not
+    assert records[-1]["select_by"] == ("no-reference" if select else "psnr")
 
     save = tmp_path / "results"
     test = run_script(f"{task}/test.py", "--demo", "--out", str(out), "--save", str(save), "--y-channel")
@@ -46,6 +50,7 @@ def test_demo_train_then_test(tmp_path, task):
     assert f"side by side ({spec.input_label} | restored | clean)" in test.stdout
     csv_lines = (save / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
+    assert csv_lines[0].endswith(",score,input_score") and "no-reference score of the images together" in test.stdout
 
     if task == "sr":  # a demo that stopped part-way resumes as one, and gives its verdict at the end
         from common.training.config import read_run

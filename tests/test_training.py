@@ -7,7 +7,7 @@ from common.cli.train import parse_train_args
 from common.networks import Critic, Generator
 from common.sot import learning_rate, make_optimizers, set_learning_rate, train_step
 from common.tasks import TASKS
-from helpers import write_h5
+from helpers import brightened_set, write_h5
 
 
 def small_pair(seed=0):
@@ -213,36 +213,7 @@ def test_progress_is_counted_against_the_runs_real_end(tmp_path, capsys):
     assert "s a step on cpu; this sigma's 2 remaining steps take about" in captured.out
 
 
-def _smooth_photos(n: int, seed: int, side: int = 32):
-    """Smooth random colour fields in 26..178 (uint8, N x 3 x side x side): room to brighten by 51."""
-    low = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
-    fields = torch.nn.functional.interpolate(low, size=side, mode="bicubic", align_corners=False).clamp(0, 1)
-    return (26 + 152 * fields).round().to(torch.uint8).numpy()
-
-
 BRIGHTENED_DB = 13.98  # the PSNR of an image brightened by 51 levels against itself: 20 log10(255 / 51)
-
-
-def brightened_set(tmp_path, monkeypatch, paired: bool):
-    """An easy, fast set at 32x32 (the deraining task with 32-pixel patches and a 16-wide critic): each
-    degraded image is a clean one brightened by 51 levels. Unpaired, the brightened ones are of other
-    photographs than the clean ones; ``paired``, data[i] is label[i] brightened. Returns the held-out
-    photographs (16, clean), written brightened to ``in/`` and as they are to ``gt/``."""
-    import dataclasses
-
-    import cv2
-
-    import common.tasks as tasks
-
-    monkeypatch.setitem(tasks.TASKS, "deraining", dataclasses.replace(TASKS["deraining"], patch=32, critic_hidden=16))
-    clean, other = _smooth_photos(64, 1), _smooth_photos(64, 2)
-    write_h5(tmp_path / "train" / "t.h5", (clean if paired else other) + 51, clean)
-    held_out = _smooth_photos(16, 3)
-    for side, images in (("in", held_out + 51), ("gt", held_out)):
-        (tmp_path / side).mkdir(exist_ok=True)
-        for i, image in enumerate(images):
-            cv2.imwrite(str(tmp_path / side / f"{i}.png"), image.transpose(1, 2, 0)[..., ::-1])
-    return held_out
 
 
 def train_brightened(tmp_path, *flags, name="r", supervised=False):

@@ -107,6 +107,10 @@ class UnpairedH5Dataset(Dataset):
         check_values(part.path, f"patch '{name}'[{local}]", values)
         return torch.from_numpy(np.clip(values, 0.0, 1.0).astype(np.float32, copy=False))
 
+    def clean_patch(self, index: int) -> torch.Tensor:
+        """Clean patch ``index`` (counted over all files), float32 in [0, 1]."""
+        return as_float(self._read(self._label_ends, "label", index))
+
     def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
         """(degraded patch ``index``, a random clean patch), float32 in [0, 1] (uint8 if ``raw_uint8``).
 

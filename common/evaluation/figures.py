@@ -83,6 +83,7 @@ def _save(fig, path: Path) -> Path:
 
 
 TRAINING_PANELS = (("val", "psnr", "validation PSNR (dB)"), ("val", "ssim", "validation SSIM"),
+                   ("val", "score", "validation no-reference score (lower: closer to clean)"),
                    ("train", "w_distance", "critic's Wasserstein estimate"),
                    ("train", "transport", "transport cost R"), ("train", "gp", "gradient penalty"),
                    ("train", "l1", "L1 to the clean patch (supervised)"))
@@ -141,4 +142,25 @@ def study_curves(path: Path, curves: dict[str, list[list]], title: str) -> Path:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+    return _save(fig, path)
+
+
+def selection_scatter(path: Path, tasks: dict[str, list[tuple]]) -> Path:
+    """The no-reference study's picture: per task (a column), validation PSNR against the score of every
+    checkpoint, against the training set's clean patches (top) and against clean photographs the model
+    never saw (bottom), a colour per sigma. ``tasks``: name -> (score vs training set, score vs unseen
+    clean, PSNR, sigma) per checkpoint."""
+    fig, axes = _figure(2, max(1, len(tasks)), (4.4 * max(1, len(tasks)), 7.2))
+    for col, (name, points) in enumerate(tasks.items()):
+        sigmas = sorted({p[3] for p in points}, reverse=True)
+        for row, title in enumerate(("against the training set's clean patches", "against clean photographs not trained on")):
+            ax = axes[row, col]
+            for i, sigma in enumerate(sigmas):
+                xy = [(p[row], p[2]) for p in points if p[3] == sigma]
+                ax.scatter(*zip(*xy), s=10, color=f"C{i % 10}", label=f"sigma {sigma:g}")
+            ax.set_title(f"{name}: {title}", fontsize=9)
+            ax.set_xlabel("no-reference score (lower: closer to clean)")
+            ax.set_ylabel("validation PSNR (dB)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     return _save(fig, path)

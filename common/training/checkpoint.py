@@ -2,7 +2,8 @@
 
 Our format is one dict: ``format``, ``version``, ``task``, ``arch`` (the networks' constructor
 arguments, so that a checkpoint alone rebuilds them), ``generator``/``critic`` state dicts, both
-optimisers, ``epoch``, ``step``, ``sigma``, ``loss``, ``best_psnr``, ``config`` and RNG states.
+optimisers, ``epoch``, ``step``, ``sigma``, ``loss``, ``best_psnr`` and ``best_score`` (the best
+validation so far by each measure), ``config`` and RNG states.
 Writes are atomic: a temporary file in the same folder, flushed and fsynced, then renamed over the
 target, so a checkpoint on disk is never half-written.
 
@@ -298,7 +299,11 @@ FIELDS = {"task": (lambda v: isinstance(v, str), "text"),
           "epoch": (_whole(1), "a whole number, 1 or more"),
           "batch_in_epoch": (_whole(0), "a whole number, 0 or more"),
           "skipped_steps": (_whole(0), "a whole number, 0 or more"),
-          "best_psnr": (lambda v: v is None or _real(v), "a finite number or None")}
+          "best_psnr": (lambda v: v is None or _real(v), "a finite number or None"),
+          "best_score": (lambda v: v is None or _real(v), "a finite number or None"),
+          "best_kept": (lambda v: isinstance(v, dict) and all(
+              isinstance(k, str) and (x is None or isinstance(x, (str, bool)) or _real(x)) for k, x in v.items()),
+              "a table of validation measures")}
 CONFIG_FIELDS = {"task": FIELDS["task"], "align_corners": (lambda v: isinstance(v, bool), "true or false")}
 
 

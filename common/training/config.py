@@ -34,6 +34,7 @@ from ..tasks import TASKS, Task
 from .checkpoint import read_checkpoint
 from .run_folder import read_json, sigma_dir_name
 
+SELECTIONS = ("psnr", "no-reference")  # --select-by: what keeps best.pt
 RUN_FORMAT = "sot-run"
 RUN_VERSION = 2  # run.json: {"config": what was asked, "resolved": what the machine made of it}
 
@@ -158,10 +159,21 @@ class RunConfig:
                                    help="validation inputs (degraded images), or a test set's folder in a layout "
                                         "test.py knows")
     val_gt: str | None = option(None, "--val-gt", group="validation", metavar="DIR",
-                                help="validation ground truth, paired by file name")
+                                help="validation ground truth, paired by file name; without it, validation measures "
+                                     "the no-reference score only (see --select-by)")
+    val_clean: str | None = option(None, "--val-clean", group="validation", metavar="DIR",
+                                   help="clean images the model is NOT trained on, unpaired, that the no-reference "
+                                        "score compares the restored validation images with (default: the clean side "
+                                        "of the training set, against which the score prefers over-restored "
+                                        "checkpoints: a model trained to imitate those images keeps looking closer to "
+                                        "them; docs/TRAINING.md, \"Choosing without ground truth\")")
+    select_by: str | None = option(None, "--select-by", group="validation", choices=SELECTIONS,
+                                   help="what keeps best.pt: validation PSNR (needs --val-gt) or the no-reference "
+                                        "score, lower is closer to clean (default: psnr with --val-gt, no-reference "
+                                        "without); both are logged whenever they can be measured")
     val_every_epochs: int = option(10, "--val-every", group="validation", type=positive_int, metavar="EPOCHS",
-                                   help="validate every EPOCHS epochs and at the end; the best PSNR is kept as "
-                                        "best.pt (default: %(default)s)")
+                                   help="validate every EPOCHS epochs and at the end; the best checkpoint (see "
+                                        "--select-by) is kept as best.pt (default: %(default)s)")
     val_every_steps: int = option(0, "--val-steps", group="validation", type=non_negative_int, metavar="N",
                                   help="also validate every N steps (0: only every --val-every epochs)")
     # checkpoints and logs
@@ -170,8 +182,11 @@ class RunConfig:
     name: str | None = option(None, "--name", group="output", type=run_name,
                               help="run name (default: <loss>-<date>-<time>)")
     save_every_steps: int = option(1000, "--save-every", group="output", type=non_negative_int, metavar="N",
-                                   help="also checkpoint every N steps, keeping the newest two (0: only each epoch) "
-                                        "(default: %(default)s)")
+                                   help="also checkpoint every N steps, keeping the newest (see --keep-steps; 0: only "
+                                        "each epoch) (default: %(default)s)")
+    keep_step_checkpoints: int = option(2, "--keep-steps", group="output", type=non_negative_int, metavar="N",
+                                        help="how many of the newest step checkpoints to keep (0: every one, to choose "
+                                             "among them later) (default: %(default)s)")
     log_every_steps: int = option(10, "--log-every", group="output", type=positive_int, metavar="N",
                                   help="log every N steps (default: %(default)s)")
     tensorboard: bool = option(True, "--no-tensorboard", group="output", action="store_false",

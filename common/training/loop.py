@@ -40,6 +40,7 @@ from ..system.signals import StopRequest
 from ..system.text import note, printable
 from ..tasks import Task, model_input
 from .checkpoint import load_weights
+from .choice import recommendation_line, sigma_choices
 from .config import ResumePlan, RunConfig, run_record
 from .devices import CapturedStep, Local, make_deterministic, rng_state, seed_everything, set_rng_state, to_device
 from .preflight import Prepared, SigmaPlan, preflight, run_is_over
@@ -117,13 +118,16 @@ def train_sigmas(p: Prepared) -> list[RunResult]:
             r = SigmaRun(p, plan, stop).train()
             results.append(r)
             if p.dist.is_main:
-                val = f", validation PSNR {r.last_val['psnr']:.2f} dB" if r.last_val else ""
+                val = f", last validation: {BestSoFar.measures(r.last_val)}" if r.last_val else ""
                 skipped = f" ({r.skipped_run} of this run's {r.steps_run} skipped as non-finite)" if r.skipped_run else ""
                 print(f"sigma {sigma:g}: {r.step} step(s){skipped}, {r.epoch} full epoch(s){val}; "
                       f"checkpoints in {printable(r.run_dir)}")
                 if r.skipped_run * 2 > r.steps_run:
                     note(f"sigma {sigma:g}: most steps were skipped as non-finite; the model trained on fewer than "
                          "half of them (see 'skipped' in metrics.jsonl)")
+    line = recommendation_line(sigma_choices(p.run_root)) if p.dist.is_main else None
+    if line:
+        print(line)
     return results
 
 
@@ -140,10 +144,46 @@ class RunResult:
     run_dir: Path
     step: int
     epoch: int
-    best_psnr: float | None
+    best_psnr: float | None   # the best validation PSNR seen (whatever kept best.pt)
     last_val: dict = field(default_factory=dict)
+    kept_val: dict = field(default_factory=dict)  # the validation of the checkpoint kept as best.pt
     steps_run: int = 0      # steps taken by this process now (a resume counts from where it started)
     skipped_run: int = 0    # of those, skipped as non-finite
+
+
+@dataclass
+class BestSoFar:
+    """A sigma's best validation so far by each measure (PSNR: higher is better; the no-reference score:
+    lower is), and the validation record of the checkpoint kept as best.pt."""
+    psnr: float | None = None
+    score: float | None = None
+    kept: dict = field(default_factory=dict)
+
+    def update(self, val: dict, select_by: str) -> bool:
+        """Take a validation's measures; whether its checkpoint is the best by ``select_by``."""
+        better_psnr = val["psnr"] is not None and (self.psnr is None or val["psnr"] > self.psnr)
+        better_score = val["score"] is not None and (self.score is None or val["score"] < self.score)
+        self.psnr = val["psnr"] if better_psnr else self.psnr
+        self.score = val["score"] if better_score else self.score
+        return better_psnr if select_by == "psnr" else better_score
+
+    def describe(self, val: dict) -> str:
+        """``PSNR 17.20 dB (input 11.69 dB, best 17.41 dB), no-reference score 0.495 (input 0.612, best 0.490)``."""
+        parts = []
+        if val["psnr"] is not None:
+            parts.append(f"PSNR {val['psnr']:.2f} dB (input {val['input_psnr']:.2f} dB, best {self.psnr:.2f} dB)")
+        if val["score"] is not None:
+            parts.append(f"no-reference score {val['score']:.3f} (input {val['input_score']:.3f}, best "
+                         f"{self.score:.3f})")
+        return ", ".join(parts)
+
+    @staticmethod
+    def measures(val: dict) -> str:
+        """``PSNR 17.20 dB, no-reference score 0.495``: what a validation measured."""
+        parts = [f"PSNR {val['psnr']:.2f} dB"] if val.get("psnr") is not None else []
+        if val.get("score") is not None:
+            parts.append(f"no-reference score {val['score']:.3f}")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -224,7 +264,8 @@ class SigmaRun:
         self.nets = Networks(p)
         self.extra_cost = extra_generator_cost(self.config.dc_weight)
         self.captured = CapturedStep(self._sot_step) if p.resolved.cuda_graphs else None
-        self.position, self.best, self.last_val = Position(), None, {}
+        self.position, self.last_val = Position(), {}
+        self.best = BestSoFar()
         self.steps_run, self.skipped_run = 0, 0  # since this process started, for the check that something trained
         skipped = 0
         if start is not None:
@@ -275,8 +316,8 @@ class SigmaRun:
             self.log.close()
         if self.main:
             self.report.final()
-        return RunResult(self.sigma, self.folder.path, pos.step, pos.epoch - 1, self.best, self.last_val,
-                         self.steps_run, self.skipped_run)
+        return RunResult(self.sigma, self.folder.path, pos.step, pos.epoch - 1, self.best.psnr, self.last_val,
+                         self.best.kept, self.steps_run, self.skipped_run)
 
     def total_steps(self) -> int:
         """The steps of this sigma's whole run: --nEpochs of full batches, or --max-steps if fewer."""
@@ -380,7 +421,9 @@ class SigmaRun:
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position) or position[0] < 1:
                 raise ValueError(f"epoch, batch and step {position} are not a position in a run")
             self.position = Position(*position)
-            self.best, skipped = ckpt.get("best_psnr"), ckpt.get("skipped_steps", 0)  # checked by read_checkpoint
+            # checked by read_checkpoint
+            self.best = BestSoFar(ckpt.get("best_psnr"), ckpt.get("best_score"), ckpt.get("best_kept") or {})
+            skipped = ckpt.get("skipped_steps", 0)
             set_rng_state(ckpt["rng"], self.p.device)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = (str(exc).splitlines() or [""])[0]
@@ -400,7 +443,8 @@ class SigmaRun:
     def _state(self) -> dict:
         pos = self.position
         return {"task": self.task.name, **self.nets.state(), "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch, "step": pos.step,
-                "sigma": float(self.sigma), "loss": self.config.cost, "best_psnr": self.best,
+                "sigma": float(self.sigma), "loss": self.config.cost, "best_psnr": self.best.psnr,
+                "best_score": self.best.score, "best_kept": self.best.kept,
                 "skipped_steps": self.nonfinite.read_total, "rng": rng_state(self.p.device), "config": self.record}
 
     def save(self, name: str, finished: bool = False) -> Path:
@@ -416,22 +460,25 @@ class SigmaRun:
     def _validate_and_keep_best(self) -> None:
         try:
             ev = evaluate(self.nets.validated, self.p.val_pairs, self.task, self.p.device,
-                          align_corners=self.config.align_corners, precision=self.p.resolved.precision, progress=False)
+                          align_corners=self.config.align_corners, precision=self.p.resolved.precision, progress=False,
+                          reference=self.p.reference)
         except NonFiniteOutput as exc:  # finite weights, non-finite output: not a model to keep or score
             raise TrainingStopped(f"sigma {self.sigma:g} step {self.position.step}: the generator's output on the "
                                   f"validation image {printable(exc.image)} holds NaN or infinite values: training "
                                   f"diverged. Last good checkpoint: {self.folder.last_good or 'none yet'}. Try a "
                                   "lower --lr or a larger --sigma.", 3) from None
         self.nets.generator.train()
-        val = {"psnr": ev.mean("psnr"), "ssim": ev.mean("ssim"), "input_psnr": ev.mean("input_psnr"),
-               "input_ssim": ev.mean("input_ssim")}
-        is_best = self.best is None or val["psnr"] > self.best
-        self.best = val["psnr"] if is_best else self.best
+        means = ev.means
+        val = {k: means.get(k) for k in ("psnr", "ssim", "input_psnr", "input_ssim", "score", "input_score")}
         step = self.position.step
-        self.log.write({"kind": "val", "step": step, "epoch": self.position.epoch, **val, "best_psnr": self.best})
-        tqdm.write(f"sigma {self.sigma:g} step {step}: validation PSNR {val['psnr']:.2f} dB "
-                   f"(input {val['input_psnr']:.2f} dB, best {self.best:.2f} dB)")
-        if is_best:
+        kept = self.best.update(val, self.p.select_by)
+        record = {"kind": "val", "step": step, "epoch": self.position.epoch, **val, "best_psnr": self.best.psnr,
+                  "best_score": self.best.score, "select_by": self.p.select_by, "kept": kept,
+                  "reference_trained_on": self.p.reference.trained_on if self.p.reference is not None else None}
+        self.log.write(record)
+        tqdm.write(f"sigma {self.sigma:g} step {step}: validation {self.best.describe(val)}")
+        if kept:
+            self.best.kept = {k: v for k, v in record.items() if k not in ("kind", "kept")}
             self.save("best.pt")
         self.last_val = val
         self.report.request()

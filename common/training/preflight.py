@@ -22,9 +22,10 @@ from ..data.loader import UnpairedH5Dataset
 from ..data.pairs import Pair, find_pairs
 from ..data.patch_file import rgb_problem
 from ..evaluation.evaluate import check_scored_apart, match_gt
+from ..evaluation.no_reference import CleanReference, reference_from_folder, reference_from_training_data
 from ..networks import Critic, Generator
 from ..system.errors import InputError
-from ..system.files import check_can_write
+from ..system.files import check_can_write, same_file
 from ..system.text import note
 from ..tasks import Task
 from .checkpoint import build_generator, check_network_memory, load_weights, read_checkpoint
@@ -57,6 +58,8 @@ class Prepared:
     pretrained: dict | None       # the --pretrained checkpoint, read and checked once
     sigmas: list[SigmaPlan]       # in the order of --sigma
     run_root: Path
+    reference: CleanReference | None = None  # what validation's no-reference score compares with
+    select_by: str | None = None  # what keeps best.pt: "psnr" or "no-reference" (None: no validation)
 
 
 def preflight(task: Task, config: RunConfig, dist, resume: ResumePlan | None) -> Prepared:
@@ -72,6 +75,7 @@ def preflight(task: Task, config: RunConfig, dist, resume: ResumePlan | None) ->
     workers = check_loader_workers(resolve_threads(config.loader_workers, device))
     dataset = check_training_data(task, config, dist)
     val_pairs = check_validation(task, config)
+    reference = check_clean_reference(config, dataset, val_pairs)
     check_network_sizes(task, config, device)
     pretrained = check_pretrained(task, config) if config.pretrained else None
     files = data_files(dataset)
@@ -84,7 +88,8 @@ def preflight(task: Task, config: RunConfig, dist, resume: ResumePlan | None) ->
     resolved = Resolved(seed=seed, device=str(device), precision=resolve_precision(config.precision, device),
                         loader_workers=workers, world_size=dist.world, trainset_files=tuple(files),
                         cuda_graphs=resolve_cuda_graphs(config, device, dist))
-    return Prepared(task, config, resolved, device, dist, dataset, val_pairs, pretrained, sigmas, run_root)
+    return Prepared(task, config, resolved, device, dist, dataset, val_pairs, pretrained, sigmas, run_root,
+                    reference, selection(config, val_pairs))
 
 
 def resolve_cuda_graphs(config: RunConfig, device: torch.device, dist) -> bool:
@@ -144,21 +149,53 @@ def check_training_data(task: Task, config: RunConfig, dist) -> UnpairedH5Datase
 
 def check_validation(task: Task, config: RunConfig) -> list[Pair] | None:
     """The validation pairs, every image read now: one that is unreadable or of the wrong size stops
-    the run before it writes anything, not at its first validation."""
+    the run before it writes anything, not at its first validation. Without --val-gt the inputs alone
+    are validated, by the no-reference score."""
     if config.val_gt and not config.val_input:
         raise InputError("--val-gt needs --val-input")
+    if config.val_clean and not config.val_input:
+        raise InputError("--val-clean is what validation's no-reference score compares with: it needs --val-input")
     if not config.val_input:
         return None
     pairs = find_pairs(config.val_input, config.val_gt)
     check_scored_apart(config.val_input, config.val_gt, pairs, ("--val-input", "--val-gt"))
     unpaired = [p.input.name for p in pairs if p.gt is None]
-    if unpaired:
-        raise InputError(f"{config.val_input}: validation needs ground truth; give --val-gt or a test set's "
-                         f"folder in a known layout (no ground truth for {', '.join(unpaired[:5])})")
+    if config.val_gt and unpaired:
+        raise InputError(f"{config.val_input}: no ground truth in {config.val_gt} for {', '.join(unpaired[:5])}"
+                         + (f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""))
     for pair in pairs:
         h, w = read_image(pair.input).shape[:2]
-        match_gt(read_image(pair.gt), (h * task.scale, w * task.scale), pair, task.scale)
+        if pair.gt is not None:
+            match_gt(read_image(pair.gt), (h * task.scale, w * task.scale), pair, task.scale)
     return pairs
+
+
+def selection(config: RunConfig, pairs: list[Pair] | None) -> str | None:
+    """What keeps best.pt: --select-by, or by default PSNR where every validation image has ground truth
+    (from --val-gt or a test set's layout) and the no-reference score where none has; None without
+    validation."""
+    if pairs is None:
+        return None
+    with_gt = all(p.gt is not None for p in pairs)
+    if config.select_by == "psnr" and not with_gt:
+        raise InputError(f"--select-by psnr keeps best.pt by validation PSNR: {config.val_input} needs ground truth "
+                         "for every image (--val-gt; without it, --select-by no-reference)")
+    return config.select_by or ("psnr" if with_gt else "no-reference")
+
+
+def check_clean_reference(config: RunConfig, dataset: UnpairedH5Dataset, pairs: list[Pair] | None) -> CleanReference | None:
+    """The clean images validation's no-reference score compares with: --val-clean, else the clean side
+    of the training set. Never the validation images or their ground truth (that would be scoring
+    against the answer)."""
+    if pairs is None:
+        return None
+    if not config.val_clean:
+        return reference_from_training_data(dataset)
+    for folder, flag in ((config.val_input, "--val-input"), (config.val_gt, "--val-gt")):
+        if folder and same_file(folder, config.val_clean):
+            raise InputError(f"--val-clean {config.val_clean} is the {flag} folder: the score would compare the "
+                             "restored images with their own inputs or answers; give clean images of their own")
+    return reference_from_folder(config.val_clean)
 
 
 def check_network_sizes(task: Task, config: RunConfig, device: torch.device) -> None:
@@ -232,7 +269,7 @@ def plan_sigmas(task: Task, config: RunConfig, run_root: Path, resume: ResumePla
     from are read now (``batches``: an epoch's, on this data): a damaged one stops the run here."""
     plan = []
     for i, sigma in enumerate(config.sigma):
-        folder = SigmaFolder(run_root / sigma_dir_name(sigma), main)
+        folder = SigmaFolder(run_root / sigma_dir_name(sigma), main, config.keep_step_checkpoints)
         given = resume.checkpoints.get(sigma) if resume is not None else None
         start, done = folder.start_point(resume is not None, given, lambda s, e: run_is_over(config, s, e))
         if resume is None and any(folder.path.glob("*.pt")):  # a new run would rotate an earlier one's

@@ -22,7 +22,6 @@ from ..system.files import atomic_write, remove_stale_temporaries, write_failure
 from ..system.text import note
 from .checkpoint import named_tensors, read_checkpoint, save_checkpoint, state_bytes
 
-KEEP_STEP_CHECKPOINTS = 2
 STEP_CHECKPOINT = re.compile(r"step-(\d{8,})\.pt")  # f"step-{step:08d}.pt"
 
 # The files a run writes, folder by folder: the only names whose temporaries are removed there
@@ -179,8 +178,9 @@ def all_finite(state_dict: dict) -> bool:
 class SigmaFolder:
     """One sigma's folder and the checkpoints in it. Only the main process writes (``main``)."""
 
-    def __init__(self, path: Path, main: bool = True):
+    def __init__(self, path: Path, main: bool = True, keep_steps: int = 2):
         self.path, self.main = Path(path), main
+        self.keep_steps = keep_steps  # step checkpoints kept, the newest (0: all of them)
         self.last_good: Path | None = None  # the newest checkpoint known to be complete
 
     def start_point(self, resumed: bool, given: Path | None, over) -> tuple[Path | None, bool]:
@@ -235,7 +235,7 @@ class SigmaFolder:
 
     def save(self, name: str, state: dict, finished: bool = False) -> Path:
         """Write checkpoint ``name`` and, unless it is best.pt, point state.json at it; never a
-        non-finite one. Step checkpoints beyond the newest two are removed."""
+        non-finite one. Step checkpoints beyond the newest ``keep_steps`` are removed."""
         path = self.path / name
         if not self.main:
             return path
@@ -252,9 +252,9 @@ class SigmaFolder:
             write_json(self.path / "state.json", {"checkpoint": name, "step": state["step"], "epoch": state["epoch"],
                                                   "sigma": state["sigma"], "finished": finished})
             self.last_good = path
-        if STEP_CHECKPOINT.fullmatch(name):  # the older ones of the names this folder gives them, nothing else
+        if STEP_CHECKPOINT.fullmatch(name) and self.keep_steps:  # the older ones of the names it gives, nothing else
             steps = sorted((int(m.group(1)), m.group(0)) for m in map(STEP_CHECKPOINT.fullmatch, os.listdir(self.path)) if m)
-            for _, old in steps[:-KEEP_STEP_CHECKPOINTS]:
+            for _, old in steps[:-self.keep_steps]:
                 (self.path / old).unlink(missing_ok=True)
         return path
 
