@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.evaluation.figures import measured_panels
 from common.evaluation.report import ResultsReport, json_for_script
 from common.system.text import printable
 
@@ -69,3 +70,14 @@ def test_the_test_report_keeps_every_name_and_field_as_text(tmp_path):
     templates = Path(__file__).resolve().parents[1] / "common" / "evaluation" / "templates"
     assert code == "\n" + (templates / "results_report.js").read_text()
     assert page.texts["style"] == ["\n" + (templates / "report.css").read_text()]
+
+
+def test_the_training_curves_draw_only_what_was_measured():
+    """Without ground truth a validation logs PSNR and SSIM as null: no empty panels for them."""
+    train = {"kind": "train", "step": 1, "w_distance": 1.0, "transport": 0.1, "gp": 2.0}
+    no_gt = {"kind": "val", "step": 5, "psnr": None, "ssim": None, "score": 0.2, "input_score": 0.3}
+    titles = [title for _, _, title in measured_panels({"sigma-1": [train, no_gt]})]
+    assert titles[0].startswith("no-reference score") and not any("PSNR" in t or "SSIM" in t for t in titles)
+    with_gt = {**no_gt, "psnr": 20.0, "ssim": 0.5}
+    assert [t for _, _, t in measured_panels({"sigma-1": [train, with_gt]})][:3] == [
+        "validation PSNR (dB)", "validation SSIM", "no-reference score (lower: closer to clean)"]

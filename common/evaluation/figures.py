@@ -83,17 +83,24 @@ def _save(fig, path: Path) -> Path:
 
 
 TRAINING_PANELS = (("val", "psnr", "validation PSNR (dB)"), ("val", "ssim", "validation SSIM"),
-                   ("val", "score", "validation no-reference score (lower: closer to clean)"),
+                   ("val", "score", "no-reference score (lower: closer to clean)"),
                    ("train", "w_distance", "critic's Wasserstein estimate"),
                    ("train", "transport", "transport cost R"), ("train", "gp", "gradient penalty"),
                    ("train", "l1", "L1 to the clean patch (supervised)"))
 
 
+def measured_panels(logs: dict[str, list[dict]]) -> tuple:
+    """The :data:`TRAINING_PANELS` whose quantity some record holds (without ground truth, validation
+    logs PSNR and SSIM as null: no empty panels for them); at least the first."""
+    panels = tuple(p for p in TRAINING_PANELS
+                   if any(r.get("kind") == p[0] and r.get(p[1]) is not None for rs in logs.values() for r in rs))
+    return panels or TRAINING_PANELS[:1]
+
+
 def training_curves(path: Path, logs: dict[str, list[dict]]) -> Path:
     """One panel per quantity over steps, one colour per sigma (``logs``: folder name -> the records of
     its metrics.jsonl); validation PSNR and SSIM with the degraded input's as a dashed grey line."""
-    panels = [p for p in TRAINING_PANELS if any(r.get("kind") == p[0] and p[1] in r for rs in logs.values() for r in rs)]
-    panels = panels or TRAINING_PANELS[:1]
+    panels = measured_panels(logs)
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = _figure(rows, cols, (4.2 * cols, 2.9 * rows))
