@@ -14,3 +14,5 @@ defaults and what its input needs before G).
 - ``system/``: the operating system as the scripts meet it (errors, the terminal, signals, files).
 - ``demo``: the demo, in one place (what it trains, its data, its verdict).
 """
+
+__version__ = "1.0.0"  # the one place: pyproject.toml reads it, checkpoints and run.json record it
