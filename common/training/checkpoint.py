@@ -466,6 +466,18 @@ def build_critic(ckpt: dict, path) -> Critic | None:
     return critic
 
 
+def trained_task(ckpt: dict):
+    """The task a checkpoint records it was trained for (a name, as the file holds it), or None: the
+    authors' files record none."""
+    return ckpt.get("task") or (ckpt.get("config") or {}).get("task")
+
+
+def trained_align_corners(ckpt: dict) -> bool:
+    """How the checkpoint's SR inputs were upsampled in training (its config's ``align_corners``): how
+    test.py upsamples them by default. False where it records nothing (docs/FIDELITY.md)."""
+    return bool((ckpt.get("config") or {}).get("align_corners", False))
+
+
 def load_generator(path: str | os.PathLike, map_location="cpu") -> Generator:
     """A :class:`Generator` in eval mode with the weights of a checkpoint of either format."""
     ckpt = read_checkpoint(path, map_location)
