@@ -13,4 +13,21 @@ defaults and what its input needs before G).
 - ``cli/``: the command lines (train.py, test.py, the shared flags, how a script ends).
 - ``system/``: the operating system as the scripts meet it (errors, the terminal, signals, files).
 - ``demo``: the demo, in one place (what it trains, its data, its verdict).
+
+From any script (after ``pip install -e .``, or with the repository on ``sys.path``): ``common.restore_image``
+restores an image with a checkpoint, and ``common.Restorer`` holds one loaded for many images
+(``evaluation/restorer.py``).
 """
+
+__version__ = "1.0.0"  # the one place: pyproject.toml reads it, checkpoints and run.json record it
+
+__all__ = ["Restorer", "restore_image", "__version__"]
+
+
+def __getattr__(name: str):
+    # loaded when first asked for: they bring torch, which the scripts' light modules (the errors, the
+    # command line's guard) do without
+    if name in ("Restorer", "restore_image"):
+        from .evaluation import restorer
+        return getattr(restorer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,9 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
+import common
 from common.cli import test as test_script
 from common.cli.flags import add_script_flags, script_parser
 from common.cli.train import parse_train_args, parse_train_command, train_main, train_parser
@@ -51,6 +53,8 @@ def test_run_json_keeps_what_was_asked_apart_from_what_the_machine_made_of_it(tm
     records 'auto' as asked and bf16 as resolved, and a resume resolves again."""
     run = small_run(tmp_path)
     record = json.loads((run / "run.json").read_text())
+    assert record["code_version"] == common.__version__  # and in its checkpoints:
+    assert torch.load(run / "sigma-10" / "last.pt", weights_only=True)["code_version"] == common.__version__
     assert record["config"]["precision"] == "auto" and record["config"]["seed"] is None
     assert record["resolved"]["precision"] == "fp32" and isinstance(record["resolved"]["seed"], int)
     record["resolved"].update(precision="bf16", device="cuda", loader_workers=4)  # as a GPU machine resolved it
@@ -222,7 +226,6 @@ def test_the_generator_width_rule_is_the_networks_own():
     """--gen-width takes exactly the widths whose generator runs: below its channel attention's reduction
     (4), a generator builds and then fails in its first forward pass (the run folder was left behind)."""
     import argparse
-    import torch
     from common.training.config import generator_width
     from common.networks import Generator
 

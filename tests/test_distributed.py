@@ -1,14 +1,19 @@
 """Training under torchrun on the CPU with gloo: two processes behave as one with the whole batch."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+from common.cli import guard
+from common.cli.train import train_main
 from common.networks import Critic, Generator
 from common.sot import make_optimizers, train_step
+from common.system.errors import InputError
 from common.training.devices import Distributed, Local
 from helpers import ROOT, small_nets, sr_trainset
 
@@ -107,11 +112,49 @@ def test_torchrun_trains_writes_once_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_batch_must_divide_among_processes(tmp_path):
+def test_batch_must_divide_among_processes_and_bad_input_is_one_line_under_torchrun(tmp_path):
+    """Every process meets the same bad input; rank 0 alone says so (each rank printed the line), and the
+    others are stopped by torchrun, which then prints its own report of the launch."""
     sr_trainset(tmp_path / "data" / "a.h5", n=8)
     result = torchrun("sr/train.py", "--trainset", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
                       "--batchSize", "3", "--max-steps", "1", "--device", "cpu", *SMALL)
-    assert result.returncode != 0 and "must divide among 2 processes" in result.stderr
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "must divide among 2 processes" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: --batchSize 3 must divide among 2 processes")
+    assert "rank      : 1 (local_rank: 1)\n  exitcode  : -15" in result.stderr  # stopped, having said nothing
+
+
+def refuse_a_folder(argv):
+    raise InputError("/nonexistent/sot: training folder not found")
+
+
+def bad_input_on_rank(rank: int, monkeypatch, capsys, wait: float, script):
+    """``script`` ending on bad input as rank ``rank`` of 2 under torchrun: (stderr, seconds taken)."""
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(guard, "OTHER_RANKS_WAIT", wait)
+    handler = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            script()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert exc.value.code == 2
+    return capsys.readouterr().err, time.monotonic() - started
+
+
+@pytest.mark.parametrize("script, line", [
+    (lambda: guard.run_guarded(refuse_a_folder, []), "error: /nonexistent/sot: training folder not found"),
+    (lambda: train_main("sr", ["--lr", "x"]), "error: argument --lr: not a number: 'x' (see sr/train.py --help)")],
+    ids=["bad input", "a flag argparse refuses"])
+def test_another_rank_says_nothing_of_bad_input_unless_torchrun_leaves_it_running(monkeypatch, capsys, script, line):
+    """Rank 0 says it at once. Another rank waits for torchrun to stop it (it does within 0.1 s of rank 0's
+    exit); bad input of its own, where rank 0 met none and it was not stopped, it says after the wait."""
+    err, took = bad_input_on_rank(0, monkeypatch, capsys, 60.0, script)
+    assert err.splitlines()[-1] == line and took < 30
+    err, took = bad_input_on_rank(1, monkeypatch, capsys, 0.3, script)
+    assert err.splitlines()[-1] == f"{line} (rank 1)" and took >= 0.3
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:

@@ -9,8 +9,8 @@ import argparse
 import textwrap
 
 from ..data.patch_file import LAYOUT_CHOICES
-from ..system.errors import EXIT_BAD_INPUT
 from ..system.text import printable
+from .guard import exit_bad_input
 
 
 # Training runs in float32 (bf16 under autocast), whose largest number is 3.4e38: a weight or rate
@@ -117,7 +117,7 @@ class OneLineParser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"error: {printable(message)} (see {self.prog} --help)\n")
+        exit_bad_input(f"error: {printable(message)} (see {self.prog} --help)")
 
 
 DEVICES = ("auto", "cuda", "cpu")

@@ -1,11 +1,14 @@
-"""How every script ends: :func:`run_guarded` turns bad input into one line and exit status 2, a
-deliberate stop into its message and its own status, and a reader that goes away into a quiet exit."""
+"""How every script ends: :func:`run_guarded` turns bad input into one line and exit status 2 (under
+torchrun, one line for all its processes), a deliberate stop into its message and its own status, and a
+reader that goes away into a quiet exit."""
 from __future__ import annotations
 
 import os
 import select
 import signal
 import sys
+import time
+from typing import NoReturn
 
 from ..system.errors import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, InputError, Interrupted, TrainingStopped
 from ..system.signals import RaiseOnStopSignals
@@ -93,10 +96,46 @@ def _run_guarded(main, argv, debug_flag: str, writes_files: bool) -> None:
     except InputError as exc:
         if debug_flag in argv:
             raise
-        close_progress_bars()
-        print(f"error: {printable(str(exc))}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        exit_bad_input(f"error: {printable(str(exc))}")
     except TrainingStopped as exc:
         close_progress_bars()
         print("\n".join(printable(line) for line in exc.lines), file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+# Under torchrun every process reads the same flags and files, so each meets the same bad input: rank 0
+# alone says so. Another rank waits this long for the launcher to stop it, which it does within its
+# monitor interval (0.1 s by default) of rank 0's exit; a rank not stopped by then met bad input of its
+# own (a file only its node lacks, a damaged patch only it read), and says so itself.
+OTHER_RANKS_WAIT = 10.0
+
+
+def launch_rank() -> int:
+    """This process's rank in a torchrun launch of several processes (its RANK); 0 for any other process."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except (KeyError, ValueError):
+        return 0
+
+
+def exit_bad_input(line: str) -> NoReturn:
+    """End the script on bad input: ``line`` (``error: ...``, printable) on stderr, exit status 2.
+
+    Under torchrun, rank 0 prints it and exits. Another rank prints nothing and waits to be stopped by
+    the launcher: torchrun stops the other processes as soon as one fails, and its report of the launch
+    then shows them stopped by SIGTERM (whatever the processes do, torchrun prints its own report and
+    exits with status 1 where any exits with another status than 0; a process that exits 0 after bad
+    input would hide the failure from it). A rank that is not stopped prints its own line, with its rank."""
+    close_progress_bars()
+    rank = launch_rank()
+    if rank:
+        _flush_stdout()
+        sys.stderr.flush()
+        try:  # the launcher's SIGTERM ends this process at once: what it had made is cleaned up already
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:  # not the main thread: the script's own handler stays
+            pass
+        time.sleep(OTHER_RANKS_WAIT)
+        line = f"{line} (rank {rank})"
+    print(line, file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)

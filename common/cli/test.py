@@ -23,7 +23,7 @@ from ..system.errors import InputError
 from ..system.files import FolderLock, StagedFolder, check_can_write, name_max, probe_file, same_file
 from ..system.text import note, printable
 from ..tasks import TASKS, Task, UPSCALERS
-from ..training.checkpoint import build_generator, read_checkpoint
+from ..training.checkpoint import build_generator, read_checkpoint, trained_align_corners, trained_task
 from ..training.devices import expose_gpus, resolve_device, resolve_precision
 from .flags import OneLineParser, common_flags, non_negative_int
 from .guard import run_guarded
@@ -121,7 +121,7 @@ def default_save_dir(task: Task, checkpoint: Path) -> Path:
 def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None:
     """A checkpoint records the task it was trained for; another task's test.py would feed it inputs
     prepared another way (an SR model expects bicubic-upsampled inputs) and score it misleadingly."""
-    trained = ckpt.get("task") or (ckpt.get("config") or {}).get("task")
+    trained = trained_task(ckpt)
     if not isinstance(trained, str) or trained == task.name:
         return
     what = f"trained for {TASKS[trained].title if trained in TASKS else repr(trained)}"
@@ -413,9 +413,7 @@ def _test(task: Task, argv: list[str]) -> None:
 def align_corners_of(args, ckpt: dict) -> bool:
     """--align-corners where given (SR), else as the checkpoint was trained."""
     align_corners = getattr(args, "align_corners", None)
-    if align_corners is None:
-        align_corners = bool((ckpt.get("config") or {}).get("align_corners", False))
-    return align_corners
+    return trained_align_corners(ckpt) if align_corners is None else align_corners
 
 
 def write_side_by_side(path: Path, ev, task: Task) -> None:

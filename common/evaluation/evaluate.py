@@ -115,7 +115,7 @@ def check_before_writing(generator: torch.nn.Module, pairs: list[Pair], task: Ta
         if device.type == "cpu":  # as evaluate() checks it, at the upsampled size before any crop
             check_cpu_memory(generator, pair.input, h * factor, w * factor, tile_overlap)
         if reference_metrics:
-            check_croppable(h * factor, w * factor, task.reference_crop, pair)
+            check_croppable(h * factor, w * factor, task.reference_crop, pair.input)
         shape = restored_size((h, w), task, prescaled, reference_metrics)
         if pair.gt is not None:
             gw, gh = image_size(pair.gt)
@@ -135,16 +135,17 @@ def upsampled_input(img: np.ndarray, task: Task, device: torch.device, align_cor
     return model_input(task, image_to_tensor(img).to(device), align_corners)
 
 
-def check_croppable(h: int, w: int, multiple: int, pair: Pair) -> None:
+def check_croppable(h: int, w: int, multiple: int, source) -> None:
     if h < multiple or w < multiple:
-        raise InputError(f"{pair.input}: {w}x{h} is smaller than the {multiple}-pixel multiple the reference's "
+        raise InputError(f"{source}: {w}x{h} is smaller than the {multiple}-pixel multiple the reference's "
                          "metrics crop to; drop --reference-metrics for this image")
 
 
-def crop_to_multiple(x: torch.Tensor, multiple: int, pair: Pair) -> torch.Tensor:
-    """Crop a 1 x C x H x W input at the bottom/right to sides that are multiples of ``multiple``."""
+def crop_to_multiple(x: torch.Tensor, multiple: int, source) -> torch.Tensor:
+    """Crop a 1 x C x H x W input at the bottom/right to sides that are multiples of ``multiple``
+    (``source``, the image's file, names it where it is smaller)."""
     h, w = x.shape[-2:]
-    check_croppable(h, w, multiple, pair)
+    check_croppable(h, w, multiple, source)
     return x[..., : h - h % multiple, : w - w % multiple]
 
 
@@ -218,14 +219,10 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
     save_dir = Path(save_dir) if save_dir is not None else None
     for pair in tqdm(pairs, desc="restoring", unit="img", disable=not progress, leave=False):
         check_interrupted()  # test.py: a stop signal whose exception was lost stops here
-        img = read_image(pair.input)
-        if device.type == "cpu":  # an image too large for memory is refused before it is upsampled
-            factor = 1 if prescaled else task.scale
-            check_cpu_memory(generator, pair.input, img.shape[0] * factor, img.shape[1] * factor, tile_overlap)
-        x = upsampled_input(img, task, device, align_corners, prescaled, upscale)
-        if reference_metrics:
-            x = crop_to_multiple(x, task.reference_crop, pair)
-        restored = restored_image(generator, x, pair, precision, tile, tile_overlap, transpose, model)
+        x, restored = restore_degraded(generator, read_image(pair.input), task, device, pair.input,
+                                       align_corners=align_corners, prescaled=prescaled, upscale=upscale,
+                                       crop=task.reference_crop if reference_metrics else 0, precision=precision,
+                                       tile=tile, tile_overlap=tile_overlap, transpose=transpose, model=model)
         unclamped = restored[0].permute(1, 2, 0).float().cpu().numpy() if reference_metrics else None
         restored = to_uint8(tensor_to_image(restored))
         if save_dir is not None:
@@ -253,7 +250,26 @@ def evaluate(generator: torch.nn.Module, pairs: list[Pair], task: Task, device: 
     return result
 
 
-def restored_image(generator: torch.nn.Module, x: torch.Tensor, pair: Pair, precision: str, tile: int | None,
+def restore_degraded(generator: torch.nn.Module, img: np.ndarray, task: Task, device: torch.device, source, *,
+                     align_corners: bool = False, prescaled: bool = False, upscale: str = "pytorch", crop: int = 0,
+                     precision: str = "fp32", tile: int | None = None, tile_overlap: int = TILE_CONTEXT,
+                     transpose: bool = False, model: str = "the generator") -> tuple[torch.Tensor, torch.Tensor]:
+    """G's input for one degraded image (H x W x 3 float in [0, 1]) and G's output on it, float32 and
+    unclamped, both 1 x 3 x H' x W' on ``device``: the input upsampled as :func:`upsampled_input` says, then
+    cropped at the bottom/right to a multiple of ``crop`` where given. ``source`` (the image's file) names
+    the image where it is refused: too large for the CPU's memory even in tiles (before it is upsampled,
+    which would take that memory already), or where G's output holds NaN or infinite values. The other
+    arguments are :func:`evaluate`'s. What test.py does to each image, and ``common.Restorer`` to one."""
+    if device.type == "cpu":
+        factor = 1 if prescaled else task.scale
+        check_cpu_memory(generator, source, img.shape[0] * factor, img.shape[1] * factor, tile_overlap)
+    x = upsampled_input(img, task, device, align_corners, prescaled, upscale)
+    if crop:
+        x = crop_to_multiple(x, crop, source)
+    return x, restored_image(generator, x, source, precision, tile, tile_overlap, transpose, model)
+
+
+def restored_image(generator: torch.nn.Module, x: torch.Tensor, source, precision: str, tile: int | None,
                    tile_overlap: int, transpose: bool, model: str) -> torch.Tensor:
     """G's output for one input (see :func:`evaluate`), refused where it holds NaN or infinite values."""
     try:
@@ -262,9 +278,9 @@ def restored_image(generator: torch.nn.Module, x: torch.Tensor, pair: Pair, prec
         else:
             restored = restore(generator, x, precision, tile, tile_overlap)
     except InputError as exc:  # the image is too large for memory: name it
-        raise InputError(f"{pair.input}: {exc}") from None
+        raise InputError(f"{source}: {exc}") from None
     if not torch.isfinite(restored).all():  # on the device, before anything is written or scored
-        raise NonFiniteOutput(model, pair.input)
+        raise NonFiniteOutput(model, source)
     return restored
 
 

@@ -1,6 +1,7 @@
 """Checkpoints: ours (state dicts, loaded with ``weights_only=True``) and the authors' (pickled modules).
 
-Our format is one dict: ``format``, ``version``, ``task``, ``arch`` (the networks' constructor
+Our format is one dict: ``format``, ``version`` (the format's), ``code_version`` (the version of this
+code that wrote it, ``common.__version__``; absent from files written before it was recorded), ``task``, ``arch`` (the networks' constructor
 arguments, so that a checkpoint alone rebuilds them), ``generator``/``critic`` state dicts, both
 optimisers, ``epoch``, ``step``, ``sigma``, ``loss``, ``best_psnr`` and ``best_score`` (the best
 validation so far by each measure), ``config`` and RNG states.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from ..networks import Critic, Generator
 from ..system.errors import InputError
 from ..system.files import atomic_write, available_memory, human_bytes, unreadable_reason
@@ -75,10 +77,10 @@ def state_bytes(value) -> int:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Atomically write a checkpoint dict of our format (``format`` and ``version`` are added).
+    """Atomically write a checkpoint dict of our format (``format``, ``version`` and ``code_version`` are added).
 
     A failed write (a full disk) raises the OSError that caused it, and the previous file is kept."""
-    state = {"format": FORMAT, "version": VERSION, **state}
+    state = {"format": FORMAT, "version": VERSION, "code_version": __version__, **state}
 
     def write(f):
         writer = _RecordingWriter(f)
@@ -292,7 +294,8 @@ def _real(v) -> bool:
 
 # What training writes in a checkpoint besides tensors, and what each must be where present: these
 # are read back on resume, in test.py's report and by --resume CKPT.
-FIELDS = {"task": (lambda v: isinstance(v, str), "text"),
+FIELDS = {"code_version": (lambda v: isinstance(v, str), "text"),
+          "task": (lambda v: isinstance(v, str), "text"),
           "loss": (lambda v: isinstance(v, str), "text"),
           "sigma": (lambda v: _real(v) and v >= 0, "a finite number, 0 or more"),
           "step": (_whole(0), "a whole number, 0 or more"),
@@ -461,6 +464,18 @@ def build_critic(ckpt: dict, path) -> Critic | None:
         raise InputError(f"{path}: the checkpoint's critic cannot be built ({exc})") from None
     load_weights(critic, ckpt["critic"], path, "critic")
     return critic
+
+
+def trained_task(ckpt: dict):
+    """The task a checkpoint records it was trained for (a name, as the file holds it), or None: the
+    authors' files record none."""
+    return ckpt.get("task") or (ckpt.get("config") or {}).get("task")
+
+
+def trained_align_corners(ckpt: dict) -> bool:
+    """How the checkpoint's SR inputs were upsampled in training (its config's ``align_corners``): how
+    test.py upsamples them by default. False where it records nothing (docs/FIDELITY.md)."""
+    return bool((ckpt.get("config") or {}).get("align_corners", False))
 
 
 def load_generator(path: str | os.PathLike, map_location="cpu") -> Generator:

@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from .. import __version__
 from ..cli.flags import (SHARED_FLAGS, decay, finite_non_negative_float, finite_positive_float, non_negative_int,
                          positive_int, run_name, seed_int, sigma_list)
 from ..networks import CHANNEL_REDUCTION, CRITIC_INITS, PAPER_WIDTHS
@@ -333,8 +334,10 @@ LEGACY_KEYS = ("trainset", "sigma", "batchSize")
 
 
 def run_record(config: RunConfig, resolved: Resolved) -> dict:
-    return {"format": RUN_FORMAT, "version": RUN_VERSION, "config": dataclasses.asdict(config),
-            "resolved": dataclasses.asdict(resolved)}
+    """run.json: the format, the version of this code that wrote it (a resume writes it again), what was asked
+    and what the machine made of it."""
+    return {"format": RUN_FORMAT, "version": RUN_VERSION, "code_version": __version__,
+            "config": dataclasses.asdict(config), "resolved": dataclasses.asdict(resolved)}
 
 
 def read_run(path: Path, task: Task) -> tuple[RunConfig, dict]:
