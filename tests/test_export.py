@@ -2,6 +2,8 @@
 only where the user asked for it."""
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import onnx
@@ -11,7 +13,7 @@ import torch
 
 from common.cli.test import test_main as run_test_script
 from common.tasks import TASKS, model_input
-from helpers import generator_checkpoint, tiny_generator
+from helpers import ROOT, generator_checkpoint, tiny_generator
 
 
 def export(capsys, task: str, *argv: str) -> tuple[int, str, str]:
@@ -60,10 +62,16 @@ def test_export_runs_in_onnxruntime_as_in_pytorch(tmp_path, capsys):
     assert sorted(p.name for p in path.parent.iterdir()) == ["g.onnx"]  # no temporary left beside it
 
 
+def documented_use() -> str:
+    """docs/TESTING.md's example of the file's use from Python."""
+    text = (ROOT / "docs" / "TESTING.md").read_text()
+    return next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "InferenceSession" in block)
+
+
 @pytest.mark.slow
-def test_authors_checkpoint_exports_with_the_upsampling_inside(tmp_path, capsys, authors_checkpoint):
+def test_authors_checkpoint_exports_with_the_upsampling_inside(tmp_path, capsys, authors_checkpoint, monkeypatch):
     ckpt, net_g, _ = authors_checkpoint
-    path = tmp_path / "authors.onnx"
+    path = tmp_path / "sr_x4.onnx"
     path.write_bytes(b"an earlier export")
     code, out, err = export(capsys, "sr", "--checkpoint", str(ckpt), "--export-onnx", str(path), "--overwrite")
     assert code == 0, err
@@ -75,6 +83,10 @@ def test_authors_checkpoint_exports_with_the_upsampling_inside(tmp_path, capsys,
     got = run_onnx(path, x)
     assert got.shape == (1, 3, 36, 52)
     assert np.abs(got - expected).max() < 1e-5
+    monkeypatch.chdir(tmp_path)  # the documented use restores photo.png into restored.png, 4x larger
+    cv2.imwrite("photo.png", (x[0].permute(1, 2, 0).numpy()[..., ::-1] * 255).round().astype(np.uint8))
+    exec(documented_use(), {})
+    assert cv2.imread("restored.png").shape == (36, 52, 3)
 
 
 def refusal_case(tmp_path, case: str) -> tuple[list[str], str]:
@@ -108,3 +120,4 @@ def test_export_refused_in_one_line_before_any_work(tmp_path, capsys, case):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and fragment in err, err
     assert {p.name: p.read_bytes() if p.is_file() else None for p in tmp_path.iterdir()} == before
+
