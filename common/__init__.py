@@ -9,7 +9,8 @@ defaults and what its input needs before G).
   patch files (their format, building them, inspecting them, loading them for training).
 - ``training/``: a training run, in the order it happens: its configuration, the checks before
   anything is written, the loop, checkpoints, the run folder, devices.
-- ``evaluation/``: restoring images and measuring them (inference, metrics, figures, reports).
+- ``evaluation/``: restoring images and measuring them (inference, metrics, figures, reports), and the
+  generator as an ONNX file.
 - ``cli/``: the command lines (train.py, test.py, the shared flags, how a script ends).
 - ``system/``: the operating system as the scripts meet it (errors, the terminal, signals, files).
 - ``demo``: the demo, in one place (what it trains, its data, its verdict).

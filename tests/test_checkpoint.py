@@ -107,6 +107,20 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+def test_atomic_write_without_replace_keeps_a_file_that_appeared_meanwhile(tmp_path):
+    path = tmp_path / "g.onnx"
+
+    def meanwhile(f):  # the user's own file appears while ours is written
+        f.write(b"ours")
+        path.write_bytes(b"the user's")
+
+    with pytest.raises(FileExistsError):
+        atomic_write(path, meanwhile, replace=False)
+    assert path.read_bytes() == b"the user's" and [p.name for p in tmp_path.iterdir()] == ["g.onnx"]
+    atomic_write(tmp_path / "new.onnx", lambda f: f.write(b"ours"), replace=False)
+    assert (tmp_path / "new.onnx").read_bytes() == b"ours" and len(list(tmp_path.iterdir())) == 2
+
+
 @pytest.mark.slow
 def test_dehazing_continues_from_an_authors_checkpoint_with_its_critic(authors_checkpoint, tmp_path):
     """The authors' dehazing/ folder ships sr/'s network file: a critic 640 wide (18,922,305 weights).

@@ -144,3 +144,10 @@ def test_benchmark_quick_runs():
     out = result.stdout
     assert "| reference structure, fp32 |" in out and "x reference" in out and "MPix / s" in out
     assert "loader alone" in out
+
+
+@pytest.mark.slow
+def test_onnx_benchmark_quick_runs():
+    result = run_script("bench/onnx_speed.py", "--quick", "--size", "16", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| 8/8 (8/8) | 1 | 16x16 |" in result.stdout and "onnxruntime speed vs PyTorch" in result.stdout

@@ -18,9 +18,11 @@ from ..evaluation.inference import MIN_TILE, TILE_CONTEXT
 from ..evaluation.metrics import LPIPS
 from ..evaluation.no_reference import (CleanReference, reference_from_folder, reference_from_training_data,
                                        score_reliability)
+from ..evaluation.onnx_export import ExportedGenerator, check_export_path, describe, export_onnx
 from ..evaluation.report import ASSETS as REPORT_FOLDER, ASSET_NAME, ResultsReport
 from ..system.errors import InputError
-from ..system.files import FolderLock, StagedFolder, check_can_write, name_max, probe_file, same_file
+from ..system.files import (FolderLock, StagedFolder, check_can_write, human_bytes, name_max, probe_file,
+                            same_file)
 from ..system.text import note, printable
 from ..tasks import TASKS, Task, UPSCALERS
 from ..training.checkpoint import build_generator, read_checkpoint, trained_align_corners, trained_task
@@ -57,7 +59,8 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"examples:\n  python {task.name}/test.py --demo\n"
                f"  python {task.name}/test.py --checkpoint CKPT --input DEGRADED/ --gt CLEAN/ --save results/\n"
-               f"  python {task.name}/test.py --checkpoint CKPT --input MY_PHOTOS/")
+               f"  python {task.name}/test.py --checkpoint CKPT --input MY_PHOTOS/\n"
+               f"  python {task.name}/test.py --checkpoint CKPT --export-onnx G.onnx")
     p.add_argument("--checkpoint", "--model", default=None, metavar="CKPT", help="checkpoint file to test")
     p.add_argument("--input", default=None, metavar="DIR", help="folder of degraded images"
                    + (" (low-resolution; upsampled x4 bicubic before G)" if task.scale > 1 else
@@ -69,7 +72,8 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
                         "<that>-2, -3, ... where earlier results are); never the --input or --gt folder")
     p.add_argument("--overwrite", action="store_true",
                    help="replace earlier results in the results folder that have the names this run writes "
-                        "(default: refused with --save; without it, a new numbered folder is used)")
+                        "(default: refused with --save; without it, a new numbered folder is used); with "
+                        "--export-onnx, the file of that name")
     p.add_argument("--any-task", action="store_true",
                    help=f"test a checkpoint trained for another task with {task.name}'s conventions (default: "
                         "refused, naming the checkpoint's task)")
@@ -108,6 +112,12 @@ def test_parser(task: Task) -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="test the newest demo checkpoint on the demo's held-out photographs (not its "
                         "validation ones, which chose the checkpoint)")
+    p.add_argument("--export-onnx", default=None, metavar="FILE.onnx",
+                   help="write the checkpoint's generator as ONNX instead (onnxruntime, OpenCV's dnn, chaiNNer: "
+                        "any batch, height and width; RGB in [0, 1] in and out"
+                        + (f"; it upsamples the low-resolution input x{task.scale} itself unless --prescaled"
+                           if task.scale > 1 else "")
+                        + "), checked against PyTorch with onnxruntime first; see docs/TESTING.md")
     common_flags(p)
     return p
 
@@ -354,8 +364,60 @@ def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: 
     return facts + [("date", time.strftime("%Y-%m-%d %H:%M:%S"))]
 
 
+# What --export-onnx reads of the flags, and the values it takes of the others it reads: any other flag
+# given is refused rather than ignored
+EXPORT_FLAGS = {"checkpoint", "export_onnx", "overwrite", "any_task", "prescaled", "align_corners", "transpose",
+                "demo", "out", "debug", "help"}
+EXPORT_VALUES = {
+    "upscale": ("pytorch", "the ONNX file upsamples with PyTorch's bicubic kernel, which ONNX's Resize computes; "
+                           "give --prescaled and upsample the inputs with MATLAB's imresize before the file"),
+    "precision": ("fp32", "the ONNX file computes in float32"),
+    "device": ("cpu", "the export runs on the CPU (onnxruntime runs the file on the devices it has)"),
+}
+
+
+def check_export_flags(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse, naming it, a flag --export-onnx would not use."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in EXPORT_FLAGS or value == action.default:
+            continue
+        allowed, why = EXPORT_VALUES.get(action.dest, (None, "--export-onnx writes the file and restores no image; "
+                                                             "leave it out"))
+        if value != allowed:
+            shown = "" if isinstance(value, bool) else f" {value}"
+            raise InputError(f"{action.option_strings[0]}{shown}: {why}")
+
+
+def export(task: Task, args, parser: argparse.ArgumentParser) -> None:
+    """--export-onnx: the checkpoint's generator as an ONNX file (common.evaluation.onnx_export)."""
+    check_export_flags(parser, args)
+    if args.demo:
+        args.checkpoint = args.checkpoint or str(newest_demo_checkpoint(Path(args.out), task))
+    if not args.checkpoint:
+        raise InputError("give --checkpoint (or --demo): the checkpoint whose generator --export-onnx writes")
+    checkpoint, path = Path(args.checkpoint), Path(args.export_onnx)
+    check_export_path(path, args.overwrite, checkpoint)
+    ckpt = read_checkpoint(checkpoint)
+    check_task(ckpt, task, checkpoint, args.any_task)
+    generator = build_generator(ckpt, checkpoint).eval()
+    model = ExportedGenerator(generator, task, upsample=task.scale > 1 and not getattr(args, "prescaled", False),
+                              align_corners=align_corners_of(args, ckpt), transpose=args.transpose)
+    started = time.monotonic()
+    check = export_onnx(model, path, args.overwrite)
+    sizes = " and ".join(f"{n} x {w}x{h}" if n > 1 else f"{w}x{h}" for n, h, w in check.sizes)
+    print(f"wrote {printable(path)} ({human_bytes(path.stat().st_size)}, {time.monotonic() - started:.0f} s): the "
+          f"generator of {printable(checkpoint)} as ONNX, checked against PyTorch with {check.runtime} on {sizes} "
+          f"inputs: largest difference {check.max_difference:.1e} (float32 round-off)")
+    for line in describe(model):
+        print(f"  {line}")
+
+
 def _test(task: Task, argv: list[str]) -> None:
-    args = test_parser(task).parse_args(argv)
+    parser = test_parser(task)
+    args = parser.parse_args(argv)
+    if args.export_onnx:
+        return export(task, args, parser)
     if args.demo:
         args.checkpoint = args.checkpoint or str(newest_demo_checkpoint(Path(args.out), task))
         paths = demo_paths(demo_root(args.out, task))

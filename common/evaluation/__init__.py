@@ -5,4 +5,5 @@ verdict share.
 PSNR, SSIM and LPIPS, ``evaluate`` restores a list of pairs and scores them, ``restorer`` restores one
 image from any script (``common.restore_image``, ``common.Restorer``), ``figures`` draws the
 pictures (side by side, samples, curves) and ``report`` renders the report pages from ``templates/``.
+``onnx_export`` writes the generator as an ONNX file for use outside Python (``test.py --export-onnx``).
 """

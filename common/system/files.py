@@ -501,11 +501,12 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
+def atomic_write(path: str | os.PathLike, write, replace: bool = True) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it into place.
 
     If anything fails (a full disk, a kill), the previous file at ``path`` is untouched and the
-    temporary file is removed where possible.
+    temporary file is removed where possible. ``replace=False``: an entry found at ``path`` (one that
+    appeared since the caller checked) is kept, and FileExistsError raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -515,7 +516,10 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _move_if_absent(tmp, path)
     except BaseException:
         try:
             tmp.unlink()
@@ -523,6 +527,21 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             pass
         raise
     fsync_folder(path.parent)
+
+
+def _move_if_absent(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` unless an entry is there (FileExistsError): a hard link fails rather
+    than replace one; where the file system makes none, ``path`` is checked just before the rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system (FAT, some network mounts)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def free_bytes(path: str | os.PathLike) -> int | None:
