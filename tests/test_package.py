@@ -102,11 +102,12 @@ def requirement_lines(text: str) -> list[str]:
 
 
 def test_pyproject_holds_the_requirements_lower_bounds_exactly():
-    """requirements.txt stays for the README's command; pyproject.toml's dependencies and test extra are
-    the same lines, and the version is common.__version__'s."""
+    """requirements.txt stays for the README's command; pyproject.toml's dependencies and its onnx and test
+    extras are the same lines, and the version is common.__version__'s."""
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    declared = project["dependencies"] + extras["onnx"] + extras["test"]
     assert sorted(declared) == sorted(requirement_lines((ROOT / "requirements.txt").read_text()))
     assert all(">=" in r and "<" not in r for r in declared)  # lower bounds only
     assert project["dynamic"] == ["version"]
