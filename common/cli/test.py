@@ -121,6 +121,9 @@ def default_save_dir(task: Task, checkpoint: Path) -> Path:
 def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None:
     """A checkpoint records the task it was trained for; another task's test.py would feed it inputs
     prepared another way (an SR model expects bicubic-upsampled inputs) and score it misleadingly."""
+    if ckpt.get("format") == "authors":
+        note_authors_task(ckpt, task, checkpoint)
+        return
     trained = ckpt.get("task") or (ckpt.get("config") or {}).get("task")
     if not isinstance(trained, str) or trained == task.name:
         return
@@ -130,6 +133,20 @@ def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None
         raise InputError(f"{checkpoint}: {what}, not for {task.title}; {hint}give --any-task to test it "
                          f"here with {task.name}'s conventions anyway")
     note(f"{checkpoint}: {what}; tested as {task.title} as --any-task asks")
+
+
+def note_authors_task(ckpt: dict, task: Task, checkpoint: Path) -> None:
+    """The authors' files record no task, but their critic's hidden layer is 64 wide in their deraining
+    models and 640 in their SR and dehazing ones (docs/METHOD.md, "Critic"): a file whose critic is not
+    this task's width was trained for another task, most likely, and is tested here with a note."""
+    hidden = ((ckpt.get("arch") or {}).get("critic") or {}).get("hidden")
+    if hidden is None or hidden == task.critic_hidden:  # no critic in the file, or this task's: nothing to tell
+        return
+    others = [t for t in TASKS.values() if t.critic_hidden == hidden]
+    whose = f"that of their {' and '.join(t.title for t in others)} models, not" if others else "not that"
+    note(f"{checkpoint}: the authors' files record no task, but this one's critic (a {hidden}-wide hidden layer) is "
+         f"{whose} of their {task.title} ones ({task.critic_hidden}): tested as {task.title} all the same"
+         + (f"; {' or '.join(f'{t.name}/test.py' for t in others)} would test it as trained" if others else ""))
 
 
 def check_roles(args, pairs: list, save_dir: Path) -> None:
