@@ -127,7 +127,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     names = [n for n in args.filter.split(",") if n]
     if args.from_junit:
-        results, runner = from_junit(Path(args.from_junit), Path(args.log) if args.log else None), "pytest"
+        junit, log = Path(args.from_junit), Path(args.log) if args.log else None
+        if not junit.is_file() and not (log and log.is_file()):  # nothing to read: not "0 passed, 0 failed"
+            print(f"error: {junit}: no such file, and " + (f"the --log {log} is missing too" if log else
+                  "no --log of pytest -v's output to read the outcomes from instead"), file=sys.stderr)
+            return 2
+        results, runner = from_junit(junit, log), "pytest"
     else:
         results, runner = run_tests(names, args.no_pytest), "bench/run_cuda_tests.py"
     counts = {k: sum(r["outcome"] == k for r in results) for k in ("passed", "failed", "skipped")}

@@ -242,7 +242,7 @@ HELDOUT_PHOTOS = ("chelsea", "camera", "brick")  # validation: they choose best.
 WIDER_PHOTOS = ("clock", "coins", "grass", "gravel", "moon", "retina", "cell", "page", "text",
                 "matplotlib:grace_hopper.jpg")
 HELDOUT_SIDE = 256  # centre crops keep CPU validation quick
-DEMO_STRIDE = 32    # overlapping 128x128 patches: about 1,100 a side
+DEMO_STRIDE = 32    # overlapping 128x128 patches: 1,555 a side
 DEMO_SEED = 2024
 DEMO_DATA_VERSION = 3  # bumped when the demo's data change, so that an older cached set is rebuilt
 LAST_STEP_SLACK = 0.3  # dB the last step may lie below the input before the demo counts as failed

@@ -328,10 +328,18 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.copy_photos:
         import shutil
+        source = Path(args.opencv_doc)
+        found = [n for n in OPENCV_PHOTOS if (source / n).is_file()]
+        if not found:  # without opencv-doc it copied none, and said only "copied 0 photographs"
+            raise SystemExit(f"{source}: none of the {len(OPENCV_PHOTOS)} opencv-doc photographs the study uses is "
+                             "there (Debian's opencv-doc package puts them there; --opencv-doc DIR names another "
+                             "folder); nothing copied")
         Path(args.copy_photos).mkdir(parents=True, exist_ok=True)
-        copied = [shutil.copy2(Path(args.opencv_doc) / n, args.copy_photos) for n in OPENCV_PHOTOS
-                  if (Path(args.opencv_doc) / n).is_file()]
-        print(f"copied {len(copied)} photographs to {args.copy_photos}")
+        for name in found:
+            shutil.copy2(source / name, args.copy_photos)
+        missing = [n for n in OPENCV_PHOTOS if n not in found]
+        print(f"copied {len(found)} of {len(OPENCV_PHOTOS)} photographs to {args.copy_photos}"
+              + (f" (not in {source}: {', '.join(missing)})" if missing else ""))
         return
     task = TASKS[args.task]
     if args.null_space and task.scale == 1:

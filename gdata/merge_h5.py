@@ -8,9 +8,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.cli.flags import add_script_flags, positive_int, script_parser, seed_int  # noqa: E402
 from common.cli.guard import run_guarded  # noqa: E402
 from common.data import building  # noqa: E402
+from common.data.images import some_names  # noqa: E402
 from common.data.patch_file import DTYPES  # noqa: E402
 from common.system.errors import InputError  # noqa: E402
-from common.system.text import printable  # noqa: E402
+from common.system.files import same_file  # noqa: E402
+from common.system.text import note, printable  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -19,8 +21,9 @@ examples:
   python gdata/merge_h5.py --data rainy.h5 --label clean.h5 --out data/rain/train.h5
   # several files on one side are concatenated first
   python gdata/merge_h5.py --data rainy_a.h5 rainy_b.h5 --label clean.h5 --out data/rain/train.h5 --seed 1
-  # concatenate whole files ('data' with 'data', 'label' with 'label')
-  python gdata/merge_h5.py --concat part1.h5 part2.h5 part3.h5 --out data/rain/all.h5
+  # concatenate whole files ('data' with 'data', 'label' with 'label'), into a folder of their own:
+  # training reads every .h5 of a folder (data/rain/ would then train on train.h5 too)
+  python gdata/merge_h5.py --concat part1.h5 part2.h5 part3.h5 --out data/rain_all/train.h5
 """
 
 
@@ -61,6 +64,11 @@ def main(argv):
     else:
         raise InputError("give --data FILE.h5 ... and --label FILE.h5 ..., or --concat FILE.h5 ...")
     print(f"wrote {printable(args.out)}: " + ", ".join(f"{name} {n} patches" for name, n in counts.items()))
+    beside = [f for f in sorted(Path(args.out).parent.glob("*.h5")) if not same_file(f, args.out)]
+    if beside:  # training on the folder reads them all: the sources' patches, or another set, twice over
+        note(f"{Path(args.out).parent}: holds {len(beside)} other .h5 file(s) beside {Path(args.out).name} "
+             f"({some_names(beside)}); training on this folder reads every .h5 in it, those too: give --trainset "
+             f"{args.out} itself, or move it to a folder of its own")
 
 
 if __name__ == "__main__":

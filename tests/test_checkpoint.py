@@ -6,7 +6,8 @@ from common.networks import Critic, Generator
 from common.system.errors import InputError
 from common.system.files import atomic_write
 from common.training.checkpoint import load_generator, read_checkpoint, save_checkpoint
-from helpers import ShellPayload, run_script, write_h5
+from common.cli.test import test_main as run_test_script
+from helpers import ShellPayload, run_script, write_h5, write_photos
 
 
 @pytest.mark.slow
@@ -143,3 +144,24 @@ def test_dehazing_continues_from_an_authors_checkpoint_with_its_critic(authors_c
     assert not torch.equal(ckpt["critic"]["fc1.weight"], net_d.fc1.weight.detach())  # it trained from theirs
     config = json.loads((tmp_path / "runs" / "dehazing" / "from-authors" / "sigma-10" / "config.json").read_text())
     assert config["pretrained"] == str(path)
+
+
+@pytest.mark.slow
+def test_an_authors_file_through_another_tasks_test_py_gets_a_note(tmp_path, authors_module, capsys):
+    """Their files record no task; their critic's hidden layer (64 in deraining, 640 in SR and
+    dehazing) tells a deraining model from the others, and another task's test.py says so."""
+    torch.manual_seed(0)
+    path = tmp_path / "derain.pth"
+    torch.save({"epoch": 100, "model": authors_module._NetG(n_feat=8, s=8), "discr": authors_module._NetD(hidden=64)},
+               path)
+    write_photos(tmp_path / "in", ["a.png"], side=8)
+    argv = ["--checkpoint", str(path), "--input", str(tmp_path / "in"), "--device", "cpu", "--no-report",
+            "--no-score"]
+    run_test_script("deraining", [*argv, "--save", str(tmp_path / "derained")])
+    assert "note: " not in capsys.readouterr().err
+    run_test_script("sr", [*argv, "--save", str(tmp_path / "sr")])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {path}: the authors' files record no task, but this one's critic (a 64-wide hidden "
+                     "layer) is that of their deraining models, not of their x4 super-resolution ones (640): tested "
+                     "as x4 super-resolution all the same; deraining/test.py would test it as trained"]
+    assert (tmp_path / "sr" / "a.png").is_file()

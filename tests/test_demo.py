@@ -9,6 +9,7 @@ from common.data.patch_file import cut_patches
 from common.demo import (DEMO_STRIDE, HELDOUT_PHOTOS, TRAIN_PHOTOS, WIDER_PHOTOS, WiderScore, build_demo_data,
                          centre_crop, demo_verdict, load_photo, photo_name)
 from common.tasks import TASKS
+from helpers import ROOT
 
 
 def raw_photo(name: str) -> np.ndarray:
@@ -117,6 +118,18 @@ def test_the_rain_and_haze_demo_files_follow_their_physical_models(tmp_path, haz
     far = coloured & (t < 0.8)
     airlight = offset[far] / (1 - t[far])
     assert 0.68 < airlight.min() and airlight.max() < 1.0
+
+
+@pytest.mark.slow
+def test_the_demo_files_patch_count_is_the_one_stated(haze_demo):
+    """common/demo.py said 'about 1,100' patches a side and docs/TRAINING.md 'about 1,500': there are 1,555."""
+    with h5py.File(haze_demo["trainset"] / "demo.h5") as f:
+        count = len(f["label"])
+        assert len(f["data"]) == count
+    source = (ROOT / "common" / "demo.py").read_text()
+    training = " ".join((ROOT / "docs" / "TRAINING.md").read_text().split())
+    assert f"DEMO_STRIDE = {DEMO_STRIDE}    # overlapping 128x128 patches: {count:,} a side" in source
+    assert f"(128x128 at stride {DEMO_STRIDE}, {count:,} a side)" in training
 
 
 @pytest.mark.slow

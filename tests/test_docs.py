@@ -115,3 +115,14 @@ def test_ci_runs_exactly_the_readmes_test_command():
     blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
     test_command = next(b.strip() for b in blocks if "pytest" in b)
     assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == test_command
+
+
+def test_what_the_code_uses_where_installed_is_in_the_requirements():
+    """Training writes TensorBoard logs only where the package is found (importlib's find_spec), and
+    docs/TRAINING.md documents them: tensorboard was in no requirements, so the logs never appeared."""
+    looked_for = {name for path in (ROOT / "common").rglob("*.py")
+                  for name in re.findall(r"find_spec\(\"([\w.]+)\"\)", path.read_text())}
+    required = {re.split(r"[<>=~!\s#\[]", line.strip(), maxsplit=1)[0].lower()
+                for line in (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    assert looked_for and looked_for <= required, looked_for - required
+

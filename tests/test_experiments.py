@@ -90,6 +90,24 @@ def test_quick_study_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert [step for step, _ in curve] == [1, 2, 3, 4, 5, 6]
 
 
+def test_copy_photos_without_opencv_doc_refuses_and_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    """--copy-photos copied 0 photographs without a word where opencv-doc is not installed."""
+    study = experiment("compare_costs", monkeypatch)
+    with pytest.raises(SystemExit) as refused:
+        study.main(["--copy-photos", str(tmp_path / "copy"), "--opencv-doc", str(tmp_path / "no-opencv-doc")])
+    assert str(refused.value) == (f"{tmp_path / 'no-opencv-doc'}: none of the 25 opencv-doc photographs the study "
+                                  "uses is there (Debian's opencv-doc package puts them there; --opencv-doc DIR "
+                                  "names another folder); nothing copied")
+    assert not (tmp_path / "copy").exists()
+    (tmp_path / "some").mkdir()
+    for name in study.OPENCV_PHOTOS[:-1]:
+        (tmp_path / "some" / name).write_bytes(b"")
+    study.main(["--copy-photos", str(tmp_path / "copy"), "--opencv-doc", str(tmp_path / "some")])
+    assert capsys.readouterr().out == (f"copied 24 of 25 photographs to {tmp_path / 'copy'} "
+                                       f"(not in {tmp_path / 'some'}: HappyFish.jpg)\n")
+    assert len(list((tmp_path / "copy").iterdir())) == 24
+
+
 def experiment(name: str, monkeypatch):
     """An experiments/ script as a module; sys.path is put back afterwards (the script adds the
     repository root to it, as it must when run from the shell)."""

@@ -2,7 +2,9 @@
 import importlib.util
 import math
 import os
+import re
 import tracemalloc
+from pathlib import Path
 
 import cv2
 import h5py
@@ -336,6 +338,27 @@ def gdata_main(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+def test_merge_h5_says_when_its_output_shares_a_folder_with_other_training_files(tmp_path, capsys):
+    """--help's '--concat part1.h5 ... --out data/rain/all.h5' left all.h5 beside data/rain/train.h5, and
+    training on data/rain/ then read both; the concatenation beside its own parts reads each patch twice."""
+    parts = tmp_path / "parts"
+    a = write_h5(parts / "a.h5", indexed(3, 4), indexed(2, 8, 50))
+    b = write_h5(parts / "b.h5", indexed(1, 4, 10), indexed(1, 8, 60))
+    merge = gdata_main("merge_h5")
+    merge(["--concat", str(a), str(b), "--out", str(parts / "all.h5"), "--quiet"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {parts}: holds 2 other .h5 file(s) beside all.h5 (a.h5, b.h5); training on this folder "
+                     f"reads every .h5 in it, those too: give --trainset {parts / 'all.h5'} itself, or move it to a "
+                     "folder of its own"]
+    merge(["--concat", str(a), str(b), "--out", str(tmp_path / "all" / "train.h5"), "--quiet"])
+    merge(["--concat", str(a), "--out", str(tmp_path / "all" / "train.h5"), "--quiet"])  # replaced: no other file
+    assert "note: " not in capsys.readouterr().err
+    text = (ROOT / "gdata" / "merge_h5.py").read_text()  # --help's --concat example: a folder of its own
+    concat_out = re.search(r"--concat [^\n]*--out (\S+)", text).group(1)
+    others = re.findall(r"--data [^\n]*--out (\S+)", text)
+    assert others and all(Path(concat_out).parent != Path(o).parent for o in others)
 
 
 def test_a_missing_file_is_not_called_a_missing_folder(tmp_path):

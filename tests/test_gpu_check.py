@@ -95,3 +95,22 @@ def test_without_pytest_a_part_out_of_time_does_not_stop_the_rest(tmp_path):
     assert tests["runner"] == "bench/run_cuda_tests.py"
     assert sorted(t["name"] for t in tests["tests"] if t["outcome"] == "passed") == [
         "test_channels_last_on_and_off_agree", "test_tiled_inference_matches_untiled"]
+
+
+def test_from_junit_without_the_file_is_one_line_and_status_2(tmp_path, capsys):
+    """--from-junit on a file that is not there printed '0 passed, 0 failed, 0 skipped'."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_cuda_tests", ROOT / "bench" / "run_cuda_tests.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    missing = tmp_path / "junit.xml"
+    assert runner.main(["--from-junit", str(missing), "--json", str(tmp_path / "out.json")]) == 2
+    assert capsys.readouterr() == ("", f"error: {missing}: no such file, and no --log of pytest -v's output to read "
+                                       "the outcomes from instead\n")
+    assert runner.main(["--from-junit", str(missing), "--log", str(tmp_path / "pytest.log")]) == 2
+    assert capsys.readouterr().err == f"error: {missing}: no such file, and the --log {tmp_path / 'pytest.log'} is missing too\n"
+    assert not (tmp_path / "out.json").exists()
+    (tmp_path / "pytest.log").write_text("tests/test_cuda.py::test_a PASSED\n")  # pytest killed: the log is read
+    assert runner.main(["--from-junit", str(missing), "--log", str(tmp_path / "pytest.log")]) == 0
+    assert capsys.readouterr().out == "1 passed, 0 failed, 0 skipped\n"

@@ -4,12 +4,26 @@ import torch
 import torch.nn.functional as F
 
 from common.networks import Critic, Generator, count_parameters, project_off_low_res
+from helpers import ROOT
 
 
 def test_parameter_counts_at_real_sizes():
     assert count_parameters(Generator()) == 4_592_721
     assert count_parameters(Critic(hidden=640)) == 18_922_305
     assert count_parameters(Critic(hidden=64)) == 14_202_561
+
+
+def test_the_docs_count_the_parameters_in_use_as_the_code_does():
+    """docs/METHOD.md and docs/FIDELITY.md said 4,592,721 parameters in use: that counted SAM's two
+    frozen convolutions (6,640 weights), which the forward never reads."""
+    g = Generator()
+    in_use = sum(p.numel() for p in g.parameters() if p.requires_grad)
+    frozen = count_parameters(g) - in_use
+    assert (in_use, frozen) == (4_586_081, 6_640)
+    for page in ("METHOD.md", "FIDELITY.md"):
+        text = " ".join((ROOT / "docs" / page).read_text().split())
+        assert f"{in_use:,} parameters in use" in text.replace("are in use", "in use"), page
+        assert f"{frozen:,}" in text and f"{count_parameters(g):,}" in text, page
 
 
 def test_one_shared_prelu():

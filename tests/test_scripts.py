@@ -1,19 +1,22 @@
 """The task scripts end to end, as subprocesses, the way a user runs them."""
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
 from common.data.images import read_image
-from common.demo import TASK_DEMOS, WIDER_PHOTOS, photo_name
+from common.demo import HELDOUT_PHOTOS, TASK_DEMOS, WIDER_PHOTOS, photo_name
 from common.tasks import TASKS
-from helpers import run_script
+from helpers import ROOT, run_script
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["sr", "deraining", "dehazing"])
 def test_demo_train_then_test(tmp_path, task):
     spec = TASKS[task]
-    out = tmp_path / "ckpt"
+    out = tmp_path / "checkpoints"  # test.py's default --out, from tmp_path
     # dehazing's keeps best.pt without looking at the ground truth; its verdict still scores it with it
     select = ["--select-by", "no-reference"] if task == "dehazing" else []
     train = run_script(f"{task}/train.py", "--demo", "--max-steps", "2", "--batchSize", "2", "--out", str(out),
@@ -51,6 +54,16 @@ def test_demo_train_then_test(tmp_path, task):
     csv_lines = (save / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("name,psnr,ssim,lpips,input_psnr") and csv_lines[-1].startswith("mean,")
     assert csv_lines[0].endswith(",score,input_score") and "no-reference score of the images together" in test.stdout
+
+    if task == "dehazing":  # the README's picture: the command under it writes it, of the 3 validation photographs
+        caption = re.search(r"\(`python (dehazing/test\.py [^`]*)`\s+writes this picture", (ROOT / "README.md").read_text())
+        script, *argv = caption.group(1).split()
+        readme = subprocess.run([sys.executable, str(ROOT / script), *argv, "--no-lpips", "--no-score", "--no-report"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert readme.returncode == 0, readme.stderr[-3000:]
+        results = next((tmp_path / "results" / "dehazing").iterdir())
+        assert sorted(p.name for p in results.glob("*.png")) == sorted([f"{n}.png" for n in HELDOUT_PHOTOS]
+                                                                        + ["side_by_side.png"])
 
     if task == "sr":  # a demo that stopped part-way resumes as one, and gives its verdict at the end
         from common.training.config import read_run

@@ -14,7 +14,7 @@ from ..demo import demo_paths, demo_root, newest_demo_checkpoint
 from ..evaluation.evaluate import (check_before_writing, check_scored_apart, evaluate, format_row, gain_summary,
                                    score_summary)
 from ..evaluation.figures import side_by_side
-from ..evaluation.inference import MIN_TILE, TILE_CONTEXT
+from ..evaluation.inference import MIN_TILE, TILE_CONTEXT, tiled_work
 from ..evaluation.metrics import LPIPS
 from ..evaluation.no_reference import (CleanReference, reference_from_folder, reference_from_training_data,
                                        score_reliability)
@@ -131,6 +131,9 @@ def default_save_dir(task: Task, checkpoint: Path) -> Path:
 def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None:
     """A checkpoint records the task it was trained for; another task's test.py would feed it inputs
     prepared another way (an SR model expects bicubic-upsampled inputs) and score it misleadingly."""
+    if ckpt.get("format") == "authors":
+        note_authors_task(ckpt, task, checkpoint)
+        return
     trained = trained_task(ckpt)
     if not isinstance(trained, str) or trained == task.name:
         return
@@ -140,6 +143,20 @@ def check_task(ckpt: dict, task: Task, checkpoint: Path, any_task: bool) -> None
         raise InputError(f"{checkpoint}: {what}, not for {task.title}; {hint}give --any-task to test it "
                          f"here with {task.name}'s conventions anyway")
     note(f"{checkpoint}: {what}; tested as {task.title} as --any-task asks")
+
+
+def note_authors_task(ckpt: dict, task: Task, checkpoint: Path) -> None:
+    """The authors' files record no task, but their critic's hidden layer is 64 wide in their deraining
+    models and 640 in their SR and dehazing ones (docs/METHOD.md, "Critic"): a file whose critic is not
+    this task's width was trained for another task, most likely, and is tested here with a note."""
+    hidden = ((ckpt.get("arch") or {}).get("critic") or {}).get("hidden")
+    if hidden is None or hidden == task.critic_hidden:  # no critic in the file, or this task's: nothing to tell
+        return
+    others = [t for t in TASKS.values() if t.critic_hidden == hidden]
+    whose = f"that of their {' and '.join(t.title for t in others)} models, not" if others else "not that"
+    note(f"{checkpoint}: the authors' files record no task, but this one's critic (a {hidden}-wide hidden layer) is "
+         f"{whose} of their {task.title} ones ({task.critic_hidden}): tested as {task.title} all the same"
+         + (f"; {' or '.join(f'{t.name}/test.py' for t in others)} would test it as trained" if others else ""))
 
 
 def check_roles(args, pairs: list, save_dir: Path) -> None:
@@ -429,6 +446,11 @@ def _test(task: Task, argv: list[str]) -> None:
     if args.tile_overlap < TILE_CONTEXT:
         note(f"--tile-overlap {args.tile_overlap}: tiles see less of their surroundings than the {TILE_CONTEXT} pixels "
              "that keep them seamless; where the image is restored in tiles, their borders may show")
+    if args.tile:  # --tile 64 took 20 times as long as no tiles, without a word
+        note(f"--tile {args.tile}: each tile is restored with {args.tile_overlap} pixels of context on every side, twice "
+             "(a first pass gathers the channel attention's image-wide statistics): up to "
+             f"{tiled_work(args.tile, args.tile_overlap):.1f}x the work of restoring an image whole; without --tile, "
+             "an image is restored in tiles only where it does not fit in memory")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     checkpoint = Path(args.checkpoint)

@@ -112,6 +112,14 @@ def restore_tiled(generator: nn.Module, x: torch.Tensor, precision: str, tile: i
     return out[..., :h, :w]
 
 
+def tiled_work(tile: int, overlap: int) -> float:
+    """How many times the work of restoring an image whole ``tile`` tiles take at most (away from the
+    image's borders, where tiles have less context): each tile is computed with ``overlap`` pixels of
+    context on every side, and twice (:func:`restore_tiled`'s two passes)."""
+    tile = max(GENERATOR_MULTIPLE, _round_up(tile, GENERATOR_MULTIPLE))
+    return 2 * ((tile + 2 * _round_up(max(overlap, 0), GENERATOR_MULTIPLE)) / tile) ** 2
+
+
 def forward_bytes(generator: nn.Module, h: int, w: int) -> int:
     """About the memory the generator's forward pass takes on an h x w input (no gradients)."""
     width = int(getattr(generator, "arch", {}).get("width", 80))

@@ -292,10 +292,11 @@ class SigmaRun:
         # one bar for the whole run, against its real end: --max-steps where that comes before --nEpochs
         bar = tqdm(desc=f"sigma {self.sigma:g}", unit="step", total=self.total_steps(), initial=pos.step, leave=False,
                    dynamic_ncols=True, disable=not self.main)
+        self.last_epoch = self.final_epoch()
         while not finished:
             lr = learning_rate(config.lr, pos.epoch, config.lr_step_epochs)
             set_learning_rate(self.nets.opt_g, self.nets.opt_d, lr)
-            bar.set_postfix_str(f"epoch {pos.epoch}/{config.epochs}")
+            bar.set_postfix_str(f"epoch {pos.epoch}/{self.last_epoch}")
             for degraded, clean in self._loader():
                 stats = self._iteration(degraded, clean)
                 bar.update(1)
@@ -323,6 +324,15 @@ class SigmaRun:
         """The steps of this sigma's whole run: --nEpochs of full batches, or --max-steps if fewer."""
         total = self.config.epochs * self.sampler.batches_per_epoch
         return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def final_epoch(self) -> int:
+        """The epoch this sigma's run ends in: --nEpochs, or the one --max-steps stops in where that comes
+        first (the bar read 'epoch 2/1000' for a run of 1,000 steps, two epochs of 500 batches)."""
+        if not self.config.max_steps:
+            return self.config.epochs
+        pos, per_epoch = self.position, self.sampler.batches_per_epoch
+        after_this_epoch = self.config.max_steps - pos.step - (per_epoch - pos.batch_in_epoch)
+        return min(self.config.epochs, pos.epoch + max(0, -(-after_this_epoch // per_epoch)))
 
     ESTIMATE_AFTER = 10  # steps of this session before the run's remaining time is estimated, once
 
@@ -516,7 +526,7 @@ class SigmaRun:
         self.log.write({"kind": "train", "step": self.position.step, "epoch": self.position.epoch, "lr": lr,
                         "time": round(time.time() - self.started, 2), **values,
                         "skipped_total": self.nonfinite.read_total})
-        epoch = f"epoch {self.position.epoch}/{self.config.epochs}"
+        epoch = f"epoch {self.position.epoch}/{self.last_epoch}"
         if "w_distance" in values:  # R only once G trains (not during --critic-warmup)
             bar.set_postfix_str(f"{epoch}, W={values['w_distance']:.3g}"
                                 + (f", R={values['transport']:.3g}" if "transport" in values else ""))
