@@ -194,3 +194,30 @@ def test_error_anatomy_splits_the_added_error_by_band_region_and_colour(tmp_path
     assert all(abs(r[k]) < 1e-9 for r in rows for k in ("low", "mid", "high", "flat", "colour"))
     assert "better than the input on 0 of 2" in capsys.readouterr().out
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_the_no_reference_study_measures_regret_and_rank_as_defined(monkeypatch):
+    """A sweep whose numbers are known: two sigmas of one seed, three checkpoints each. The score that
+    ranks as PSNR does has regret 0 and rank correlation 1; the one that ranks the other way picks the
+    worst checkpoint of each run (regret = best - worst PSNR) and has rank correlation -1."""
+    study = experiment("no_reference_study", monkeypatch)
+    psnr = {(10, 100): 20.0, (10, 200): 22.0, (10, 300): 21.0, (1, 100): 23.0, (1, 200): 19.0, (1, 300): 18.0}
+    points = []
+    for (sigma, step), value in psnr.items():
+        sets = {}
+        for name, shift in (("val", 0.0), ("wider", 0.5)):
+            scores = {c: s for c in study.CANDIDATES[:4]
+                      for s in [(-value if c == "swd-heldout" else value) / 100]}  # heldout ranks backwards
+            image = {"psnr": value + shift, "input_psnr": 15.0, **scores, **{"input_" + c: 0.5 for c in scores}}
+            sets[name] = {"psnr": value + shift, "input_psnr": 15.0, "transport": 1.0 / sigma, "images": [image],
+                          **{c: -s for c, s in scores.items()}, **{"input_" + c: 0.5 for c in scores}}
+        points.append({"seed": "seed-0", "sigma": sigma, "step": step, **sets})
+    table = study.analyse(points)
+    assert table["psnr | val"]["within_val"] == (0.0, 0.0)
+    good, bad = table["swd-train | val"], table["swd-heldout | val"]
+    assert good["rho"] == pytest.approx(1.0) and good["within_wider"] == (0.0, 0.0)
+    assert good["across_wider"]["seed-0"] == (0.0, 1, 100)  # the best checkpoint of the sweep: sigma 1, step 100
+    assert bad["rho"] == pytest.approx(-1.0)
+    assert bad["within_val"] == (pytest.approx((2.0 + 5.0) / 2), 5.0)  # 22 - 20 at sigma 10, 23 - 18 at sigma 1
+    assert bad["across_val"]["seed-0"] == (5.0, 1, 300)
+    assert good["agreement"] == (1.0, 6)  # every image's score fell where its PSNR rose
