@@ -377,7 +377,7 @@ def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: 
              ("device", f"{device} ({precision})"), ("metrics", "RGB" if not args.y_channel else "BT.601 Y")]
     if reference is not None:
         facts.append(("no-reference score", f"against {reference.source}; lower is closer to clean. "
-                                            + score_reliability(reference)))
+                                            + score_reliability(reference, trained_task(ckpt))))
     return facts + [("date", time.strftime("%Y-%m-%d %H:%M:%S"))]
 
 
@@ -521,7 +521,7 @@ def print_results(ev, pairs: list, task: Task, save_dir: Path, report: bool,
         print(gain_summary(ev, task.input_label))
     if reference is not None:
         print(score_summary(ev, task.input_label))
-        print(f"  (against {printable(reference.source)}; {score_reliability(reference)})")
+        print(f"  (against {printable(reference.source)}; {score_reliability(reference, task.name)})")
     if with_gt or reference is not None:
         print(f"restored images and metrics.csv in {printable(save_dir)}")
     else:

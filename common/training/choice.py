@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..evaluation.no_reference import TRAINED_ON_CAVEAT
+from ..evaluation.no_reference import reliability
+from ..system.errors import InputError
 from ..system.text import printable
-from .run_folder import read_metrics
+from .run_folder import read_json, read_metrics
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class SigmaChoice:
     psnr: float | None         # its validation PSNR, where there was ground truth
     select_by: str | None      # what kept it
     reference_trained_on: bool  # whether the score's clean images were the training set's
+    task: str | None = None     # as the sigma's config.json records it
 
 
 def sigma_choices(run_root: Path) -> list[SigmaChoice]:
@@ -41,10 +43,21 @@ def sigma_choices(run_root: Path) -> list[SigmaChoice]:
             sigma = float(folder.name.removeprefix("sigma-"))
         except ValueError:
             continue
+        task = _recorded_task(folder)
         choices.append(SigmaChoice(sigma, folder / "best.pt", record.get("step", 0), _number(record.get("score")),
                                    _number(record.get("psnr")), record.get("select_by"),
-                                   bool(record.get("reference_trained_on"))))
+                                   bool(record.get("reference_trained_on")), task))
     return sorted(choices, key=lambda c: c.sigma)
+
+
+def _recorded_task(folder: Path) -> str | None:
+    """The task the sigma's config.json records; None where it cannot say (what the study measured is
+    then not quoted)."""
+    try:
+        task = read_json(folder / "config.json").get("task")
+    except InputError:
+        return None
+    return task if isinstance(task, str) else None
 
 
 def _number(value) -> float | None:
@@ -66,8 +79,8 @@ def recommendation_line(choices: list[SigmaChoice]) -> str | None:
     if pick is None:
         return None
     line = (f"recommended: {printable(pick.checkpoint)} (sigma {pick.sigma:g}, step {pick.step}, no-reference score "
-            f"{pick.score:.3f}, the lowest of the {len(choices)} sigmas' best.pt; chosen without ground truth"
-            + (f": {TRAINED_ON_CAVEAT}" if pick.reference_trained_on else "") + ")")
+            f"{pick.score:.3f}, the lowest of the {len(choices)} sigmas' best.pt; chosen without ground truth: "
+            + reliability(pick.reference_trained_on, pick.task) + ")")
     with_psnr = [c for c in choices if c.psnr is not None]
     if with_psnr:
         best = max(with_psnr, key=lambda c: c.psnr)
