@@ -220,4 +220,7 @@ def test_the_no_reference_study_measures_regret_and_rank_as_defined(monkeypatch)
     assert bad["rho"] == pytest.approx(-1.0)
     assert bad["within_val"] == (pytest.approx((2.0 + 5.0) / 2), 5.0)  # 22 - 20 at sigma 10, 23 - 18 at sigma 1
     assert bad["across_val"]["seed-0"] == (5.0, 1, 300)
+    # behind validation PSNR's own choice, on the wider photographs: the yardstick
+    assert good["behind_within"] == (0.0, 0.0) and good["behind_across"] == {"seed-0": 0.0}
+    assert bad["behind_within"] == (pytest.approx(3.5), 5.0) and bad["behind_across"] == {"seed-0": 5.0}
     assert good["agreement"] == (1.0, 6)  # every image's score fell where its PSNR rose

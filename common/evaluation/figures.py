@@ -154,8 +154,8 @@ def study_curves(path: Path, curves: dict[str, list[list]], title: str) -> Path:
 
 def selection_scatter(path: Path, tasks: dict[str, list[tuple]]) -> Path:
     """The no-reference study's picture: per task (a column), validation PSNR against the score of every
-    checkpoint, against the training set's clean patches (top) and against clean photographs the model
-    never saw (bottom), a colour per sigma. ``tasks``: name -> (score vs training set, score vs unseen
+    checkpoint, against the training set's clean patches (top) and against clean photographs of other
+    scenes the model never saw (bottom), a colour per sigma. ``tasks``: name -> (score vs training set, score vs unseen
     clean, PSNR, sigma) per checkpoint."""
     fig, axes = _figure(2, max(1, len(tasks)), (4.4 * max(1, len(tasks)), 7.2))
     for col, (name, points) in enumerate(tasks.items()):
@@ -166,6 +166,8 @@ def selection_scatter(path: Path, tasks: dict[str, list[tuple]]) -> Path:
                 xy = [(p[row], p[2]) for p in points if p[3] == sigma]
                 ax.scatter(*zip(*xy), s=10, color=f"C{i % 10}", label=f"sigma {sigma:g}")
             ax.set_title(f"{name}: {title}", fontsize=9)
+            ax.ticklabel_format(useOffset=False)  # scores that differ in the fourth digit: no "+0.305" offset
+            ax.locator_params(axis="x", nbins=5)
             ax.set_xlabel("no-reference score (lower: closer to clean)")
             ax.set_ylabel("validation PSNR (dB)")
             ax.grid(alpha=0.3)
