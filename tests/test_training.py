@@ -195,6 +195,7 @@ def test_the_run_says_how_long_it_will_take_and_warns_of_days_on_a_cpu():
     assert short.endswith("about 8 min in all") and "days" not in short
 
 
+@pytest.mark.slow
 def test_progress_is_counted_against_the_runs_real_end(tmp_path, capsys):
     """--max-steps before --nEpochs: the bar counts steps out of --max-steps, not batches of one epoch;
     after its first steps the run says how long the rest will take."""
