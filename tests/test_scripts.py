@@ -1,6 +1,7 @@
 """The task scripts end to end, as subprocesses, the way a user runs them."""
 import json
 import re
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,8 @@ def test_demo_train_then_test(tmp_path, task):
     chose = "which chose best.pt by the no-reference score, not by their ground truth" if select else "which chose best.pt"
     assert f"validation photographs ({chose}): {spec.input_label}" in train.stdout
     assert "more held-out photographs (never trained on, never used to choose)" in train.stdout
+    minutes = float(re.search(r"demo done in ([0-9.]+) min", train.stdout).group(1))
+    assert minutes < 30  # the time it took (the restructuring had printed 29,941,339 min: seconds since 1970)
     # two steps restore nothing: the verdict says so, and SR's adds what was measured of it
     assert "verdict: does NOT restore" in train.stdout
     assert ("unsupervised x4 SR does not beat bicubic" in train.stdout) == (task == "sr")

@@ -127,6 +127,6 @@ def _train_command(task: Task, argv: list[str]) -> None:
             expose_gpus(config.gpus)
             results = train(task, config, dist)
         if command.demo and dist.is_main and results:
-            print("\n" + demo_outcome(task, config, results[-1], time.time() - started, bool(command.resume)))
+            print("\n" + demo_outcome(task, config, results[-1], started, bool(command.resume)))
     finally:
         dist.close()
