@@ -234,3 +234,8 @@ def test_test_py_without_ground_truth_says_whether_the_model_helped_and_against_
     captured = capsys.readouterr()
     assert "its training set is not where the checkpoint says" in captured.err and "--clean DIR" in captured.err
     assert "no-reference score" not in captured.out and not (tmp_path / "r3" / "metrics.csv").exists()
+
+    with pytest.raises(SystemExit) as refused:  # the inputs as their own clean reference
+        run_test_script("deraining", common + ["--clean", str(tmp_path / "in"), "--save", str(tmp_path / "r4")])
+    assert refused.value.code == 2 and "is the --input folder" in capsys.readouterr().err
+    assert not (tmp_path / "r4").exists()

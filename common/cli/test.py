@@ -339,11 +339,7 @@ def clean_reference(args, ckpt: dict, checkpoint: Path, task: Task, pairs: list)
     if args.no_score:
         return None
     if args.clean:
-        for folder, flag in ((args.input, "--input"), (args.gt, "--gt")):
-            if folder and same_file(folder, args.clean):
-                raise InputError(f"--clean {args.clean} is the {flag} folder: the score would compare the restored "
-                                 "images with their own inputs or answers; give clean images of their own")
-        return reference_from_folder(args.clean)
+        return reference_from_folder(args.clean, "--clean", ((args.input, "--input"), (args.gt, "--gt")))
     config = ckpt.get("config") or {}
     trainset = config.get("trainset")
     try:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..data.images import list_images, read_image
 from ..system.errors import InputError
+from ..system.files import same_file
 
 LEVELS = 4            # three band-pass levels and the low-pass residual
 NEIGHBOURHOOD = 7     # descriptor: 7x7 pixels x 3 channels
@@ -192,8 +193,16 @@ def reference_from_training_data(dataset, count: int = CLEAN_PATCHES) -> CleanRe
     return CleanReference.from_images(patches, f"{len(indices)} clean patches of the training set", trained_on=True)
 
 
-def reference_from_folder(folder: str | Path) -> CleanReference:
-    """The reference from a folder of clean images (any sizes; read as every image is read)."""
+def reference_from_folder(folder: str | Path, flag: str = "--clean",
+                          scored: tuple[tuple[str | None, str], ...] = ()) -> CleanReference:
+    """The reference from a folder of clean images (any sizes; read as every image is read). ``flag`` names
+    the folder and ``scored`` the folders of the images scored and of their answers (folder, flag): the
+    folder may be none of them, or the score would compare the restored images with their own inputs or
+    answers."""
+    for other, other_flag in scored:
+        if other and same_file(other, folder):
+            raise InputError(f"{flag} {folder} is the {other_flag} folder: the score would compare the restored "
+                             "images with their own inputs or answers; give clean images of their own")
     paths = list_images(folder)
     return CleanReference.from_images((read_image(p) for p in paths), f"{len(paths)} clean images in {folder}")
 

@@ -25,7 +25,7 @@ from ..evaluation.evaluate import check_scored_apart, match_gt
 from ..evaluation.no_reference import CleanReference, reference_from_folder, reference_from_training_data
 from ..networks import Critic, Generator
 from ..system.errors import InputError
-from ..system.files import check_can_write, same_file
+from ..system.files import check_can_write
 from ..system.text import note
 from ..tasks import Task
 from .checkpoint import build_generator, check_network_memory, load_weights, read_checkpoint
@@ -191,11 +191,8 @@ def check_clean_reference(config: RunConfig, dataset: UnpairedH5Dataset, pairs: 
         return None
     if not config.val_clean:
         return reference_from_training_data(dataset)
-    for folder, flag in ((config.val_input, "--val-input"), (config.val_gt, "--val-gt")):
-        if folder and same_file(folder, config.val_clean):
-            raise InputError(f"--val-clean {config.val_clean} is the {flag} folder: the score would compare the "
-                             "restored images with their own inputs or answers; give clean images of their own")
-    return reference_from_folder(config.val_clean)
+    return reference_from_folder(config.val_clean, "--val-clean",
+                                 ((config.val_input, "--val-input"), (config.val_gt, "--val-gt")))
 
 
 def check_network_sizes(task: Task, config: RunConfig, device: torch.device) -> None:
