@@ -144,7 +144,7 @@ def write_training_report(run_root: Path, title: str, facts: list[tuple[str, str
         pictures = sorted((run_root / name / "samples").glob("epoch-*.png"))[-12:]  # the newest twelve epochs
         strips.append({"sigma": printable(name), "samples": [
             {"name": printable(p.stem), "href": _href(f"{name}/samples/{p.name}")} for p in pictures]})
-    choices = sigma_choices(run_root)
+    choices = sigma_choices(run_root, logs)
     pick = recommended(choices)
     table = [{"sigma": f"{c.sigma:g}", "step": c.step, "by": c.select_by or "", "recommended": c is pick,
               "score": "n/a" if c.score is None else f"{c.score:.3f}", "psnr": "n/a" if c.psnr is None else f"{c.psnr:.2f}"}

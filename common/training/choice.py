@@ -30,12 +30,14 @@ class SigmaChoice:
     task: str | None = None     # as the sigma's config.json records it
 
 
-def sigma_choices(run_root: Path) -> list[SigmaChoice]:
+def sigma_choices(run_root: Path, logs: dict[str, list[dict]] | None = None) -> list[SigmaChoice]:
     """Per sigma folder of ``run_root`` (in order of sigma), the validation that kept its best.pt;
-    sigmas never validated, or whose best.pt is gone, are left out."""
+    sigmas never validated, or whose best.pt is gone, are left out. ``logs``: each sigma folder's
+    metrics.jsonl records by folder name, where the caller has read them already."""
     choices = []
     for folder in run_root.glob("sigma-*"):
-        kept = [r for r in read_metrics(folder / "metrics.jsonl") if r.get("kind") == "val" and r.get("kept")]
+        records = logs.get(folder.name, []) if logs is not None else read_metrics(folder / "metrics.jsonl")
+        kept = [r for r in records if r.get("kind") == "val" and r.get("kept")]
         if not kept or not (folder / "best.pt").is_file():
             continue
         record = kept[-1]  # the newest that kept best.pt is the one best.pt holds
