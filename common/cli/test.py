@@ -372,7 +372,7 @@ def report_facts(checkpoint: Path, ckpt: dict, args, device, precision: str, n: 
     facts = [("checkpoint", str(checkpoint)), ("model", model), ("network widths", widths), ("data", data),
              ("device", f"{device} ({precision})"), ("metrics", "RGB" if not args.y_channel else "BT.601 Y")]
     if reference is not None:
-        facts.append(("no-reference score", f"against {reference.source}; lower is closer to clean. "
+        facts.append(("no-reference score", f"against {reference.source}; lower is closer to clean; "
                                             + score_reliability(reference, trained_task(ckpt))))
     return facts + [("date", time.strftime("%Y-%m-%d %H:%M:%S"))]
 
